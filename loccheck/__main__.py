@@ -1,0 +1,5 @@
+import sys
+
+from loccheck.cli import main
+
+sys.exit(main())

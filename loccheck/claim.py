@@ -1,0 +1,411 @@
+"""Claim files: the pydantic schema and `load_claim`, which maps every error to file:line:col.
+
+Line numbers come from the YAML parser, not from pydantic: we compose the YAML once, walk the
+node tree into a `{path_tuple: (line, col)}` map (1-based), then validate the plain data and
+look each pydantic `loc` up in that map. No torch here: the pytest plugin imports this module.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, PrivateAttr,
+                      Strict, StrictBool, StrictInt, ValidationError, model_validator)
+from pydantic_core import PydanticCustomError
+
+from loccheck.errors import ClaimError
+from loccheck.locations import HeadLoc
+
+Loc = tuple[str | int, ...]
+Pos = tuple[int, int]  # (line, col), 1-based
+
+# Accepts YAML ints, rejects bools and strings ("0.1"), inf and nan.
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+
+
+def _fail(msg: str, at: Loc = ()) -> PydanticCustomError:
+    """A validation error whose ctx['at'] extends the loc pydantic gives (so it can name an item)."""
+    return PydanticCustomError("claim", msg, {"at": at})  # only ctx names in {} are substituted
+
+
+def _head(text: str) -> str:
+    return str(HeadLoc.parse(text))  # canonical spelling; raises ValueError with the bad value
+
+
+def _device(text: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+    return text
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text or "\n" in text:
+        raise ValueError("claim must be one non-empty sentence on one line")
+    return text
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    name: str = Field("smollm2-135m-instruct", description="Model name (a known alias or a Hugging Face repo id).")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit); quote it in YAML.")
+    device: Annotated[str, AfterValidator(_device)] = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    trust_remote_code: StrictBool = Field(False, description="Allow the model repo to run its own code.")
+
+
+class SplitSpec(_Section):
+    train: Number = Field(0.6, gt=0, le=1, description="Fraction of questions used to train the edits.")
+    validation: Number = Field(0.2, ge=0, le=1, description="Fraction of questions for early stopping / checks.")
+    test: Number = Field(0.2, gt=0, le=1, description="Fraction of questions the verdict is computed on.")
+    seed: StrictInt = Field(0, description="Seed of the question shuffle before splitting.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitSpec":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise _fail(f"train + validation + test must sum to 1, got {total:g}")
+        return self
+
+
+class BehaviorSpec(_Section):
+    dataset: Literal["truthfulqa", "jsonl"] = Field("truthfulqa", description="Source of preference pairs.")
+    path: str | None = Field(None, description="Path of the JSONL file (required when dataset is 'jsonl').")
+    prompt_format: Literal["auto", "chat", "qa"] = Field("auto", description="How questions are turned into prompts.")
+    system_prompt: str | None = Field(None, description="System prompt for chat-formatted prompts.")
+    max_questions: StrictInt | None = Field(None, ge=1, description="Use at most this many questions.")
+    max_pairs_per_question: StrictInt | None = Field(None, ge=1, description="At most this many pairs per question.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Question-level train/validation/test split.")
+
+    @model_validator(mode="after")
+    def _jsonl_needs_path(self) -> "BehaviorSpec":
+        if self.dataset == "jsonl" and self.path is None:
+            raise _fail("dataset: jsonl needs a path", at=("path",))
+        return self
+
+
+class LocationSpec(_Section):
+    heads: tuple[Annotated[str, AfterValidator(_head)], ...] = Field(
+        (), description="Claimed heads as 'L{layer}H{head}', 0-based, e.g. ['L12H3', 'L14H0'].")
+    from_heuristic: StrictBool = Field(False, description="Take the top_k heads proposed by the heuristic instead.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LocationSpec":
+        seen: dict[str, int] = {}
+        for i, head in enumerate(self.heads):
+            if head in seen:
+                raise _fail(f"duplicate head {head} (also heads[{seen[head]}])", at=("heads", i))
+            seen[head] = i
+        if self.heads and self.from_heuristic:
+            raise _fail("give either heads or from_heuristic: true, not both", at=("from_heuristic",))
+        if not self.heads and not self.from_heuristic:
+            raise _fail("location needs non-empty heads (e.g. [L12H3]) or from_heuristic: true", at=("heads",))
+        return self
+
+    @property
+    def head_locs(self) -> tuple[HeadLoc, ...]:
+        return tuple(sorted(HeadLoc.parse(h) for h in self.heads))
+
+
+class HeuristicSpec(_Section):
+    method: Literal["manual", "probe"] = Field("manual", description="How the location was found.")
+    citation: str | None = Field(None, description="Where the localization claim was published.")
+    notes: str | None = Field(None, description="Free-text notes.")
+    top_k: StrictInt | None = Field(None, ge=1, description="Number of heads the heuristic proposes.")
+    probe_accuracies: dict[Annotated[str, AfterValidator(_head)], Annotated[Number, Field(ge=0, le=1)]] | None = Field(
+        None, description="Per-head probe accuracies keyed by 'L{layer}H{head}' (method: probe).")
+
+
+class EditSpec(_Section):
+    method: Literal["optimal"] = Field("optimal", description="Edit family; 'optimal' is a rank-1 head-localized edit.")
+    objective: Literal["ipo", "dpo"] = Field("ipo", description="Preference objective the edit is trained with.")
+    tau: Number = Field(0.1, gt=0, description="IPO regularization strength.")
+    beta: Number = Field(0.1, gt=0, description="DPO inverse temperature.")
+    epochs: StrictInt = Field(2, ge=1, description="Passes over the training pairs.")
+    batch_size: StrictInt = Field(4, ge=1, description="Preference pairs per step.")
+    learning_rate: Number = Field(5e-4, gt=0, description="Learning rate for edits at claimed and random locations.")
+    full_model_learning_rate: Number = Field(1e-4, gt=0, description="Learning rate of the whole-model ceiling.")
+    weight_decay: Number = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: Number = Field(0.0, ge=0, lt=1, description="Fraction of steps with linear warmup.")
+    init_std: Number = Field(0.01, gt=0, description="Std of the random init of the LoRA 'a' vector.")
+    read: Literal["all", "location"] = Field("all", description="Edit reads from all heads or only the location.")
+    max_steps: StrictInt | None = Field(None, ge=1, description="Stop after this many steps.")
+    seed: StrictInt = Field(0, description="Seed of edit initialization and batch order.")
+    convergence_tol: Number = Field(0.05, ge=0, description="Relative change in loss treated as converged.")
+
+
+class RandomLocationsSpec(_Section):
+    n: StrictInt = Field(100, description="Number of random locations in the null (n_null).")
+    match_layers: StrictBool = Field(False, description="Draw random heads from the claimed heads' layers.")
+    seed: StrictInt = Field(0, description="Seed of the random-location draw.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "RandomLocationsSpec":
+        if self.n < 1:  # a null needs at least one draw; say so rather than "greater than or equal to 1"
+            raise _fail(f"n must be at least 1 (number of random locations in the null), got {self.n}", at=("n",))
+        return self
+
+
+class VerdictSpec(_Section):
+    metric: Literal["preference_margin", "preference_accuracy"] = Field(
+        "preference_margin", description="Statistic compared between claimed and random locations.")
+    alpha: Number = Field(0.05, gt=0, lt=1, description="Significance level of the test against random locations.")
+    rho: Number = Field(0.9, gt=0, le=1, description="Fraction of the whole-model effect the location must reach.")
+
+
+class Claim(_Section):
+    claim: Annotated[str, AfterValidator(_sentence)] = Field(description="The claim, in one sentence.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Model the claim is about.")
+    behavior: BehaviorSpec = Field(default_factory=BehaviorSpec, description="Behaviour and its preference data.")
+    location: LocationSpec = Field(description="Heads claimed to carry the behaviour.")
+    heuristic: HeuristicSpec = Field(default_factory=HeuristicSpec, description="How the location was found.")
+    edit: EditSpec = Field(default_factory=EditSpec, description="Edit trained at each location.")
+    random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
+    verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
+    expect: Literal["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "UNDERPOWERED"] | None = Field(
+        None, description="Verdict this claim file is expected to get (checked by the pytest plugin).")
+
+    _path: Path | None = PrivateAttr(None)
+    _values: dict[Loc, Pos] = PrivateAttr(default_factory=dict)  # where each value starts
+    _keys: dict[Loc, Pos] = PrivateAttr(default_factory=dict)  # where each mapping key starts
+
+    @model_validator(mode="after")
+    def _heuristic_matches(self) -> "Claim":
+        if self.location.from_heuristic:
+            if self.heuristic.method != "probe":
+                raise _fail("location.from_heuristic: true needs heuristic.method: probe", ("heuristic", "method"))
+            if self.heuristic.top_k is None:
+                raise _fail("location.from_heuristic: true needs heuristic.top_k", ("heuristic", "top_k"))
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def name(self) -> str:
+        return self._path.stem if self._path is not None else "claim"
+
+    def error(self, key: str | Loc, msg: str) -> ClaimError:
+        """A ClaimError at `key` ('location.heads[3]' or ('location', 'heads', 3)), located at
+        its value in the YAML, or at the nearest parent present there."""
+        loc = _parse_key(key) if isinstance(key, str) else tuple(key)
+        line, col = _lookup(self._values, loc)
+        return ClaimError(self._path, line, col, _dotted(loc), msg)
+
+    def with_overrides(self, updates: dict[str, object]) -> "Claim":
+        """A new validated Claim with dotted keys replaced ({'random_locations.n': 5}).
+        Values must already have their YAML types (ints, not '5')."""
+        data = self.model_dump(mode="json")  # lists, not tuples, so items can be replaced
+        for key, value in updates.items():
+            *parents, last = loc = _parse_key(key)
+            node: Any = data
+            try:
+                for part in parents:
+                    node = node[part]
+                node[last]  # the key must already exist: the dump holds every field
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"`updates` key {key!r} is not a claim field") from None
+            node[last] = value
+        overridden = [_parse_key(k) for k in updates]
+        return _validate(data, self._path, self._values, self._keys, overridden)
+
+    def effective_config(self) -> dict:
+        """Every field, defaults filled in, as JSON-ready data (for reports and cache keys)."""
+        return self.model_dump(mode="json")
+
+
+def claim_json_schema() -> dict:
+    """JSON schema of claim files, with field descriptions, for editors."""
+    return Claim.model_json_schema()
+
+
+def load_claim(path: str | os.PathLike) -> Claim:
+    """Read, parse and validate a claim file; any problem raises one-line ClaimError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ClaimError(path, None, None, "", f"cannot read claim file: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ClaimError(path, line, None, "", f"claim file is not valid UTF-8 (byte {err.start})") from None
+    return parse_claim(text, path)
+
+
+def parse_claim(text: str, path: str | os.PathLike | None = None) -> Claim:
+    """Parse and validate claim YAML text; `path` is only used in messages and `Claim.name`."""
+    path = Path(path) if path is not None else None
+    if not text.strip():
+        raise ClaimError(path, None, None, "", "claim file is empty")
+    values: dict[Loc, Pos] = {}
+    keys: dict[Loc, Pos] = {}
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader rejects control characters here
+        root = loader.get_single_node()
+        if root is None:
+            raise ClaimError(path, None, None, "", "claim file is empty")
+        _walk(root, (), values, keys, path, set())
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as err:
+        raise _yaml_error(err, path) from None
+    except yaml.reader.ReaderError as err:
+        msg = f"control character U+{err.character:04X} is not allowed in YAML"
+        raise ClaimError(path, text[: err.position].count("\n") + 1, None, "", msg) from None
+    except yaml.YAMLError as err:
+        raise ClaimError(path, None, None, "", f"invalid YAML: {' '.join(str(err).split())}") from None
+    except (ValueError, TypeError, AttributeError) as err:  # e.g. `!!int abc`, which PyYAML lets escape
+        raise ClaimError(path, None, None, "", f"invalid YAML value: {' '.join(str(err).split())}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if not isinstance(data, dict):
+        raise ClaimError(path, *values[()], "", f"claim file must be a mapping (key: value lines), got {_kind(data)}")
+    return _validate(data, path, values, keys)
+
+
+# --- YAML: parsing and the position map --------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no Python tags) that also reads '1e-4' as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None, seen: set) -> None:
+    """Record where each value starts; refuse non-string keys, duplicate keys and unknown tags."""
+    values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if id(node) in seen:  # an alias: checked already; not descending keeps "billion laughs" linear
+        return
+    seen.add(id(node))
+    if node.tag not in _Loader.yaml_constructors:  # refuse !!python/... before anything is constructed
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise ClaimError(path, *values[loc], _dotted(loc), f"YAML tag {tag!r} is not allowed; use plain values")
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, loc + (i,), values, keys, path, seen)
+    elif isinstance(node, yaml.MappingNode):
+        for knode, vnode in node.value:
+            kpos = (knode.start_mark.line + 1, knode.start_mark.column + 1)
+            if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (_STR_TAG, "tag:yaml.org,2002:merge"):
+                kind = knode.tag.rsplit(":", 1)[-1]
+                raise ClaimError(path, *kpos, _dotted(loc), f"key {knode.value!r} is read as a {kind}, not a "
+                                 "string; quote it")
+            kloc = loc + (knode.value,)
+            if kloc in keys:
+                raise ClaimError(path, *kpos, _dotted(kloc),
+                                 f"duplicate key {knode.value!r} (first on line {keys[kloc][0]})")
+            keys[kloc] = kpos
+            _walk(vnode, kloc, values, keys, path, seen)
+
+
+def _yaml_error(err: yaml.MarkedYAMLError, path: Path | None) -> ClaimError:
+    mark = err.problem_mark or err.context_mark
+    msg = err.problem or err.context or "invalid YAML"
+    if err.context and err.problem and err.context_mark is not None:
+        msg += f" ({err.context} at line {err.context_mark.line + 1})"
+    msg = " ".join(msg.split())
+    if isinstance(err, yaml.constructor.ConstructorError):
+        msg += "; claim files may only use plain YAML values"
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+    return ClaimError(path, line, col, "", msg)
+
+
+# --- pydantic errors → ClaimError ---------------------------------------------------------------
+
+def _validate(data: dict, path: Path | None, values: dict, keys: dict, overridden: list[Loc] = ()) -> Claim:
+    try:
+        claim = Claim.model_validate(data)
+    except ValidationError as exc:
+        errors = [_convert(e, path, values, keys, overridden) for e in exc.errors(include_url=False)]
+        errors.sort(key=lambda e: (e.line is None, e.line or 0, e.col or 0))  # first in the file first
+        first = errors[0]
+        if len(errors) > 1:
+            first.msg += f" (+{len(errors) - 1} more)"
+        raise first from None
+    claim._path, claim._values, claim._keys = path, values, keys
+    return claim
+
+
+def _convert(err: dict, path: Path | None, values: dict, keys: dict, overridden) -> ClaimError:
+    loc = tuple(err["loc"]) + tuple((err.get("ctx") or {}).get("at", ()))
+    kind, msg = err["type"], err["msg"].removeprefix("Value error, ")
+    if loc and loc[-1] == "[key]":  # a bad dict key: point at the key itself
+        loc = loc[:-1]
+        line, col = _lookup(keys, loc)
+    elif kind == "extra_forbidden":
+        msg = _unknown_key(loc)
+        line, col = _lookup(keys, loc)
+    elif kind == "missing":
+        msg = "missing required key"
+        line, col = _lookup(keys, loc[:-1]) if loc[:-1] in keys else _lookup(values, loc)
+    else:
+        if kind in ("model_type", "model_attributes_type", "dict_type"):
+            msg = "expected a mapping (key: value lines)"
+        if kind != "claim" and not kind.startswith("value_error"):
+            msg += f", got {_kind(err['input'])}"
+        line, col = _lookup(values, loc)
+    if any(loc[: len(o)] == o for o in overridden):  # the bad value came from an override, not the file
+        line, col, msg = None, None, msg + " (set by an override)"
+    return ClaimError(path, line, col, _dotted(loc), msg)
+
+
+def _unknown_key(loc: Loc) -> str:
+    model: Any = Claim
+    for part in loc[:-1]:  # walk to the section that rejected the key
+        model = model.model_fields[part].annotation
+    names = list(getattr(model, "model_fields", ()))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(names)
+    return f"unknown key {loc[-1]!r}; {hint}"
+
+
+def _kind(value: object) -> str:
+    """How a YAML reader would name a value in a message."""
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- dotted keys -----------------------------------------------------------------------------------
+
+_KEY = re.compile(r"[^.\[\]]+(\[\d+\])*(\.[^.\[\]]+(\[\d+\])*)*")
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parse_key(key: str) -> Loc:
+    """'location.heads[3]' → ('location', 'heads', 3)."""
+    if _KEY.fullmatch(key) is None:
+        raise ValueError(f"`key` must look like 'edit.learning_rate' or 'location.heads[1]', got {key!r}")
+    return tuple(m[1] if m[1] is not None else int(m[2]) for m in _PART.finditer(key))
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _lookup(positions: dict[Loc, Pos], loc: Loc) -> tuple[int | None, int | None]:
+    for n in range(len(loc), -1, -1):  # fall back to the nearest parent present in the file
+        if loc[:n] in positions:
+            return positions[loc[:n]]
+    return None, None

@@ -1,0 +1,292 @@
+"""Behaviour data: preference pairs (prompt, chosen, rejected) split by question.
+
+Every pair of one question shares a `group` id, and splits are made over groups, never over
+pairs: the heuristic that proposes heads (train/validation) and the final evaluation (test)
+must see disjoint questions (METHOD.md, "Data discipline"). numpy and the standard library only.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loccheck.errors import DataError, LoccheckWarning
+
+SPLITS = ("train", "validation", "test")
+TRUTHFULQA_FILE = "TruthfulQA.csv"
+_TQA_COLUMNS = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers")
+_JSONL_FIELDS = ("prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    prompt: str    # raw question text; chat/QA formatting happens later, with the tokenizer
+    chosen: str    # preferred (true) answer
+    rejected: str  # dispreferred (false) answer
+    group: str     # question id, shared by all pairs of one question; splits are by group
+
+
+@dataclass(frozen=True)
+class BehaviorData:
+    """Pairs split by question. `groups[split]` lists that split's groups in shuffled order."""
+    train: tuple[PreferencePair, ...]
+    validation: tuple[PreferencePair, ...]
+    test: tuple[PreferencePair, ...]
+    groups: dict[str, tuple[str, ...]]
+    source: str                    # resolved file path, or "datasets:truthful_qa/generation"
+    sha256: str                    # of the file's bytes (datasets: of canonical JSON of the rows)
+    n_questions_read: int = 0      # groups in the source, before dropping and max_questions
+    n_questions_dropped: int = 0   # groups left without a usable pair
+
+    def summary(self) -> dict:
+        splits = {s: {"n_questions": len(self.groups[s]), "n_pairs": len(getattr(self, s))}
+                  for s in SPLITS}
+        return {"source": self.source, "sha256": self.sha256, "splits": splits,
+                "n_questions_read": self.n_questions_read,
+                "n_questions_dropped": self.n_questions_dropped}
+
+
+# ---------------------------------------------------------------- locating and reading files
+
+def _candidates(path: str, base_dir: Path | None) -> list[Path]:
+    """Absolute path as is; a relative one against the claim's folder, then the CWD."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return [p]
+    return ([Path(base_dir) / p] if base_dir is not None else []) + [Path.cwd() / p]
+
+
+def _find_truthfulqa(path: str | None, base_dir: Path | None) -> tuple[Path | None, list[str]]:
+    """First existing TruthfulQA CSV, and why each earlier place failed."""
+    tried: list[str] = []
+    if path is not None:
+        for c in _candidates(path, base_dir):
+            if c.is_dir() and (c / TRUTHFULQA_FILE).is_file():
+                return c / TRUTHFULQA_FILE, tried   # a data folder is fine too
+            if c.is_file():
+                return c, tried
+        where = " or ".join(f"'{c}'" for c in _candidates(path, base_dir))
+        tried.append(f"behavior.path {path!r} does not exist (looked for {where})")
+    env = os.environ.get("LOCCHECK_DATA_DIR")
+    if not env:
+        tried.append("LOCCHECK_DATA_DIR is not set")
+    elif (Path(env).expanduser() / TRUTHFULQA_FILE).is_file():
+        return Path(env).expanduser() / TRUTHFULQA_FILE, tried
+    else:
+        tried.append(f"LOCCHECK_DATA_DIR={env!r} has no {TRUTHFULQA_FILE}")
+    return None, tried
+
+
+def resolve_truthfulqa(path: str | None, *, base_dir: Path | None) -> Path | None:
+    """The TruthfulQA CSV to use: `path`, then $LOCCHECK_DATA_DIR/TruthfulQA.csv; None if neither."""
+    return _find_truthfulqa(path, base_dir)[0]
+
+
+def _read_text(path: Path) -> tuple[str, str]:
+    """(text, sha256 of the bytes); any read or decode problem is a DataError naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0   # the official CSV has one
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = bom + err.start   # an offset into the file, BOM included
+        raise DataError(f"{path}: not valid UTF-8 (byte 0x{raw[at]:02x} at offset {at})") from None
+    return text, hashlib.sha256(raw).hexdigest()
+
+
+def _clean(answers) -> list[str]:
+    """Strip, drop empties, dedupe keeping the first occurrence."""
+    out: list[str] = []
+    for a in (str(x).strip() for x in answers):
+        if a and a not in out:
+            out.append(a)
+    return out
+
+
+def _tqa_question(i: int, question: str, best: str, correct: list[str], incorrect: list[str]):
+    """(group, pairs) for one row: every correct x incorrect answer, the Best Answer first."""
+    q, g = question.strip(), f"tqa-{i}"
+    if not q:
+        return g, []
+    ok, bad = _clean([best, *correct]), _clean(incorrect)
+    # chosen == rejected happens in the real file ("Unknown" is listed both ways, twice)
+    return g, [PreferencePair(q, c, r, g) for c, r in itertools.product(ok, bad) if c != r]
+
+
+def _split_cell(cell: str | None) -> list[str]:
+    return (cell or "").split(";")   # None: a row shorter than the header
+
+
+def _read_truthfulqa_csv(path: Path):
+    text, sha = _read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if reader.fieldnames is None:
+            raise DataError(f"{path}: empty file, expected a header row with {', '.join(_TQA_COLUMNS)}")
+        missing = [c for c in _TQA_COLUMNS if c not in reader.fieldnames]
+        if missing:
+            cols = ", ".join(map(repr, missing))
+            raise DataError(f"{path}: missing column{'s' * (len(missing) > 1)} {cols} "
+                            f"(has: {', '.join(reader.fieldnames)})")
+        rows = list(reader)
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV: {err}") from None
+    questions = [_tqa_question(i, r["Question"] or "", r["Best Answer"] or "",
+                               _split_cell(r["Correct Answers"]), _split_cell(r["Incorrect Answers"]))
+                 for i, r in enumerate(rows)]
+    return questions, str(path), sha
+
+
+def _read_truthfulqa_hub(tried: list[str]):
+    """The same questions through the `datasets` library (same row order as the CSV)."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        tried.append("the `datasets` library is not installed (pip install 'loccheck[datasets]')")
+        raise DataError("TruthfulQA not found: " + "; ".join(tried)) from None
+    try:
+        ds = load_dataset("truthful_qa", "generation")["validation"]
+        rows = [{k: r[k] for k in ("question", "best_answer", "correct_answers", "incorrect_answers")}
+                for r in ds]
+    except Exception as err:  # network, hub or cache failures all end the search the same way
+        msg = " ".join(str(err).split())[:200]
+        tried.append(f"datasets.load_dataset('truthful_qa', 'generation') failed: {type(err).__name__}: {msg}")
+        raise DataError("TruthfulQA not found: " + "; ".join(tried)) from None
+    canon = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    questions = [_tqa_question(i, r["question"], r["best_answer"], list(r["correct_answers"]),
+                               list(r["incorrect_answers"])) for i, r in enumerate(rows)]
+    return questions, "datasets:truthful_qa/generation", hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _read_jsonl(path: str | None, base_dir: Path | None):
+    if path is None:
+        raise DataError("behavior.path is required for dataset 'jsonl'")
+    found = next((c for c in _candidates(path, base_dir) if c.is_file()), None)
+    if found is None:
+        where = ", ".join(f"'{c}'" for c in _candidates(path, base_dir))
+        raise DataError(f"preference pairs file {path!r} not found (tried {where})")
+    text, sha = _read_text(found)
+    by_group: dict[str, list[PreferencePair]] = {}   # insertion order = order of first appearance
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{found}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        for key in _JSONL_FIELDS + (("group",) if "group" in obj else ()):
+            if key not in obj:
+                raise DataError(f"{where}: missing field {key!r}")
+            if not isinstance(obj[key], str):
+                raise DataError(f"{where}: field {key!r} must be a string")
+            if not obj[key].strip():
+                raise DataError(f"{where}: field {key!r} must not be empty")
+        group = obj.get("group", obj["prompt"])
+        pairs = by_group.setdefault(group, [])
+        if obj["chosen"] != obj["rejected"]:   # no preference to learn from
+            pairs.append(PreferencePair(obj["prompt"], obj["chosen"], obj["rejected"], group))
+    if not by_group:
+        raise DataError(f"{found}: no records (the file is empty)")
+    return list(by_group.items()), str(found), sha
+
+
+# ---------------------------------------------------------------- splitting
+
+def _cut(n: int, split: tuple[float, float, float]) -> tuple[int, int, int]:
+    n_train = min(round(split[0] * n), n)
+    n_val = min(round(split[1] * n), n - n_train)
+    return n_train, n_val, n - n_train - n_val
+
+
+def _cut_ok(n: int, split) -> bool:
+    sizes = _cut(n, split)
+    return sizes[2] >= 1 and all(k >= 1 for k, f in zip(sizes, split) if f > 0)
+
+
+def _check_args(split, split_seed, max_questions, max_pairs_per_question, pair_seed):
+    if len(split) != 3 or any(not isinstance(f, (int, float)) or f < 0 for f in split):
+        raise ValueError(f"`split` must be 3 non-negative fractions (train, validation, test), got {split!r}")
+    if abs(sum(split) - 1) > 1e-6:
+        raise ValueError(f"`split` fractions must sum to 1, got {split!r} (sum {sum(split):g})")
+    if split[2] <= 0:   # the test questions are what the verdict is computed on
+        raise ValueError(f"`split` test fraction must be positive, got {split!r}")
+    for name, v in (("split_seed", split_seed), ("pair_seed", pair_seed)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"`{name}` must be a non-negative int, got {v!r}")
+    for name, v in (("max_questions", max_questions), ("max_pairs_per_question", max_pairs_per_question)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"`{name}` must be a positive int or None, got {v!r}")
+
+
+def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
+                  split=(0.6, 0.2, 0.2), split_seed: int = 0, max_questions: int | None = None,
+                  max_pairs_per_question: int | None = None, pair_seed: int | None = None) -> BehaviorData:
+    """Load preference pairs and split them by question.
+
+    Groups with at least one usable pair, in order of first appearance, are permuted with
+    ``np.random.default_rng(split_seed)``; the first `max_questions` are kept, then cut into
+    ``round(f_train*n)`` train, ``round(f_val*n)`` validation and the rest test questions.
+    `max_pairs_per_question` keeps a random subset (natural order kept) drawn from
+    ``default_rng([seed, position of the group in the file])`` (seed = pair_seed if given, else
+    split_seed), so a question's subset does not depend on the split, max_questions or others.
+    """
+    split = tuple(split)
+    _check_args(split, split_seed, max_questions, max_pairs_per_question, pair_seed)
+    if dataset == "truthfulqa":
+        csv_path, tried = _find_truthfulqa(path, base_dir)
+        if csv_path is None:
+            questions, source, sha = _read_truthfulqa_hub(tried)
+        else:
+            questions, source, sha = _read_truthfulqa_csv(csv_path)
+        if tried and path is not None:   # an explicit path was missing: say what replaced it
+            warnings.warn(f"{tried[0]}; using {source} instead", LoccheckWarning, stacklevel=2)
+    elif dataset == "jsonl":
+        questions, source, sha = _read_jsonl(path, base_dir)
+    else:
+        raise ValueError(f"`dataset` must be 'truthfulqa' or 'jsonl', got {dataset!r}")
+
+    # position = index in the file, so a question's pair subset is independent of the others
+    usable = [(pos, g, pairs) for pos, (g, pairs) in enumerate(questions) if pairs]
+    if not usable:
+        raise DataError(f"{source} yields no usable preference pairs")
+    order = np.random.default_rng(split_seed).permutation(len(usable))
+    kept = [usable[i] for i in order][:max_questions]
+    n = len(kept)
+    if not _cut_ok(n, split):
+        need = next((m for m in range(n + 1, 100_000) if _cut_ok(m, split)), "more")
+        raise DataError(f"{source}: {n} usable questions, but split {split} needs at least {need} "
+                        "(one in each split with a positive fraction, and a non-empty test split)")
+    n_train, n_val, _ = _cut(n, split)
+    parts = dict(zip(SPLITS, (kept[:n_train], kept[n_train:n_train + n_val], kept[n_train + n_val:])))
+
+    seed = split_seed if pair_seed is None else pair_seed
+
+    def capped(pos: int, pairs: list[PreferencePair]) -> list[PreferencePair]:
+        if max_pairs_per_question is None or len(pairs) <= max_pairs_per_question:
+            return pairs
+        keep = np.random.default_rng([seed, pos]).choice(len(pairs), max_pairs_per_question, replace=False)
+        return [pairs[i] for i in sorted(keep)]
+
+    groups = {s: tuple(g for _, g, _ in parts[s]) for s in SPLITS}
+    seen = [g for s in SPLITS for g in groups[s]]
+    if len(seen) != len(set(seen)):   # guard: by construction this cannot happen
+        dup = sorted({g for g in seen if seen.count(g) > 1})[:3]
+        raise DataError(f"{source}: group(s) {dup} would appear in two splits")
+    out = {s: tuple(p for pos, _, pairs in parts[s] for p in capped(pos, pairs)) for s in SPLITS}
+    return BehaviorData(**out, groups=groups, source=source, sha256=sha,
+                        n_questions_read=len(questions), n_questions_dropped=len(questions) - len(usable))

@@ -1,0 +1,35 @@
+"""Exceptions and warnings. User-fixable input raises a LoccheckError subclass, whose str() is
+the one line the CLI prints; programming errors raise built-ins."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LoccheckError(Exception):
+    """An error the user can fix (bad claim, missing file, unsupported model)."""
+
+
+class ClaimError(LoccheckError):
+    """A problem with a claim file, located at file:line:col and a dotted key path."""
+
+    def __init__(self, path: Path | str | None, line: int | None, col: int | None, key: str, msg: str):
+        super().__init__(msg)
+        self.path, self.line, self.col, self.key, self.msg = path, line, col, key, msg
+
+    def __str__(self) -> str:
+        where = str(self.path) if self.path is not None else "<claim>"
+        if self.line is not None:
+            where += f":{self.line}" + (f":{self.col}" if self.col is not None else "")
+        return f"{where}: {self.key}: {self.msg}" if self.key else f"{where}: {self.msg}"
+
+
+class DataError(LoccheckError):
+    """A behaviour dataset is missing, unreadable or yields no usable pairs."""
+
+
+class AdapterError(LoccheckError):
+    """A model whose architecture no adapter supports, or a location outside the model."""
+
+
+class LoccheckWarning(UserWarning):
+    """A result that is legal but weak (for example a null too small for alpha)."""

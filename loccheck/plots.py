@@ -1,0 +1,147 @@
+"""Figures for the evidence report: one function per figure, each returns the path it wrote.
+
+Rendering is deterministic: the default style (a user's matplotlibrc cannot leak in), a fixed
+dpi, and no "Software" PNG chunk, so the same input gives byte-identical PNGs and reruns give
+clean diffs. Files are written atomically (temp file in the same folder, then os.replace).
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless and deterministic; must precede the pyplot import
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+DPI = 120
+FIGSIZE = (7.0, 4.2)
+CLAIM_COLOR = "tab:red"
+FULL_COLOR = "black"
+NULL_COLOR = "0.6"
+_RC = {"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 9, "figure.dpi": DPI}
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write `data` to `path` via a temp file in the same folder and os.replace.
+
+    A reader never sees a half-written file, and a crash leaves no partial output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _finite(values: Iterable) -> np.ndarray:
+    a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    return a[np.isfinite(a)]
+
+
+def _is_finite(x) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def _legend(fig) -> None:
+    # Below the axes, so it never hides a marked gain or a curve.
+    fig.legend(loc="outside lower center", ncols=3, frameon=False)
+
+
+def _save(fig, path) -> Path:
+    """Render `fig` to PNG bytes, close it, and write the bytes atomically."""
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    finally:
+        plt.close(fig)  # many claims in one pytest session would otherwise leak figures
+    return write_bytes_atomic(buf.getvalue(), path)
+
+
+def plot_null_histogram(null_gains: Sequence[float], claim_gain: float, full_gain: float,
+                        metric: str, path: str | os.PathLike, *, location_size: int) -> Path:
+    """Histogram of the null gains with the claim's and the whole model's gain marked.
+
+    Non-finite null gains are left out of the histogram (the title still counts all N).
+    """
+    n = len(null_gains)
+    g = _finite(null_gains)
+    with plt.style.context("default"), plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+        if g.size:
+            bins = max(5, min(40, math.ceil(2 * math.sqrt(g.size))))
+            ax.hist(g, bins=bins, color=NULL_COLOR, edgecolor="white",
+                    label=f"random {location_size}-head locations (N = {n})")
+        else:
+            ax.text(0.5, 0.5, "no finite null gains", transform=ax.transAxes, ha="center")
+        # axvline widens the x-limits when a marked gain lies outside the null's range.
+        if _is_finite(claim_gain):
+            ax.axvline(claim_gain, color=CLAIM_COLOR, lw=2.5,
+                       label=f"claimed heads: {float(claim_gain):.4g}")
+        if _is_finite(full_gain):
+            ax.axvline(full_gain, color=FULL_COLOR, lw=2.0, ls="--",
+                       label=f"whole-model edit (ceiling): {float(full_gain):.4g}")
+        ax.set_title(f"Null distribution: {metric} gain at N = {n} random "
+                     f"{location_size}-head locations")
+        ax.set_xlabel(f"{metric} gain over the unedited model")
+        ax.set_ylabel("number of random locations")
+        ax.yaxis.get_major_locator().set_params(integer=True)  # counts, not fractions
+        _legend(fig)
+        return _save(fig, path)
+
+
+def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Training loss per optimizer step for every edit in `edits` (the result dict's list).
+
+    The claim and the whole-model edit are bold; random locations are thin grey lines with
+    one legend entry. The y axis is logarithmic when every finite loss is positive.
+    """
+    randoms = [e for e in edits if e.get("role") == "random"]
+    styles = {"claim": dict(color=CLAIM_COLOR, lw=2.4, label="claimed heads", zorder=3),
+              "full": dict(color=FULL_COLOR, lw=2.0, ls="--", label="whole model", zorder=3)}
+    all_losses = []
+    with plt.style.context("default"), plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+        labelled = False
+        # Random curves first so the claim and the ceiling are drawn on top of them.
+        for e in sorted(edits, key=lambda e: e.get("role") != "random"):
+            y = np.asarray([np.nan if v is None else v for v in e.get("loss_curve") or []], float)
+            if y.size == 0:
+                continue
+            all_losses.append(y[np.isfinite(y)])
+            x = np.arange(1, y.size + 1)
+            if e.get("role") == "random":
+                ax.plot(x, y, color=NULL_COLOR, lw=0.8, alpha=0.6, zorder=1,
+                        label=None if labelled else f"random ({len(randoms)})")
+                labelled = True
+            else:
+                ax.plot(x, y, **styles.get(e.get("role"), dict(lw=1.5, label=str(e.get("role")))))
+        finite = np.concatenate(all_losses) if all_losses else np.empty(0)
+        if finite.size and np.all(finite > 0):
+            ax.set_yscale("log")
+            # Plain tick labels at 1, 2, 5 x 10^k: a loss spanning under a decade would
+            # otherwise get one or two scientific-notation labels.
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=12))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_title("Edit training loss per step")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss")
+        if all_losses:
+            _legend(fig)
+        else:
+            ax.text(0.5, 0.5, "no loss curves recorded", transform=ax.transAxes, ha="center")
+        return _save(fig, path)

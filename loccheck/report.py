@@ -1,0 +1,323 @@
+"""Markdown evidence report, rendered only from the result dict (the content of result.json).
+
+`render_report(result, out_dir)` writes report.md, null_hist.png and loss_curves.png. Output is
+deterministic: no timestamps, numbers formatted here (4 significant digits), and every dict
+iterated in a fixed order, so rendering the in-memory result and rendering it again from
+result.json (whose keys json.dumps sorted) give byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import yaml
+from tabulate import tabulate
+
+from loccheck.plots import plot_loss_curves, plot_null_histogram, write_bytes_atomic
+
+REPORT_NAME, NULL_HIST_NAME, LOSS_CURVES_NAME = "report.md", "null_hist.png", "loss_curves.png"
+P_CONVENTION = ("p = (1 + #{null gains >= claim gain}) / (N + 1), one-sided, "
+                "ties count against the claim")
+# Claim-file section order; json.dumps(sort_keys=True) loses it, so we restore it here.
+_CONFIG_ORDER = ("model", "behavior", "location", "heuristic", "edit", "random_locations",
+                 "verdict", "expect")
+_SPLITS = ("train", "validation", "test")
+_ROLE_NAMES = {"claim": "claimed location", "full": "whole model"}
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write UTF-8 `text` with "\\n" line ends via a temp file in the same folder + os.replace."""
+    return write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> Path:
+    """Write `obj` as canonical JSON (indent 2, sorted keys, NaN allowed) plus a newline."""
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", path)
+
+
+# --- formatting helpers ------------------------------------------------------------------
+
+def fmt(x) -> str:
+    """A number to 4 significant digits; None and NaN become "n/a"."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, (bool, str)):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    x = float(x)
+    if math.isnan(x):
+        return "n/a"
+    s = f"{x:.4g}"
+    return "0" if s == "-0" else s
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def _summary(values) -> str:
+    """mean ± sample std [min, max] of the finite values (ddof = 1, as a spread estimate)."""
+    v = _finite(values)
+    if not v:
+        return "n/a"
+    mean = sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
+    return f"{fmt(mean)} ± {fmt(std)} [{fmt(min(v))}, {fmt(max(v))}]"
+
+
+def _table(rows, headers) -> str:
+    # Numbers are pre-formatted strings; disable_numparse keeps tabulate from re-parsing them.
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _fence(text: str, lang: str = "") -> str:
+    """A code block whose fence is longer than any backtick run inside `text`."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{lang}\n{text.rstrip(chr(10))}\n{ticks}"
+
+
+def _ordered(d: dict, first=()) -> list:
+    """Keys of `d`: those in `first` (in that order), then the rest sorted."""
+    return [k for k in first if k in d] + sorted(k for k in d if k not in first)
+
+
+def _canonical(obj, first=()):
+    if isinstance(obj, dict):
+        return {k: _canonical(obj[k]) for k in _ordered(obj, first)}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    return obj
+
+
+def _value(v) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or isinstance(v, (int, float)):
+        return fmt(v)
+    return json.dumps(v, sort_keys=True)
+
+
+def _heads(location, limit: int = 4) -> str:
+    """First `limit` heads, then "… (16 heads)"; the whole-model edit's "all" as "all heads"."""
+    if isinstance(location, str):
+        return "all heads" if location == "all" else location
+    if len(location) <= limit:
+        return ", ".join(location)
+    return ", ".join(location[:limit]) + f", … ({len(location)} heads)"
+
+
+def _edit_name(e: dict) -> str:
+    return f"random {e.get('index')}" if e.get("role") == "random" else \
+        _ROLE_NAMES.get(e.get("role"), str(e.get("role")))
+
+
+def _n_at_least(r: dict) -> int | None:
+    """k = #{null >= claim}, read back from p = (k + 1) / (N + 1) so it matches the verdict."""
+    p, n = r.get("p_value"), r.get("n_random")
+    if p is None or n is None or not math.isfinite(p):
+        return None
+    k = p * (n + 1) - 1
+    return round(k) if abs(k - round(k)) < 1e-6 else None
+
+
+# --- sections ----------------------------------------------------------------------------
+
+def _verdict_lines(r: dict) -> list[str]:
+    expect = r.get("expect")
+    if expect is None:
+        note = "no expectation stated"
+    else:
+        note = f"expected {expect}: " + ("as expected" if r.get("matches_expectation")
+                                         else "NOT as expected")
+    return [f"**Verdict: {r['verdict']}** ({note})", "", str(r.get("verdict_reason", ""))]
+
+
+def _claim_lines(r: dict) -> list[str]:
+    quote = "\n".join("> " + ln if ln else ">" for ln in str(r.get("claim_text", "")).splitlines())
+    loc = r.get("location") or []
+    heur = r.get("heuristic") or {}
+    found = fmt(heur.get("method"))
+    if heur.get("citation"):
+        found += f" ({heur['citation']})"
+    lines = ["## Claim", "", quote, "", f"- Claim file: `{r.get('claim_file')}`",
+             f"- Location ({len(loc)} heads): " + ", ".join(f"`{h}`" for h in loc),
+             f"- Found by: {found}"]
+    extra = [k for k in _ordered(heur) if k not in ("method", "citation")]
+    lines += [f"  - {k}: {_value(heur[k])}" for k in extra]
+    return lines
+
+
+def _interpretation(r: dict) -> str:
+    v, metric, n = r["verdict"], r["metric"], r.get("n_random")
+    size = len(r.get("location") or [])
+    p, alpha, rho, ratio = fmt(r.get("p_value")), fmt(r.get("alpha")), fmt(r.get("rho")), \
+        r.get("optimality_ratio")
+    pct = "n/a" if ratio is None or not math.isfinite(ratio) else f"{ratio:.0%}"
+    k = _n_at_least(r)
+    beaten = "None of the" if k == 0 else f"{k} of" if k else "Some of the"
+    model = r.get("model") or {}
+    space = ""
+    if isinstance(model.get("n_layers"), int) and isinstance(model.get("n_heads"), int) and size:
+        space = (f" out of about {float(math.comb(model['n_layers'] * model['n_heads'], size)):.2g}"
+                 f" possible {size}-head sets")
+    scope = (f"The test uses `{metric}` only; other metrics in the tables are descriptive, and "
+             "nothing here speaks to other behaviours, datasets or models.")
+    if v == "FALSIFIED":
+        text = (f"{beaten} {n} random {size}-head locations reached a `{metric}` gain at least as "
+                f"large as the claimed heads (p = {p} > alpha = {alpha}); the claimed heads reach "
+                f"{pct} of the whole-model effect. Random head sets of the same size edit the "
+                "behaviour as well, so success at editing it through these heads is no evidence "
+                "that it lives in them. This does not show that the heads are irrelevant to the "
+                "behaviour: they may carry it, but so, apparently, do many other sets of heads.")
+    elif v == "SUPPORTED":
+        text = (f"{beaten} {n} random {size}-head locations matched the claimed heads' "
+                f"`{metric}` gain (p = {p} <= alpha = {alpha}), and the claimed heads reach {pct} "
+                f"of the whole-model effect (rho = {rho}). Among locations of this size they are "
+                "special for this behaviour, and editing them alone gets close to the best any "
+                "edit of the whole model achieves. This does not "
+                f"show uniqueness beyond the sampled null ({n} random sets{space}), that the "
+                "behaviour is absent from other heads, or that an edit of another kind would "
+                "agree.")
+    elif v == "SPECIFIC_BUT_WEAK":
+        text = (f"The claimed heads beat {n} random {size}-head locations (p = {p} <= alpha = "
+                f"{alpha}), but reach only {pct} of the whole-model effect, short of rho = {rho}. "
+                "They are specific: editing them works better than editing random heads of the "
+                "same size. They are not sufficient: the rest of the achievable effect needs parts "
+                "of the model outside them, so the behaviour is not localized in these heads alone.")
+    elif v == "UNDERPOWERED":
+        a = r.get("alpha")
+        need = (f"at least {math.ceil(1 / a - 1 - 1e-9)} random locations are needed"
+                if a and math.isfinite(a) and a > 0 else "more random locations are needed")
+        text = (f"With N = {n} random locations the smallest reachable p-value is 1/(N + 1) = "
+                f"{fmt(r.get('min_p_value'))} > alpha = {alpha}, so no outcome could have rejected "
+                f"the null; {need} for alpha = {alpha}. The numbers below are descriptive only: "
+                "they neither support nor falsify the claim.")
+    else:
+        text = f"Verdict {v} has no standard interpretation; see the numbers below."
+    return text + " " + scope
+
+
+def _stats_lines(r: dict) -> list[str]:
+    metric = r["metric"]
+    metrics = _ordered(r.get("base_metrics") or {metric: None}, first=(metric,))
+    by_role = {e.get("role"): e for e in r.get("edits") or [] if e.get("role") != "random"}
+    randoms = [e for e in r.get("edits") or [] if e.get("role") == "random"]
+    headers = ["", *[h for m in metrics for h in (m, f"{m} gain")]]
+    base = r.get("base_metrics") or {}
+    rows = [["unedited model", *[c for m in metrics for c in (fmt(base.get(m)), "—")]]]
+    for role, label in (("full", "whole-model edit (ceiling)"), ("claim", "claimed location")):
+        e = by_role.get(role, {})
+        rows.append([label, *[c for m in metrics for c in (
+            fmt((e.get("metrics") or {}).get(m)), fmt((e.get("gains") or {}).get(m)))]])
+    null_cells = []
+    for m in metrics:
+        null_cells.append(_summary((e.get("metrics") or {}).get(m) for e in randoms))
+        if m == metric:  # the primary gain comes from the statistics the verdict used
+            g = _finite(r.get("null_gains") or [])
+            null_cells.append(f"{fmt(r.get('null_mean'))} ± {fmt(r.get('null_std'))} "
+                              f"[{fmt(min(g) if g else None)}, {fmt(max(g) if g else None)}]")
+        else:
+            null_cells.append(_summary((e.get("gains") or {}).get(m) for e in randoms))
+    rows.append(["random locations (null): mean ± std [min, max]", *null_cells])
+
+    n, k, p = r.get("n_random"), _n_at_least(r), r.get("p_value")
+    p_cell = fmt(p) + (f" (= {k + 1}/{n + 1})" if k is not None else "")
+    test = [["p-value (one-sided)", p_cell],
+            ["null gains >= claim gain", f"{k} of {n}" if k is not None else "n/a"],
+            ["N (random locations)", fmt(n)],
+            ["min reachable p, 1/(N + 1)", fmt(r.get("min_p_value"))],
+            ["alpha", fmt(r.get("alpha"))],
+            ["rho (required share of the ceiling)", fmt(r.get("rho"))],
+            ["optimality ratio, claim gain / whole-model gain", fmt(r.get("optimality_ratio"))],
+            ["claim percentile in null (%)", fmt(r.get("claim_percentile"))]]
+    return ["## Statistics", "",
+            f"Primary metric: `{metric}` (the p-value and the verdict use its gain over the "
+            "unedited model; other metrics are descriptive). Gains are measured on held-out "
+            "test questions.", "", _table(rows, headers), "",
+            _table(test, ["test statistic", "value"]), "",
+            f"{P_CONVENTION}. ± is the sample standard deviation (ddof = 1)."]
+
+
+def _figure_lines(r: dict) -> list[str]:
+    n, size = r.get("n_random"), len(r.get("location") or [])
+    return ["## Figures", "",
+            f"![Null distribution of {r['metric']} gain at {n} random {size}-head locations, "
+            f"with the claimed heads and the whole-model edit marked]({NULL_HIST_NAME})", "",
+            f"![Training loss per step of the claimed-location edit, the whole-model edit and "
+            f"the {n} random-location edits]({LOSS_CURVES_NAME})"]
+
+
+def _convergence_lines(r: dict) -> list[str]:
+    edits = r.get("edits") or []
+    rows = [[_edit_name(e), _heads(e.get("location") or []), fmt(e.get("n_params")),
+             fmt(e.get("learning_rate")), fmt(e.get("steps")), fmt(e.get("final_loss")),
+             "yes" if e.get("still_falling") else "no"] for e in edits]
+    flagged = [_edit_name(e) for e in edits if e.get("still_falling")]
+    if flagged:
+        note = (f"**Warning:** {len(flagged)} of {len(edits)} edits may not be optimal: their "
+                "loss was still falling when the budget ran out: " + ", ".join(flagged) + ".")
+    else:
+        note = (f"All {len(edits)} edits converged by the trainer's criterion: none was flagged "
+                "`still_falling` (loss still falling when the step budget ran out).")
+    headers = ["edit", "location", "params", "learning rate", "steps", "final loss",
+               "still falling?"]
+    return ["## Convergence", "", _table(rows, headers), "", note]
+
+
+def _repro_lines(r: dict) -> list[str]:
+    model, data = r.get("model") or {}, r.get("data") or {}
+    versions, seeds = r.get("versions") or {}, r.get("seeds") or {}
+    model_keys = _ordered(model, ("name", "resolved", "sha256", "architecture", "n_layers",
+                                  "n_heads", "head_dim", "device", "dtype"))
+    data_keys = [k for k in _ordered(data, ("dataset", "source", "sha256", "prompt_format"))
+                 if k not in ("example_prompt", "n_questions", "n_pairs")]
+    nq, npairs = data.get("n_questions") or {}, data.get("n_pairs") or {}
+    splits = _ordered({**nq, **npairs}, _SPLITS)
+    config = _canonical(r.get("config") or {}, _CONFIG_ORDER)
+    lines = ["## Reproducibility", "", "Re-run this check with:", "",
+             _fence(f"loccheck verify {r.get('claim_file')}", "sh"), "",
+             "### Versions", "", _table([[k, _value(versions[k])] for k in _ordered(versions)],
+                                        ["package", "version"]), "",
+             "### Model", "", _table([[k, _value(model[k])] for k in model_keys],
+                                     ["field", "value"]), "",
+             "### Data", "", _table([[k, _value(data[k])] for k in data_keys],
+                                    ["field", "value"]), "",
+             _table([[s, fmt(nq.get(s)), fmt(npairs.get(s))] for s in splits],
+                    ["split", "questions", "pairs"]), ""]
+    if data.get("example_prompt") is not None:
+        lines += ["Example prompt:", "", _fence(str(data["example_prompt"]), "text"), ""]
+    lines += ["### Seeds", "", _table([[k, _value(seeds[k])] for k in _ordered(seeds)],
+                                      ["seed", "value"]), "",
+              "### Effective configuration", "",
+              _fence(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "yaml")]
+    return lines
+
+
+def render_markdown(result: dict) -> str:
+    """The report's Markdown text (no files written)."""
+    sections = [[f"# loccheck: {result['claim_name']}", "", *_verdict_lines(result)],
+                _claim_lines(result),
+                ["## What this does and does not show", "", _interpretation(result)],
+                _stats_lines(result), _figure_lines(result), _convergence_lines(result),
+                _repro_lines(result)]
+    return "\n\n".join("\n".join(s) for s in sections) + "\n"
+
+
+def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
+    """Write report.md, null_hist.png and loss_curves.png into `out_dir`; return report.md's path.
+
+    `result` is the JSON-serialisable result dict (the content of result.json); nothing else
+    is read, so a saved result can be re-rendered without a model.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_null_histogram(result.get("null_gains") or [], result.get("claim_gain"),
+                        result.get("full_gain"), result["metric"], out_dir / NULL_HIST_NAME,
+                        location_size=len(result.get("location") or []))
+    plot_loss_curves(result.get("edits") or [], out_dir / LOSS_CURVES_NAME)
+    return write_text_atomic(render_markdown(result), out_dir / REPORT_NAME)

@@ -1,0 +1,191 @@
+"""From statistics to a verdict on a localization claim (numpy only, no torch).
+
+Rules (METHOD.md, "Statistics and the verdict"), checked in this order:
+
+1. UNDERPOWERED when ``1 / (n_null + 1) > alpha``: no outcome of the null could reject;
+2. FALSIFIED when ``p > alpha``: random locations of the same size edit as well;
+3. SUPPORTED when ``claim_gain / full_gain >= rho`` (needs ``full_gain > 0``);
+4. SPECIFIC_BUT_WEAK otherwise: beats random locations, falls short of the whole model.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    """The outcome of testing a localization claim."""
+
+    SUPPORTED = "SUPPORTED"
+    SPECIFIC_BUT_WEAK = "SPECIFIC_BUT_WEAK"
+    FALSIFIED = "FALSIFIED"
+    UNDERPOWERED = "UNDERPOWERED"
+
+
+@dataclass(frozen=True)
+class VerdictResult:
+    """A verdict, the one-sentence reason for it, and the optimality ratio behind it.
+
+    Attributes
+    ----------
+    verdict : Verdict
+    reason : str
+        One plain-language sentence with the numbers that decided the verdict.
+    optimality_ratio : float
+        ``claim_gain / full_gain``; nan when the whole-model gain is not positive.
+    """
+
+    verdict: Verdict
+    reason: str
+    optimality_ratio: float
+
+    @property
+    def supported(self) -> bool:
+        return self.verdict is Verdict.SUPPORTED
+
+
+def _iv_alpha(alpha) -> float:
+    alpha = float(alpha)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"`alpha` must be in (0, 1), got {alpha}")
+    return alpha
+
+
+def _iv_finite(name: str, value) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+    return value
+
+
+def min_null_size(alpha: float) -> int:
+    """Smallest number of null draws N with ``1 / (N + 1) <= alpha``.
+
+    Below this N the smallest reachable p-value ``1 / (N + 1)`` exceeds `alpha`, so the test
+    can never reject. The comparison is the float one used by :func:`decide_verdict`, so
+    ``n_null < min_null_size(alpha)`` exactly when the verdict is UNDERPOWERED.
+
+    Parameters
+    ----------
+    alpha : float
+        Significance level, in (0, 1).
+
+    Returns
+    -------
+    int
+        For example 19 for ``alpha=0.05``, 9 for 0.1, 3 for 0.25, 1 for 0.5.
+    """
+    alpha = _iv_alpha(alpha)
+    inv = 1.0 / alpha
+    if not math.isfinite(inv):
+        raise ValueError(f"`alpha` is too small to need a finite null, got {alpha}")
+    n = max(1, math.ceil(inv) - 1)   # a guess; fix float round-off in both directions
+    while 1.0 / (n + 1) > alpha:
+        n += 1
+    while n > 1 and 1.0 / n <= alpha:
+        n -= 1
+    return n
+
+
+def optimality_ratio(claim_gain: float, full_gain: float) -> float:
+    """Share of the whole-model gain that the edit at the claimed location reaches.
+
+    Parameters
+    ----------
+    claim_gain, full_gain : float
+        Held-out gains (edited metric minus unedited metric) of the optimal edit at the
+        claimed location and of the optimal whole-model edit.
+
+    Returns
+    -------
+    float
+        ``claim_gain / full_gain`` when ``full_gain > 0``, else nan: a ceiling that does not
+        improve the metric cannot anchor "effective".
+    """
+    claim_gain = _iv_finite("claim_gain", claim_gain)
+    full_gain = _iv_finite("full_gain", full_gain)
+    return claim_gain / full_gain if full_gain > 0 else float("nan")
+
+
+def decide_verdict(
+    *,
+    pvalue: float,
+    n_null: int,
+    alpha: float,
+    claim_gain: float,
+    full_gain: float,
+    rho: float,
+    location_size: int | None = None,
+) -> VerdictResult:
+    """Decide the verdict on a localization claim.
+
+    Parameters
+    ----------
+    pvalue : float
+        Empirical p-value of the claim's gain against the null, one-sided "greater",
+        ``(1 + #{null >= claim}) / (n_null + 1)`` (see :func:`loccheck.stats.empirical_pvalue`).
+    n_null : int
+        Number of random locations in the null, >= 1.
+    alpha : float
+        Significance level, in (0, 1).
+    claim_gain, full_gain : float
+        Held-out gains of the edits at the claimed location and at the whole model.
+    rho : float
+        Share of the whole-model gain the claim must reach to count as effective, in (0, 1].
+    location_size : int, optional
+        Number of heads in the location; only used to word the reason.
+
+    Returns
+    -------
+    VerdictResult
+        UNDERPOWERED exactly when ``1 / (n_null + 1) > alpha`` (checked first); else
+        FALSIFIED when ``pvalue > alpha``; else SUPPORTED when the optimality ratio is finite
+        and ``>= rho``; else SPECIFIC_BUT_WEAK.
+    """
+    n_null = operator.index(n_null)
+    if n_null < 1:
+        raise ValueError(f"`n_null` must be >= 1, got {n_null}")
+    alpha = _iv_alpha(alpha)
+    rho = float(rho)
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"`rho` must be in (0, 1], got {rho}")
+    pvalue = float(pvalue)
+    if not 0.0 < pvalue <= 1.0:
+        raise ValueError(f"`pvalue` must be in (0, 1], got {pvalue}")
+    min_p = 1.0 / (n_null + 1)
+    if pvalue < min_p * (1 - 1e-9):
+        raise ValueError(f"`pvalue` must be >= 1/(n_null + 1) = {min_p:.3g} for an empirical p-value, got {pvalue}")
+    if location_size is not None:
+        location_size = operator.index(location_size)
+        if location_size < 1:
+            raise ValueError(f"`location_size` must be >= 1, got {location_size}")
+    ratio = optimality_ratio(claim_gain, full_gain)
+
+    what = f"random {location_size}-head locations" if location_size else "random locations of the same size"
+    k = max(0, round(pvalue * (n_null + 1)) - 1)   # null draws at least as good as the claim
+    verb = "edits" if k == 1 else "edit"
+
+    if min_p > alpha:
+        need = min_null_size(alpha)
+        return VerdictResult(Verdict.UNDERPOWERED, (
+            f"With {n_null} random locations the smallest reachable p-value is "
+            f"1/{n_null + 1} = {min_p:.3g} > alpha = {alpha:g}, so the test cannot reject: "
+            f"alpha = {alpha:g} needs at least {need} random locations."), ratio)
+    if pvalue > alpha:
+        return VerdictResult(Verdict.FALSIFIED, (
+            f"p = {pvalue:.3g} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
+            f"at least as well as the claimed heads."), ratio)
+    beats = (f"p = {pvalue:.3g} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
+             f"behaviour at least as well)")
+    if math.isfinite(ratio) and ratio >= rho:
+        return VerdictResult(Verdict.SUPPORTED, (
+            f"{beats} and the claimed heads reach {ratio:.1%} of the whole-model gain "
+            f"(rho = {rho:g}): the location is specific and effective."), ratio)
+    if not math.isfinite(ratio):
+        tail = (f"but the whole-model edit did not improve the metric (gain = {full_gain:.3g}), "
+                f"so there is no ceiling to call the claimed heads effective against.")
+    else:
+        tail = f"but the claimed heads reach only {ratio:.1%} of the whole-model gain (rho = {rho:g})."
+    return VerdictResult(Verdict.SPECIFIC_BUT_WEAK, f"{beats}, {tail}", ratio)
