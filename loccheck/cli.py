@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from loccheck import __version__
-from loccheck.errors import LoccheckError
+from loccheck.errors import LoccheckError, LoccheckWarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +42,14 @@ def _overrides(args) -> dict:
     return out
 
 
+_default_showwarning = warnings.showwarning
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"loccheck: warning: {message}", file=sys.stderr)
+    if issubclass(category, LoccheckWarning):  # ours are meant for users: one line, no source
+        print(f"loccheck: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ once from the edit seed, so every location starts from the same point.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator, Sequence
 
 import torch
@@ -96,7 +97,10 @@ class FullLoraEdit:
         config = LoraConfig(r=1, lora_alpha=1, lora_dropout=0.0, bias="none",
                             target_modules=list(self.adapter.proj_names),
                             fan_in_fan_out=self.adapter.fan_in_fan_out)
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft asks transformers a deprecated question (is_gradient_checkpointing)
+            warnings.simplefilter("ignore", FutureWarning)
+            peft_model = get_peft_model(model, config)
         try:
             self._params = []
             for layer, name in enumerate(self.adapter.proj_names):

@@ -58,7 +58,8 @@ def _is_finite(x) -> bool:
 
 def _legend(fig) -> None:
     # Below the axes, so it never hides a marked gain or a curve.
-    fig.legend(loc="outside lower center", ncols=3, frameon=False)
+    # One entry per row: three long labels side by side run off a 7-inch figure.
+    fig.legend(loc="outside lower center", ncols=1, frameon=False)
 
 
 def _save(fig, path) -> Path:

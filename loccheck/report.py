@@ -147,7 +147,7 @@ def _claim_lines(r: dict) -> list[str]:
     lines = ["## Claim", "", quote, "", f"- Claim file: `{r.get('claim_file')}`",
              f"- Location ({len(loc)} heads): " + ", ".join(f"`{h}`" for h in loc),
              f"- Found by: {found}"]
-    extra = [k for k in _ordered(heur) if k not in ("method", "citation")]
+    extra = [k for k in _ordered(heur) if k not in ("method", "citation") and heur[k] is not None]
     lines += [f"  - {k}: {_value(heur[k])}" for k in extra]
     return lines
 
@@ -262,8 +262,9 @@ def _convergence_lines(r: dict) -> list[str]:
         note = (f"**Warning:** {len(flagged)} of {len(edits)} edits may not be optimal: their "
                 "loss was still falling when the budget ran out: " + ", ".join(flagged) + ".")
     else:
-        note = (f"All {len(edits)} edits converged by the trainer's criterion: none was flagged "
-                "`still_falling` (loss still falling when the step budget ran out).")
+        note = (f"All {len(edits)} edits converged by the trainer's criterion: for none of them "
+                "was the mean loss of the last quarter of the steps lower than that of the "
+                "quarter before by more than `edit.convergence_tol`.")
     headers = ["edit", "location", "params", "learning rate", "steps", "final loss",
                "still falling?"]
     return ["## Convergence", "", _table(rows, headers), "", note]

@@ -50,14 +50,18 @@ def batch_order(n_pairs: int, cfg: EditConfig) -> list[list[int]]:
     return batches[: cfg.n_steps(n_pairs)]
 
 
+MIN_STEPS_TO_JUDGE = 8
+
+
 def convergence(losses: Sequence[float], tol: float) -> tuple[float, bool]:
     """(final loss, still falling?). The final loss is the mean over the last quarter of the
     steps; the edit is still falling when that is lower than the mean of the quarter before by
-    more than `tol` (relative). Fewer than two steps cannot show a plateau: still falling."""
+    more than `tol` (relative). Fewer than MIN_STEPS_TO_JUDGE steps cannot show a plateau
+    (one noisy batch against another), so such a short run counts as still falling."""
     n = len(losses)
     window = max(1, n // 4)
     last = float(np.mean(losses[n - window:])) if n else float("nan")
-    if n < 2 * window or n < 2:
+    if n < MIN_STEPS_TO_JUDGE:
         return last, True
     previous = float(np.mean(losses[n - 2 * window: n - window]))
     return last, (previous - last) > tol * max(abs(previous), 1e-12)

@@ -55,7 +55,7 @@ def family_model(request):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared data folder: $LOCCHECK_DATA_DIR, else ../shared/data beside the repo."""
-    path = Path(os.environ.get("LOCCHECK_DATA_DIR") or REPO.parent / "shared" / "data")
+    path = Path(os.environ.get("LOCCHECK_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
     if not (path / "TruthfulQA.csv").is_file():
         pytest.skip(f"TruthfulQA.csv not found in {path} (set LOCCHECK_DATA_DIR)")
     return path

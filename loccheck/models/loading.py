@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +65,12 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    print(f"loccheck: converting {gguf.name} to a Hugging Face folder once (about a minute on a "
+          f"CPU); it is kept in {target.parent}", file=sys.stderr)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as err:  # transformers raises many types for a bad file
         raise LoccheckError(f"cannot read GGUF model {gguf}: {err}") from err
     # The dequantized weights are plain fp32, but transformers refuses to save a model that still
@@ -75,7 +81,8 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
+        with quiet_transformers():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)  # atomic: a killed conversion leaves only a .tmp- folder
     except OSError:
@@ -125,8 +132,9 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
     if folder is not None:
         kwargs["local_files_only"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise LoccheckError(f"model.trust_remote_code: {name!r} needs custom code from its "
@@ -144,6 +152,23 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
             "class": type(model).__name__, "device": str(torch_device),
             "dtype": str(torch_dtype).removeprefix("torch.")}
     return LoadedModel(model, tokenizer, info)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No per-tensor progress bars or advisory logs from transformers: loccheck reports progress."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
 
 
 def _first_line(err: Exception) -> str:
