@@ -130,3 +130,12 @@ def test_empty_dataset_is_a_clear_error(claim_file, tmp_path, capsys):
     status, err = _run_bad(["verify", str(path)], capsys)
     assert status == 2 and len(err) == 1 and str(empty) in err[0]
     assert not (tmp_path / "reports").exists()
+
+
+def test_unreachable_hub_model_is_a_clear_error(claim_file, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = claim_file(3)
+    path.write_text(path.read_text().replace("name: smollm2-135m-instruct", "name: nobody/no-such-model"))
+    status, err = _run_bad(["verify", str(path)], capsys)
+    assert status == 2 and len(err) == 1
+    assert "model.name: cannot load 'nobody/no-such-model'" in err[0]
