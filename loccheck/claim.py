@@ -119,12 +119,29 @@ class HeuristicSpec(_Section):
     citation: str | None = Field(None, description="Where the localization claim was published.")
     notes: str | None = Field(None, description="Free-text notes.")
     top_k: StrictInt | None = Field(None, ge=1, description="Number of heads the heuristic proposes.")
+    C: Number = Field(1.0, gt=0, description="Inverse regularization strength of each logistic-regression probe.")
     probe_accuracies: dict[Annotated[str, AfterValidator(_head)], Annotated[Number, Field(ge=0, le=1)]] | None = Field(
         None, description="Per-head probe accuracies keyed by 'L{layer}H{head}' (method: probe).")
 
 
+class ITISpec(_Section):
+    alphas: tuple[Annotated[Number, Field(ge=0)], ...] = Field(
+        (0.0, 5.0, 10.0, 15.0, 20.0), min_length=1,
+        description="Intervention strengths swept on the validation questions; the best is kept, "
+                    "the same way for the claim and for every random location.")
+    positions: Literal["answer"] = Field(
+        "answer", description="Where alpha * sigma * u is added when scoring an answer: the last "
+                              "prompt token and every answer token (generation adds it at every new "
+                              "last token, so this is the teacher-forced equivalent).")
+
+
 class EditSpec(_Section):
-    method: Literal["optimal"] = Field("optimal", description="Edit family; 'optimal' is a rank-1 head-localized edit.")
+    method: Literal["optimal", "iti", "both"] = Field(
+        "optimal", description="'optimal': the rank-1 head-localized edit fitted by preference "
+                               "optimisation; 'iti': ITI's mass-mean-shift edit with an alpha sweep; "
+                               "'both': verify under each and report them side by side (the verdict "
+                               "and exit code follow 'optimal').")
+    iti: ITISpec = Field(default_factory=ITISpec, description="Settings of the ITI edit.")
     objective: Literal["ipo", "dpo"] = Field("ipo", description="Preference objective the edit is trained with.")
     tau: Number = Field(0.1, gt=0, description="IPO regularization strength.")
     beta: Number = Field(0.1, gt=0, description="DPO inverse temperature.")

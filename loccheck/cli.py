@@ -30,6 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show progress bars even when stderr is not a terminal")
     bar.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    localize = sub.add_parser("localize", help="run the claim's probing heuristic and write a new "
+                                               "claim file that pins the heads it selects")
+    localize.add_argument("claim", type=Path, metavar="CLAIM", help="claim YAML file")
+    localize.add_argument("--top-k", type=int, default=None, metavar="K",
+                          help="number of heads (default: heuristic.top_k, else the claimed count)")
+    localize.add_argument("--out", type=Path, default=None,
+                          help="new claim file (default: <claim>_localized.yaml beside the claim)")
+    localize.add_argument("--cache-dir", type=Path, default=None, help="cache folder")
+    localize.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -55,27 +65,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
-    from loccheck.claim import load_claim
-    from loccheck.verification import verify
-
     try:
-        claims = [load_claim(path) for path in args.claims]   # every file is checked before any work
-        claims = [c.with_overrides(_overrides(args)) for c in claims]
-        if len({c.name for c in claims}) < len(claims):
-            raise LoccheckError("several claim files share a file name; their reports would collide")
-        status = 0
-        for claim in claims:
-            out = args.out
-            if out is not None and len(claims) > 1:
-                out = out / claim.name
-            result = verify(claim, out_dir=out, progress=args.progress, cache_dir=args.cache_dir)
-            print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_random}, "
-                  f"claim gain {result.claim_gain:+.4g}, whole model {result.full_gain:+.4g}, "
-                  f"null mean {result.null_mean:+.4g}); expected {result.expect or 'SUPPORTED'}: "
-                  f"{'as expected' if result.matches_expectation else 'NOT as expected'}; "
-                  f"report: {Path(result.report_dir) / 'report.md'}")
-            status = max(status, 0 if result.matches_expectation else 1)
-        return status
+        if args.command == "localize":
+            return _localize(args)
+        return _verify(args)
     except LoccheckError as err:
         if args.debug:
             raise
@@ -84,3 +77,49 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("loccheck: interrupted", file=sys.stderr)
         return 130
+
+
+def _localize(args) -> int:
+    import yaml
+
+    from loccheck.claim import load_claim
+    from loccheck.report import write_text_atomic
+    from loccheck.verification import localize
+
+    claim = load_claim(args.claim)
+    heads, accuracies, probe = localize(claim, top_k=args.top_k, cache_dir=args.cache_dir)
+    config = claim.effective_config()
+    config["location"] = {"heads": [str(h) for h in heads], "from_heuristic": False}
+    config["heuristic"] = {**config["heuristic"], "method": "probe", "top_k": len(heads),
+                           "probe_accuracies": accuracies}
+    out = args.out or args.claim.with_name(f"{args.claim.stem}_localized.yaml")
+    header = (f"# Written by `loccheck localize {args.claim}`: the {len(heads)} heads with the best\n"
+              f"# validation accuracy of per-head logistic probes ({probe.n_train} train and\n"
+              f"# {probe.n_val} validation answers; test questions unseen), pinned.\n")
+    write_text_atomic(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), out)
+    load_claim(out)  # what we wrote must be a valid claim
+    print(f"{out}: " + ", ".join(f"{h} ({accuracies[str(h)]:.3f})" for h in heads))
+    return 0
+
+
+def _verify(args) -> int:
+    from loccheck.claim import load_claim
+    from loccheck.verification import verify
+
+    claims = [load_claim(path) for path in args.claims]   # every file is checked before any work
+    claims = [c.with_overrides(_overrides(args)) for c in claims]
+    if len({c.name for c in claims}) < len(claims):
+        raise LoccheckError("several claim files share a file name; their reports would collide")
+    status = 0
+    for claim in claims:
+        out = args.out
+        if out is not None and len(claims) > 1:
+            out = out / claim.name
+        result = verify(claim, out_dir=out, progress=args.progress, cache_dir=args.cache_dir)
+        print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_random}, "
+              f"claim gain {result.claim_gain:+.4g}, whole model {result.full_gain:+.4g}, "
+              f"null mean {result.null_mean:+.4g}); expected {result.expect or 'SUPPORTED'}: "
+              f"{'as expected' if result.matches_expectation else 'NOT as expected'}; "
+              f"report: {Path(result.report_dir) / 'report.md'}")
+        status = max(status, 0 if result.matches_expectation else 1)
+    return status

@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +35,18 @@ class PreferencePair:
     group: str     # question id, shared by all pairs of one question; splits are by group
 
 
+# group -> (prompt, true answers, false answers): every answer of a question, for probing
+Answers = dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]
+
+
 @dataclass(frozen=True)
 class BehaviorData:
-    """Pairs split by question. `groups[split]` lists that split's groups in shuffled order."""
+    """Pairs split by question. `groups[split]` lists that split's groups in shuffled order.
+
+    `answers` holds, for every kept question, all its labelled answers (not capped by
+    `max_pairs_per_question`): what a probe is trained on. It is keyed by group, so the same
+    split discipline applies: use `labelled(split)`.
+    """
     train: tuple[PreferencePair, ...]
     validation: tuple[PreferencePair, ...]
     test: tuple[PreferencePair, ...]
@@ -46,6 +55,25 @@ class BehaviorData:
     sha256: str                    # of the file's bytes (datasets: of canonical JSON of the rows)
     n_questions_read: int = 0      # groups in the source, before dropping and max_questions
     n_questions_dropped: int = 0   # groups left without a usable pair
+    answers: Answers = field(default_factory=dict)
+
+    def labelled(self, split: str) -> list[tuple[str, str, str, int]]:
+        """(group, prompt, answer, label) for every answer of the split's questions.
+
+        Groups in split order; within a group the true answers (label 1) first, then the
+        false ones (label 0), each in the order `answers` lists them.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}")
+        missing = [g for g in self.groups[split] if g not in self.answers]
+        if missing:
+            raise ValueError(f"BehaviorData has no `answers` for {len(missing)} {split} group(s) "
+                             f"(e.g. {missing[0]!r}); build it with load_behavior")
+        out = []
+        for g in self.groups[split]:
+            prompt, true, false = self.answers[g]
+            out += [(g, prompt, a, 1) for a in true] + [(g, prompt, a, 0) for a in false]
+        return out
 
     def summary(self) -> dict:
         splits = {s: {"n_questions": len(self.groups[s]), "n_pairs": len(getattr(self, s))}
@@ -116,13 +144,15 @@ def _clean(answers) -> list[str]:
 
 
 def _tqa_question(i: int, question: str, best: str, correct: list[str], incorrect: list[str]):
-    """(group, pairs) for one row: every correct x incorrect answer, the Best Answer first."""
+    """(group, pairs, answers) for one row: every correct x incorrect answer, the Best Answer
+    first; answers = (question, correct, incorrect), the lists the pairs are built from."""
     q, g = question.strip(), f"tqa-{i}"
     if not q:
-        return g, []
+        return g, [], (q, (), ())
     ok, bad = _clean([best, *correct]), _clean(incorrect)
     # chosen == rejected happens in the real file ("Unknown" is listed both ways, twice)
-    return g, [PreferencePair(q, c, r, g) for c, r in itertools.product(ok, bad) if c != r]
+    pairs = [PreferencePair(q, c, r, g) for c, r in itertools.product(ok, bad) if c != r]
+    return g, pairs, (q, tuple(ok), tuple(bad))
 
 
 def _split_cell(cell: str | None) -> list[str]:
@@ -202,7 +232,19 @@ def _read_jsonl(path: str | None, base_dir: Path | None):
             pairs.append(PreferencePair(obj["prompt"], obj["chosen"], obj["rejected"], group))
     if not by_group:
         raise DataError(f"{found}: no records (the file is empty)")
-    return list(by_group.items()), str(found), sha
+    return [(g, pairs, _jsonl_answers(pairs)) for g, pairs in by_group.items()], str(found), sha
+
+
+def _jsonl_answers(pairs: list[PreferencePair]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(prompt of the group's first pair, unique chosen, unique rejected), first-appearance order.
+
+    Only usable pairs count (a record with chosen == rejected labels nothing). A text chosen in
+    one pair and rejected in another appears in both lists, as the file says.
+    """
+    if not pairs:
+        return "", (), ()
+    return (pairs[0].prompt, tuple(dict.fromkeys(p.chosen for p in pairs)),
+            tuple(dict.fromkeys(p.rejected for p in pairs)))
 
 
 # ---------------------------------------------------------------- splitting
@@ -261,7 +303,7 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
         raise ValueError(f"`dataset` must be 'truthfulqa' or 'jsonl', got {dataset!r}")
 
     # position = index in the file, so a question's pair subset is independent of the others
-    usable = [(pos, g, pairs) for pos, (g, pairs) in enumerate(questions) if pairs]
+    usable = [(pos, g, pairs) for pos, (g, pairs, _) in enumerate(questions) if pairs]
     if not usable:
         raise DataError(f"{source} yields no usable preference pairs")
     order = np.random.default_rng(split_seed).permutation(len(usable))
@@ -288,5 +330,8 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
         dup = sorted({g for g in seen if seen.count(g) > 1})[:3]
         raise DataError(f"{source}: group(s) {dup} would appear in two splits")
     out = {s: tuple(p for pos, _, pairs in parts[s] for p in capped(pos, pairs)) for s in SPLITS}
+    # every answer of every kept question, independent of max_pairs_per_question
+    answers = {g: questions[pos][2] for s in SPLITS for pos, g, _ in parts[s]}
     return BehaviorData(**out, groups=groups, source=source, sha256=sha,
-                        n_questions_read=len(questions), n_questions_dropped=len(questions) - len(usable))
+                        n_questions_read=len(questions), n_questions_dropped=len(questions) - len(usable),
+                        answers=answers)

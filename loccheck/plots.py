@@ -146,3 +146,84 @@ def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike) -> Path:
         else:
             ax.text(0.5, 0.5, "no loss curves recorded", transform=ax.transAxes, ha="center")
         return _save(fig, path)
+
+
+def plot_probe_heatmap(val_accuracy, claimed: Sequence, path: str | os.PathLike, *,
+                       title: str | None = None) -> Path:
+    """Probe validation accuracy per head, with the claimed heads outlined.
+
+    Heads on the x axis, layers on the y axis with **layer 0 at the bottom** (deeper layers
+    higher up); a colour bar gives the accuracy, whose range starts at chance (0.5) unless an
+    accuracy is lower. `claimed` holds HeadLoc-like objects (`.layer`, `.head`); each is drawn
+    as a red rectangle with a white halo, so it shows on any colour. Non-finite cells are grey.
+    """
+    import matplotlib.patches as mpatches
+    from matplotlib import patheffects
+
+    acc = np.asarray(val_accuracy, dtype=float)
+    if acc.ndim != 2 or 0 in acc.shape:
+        raise ValueError(f"`val_accuracy` must be a non-empty (n_layers, n_heads) array, got shape {acc.shape}")
+    n_layers, n_heads = acc.shape
+    claimed = sorted({(int(c.layer), int(c.head)) for c in claimed})
+    outside = [f"L{l}H{h}" for l, h in claimed if not (0 <= l < n_layers and 0 <= h < n_heads)]
+    if outside:
+        raise ValueError(f"`claimed` heads {outside} are outside the {n_layers} x {n_heads} accuracy grid")
+    finite = acc[np.isfinite(acc)]
+    vmin = min(0.5, float(finite.min())) if finite.size else 0.5
+    vmax = max(float(finite.max()), vmin + 0.05) if finite.size else 1.0
+    # ~0.3 inch cells, shrunk so a 32 x 32 model still fits in about 9 x 10 inches
+    cell = min(0.32, 7.0 / n_heads, 9.0 / n_layers)
+    figsize = (max(4.5, n_heads * cell + 2.4), max(3.0, n_layers * cell + 1.6))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
+    outline = [patheffects.withStroke(linewidth=4.0, foreground="white")]
+    with plt.style.context("default"), plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        im = ax.imshow(np.ma.masked_invalid(acc), origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
+                       aspect="equal", interpolation="nearest")
+        for l, h in claimed:
+            # inset a little, so two neighbouring claimed heads keep two visible outlines;
+            # unclipped, so an outline on the grid's edge is drawn whole
+            ax.add_patch(mpatches.Rectangle((h - 0.44, l - 0.44), 0.88, 0.88, fill=False,
+                                            edgecolor=CLAIM_COLOR, lw=2.0, path_effects=outline,
+                                            zorder=3, clip_on=False))
+        bar = fig.colorbar(im, ax=ax, shrink=min(1.0, max(0.4, 12 / n_layers)) if n_layers > 12 else 1.0)
+        bar.set_label("probe validation accuracy")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=min(n_heads, 16), integer=True))
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=min(n_layers, 20), integer=True))
+        ax.set_xlim(-0.5, n_heads - 0.5)
+        ax.set_ylim(-0.5, n_layers - 0.5)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer (0 = first)")
+        ax.set_title(title or f"Probe accuracy per head ({len(claimed)} claimed outlined)")
+        if claimed:
+            fig.legend(handles=[mpatches.Patch(fill=False, edgecolor=CLAIM_COLOR, lw=2.0,
+                                               label=f"claimed heads ({len(claimed)})")],
+                       loc="outside lower center", frameon=False)
+        return _save(fig, path)
+
+
+def plot_methods(methods: dict, metric: str, path: str | os.PathLike) -> Path:
+    """One panel per edit method: its null gains as dots (one per random location, the same
+    locations in every panel), the claimed heads' gain and the whole-model gain as lines."""
+    order = [m for m in ("iti", "optimal") if m in methods] + sorted(set(methods) - {"iti", "optimal"})
+    with plt.style.context("default"), plt.rc_context(_RC):
+        fig, axes = plt.subplots(1, len(order), figsize=(FIGSIZE[0], 3.2), layout="constrained",
+                                 squeeze=False)
+        for ax, name in zip(axes[0], order):
+            s = methods[name]
+            g = _finite(s.get("null_gains") or [])
+            # Deterministic jitter: spread equal values so every location stays visible.
+            jitter = (np.arange(g.size) % 7 - 3) * 0.04
+            ax.scatter(jitter, g, s=14, color=NULL_COLOR, label="random locations")
+            if _is_finite(s.get("claim_gain")):
+                ax.axhline(s["claim_gain"], color=CLAIM_COLOR, lw=2.5, label="claimed heads")
+            if _is_finite(s.get("full_gain")):
+                ax.axhline(s["full_gain"], color=FULL_COLOR, lw=2.0, ls="--", label="whole model")
+            p = s.get("p_value")
+            ax.set_title(f"{name}: p = {p:.3g}" if _is_finite(p) else name)
+            ax.set_xticks([])
+            ax.set_xlim(-0.5, 0.5)
+            ax.set_ylabel(f"{metric} gain")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+        return _save(fig, path)

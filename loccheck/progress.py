@@ -21,12 +21,14 @@ class Progress:
         self.inner = self._tqdm(total=n_steps, desc=label, unit="step", leave=False,
                                 disable=not self.enabled, position=1, dynamic_ncols=True)
 
-    def step(self, step: int, n_steps: int, loss: float) -> None:
+    def step(self, step: int, n_steps: int, loss: float | None = None) -> None:
         if self.inner is not None:
-            self.inner.set_postfix(loss=f"{loss:.3g}", refresh=False)
+            if loss is not None:
+                self.inner.set_postfix(loss=f"{loss:.3g}", refresh=False)
             self.inner.update(1)
 
-    def end_edit(self, label: str, final_loss: float, still_falling: bool, gain: float) -> None:
+    def end_edit(self, label: str, gain: float, final_loss: float | None = None,
+                 still_falling: bool = False) -> None:
         if self.inner is not None:
             self.inner.close()
         self.outer.update(1)
@@ -34,8 +36,9 @@ class Progress:
             done, total = self.outer.n, self.outer.total
             elapsed = time.monotonic() - self.start
             left = elapsed / done * (total - done)
-            flag = "  STILL FALLING" if still_falling else ""
-            self.outer.write(f"[{done}/{total}] {label}: loss {final_loss:.3g}{flag}, gain {gain:+.3g}"
+            loss = "" if final_loss is None else f"loss {final_loss:.3g}, "
+            flag = "STILL FALLING, " if still_falling else ""
+            self.outer.write(f"[{done}/{total}] {label}: {loss}{flag}gain {gain:+.3g}"
                              f"  ({elapsed:.0f} s so far, ~{left:.0f} s left)")
 
     def close(self) -> None:

@@ -16,9 +16,13 @@ from pathlib import Path
 import yaml
 from tabulate import tabulate
 
-from loccheck.plots import plot_loss_curves, plot_null_histogram, write_bytes_atomic
+import numpy as np
+
+from loccheck.plots import (plot_loss_curves, plot_methods, plot_null_histogram,
+                            plot_probe_heatmap, write_bytes_atomic)
 
 REPORT_NAME, NULL_HIST_NAME, LOSS_CURVES_NAME = "report.md", "null_hist.png", "loss_curves.png"
+METHODS_NAME, PROBE_HEATMAP_NAME = "methods.png", "probe_heatmap.png"
 P_CONVENTION = ("p = (1 + #{null gains >= claim gain}) / (N + 1), one-sided, "
                 "ties count against the claim")
 # Claim-file section order; json.dumps(sort_keys=True) loses it, so we restore it here.
@@ -111,6 +115,12 @@ def _heads(location, limit: int = 4) -> str:
     return ", ".join(location[:limit]) + f", … ({len(location)} heads)"
 
 
+def _edits(r: dict, method: str | None = None) -> list[dict]:
+    """The edits of one method (default: the primary one, whose test gives the verdict)."""
+    method = method or r.get("edit_method") or "optimal"
+    return [e for e in r.get("edits") or [] if e.get("method", "optimal") == method]
+
+
 def _edit_name(e: dict) -> str:
     return f"random {e.get('index')}" if e.get("role") == "random" else \
         _ROLE_NAMES.get(e.get("role"), str(e.get("role")))
@@ -199,14 +209,88 @@ def _interpretation(r: dict) -> str:
                 "they neither support nor falsify the claim.")
     else:
         text = f"Verdict {v} has no standard interpretation; see the numbers below."
-    return text + " " + scope
+    return " ".join([text, _effective_sentence(r, r.get("edit_method") or "optimal"), scope]).replace("  ", " ")
+
+
+def _effective_sentence(r: dict, method: str) -> str:
+    """How many random locations reach rho of the whole-model gain; for single heads, what that
+    says about uniqueness."""
+    summary = (r.get("methods") or {}).get(method) or {}
+    k, n = summary.get("n_null_effective"), r.get("n_random")
+    if k is None:
+        return ""
+    size = len(r.get("location") or [])
+    what = "random single heads" if size == 1 else f"random {size}-head locations"
+    text = (f"{k} of {n} {what} reach rho = {fmt(r.get('rho'))} of the whole-model gain "
+            f"(`{method}` edit).")
+    if size == 1:
+        text += (" More than one such head is evidence against uniqueness: no single privileged "
+                 "head carries the behaviour." if k > 1 else
+                 " At most one such head was found, so this sample does not contradict uniqueness.")
+    return text
+
+
+def _methods_lines(r: dict) -> list[str]:
+    """The side-by-side evidence: the same claimed and random heads under each edit method."""
+    methods = r.get("methods") or {}
+    if len(methods) < 2:
+        return []
+    order = [m for m in ("iti", "optimal") if m in methods] + sorted(set(methods) - {"iti", "optimal"})
+    rows = []
+    for m in order:
+        s = methods[m]
+        rows.append([m, fmt(s.get("claim_gain")), fmt(s.get("full_gain")),
+                     f"{fmt(s.get('null_mean'))} ± {fmt(s.get('null_std'))}",
+                     fmt(s.get("p_value")), fmt(s.get("n_null_effective")), s.get("verdict")])
+    lines = ["## The same heads under each edit", "",
+             "Each row tests the same claimed heads against the same random locations; only the "
+             "edit differs. `iti` adds alpha * sigma * u (ITI's mass-mean-shift direction, sigma "
+             "the spread of the activations along it) to each head, at the last prompt token and "
+             "every answer token when scoring an answer, with alpha picked on the validation "
+             "questions for each location alike. `optimal` fits the best rank-1 edit at those "
+             "heads. A location that looks special under a heuristic edit but not under the "
+             "optimal one is special to the heuristic, not to the behaviour.", "",
+             _table(rows, ["edit", "claim gain", "whole-model gain", "null mean ± std",
+                           "p-value", f"null >= rho x whole", "verdict"]), "",
+             f"![{r['metric']} gain of the claimed heads against the random locations under each "
+             f"edit method]({METHODS_NAME})"]
+    iti = _edits(r, "iti")
+    if iti:
+        alphas = [e.get("alpha") for e in iti if e.get("role") == "random"]
+        by_role = {e.get("role"): e for e in iti}
+        lines += ["", f"ITI's alpha chosen on validation: claim {fmt(by_role.get('claim', {}).get('alpha'))}, "
+                  f"whole model {fmt(by_role.get('full', {}).get('alpha'))}, random locations "
+                  + ", ".join(fmt(a) for a in alphas) + "."]
+    return lines
+
+
+def _probe_lines(r: dict) -> list[str]:
+    probe = r.get("probe")
+    if not probe:
+        return []
+    acc = probe.get("claimed_accuracy") or {}
+    rows = [[h, fmt(acc.get(h))] for h in r.get("location") or []]
+    lines = ["## The heuristic: probing", "",
+             f"One logistic-regression probe per head, trained on the activations of "
+             f"{probe.get('n_train')} answers of the train questions and scored on "
+             f"{probe.get('n_val')} answers of the validation questions (never the test "
+             "questions), at the last token of \"Q: {question} A: {answer}\".", "",
+             f"![Validation accuracy of the probe of every head (layers by heads), claimed heads "
+             f"outlined]({PROBE_HEATMAP_NAME})", "",
+             _table(rows, ["claimed head", "probe validation accuracy"])]
+    if probe.get("pinned_heads_reselected") is False:
+        lines += ["", f"**Note:** the claim pins its heads, and probing on this data now selects "
+                  f"others: {', '.join(probe.get('selected') or [])}."]
+    elif probe.get("pinned_heads_reselected"):
+        lines += ["", "Probing on this data selects exactly the pinned heads."]
+    return lines
 
 
 def _stats_lines(r: dict) -> list[str]:
     metric = r["metric"]
     metrics = _ordered(r.get("base_metrics") or {metric: None}, first=(metric,))
-    by_role = {e.get("role"): e for e in r.get("edits") or [] if e.get("role") != "random"}
-    randoms = [e for e in r.get("edits") or [] if e.get("role") == "random"]
+    by_role = {e.get("role"): e for e in _edits(r) if e.get("role") != "random"}
+    randoms = [e for e in _edits(r) if e.get("role") == "random"]
     headers = ["", *[h for m in metrics for h in (m, f"{m} gain")]]
     base = r.get("base_metrics") or {}
     rows = [["unedited model", *[c for m in metrics for c in (fmt(base.get(m)), "—")]]]
@@ -236,24 +320,29 @@ def _stats_lines(r: dict) -> list[str]:
             ["optimality ratio, claim gain / whole-model gain", fmt(r.get("optimality_ratio"))],
             ["claim percentile in null (%)", fmt(r.get("claim_percentile"))]]
     return ["## Statistics", "",
-            f"Primary metric: `{metric}` (the p-value and the verdict use its gain over the "
-            "unedited model; other metrics are descriptive). Gains are measured on held-out "
-            "test questions.", "", _table(rows, headers), "",
+            f"Edit: `{r.get('edit_method', 'optimal')}`. Primary metric: `{metric}` (the p-value "
+            "and the verdict use its gain over the unedited model; other metrics are "
+            "descriptive). Gains are measured on held-out test questions.", "",
+            _table(rows, headers), "",
             _table(test, ["test statistic", "value"]), "",
             f"{P_CONVENTION}. ± is the sample standard deviation (ddof = 1)."]
 
 
 def _figure_lines(r: dict) -> list[str]:
     n, size = r.get("n_random"), len(r.get("location") or [])
-    return ["## Figures", "",
-            f"![Null distribution of {r['metric']} gain at {n} random {size}-head locations, "
-            f"with the claimed heads and the whole-model edit marked]({NULL_HIST_NAME})", "",
-            f"![Training loss per step of the claimed-location edit, the whole-model edit and "
-            f"the {n} random-location edits]({LOSS_CURVES_NAME})"]
+    lines = ["## Figures", "",
+             f"![Null distribution of {r['metric']} gain at {n} random {size}-head locations, "
+             f"with the claimed heads and the whole-model edit marked]({NULL_HIST_NAME})"]
+    if _edits(r, "optimal"):
+        lines += ["", f"![Training loss per step of the claimed-location edit, the whole-model edit "
+                  f"and the {n} random-location edits]({LOSS_CURVES_NAME})"]
+    return lines
 
 
 def _convergence_lines(r: dict) -> list[str]:
-    edits = r.get("edits") or []
+    edits = _edits(r, "optimal")
+    if not edits:
+        return []
     rows = [[_edit_name(e), _heads(e.get("location") or []), fmt(e.get("n_params")),
              fmt(e.get("learning_rate")), fmt(e.get("steps")), fmt(e.get("final_loss")),
              "yes" if e.get("still_falling") else "no"] for e in edits]
@@ -304,9 +393,9 @@ def render_markdown(result: dict) -> str:
     sections = [[f"# loccheck: {result['claim_name']}", "", *_verdict_lines(result)],
                 _claim_lines(result),
                 ["## What this does and does not show", "", _interpretation(result)],
-                _stats_lines(result), _figure_lines(result), _convergence_lines(result),
-                _repro_lines(result)]
-    return "\n\n".join("\n".join(s) for s in sections) + "\n"
+                _stats_lines(result), _figure_lines(result), _methods_lines(result),
+                _probe_lines(result), _convergence_lines(result), _repro_lines(result)]
+    return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
 
 
 def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
@@ -320,5 +409,13 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     plot_null_histogram(result.get("null_gains") or [], result.get("claim_gain"),
                         result.get("full_gain"), result["metric"], out_dir / NULL_HIST_NAME,
                         location_size=len(result.get("location") or []))
-    plot_loss_curves(result.get("edits") or [], out_dir / LOSS_CURVES_NAME)
+    if _edits(result, "optimal"):
+        plot_loss_curves(_edits(result, "optimal"), out_dir / LOSS_CURVES_NAME)
+    if len(result.get("methods") or {}) > 1:
+        plot_methods(result["methods"], result["metric"], out_dir / METHODS_NAME)
+    if result.get("probe"):
+        from loccheck.locations import HeadLoc
+        plot_probe_heatmap(np.asarray(result["probe"]["val_accuracy"]),
+                           [HeadLoc.parse(h) for h in result.get("location") or []],
+                           out_dir / PROBE_HEATMAP_NAME)
     return write_text_atomic(render_markdown(result), out_dir / REPORT_NAME)

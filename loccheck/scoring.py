@@ -1,34 +1,48 @@
 """Log-probabilities of answers given prompts, summed over the answer tokens only."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from loccheck.prompts import TokenizedPair
 
 
+OnBatch = Callable[[torch.Tensor], None]
+
+
 def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-                    pad_id: int) -> torch.Tensor:
+                    pad_id: int, *, on_batch: OnBatch | None = None) -> torch.Tensor:
     """log pi(answer | prompt) for each sequence, shape (batch,). Differentiable.
 
     The vocabulary projection runs only at positions that predict an answer token: for a
     small model most of the compute of a full `logits` tensor would be thrown away.
+
+    Sequences are right-padded. If `on_batch` is given, it is called right before the forward
+    with a bool tensor (batch, width) on the model's device that marks, in row i, positions
+    [len(prompt_i) - 1, len(prompt_i) + len(answer_i)): the last prompt token, then every answer
+    token. All but the final one predict an answer token; the final one's logits are dropped.
+    Padding is never marked. (Position-dependent edits such as ITI use it; see `loccheck.iti`.)
     """
     device = next(model.parameters()).device
     seqs = [list(p) + list(a) for p, a in zip(prompts, answers)]
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    positions = torch.zeros((len(seqs), width), dtype=torch.bool) if on_batch is not None else None
     rows, cols, targets = [], [], []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         n = len(p) + len(a)
         ids[i, :n] = torch.tensor(seqs[i])
         mask[i, :n] = 1
+        if positions is not None:
+            positions[i, len(p) - 1:n] = True
         rows += [i] * len(a)
         cols += range(len(p) - 1, n - 1)       # position t predicts token t + 1
         targets += a
     body = getattr(model, model.base_model_prefix)
+    if on_batch is not None:
+        on_batch(positions.to(device))
     hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (n_tok, d)
     logp = model.get_output_embeddings()(picked).float().log_softmax(-1)                   # (n_tok, vocab)
@@ -36,22 +50,28 @@ def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[S
     return torch.zeros(len(seqs), device=device).index_add(0, torch.tensor(rows, device=device), token_logp)
 
 
-def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int) -> torch.Tensor:
-    """(batch, 2) log-probabilities of the chosen and the rejected answer of each pair."""
+def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
+                  on_batch: OnBatch | None = None) -> torch.Tensor:
+    """(batch, 2) log-probabilities of the chosen and the rejected answer of each pair.
+
+    One forward over 2 * batch sequences (chosen answers first); `on_batch` as in `answer_logprobs`."""
     prompts = [p.prompt for p in pairs] * 2
     answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    lp = answer_logprobs(model, prompts, answers, pad_id)
+    lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch)
     return torch.stack([lp[: len(pairs)], lp[len(pairs):]], dim=1)
 
 
 @torch.no_grad()
 def all_pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int,
-                      batch_size: int = 8) -> torch.Tensor:
-    """(n_pairs, 2) log-probabilities without gradients, batched by length to limit padding."""
+                      batch_size: int = 8, *, on_batch: OnBatch | None = None) -> torch.Tensor:
+    """(n_pairs, 2) log-probabilities without gradients, batched by length to limit padding.
+
+    `on_batch` is called once per forward, as in `answer_logprobs`."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen)
                    + len(pairs[i].rejected))
     out = torch.empty(len(pairs), 2, dtype=torch.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        out[idx] = pair_logprobs(model, [pairs[i] for i in idx], pad_id).double().cpu()
+        out[idx] = pair_logprobs(model, [pairs[i] for i in idx], pad_id,
+                                 on_batch=on_batch).double().cpu()
     return out

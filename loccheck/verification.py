@@ -22,6 +22,7 @@ class VerifyResult:
     n_random: int
     min_p_value: float
     metric: str
+    edit_method: str       # the method whose test gives the verdict ("optimal" when both ran)
     alpha: float
     rho: float
     claim_gain: float
@@ -40,6 +41,8 @@ class VerifyResult:
     heuristic: dict
     base_metrics: dict
     edits: list[dict]
+    methods: dict          # per edit method ("optimal", "iti"): its own p-value, gains, verdict
+    probe: dict | None     # probe accuracies when the heuristic is probing
     data: dict
     model: dict
     config: dict
@@ -78,141 +81,231 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     return VerifyResult(**payload, report_dir=str(out))
 
 
-def _check_location(claim: Claim, adapter) -> tuple[HeadLoc, ...]:
-    if claim.location.from_heuristic:
-        raise claim.error("location.from_heuristic", "computing the location from a heuristic "
-                          "(probing) is not available in this version; list location.heads")
-    heads = claim.location.head_locs
+def _check_location(claim: Claim, adapter) -> None:
     for i, text in enumerate(claim.location.heads):
         loc = HeadLoc.parse(text)
         if loc.layer >= adapter.n_layers or loc.head >= adapter.n_heads:
             raise claim.error(f"location.heads[{i}]", f"{text} is outside the model: it has "
                               f"{adapter.n_layers} layers x {adapter.n_heads} heads (0-based)")
-    if len(heads) == adapter.n_layers * adapter.n_heads:
-        raise claim.error("location.heads", "the location is every head of the model; "
-                          "there is no random location of the same size to compare with")
-    return heads
+    top_k = claim.heuristic.top_k if claim.location.from_heuristic else None
+    size = top_k or len(claim.location.heads)
+    if size >= adapter.n_layers * adapter.n_heads:
+        key = "heuristic.top_k" if top_k else "location.heads"
+        raise claim.error(key, f"the location would be every head of the model ({size}); there is "
+                          "no random location of the same size to compare with")
 
 
-def _run(claim: Claim, *, progress: bool | None, cache_dir) -> VerifyResult:
-    import numpy as np
-    import torch
-
+def _prepare(claim: Claim, cache_dir):
+    """The claim's data, model and adapter, with the location checked against the model."""
     from loccheck.data import load_behavior
-    from loccheck.edits import FullLoraEdit, HeadEdit, initial_read_vectors
-    from loccheck.metrics import compute_metrics, gains
     from loccheck.models import get_adapter
     from loccheck.models.loading import load_model
-    from loccheck.null import sample_null_locations
-    from loccheck.progress import Progress
-    from loccheck.prompts import format_prompt, resolve_format, tokenize_pairs
-    from loccheck.scoring import all_pair_logprobs
-    from loccheck.stats import null_test
-    from loccheck.training import EditConfig, train_edit
-    from loccheck.verdict import decide_verdict
 
-    ms, bs, es, rs, vs = claim.model, claim.behavior, claim.edit, claim.random_locations, claim.verdict
-    base_dir = claim.path.parent if claim.path is not None else None
-
+    ms, bs = claim.model, claim.behavior
     # Data first: a bad data path should fail before a model is loaded.
-    data = load_behavior(dataset=bs.dataset, path=bs.path, base_dir=base_dir,
+    data = load_behavior(dataset=bs.dataset, path=bs.path,
+                         base_dir=claim.path.parent if claim.path is not None else None,
                          split=(bs.split.train, bs.split.validation, bs.split.test),
                          split_seed=bs.split.seed, max_questions=bs.max_questions,
                          max_pairs_per_question=bs.max_pairs_per_question)
     loaded = load_model(ms.name, revision=ms.revision, device=ms.device, dtype=ms.dtype,
                         trust_remote_code=ms.trust_remote_code, cache=cache_dir)
+    adapter = get_adapter(loaded.model)
+    _check_location(claim, adapter)
+    return data, loaded, adapter
+
+
+def localize(claim: Claim | str | Path, *, top_k: int | None = None,
+             cache_dir: str | Path | None = None) -> tuple[list[HeadLoc], dict[str, float], object]:
+    """Run the claim's probing heuristic: the top-k heads by probe validation accuracy (k from
+    `top_k`, else heuristic.top_k, else the number of claimed heads), their accuracies, and the
+    full ProbeResult. Probes see the train and validation questions only."""
+    from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.localize import probe_heads
+
+    if not isinstance(claim, Claim):
+        claim = load_claim(claim)
+    k = top_k or claim.heuristic.top_k or len(claim.location.heads)
+    data, loaded, adapter = _prepare(claim, cache_dir)
+    if not 1 <= k < adapter.n_layers * adapter.n_heads:
+        raise claim.error("heuristic.top_k", f"top_k must be between 1 and "
+                          f"{adapter.n_layers * adapter.n_heads - 1} for this model, got {k}")
+    acts = _activations(claim, data, loaded, adapter, resolve_cache(cache_dir))
+    probe = probe_heads(*acts, seed=claim.behavior.split.seed, C=claim.heuristic.C)
+    heads = probe.top_k(k)
+    return heads, {str(h): probe.accuracy_of(h) for h in heads}, probe
+
+
+def _methods(claim: Claim) -> list[str]:
+    return ["optimal", "iti"] if claim.edit.method == "both" else [claim.edit.method]
+
+
+def _run(claim: Claim, *, progress: bool | None, cache_dir) -> VerifyResult:
+    from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.edits import initial_read_vectors
+    from loccheck.fits import Bench, fit_iti, fit_optimal
+    from loccheck.metrics import compute_metrics
+    from loccheck.null import sample_null_locations
+    from loccheck.progress import Progress
+    from loccheck.prompts import format_prompt, resolve_format, tokenize_pairs
+    from loccheck.scoring import all_pair_logprobs
+    from loccheck.training import EditConfig
+
+    bs, es, rs, vs = claim.behavior, claim.edit, claim.random_locations, claim.verdict
+    methods = _methods(claim)
+    data, loaded, adapter = _prepare(claim, cache_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
-    adapter = get_adapter(model)
-    heads = _check_location(claim, adapter)
 
     fmt = resolve_format(tokenizer, bs.prompt_format)
-    train = tokenize_pairs(tokenizer, data.train, fmt, bs.system_prompt)
-    test = tokenize_pairs(tokenizer, data.test, fmt, bs.system_prompt)
-    for split_name, pairs in (("train", train), ("test", test)):
-        if not pairs:
-            raise DataError(f"{data.source}: the {split_name} split has no usable preference pairs "
-                            f"after tokenization (behavior.max_questions / behavior.split)")
+    splits = {name: tokenize_pairs(tokenizer, getattr(data, name), fmt, bs.system_prompt)
+              for name in ("train", "validation", "test")}
+    needed = ["train", "test"] + (["validation"] if "iti" in methods else [])
+    for name in needed:
+        if not splits[name]:
+            raise DataError(f"{data.source}: the {name} split has no usable preference pairs after "
+                            f"tokenization (behavior.max_questions / behavior.split)")
+
+    # The heuristic's evidence (probe accuracies) and ITI's directions come from the activations
+    # of the train and validation questions only: the test questions stay unseen.
+    probe, directions = None, None
+    if claim.heuristic.method == "probe" or "iti" in methods:
+        from loccheck.localize import probe_heads
+        acts = _activations(claim, data, loaded, adapter, resolve_cache(cache_dir))
+        if claim.heuristic.method == "probe":
+            probe = probe_heads(*acts, seed=bs.split.seed, C=claim.heuristic.C)
+        if "iti" in methods:
+            from loccheck.iti import iti_directions
+            directions = iti_directions(acts[0], acts[1])
+    heads = tuple(probe.top_k(claim.heuristic.top_k)) if claim.location.from_heuristic \
+        else claim.location.head_locs
+
     pad_id = tokenizer.pad_token_id
     device = next(model.parameters()).device
-
     # pi0 never changes: its log-probabilities are computed once, for every edit.
-    reference = all_pair_logprobs(model, train, pad_id).to(device)
-    base_metrics = compute_metrics(all_pair_logprobs(model, test, pad_id).numpy())
+    reference = all_pair_logprobs(model, splits["train"], pad_id).to(device)
+    base_metrics = compute_metrics(all_pair_logprobs(model, splits["test"], pad_id).numpy())
 
     nulls = sample_null_locations(n_layers=adapter.n_layers, n_heads=adapter.n_heads,
                                   size=len(heads), n=rs.n, seed=rs.seed, exclude=heads,
                                   match_layers_of=heads if rs.match_layers else None)
+    jobs = [("claim", None, heads), ("full", None, None)] + [("random", i, loc) for i, loc in enumerate(nulls)]
     a_init = initial_read_vectors(adapter, es.seed, es.init_std)
     common = dict(objective=es.objective, tau=es.tau, beta=es.beta, epochs=es.epochs,
                   batch_size=es.batch_size, weight_decay=es.weight_decay,
                   warmup_ratio=es.warmup_ratio, max_steps=es.max_steps, seed=es.seed,
                   convergence_tol=es.convergence_tol)
-    local_cfg = EditConfig(learning_rate=es.learning_rate, **common)
-    full_cfg = EditConfig(learning_rate=es.full_model_learning_rate, **common)
+    configs = {"local": EditConfig(learning_rate=es.learning_rate, **common),
+               "full": EditConfig(learning_rate=es.full_model_learning_rate, **common)}
 
-    jobs = [("claim", None, heads), ("full", None, None)] + [("random", i, loc) for i, loc in enumerate(nulls)]
-    bar = Progress(len(jobs), enabled=progress)
+    bar = Progress(len(jobs) * len(methods), enabled=progress)
+    bench = Bench(model, adapter, pad_id, splits["train"], splits["validation"], splits["test"],
+                  reference, base_metrics, bar)
     records = []
     try:
-        for role, index, loc in jobs:
-            if role == "full":
-                edit, cfg, label = FullLoraEdit(adapter, a_init), full_cfg, "whole model"
-            else:
-                edit, cfg = HeadEdit(adapter, loc, a_init, read=es.read), local_cfg
-                label = "claim" if role == "claim" else f"random {index}"
-            bar.begin_edit(label, cfg.n_steps(len(train)))
-            with edit.attached(model):
-                fit = train_edit(model, edit, train, reference, cfg, pad_id, on_step=bar.step)
-                metrics = compute_metrics(all_pair_logprobs(model, test, pad_id).numpy())
-            gain = gains(metrics, base_metrics)
-            records.append({
-                "role": role, "index": index,
-                "location": "all" if loc is None else format_heads(loc),
-                "n_params": edit.n_params, "learning_rate": cfg.learning_rate,
-                "steps": len(fit.loss_curve), "epochs": cfg.epochs,
-                "final_loss": fit.final_loss, "still_falling": fit.still_falling,
-                "loss_curve": list(fit.loss_curve), "metrics": metrics, "gains": gain})
-            bar.end_edit(label, fit.final_loss, fit.still_falling, gain[vs.metric])
+        for method in methods:
+            for role, index, loc in jobs:
+                if method == "optimal":
+                    cfg = configs["full" if role == "full" else "local"]
+                    records.append(fit_optimal(bench, role, index, loc, cfg, a_init, es.read, vs.metric))
+                else:
+                    records.append(fit_iti(bench, role, index, loc, directions, es.iti.alphas, vs.metric))
     finally:
         bar.close()
 
-    claim_gain = records[0]["gains"][vs.metric]
-    full_gain = records[1]["gains"][vs.metric]
-    null_gains = [r["gains"][vs.metric] for r in records[2:]]
-    test_result = null_test(claim_gain, np.asarray(null_gains))
-    decision = decide_verdict(pvalue=test_result.pvalue, n_null=len(null_gains), alpha=vs.alpha,
-                              claim_gain=claim_gain, full_gain=full_gain, rho=vs.rho,
-                              location_size=len(heads))
-    verdict = decision.verdict.value
+    summaries = {m: _summarize([r for r in records if r["method"] == m], vs, len(heads))
+                 for m in methods}
+    primary = summaries[methods[0]]
     expected = claim.expect or "SUPPORTED"
     example = format_prompt(tokenizer, data.test[0].prompt, fmt, bs.system_prompt)
     return VerifyResult(
-        verdict=verdict, verdict_reason=decision.reason, p_value=test_result.pvalue,
-        n_random=len(null_gains), min_p_value=test_result.min_pvalue, metric=vs.metric,
-        alpha=vs.alpha, rho=vs.rho, claim_gain=claim_gain, full_gain=full_gain,
-        null_gains=null_gains, optimality_ratio=decision.optimality_ratio,
-        null_mean=test_result.null_mean, null_std=test_result.null_std,
-        claim_percentile=test_result.percentile, expect=claim.expect,
-        matches_expectation=verdict == expected, claim_name=claim.name,
+        **{k: primary[k] for k in _PRIMARY_FIELDS}, n_random=len(nulls), metric=vs.metric,
+        edit_method=methods[0],
+        alpha=vs.alpha, rho=vs.rho, expect=claim.expect,
+        matches_expectation=primary["verdict"] == expected, claim_name=claim.name,
         claim_file=str(claim.path) if claim.path is not None else None, claim_text=claim.claim,
         location=format_heads(heads), heuristic=claim.effective_config()["heuristic"],
-        base_metrics=base_metrics, edits=records,
-        data=_data_record(bs.dataset, data.summary(), fmt, example, len(train), len(test)),
+        base_metrics=base_metrics, edits=records, methods=summaries,
+        probe=None if probe is None else _probe_record(probe, heads, claim),
+        data=_data_record(bs.dataset, data.summary(), fmt, example,
+                          {k: len(v) for k, v in splits.items()}),
         model={**loaded.info, **adapter.describe()},
         config=claim.effective_config(), versions=_versions(),
         seeds={"edit": es.seed, "random_locations": rs.seed, "split": bs.split.seed},
         loccheck_version=__version__)
 
 
-def _data_record(dataset: str, summary: dict, fmt: str, example: str, n_train: int,
-                 n_test: int) -> dict:
+_PRIMARY_FIELDS = ("verdict", "verdict_reason", "p_value", "min_p_value", "claim_gain", "full_gain",
+                   "null_gains", "optimality_ratio", "null_mean", "null_std", "claim_percentile")
+
+
+def _summarize(records: list[dict], vs, size: int) -> dict:
+    """The test for one edit method: p-value, verdict and the null's summary."""
+    import numpy as np
+
+    from loccheck.fits import count_effective
+    from loccheck.stats import null_test
+    from loccheck.verdict import decide_verdict
+
+    claim_gain = records[0]["gains"][vs.metric]
+    full_gain = records[1]["gains"][vs.metric]
+    null_gains = [r["gains"][vs.metric] for r in records[2:]]
+    test = null_test(claim_gain, np.asarray(null_gains))
+    decision = decide_verdict(pvalue=test.pvalue, n_null=len(null_gains), alpha=vs.alpha,
+                              claim_gain=claim_gain, full_gain=full_gain, rho=vs.rho,
+                              location_size=size)
+    return {"verdict": decision.verdict.value, "verdict_reason": decision.reason,
+            "p_value": test.pvalue, "min_p_value": test.min_pvalue, "claim_gain": claim_gain,
+            "full_gain": full_gain, "null_gains": null_gains,
+            "optimality_ratio": decision.optimality_ratio, "null_mean": test.null_mean,
+            "null_std": test.null_std, "claim_percentile": test.percentile,
+            "n_null_effective": count_effective(null_gains, full_gain, vs.rho)}
+
+
+def _activations(claim: Claim, data, loaded, adapter, cache: Path):
+    """(train_x, train_y, val_x, val_y): head activations of every answer of the train and
+    validation questions at the last token of "Q: {question} A: {answer}"."""
+    import numpy as np
+
+    from loccheck.activations import cached_head_activations
+    from loccheck.localize import probe_examples
+
+    train_items, val_items = probe_examples(data)
+    for name, items in (("train", train_items), ("validation", val_items)):
+        if len({label for _, _, label in items}) < 2:
+            raise DataError(f"{data.source}: the {name} questions need both true and false answers "
+                            "for the probes and ITI's directions (behavior.split)")
+    texts = [text for _, text, _ in train_items + val_items]
+    model_id = loaded.info["sha256"] or f"{loaded.info['name']}@{loaded.info['revision']}"
+    acts = cached_head_activations(loaded.model, adapter, loaded.tokenizer, texts,
+                                   model_sha=model_id, cache=cache)
+    labels = np.array([label for _, _, label in train_items + val_items])
+    n = len(train_items)
+    return acts[:n], labels[:n], acts[n:], labels[n:]
+
+
+def _probe_record(probe, heads, claim: Claim) -> dict:
+    """Probe accuracies for the report; for pinned heads, whether probing still selects them."""
+    k = len(heads)
+    selected = format_heads(probe.top_k(k))
+    record = {"val_accuracy": probe.val_accuracy.tolist(),
+              "train_accuracy": probe.train_accuracy.tolist(),
+              "n_train": probe.n_train, "n_val": probe.n_val, "top_k": k,
+              "selected": selected,
+              "claimed_accuracy": {str(h): probe.accuracy_of(h) for h in heads}}
+    if not claim.location.from_heuristic:
+        record["pinned_heads_reselected"] = selected == format_heads(heads)
+    return record
+
+
+def _data_record(dataset: str, summary: dict, fmt: str, example: str,
+                 n_tokenized: dict[str, int]) -> dict:
     splits = summary["splits"]
     return {"dataset": dataset, "source": summary["source"], "sha256": summary["sha256"],
             "n_questions_read": summary["n_questions_read"],
             "n_questions_dropped": summary["n_questions_dropped"],
             "n_questions": {k: v["n_questions"] for k, v in splits.items()},
             "n_pairs": {k: v["n_pairs"] for k, v in splits.items()},
-            "n_pairs_tokenized": {"train": n_train, "test": n_test},
+            "n_pairs_tokenized": n_tokenized,
             "prompt_format": fmt, "example_prompt": example}
 
 

@@ -352,3 +352,54 @@ def test_input_validation(tmp_path):
         jsonl(f, max_pairs_per_question=1.5)
     with pytest.raises(ValueError, match="`split_seed` must be a non-negative int, got True"):
         jsonl(f, split_seed=True)
+
+
+# ---------------------------------------------------------------- labelled answers (probing)
+
+def test_truthfulqa_answers_are_every_answer_of_every_kept_question(tqa_csv):
+    with open(tqa_csv, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    d = tqa(tqa_csv, max_questions=30, max_pairs_per_question=2)
+    kept = [g for s in ("train", "validation", "test") for g in d.groups[s]]
+    assert set(d.answers) == set(kept) and len(kept) == 30
+    for g in kept:
+        row = rows[int(g.removeprefix("tqa-"))]
+        prompt, true, false = d.answers[g]
+        assert prompt == row["Question"].strip()
+        # the full lists the pairs are built from, not the capped pairs
+        assert true == tuple(_dedupe([row["Best Answer"], *row["Correct Answers"].split(";")]))
+        assert false == tuple(_dedupe(row["Incorrect Answers"].split(";")))
+        assert true[0] == row["Best Answer"].strip()
+    train = d.labelled("train")
+    expected = [(g, d.answers[g][0], a, y) for g in d.groups["train"]
+                for answers, y in ((d.answers[g][1], 1), (d.answers[g][2], 0)) for a in answers]
+    assert train == expected
+    assert {g for g, *_ in d.labelled("validation")} == set(d.groups["validation"])
+    assert not {g for g, *_ in train} & set(d.groups["test"])
+    # more answers than a capped pair list covers
+    assert len(train) > 2 * len(d.groups["train"]) and {y for *_, y in train} == {0, 1}
+
+
+def test_jsonl_answers_unique_in_first_appearance_order(tmp_path):
+    recs = [{"prompt": "P0", "chosen": "a", "rejected": "b", "group": "g0"},
+            {"prompt": "P0 again", "chosen": "c", "rejected": "b", "group": "g0"},
+            {"prompt": "P0", "chosen": "a", "rejected": "d", "group": "g0"},
+            {"prompt": "P0", "chosen": "x", "rejected": "x", "group": "g0"},   # labels nothing
+            *({"prompt": f"P{i}", "chosen": "t", "rejected": "f"} for i in range(1, 5))]
+    d = jsonl(_write(tmp_path, recs), split=(0.6, 0.2, 0.2), max_pairs_per_question=1)
+    assert d.answers["g0"] == ("P0", ("a", "c"), ("b", "d"))
+    assert d.answers["P1"] == ("P1", ("t",), ("f",))
+    split = next(s for s in ("train", "validation", "test") if "g0" in d.groups[s])
+    rows = [r for r in d.labelled(split) if r[0] == "g0"]
+    assert rows == [("g0", "P0", "a", 1), ("g0", "P0", "c", 1), ("g0", "P0", "b", 0), ("g0", "P0", "d", 0)]
+
+
+def test_labelled_input_validation(tmp_path):
+    d = jsonl(_write(tmp_path, [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)]))
+    with pytest.raises(ValueError, match="`split` must be one of train, validation, test, got 'val'"):
+        d.labelled("val")
+    # constructions without answers still work; asking for labels says what is missing
+    bare = BehaviorData(d.train, d.validation, d.test, d.groups, d.source, d.sha256)
+    assert bare.answers == {}
+    with pytest.raises(ValueError, match="no `answers` for 3 train group"):
+        bare.labelled("train")

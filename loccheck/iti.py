@@ -1,0 +1,227 @@
+"""ITI's heuristic edit (Li et al. 2023; METHOD.md "The heuristic: ITI probing").
+
+For each chosen head (l, h): u = mean(true activations) - mean(false activations), normalised
+(the mass-mean shift); sigma = the standard deviation (ddof=0, numpy's and ITI's reference code's
+default) of the activations of ALL examples projected on u. The edit adds alpha * sigma * u to
+that head's slice of the input of the layer's output projection, so the residual stream gets
+alpha * W^l theta^l (theta^l = the heads' sigma * u concatenated, zero at other heads).
+
+Position policy (the crux). ITI adds the vector at the last token at every generation step; with
+a KV cache every generated token is "the last token" once, so every token whose logits are used
+was edited. Teacher-forced scoring of an answer must therefore edit every position whose output
+predicts an answer token. The policies:
+
+- "answer" (scoring): row i of the batch is edited at positions
+  [len(prompt_i) - 1, len(prompt_i) + len(answer_i)): the last prompt token and every answer token,
+  including the final one, whose logits are dropped (editing it changes nothing that is scored,
+  as attention is causal). The positions come from `set_positions`, which is what
+  `loccheck.scoring`'s `on_batch` hook calls before every forward:
+  `all_pair_logprobs(model, pairs, pad_id, on_batch=edit.set_positions)`.
+- "last": only the final non-pad position of each row (the last marked position of the mask
+  given to `set_positions`; without a mask, the final position of the tensor, which is the
+  final non-pad token only if the batch is not right-padded). This is ITI's reference scoring
+  path and its pitfall: in teacher-forced scoring that position's logits are dropped, so the
+  answer log-probabilities cannot move. It is also what ITI does in incremental generation.
+- "all": every position (pad positions included; they are never scored). Used for generation
+  prompts and to check the edit against the same displacement baked into the projection bias.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from loccheck.locations import HeadLoc
+from loccheck.models.base import Adapter
+from loccheck.prompts import TokenizedPair
+
+POSITIONS = ("answer", "last", "all")
+
+
+@dataclass(frozen=True)
+class ITIDirections:
+    """Per-head ITI statistics for every head of a model.
+
+    A head whose true and false means coincide has no direction: its u is zero and its sigma is
+    zero, so editing it is a no-op.
+    """
+    u: np.ndarray       # (n_layers, n_heads, head_dim), unit mass-mean-shift directions (or 0)
+    sigma: np.ndarray   # (n_layers, n_heads), std (ddof=0) over all examples of <act, u>
+
+
+def iti_directions(acts: np.ndarray, labels: np.ndarray) -> ITIDirections:
+    """Mass-mean-shift directions and projected standard deviations for every head at once.
+
+    Parameters
+    ----------
+    acts : (n_examples, n_layers, n_heads, head_dim) head activations (ITI: at the last token).
+    labels : (n_examples,) 1 for a true answer, 0 for a false one; both must occur.
+
+    Returns
+    -------
+    ITIDirections with u[l, h] = (mean_true - mean_false) / ||mean_true - mean_false|| and
+    sigma[l, h] = std(acts[:, l, h] @ u[l, h]) with ddof=0 over ALL examples (both labels), as
+    ITI's reference code (`np.std`). Computed in float64.
+    """
+    acts = np.asarray(acts)
+    labels = np.asarray(labels)
+    if acts.ndim != 4:
+        raise ValueError(f"`acts` must be (n_examples, n_layers, n_heads, head_dim), got shape {acts.shape}")
+    if labels.shape != (acts.shape[0],):
+        raise ValueError(f"`labels` must have shape ({acts.shape[0]},) to match `acts`, got {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"`labels` must be 0 or 1, got values {np.unique(labels).tolist()}")
+    if not (labels == 1).any() or not (labels == 0).any():
+        raise ValueError(f"`labels` must contain both true (1) and false (0) examples, "
+                         f"got {int((labels == 1).sum())} true and {int((labels == 0).sum())} false")
+    acts = acts.astype(np.float64)
+    if not np.isfinite(acts).all():
+        raise ValueError("`acts` must be finite, got NaN or inf")
+    shift = acts[labels == 1].mean(0) - acts[labels == 0].mean(0)     # (L, H, D)
+    norm = np.linalg.norm(shift, axis=-1, keepdims=True)              # (L, H, 1)
+    u = np.divide(shift, norm, out=np.zeros_like(shift), where=norm > 0)
+    proj = np.einsum("nlhd,lhd->nlh", acts, u)                        # (n, L, H)
+    return ITIDirections(u=u, sigma=proj.std(axis=0, ddof=0))
+
+
+class ITIEdit:
+    """o_h^l <- o_h^l + alpha * sigma_h^l * u_h^l at the input of W^l (out_proj), for each chosen
+    head, at the positions of the policy (module docstring: "answer", "last" or "all").
+
+    The displacement is kept in float32 and cast to the activation's dtype in the hook, so the
+    edit runs in float32 and in lower-precision models. alpha = 0 adds exact zeros: a no-op.
+    """
+
+    def __init__(self, adapter: Adapter, heads: Sequence[HeadLoc] | None, directions: ITIDirections,
+                 alpha: float, positions: str = "answer"):
+        if positions not in POSITIONS:
+            raise ValueError(f"`positions` must be one of {POSITIONS}, got {positions!r}")
+        if not math.isfinite(alpha):
+            raise ValueError(f"`alpha` must be finite, got {alpha!r}")
+        shape = (adapter.n_layers, adapter.n_heads, adapter.head_dim)
+        if directions.u.shape != shape or directions.sigma.shape != shape[:2]:
+            raise ValueError(f"`directions` must have u {shape} and sigma {shape[:2]} for this model, "
+                             f"got u {directions.u.shape} and sigma {directions.sigma.shape}")
+        heads = adapter.all_heads() if heads is None else sorted(set(heads))
+        for h in heads:
+            if not (0 <= h.layer < adapter.n_layers and 0 <= h.head < adapter.n_heads):
+                raise ValueError(f"`heads` must lie in the model's {adapter.n_layers} layers x "
+                                 f"{adapter.n_heads} heads, got {h}")
+        self.adapter, self.heads, self.alpha, self.positions = adapter, heads, float(alpha), positions
+        self.layers = sorted({h.layer for h in heads})
+        theta = np.zeros((len(self.layers), adapter.width))             # (n_edit_layers, H * D)
+        for h in heads:
+            theta[self.layers.index(h.layer), adapter.head_slice(h)] = (
+                alpha * directions.sigma[h.layer, h.head] * directions.u[h.layer, h.head])
+        self.theta = torch.from_numpy(theta).float()
+        self._mask: torch.Tensor | None = None                          # (batch, pos) bool
+
+    @property
+    def n_params(self) -> int:
+        """0: nothing is trained (u and sigma are statistics, alpha is swept). See `n_coordinates`."""
+        return 0
+
+    @property
+    def n_coordinates(self) -> int:
+        """Coordinates of the out_proj input that the edit moves: len(heads) * head_dim."""
+        return len(self.heads) * self.adapter.head_dim
+
+    def set_positions(self, mask: torch.Tensor) -> None:
+        """Positions of the next forward, a bool (batch, pos) tensor; pass as scoring's `on_batch`.
+
+        "answer" edits the marked positions, "last" the last marked position of each row, and
+        "all" ignores the mask. It applies to every forward until the next call, and is cleared
+        when `attached` exits.
+        """
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.ndim != 2:
+            raise ValueError(f"`mask` must be a 2-D bool tensor (batch, pos), got "
+                             f"{getattr(mask, 'dtype', type(mask))} of shape {getattr(mask, 'shape', None)}")
+        if self.positions == "last":
+            pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+            last = (mask * pos).amax(1) - 1                              # (batch,) -1: none marked
+            rows = torch.nonzero(last >= 0).squeeze(-1)
+            mask = torch.zeros_like(mask)
+            mask[rows, last[rows]] = True
+        self._mask = mask
+
+    def _where(self, o: torch.Tensor) -> torch.Tensor | None:
+        """(batch, pos, 1) 0/1 in o's dtype, or None for every position."""
+        if self.positions == "all":
+            return None
+        if self._mask is None:
+            if self.positions == "answer":
+                raise RuntimeError("ITIEdit(positions='answer') has no positions for this forward: "
+                                   "pass `on_batch=edit.set_positions` to the scoring function, "
+                                   "or call `set_positions(mask)` before the forward")
+            where = torch.zeros(o.shape[:2], dtype=torch.bool, device=o.device)
+            where[:, -1] = True                                          # "last" without a mask
+        else:
+            where = self._mask.to(o.device)
+            if where.shape != o.shape[:2]:
+                raise RuntimeError(f"ITIEdit positions mask has shape {tuple(where.shape)} but the "
+                                   f"forward has (batch, pos) = {tuple(o.shape[:2])}: call "
+                                   f"`set_positions` for every forward (incremental decoding "
+                                   f"needs positions='all' or 'last')")
+        return where[..., None].to(o.dtype)
+
+    @contextlib.contextmanager
+    def attached(self, model) -> Iterator["ITIEdit"]:
+        theta = self.theta.to(next(model.parameters()).device)
+        handles = []
+        for row, layer in enumerate(self.layers):
+            def pre_hook(module, args, row=row):
+                o = args[0]                                              # (batch, pos, H * D)
+                delta = theta[row].to(o.dtype)                           # (H * D,)
+                where = self._where(o)
+                return (o + (delta if where is None else where * delta),) + tuple(args[1:])
+            handles.append(self.adapter.out_proj(layer).register_forward_pre_hook(pre_hook))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._mask = None
+
+
+def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[TokenizedPair],
+                alphas: Sequence[float], metric: str, pad_id: int) -> tuple[float, dict[float, float]]:
+    """Pick ITI's strength alpha on validation `pairs`.
+
+    For each alpha, `make_edit(alpha)` is attached and `metric` (a name in
+    `loccheck.metrics.METRICS`) is computed from `all_pair_logprobs(..., on_batch=edit.set_positions)`
+    (the edit's own position policy decides whether the mask is used). alpha = 0 is allowed and
+    is the unedited model.
+
+    Returns
+    -------
+    (best_alpha, {alpha: metric} in the order given). The best is the largest metric; ties (exact
+    equality) go to the weakest edit, the smallest |alpha|, then the smaller alpha, so on a grid
+    of non-negative alphas a tie goes to the smallest alpha. NaN metrics never win.
+    """
+    from loccheck.metrics import METRICS
+    from loccheck.scoring import all_pair_logprobs
+
+    if metric not in METRICS:
+        raise ValueError(f"`metric` must be one of {sorted(METRICS)}, got {metric!r}")
+    alphas = [float(a) for a in alphas]
+    if not alphas:
+        raise ValueError("`alphas` must not be empty")
+    if len(set(alphas)) != len(alphas) or not all(math.isfinite(a) for a in alphas):
+        raise ValueError(f"`alphas` must be distinct finite numbers, got {alphas}")
+    if not pairs:
+        raise ValueError("`pairs` must not be empty")
+    table: dict[float, float] = {}
+    for alpha in alphas:
+        edit = make_edit(alpha)
+        with edit.attached(model):
+            logprobs = all_pair_logprobs(model, pairs, pad_id, on_batch=edit.set_positions)
+        table[alpha] = METRICS[metric](logprobs.numpy())
+    finite = [a for a in alphas if not math.isnan(table[a])]
+    if not finite:
+        raise ValueError(f"metric {metric!r} is NaN at every alpha in {alphas}")
+    best = max(table[a] for a in finite)
+    return min((a for a in finite if table[a] == best), key=lambda a: (abs(a), a)), table

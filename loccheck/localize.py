@@ -1,0 +1,148 @@
+"""ITI probing: the heuristic that proposes which heads carry a behaviour.
+
+One logistic-regression probe per (layer, head) on that head's last-token activation, trained
+on the train questions' answers and scored on the validation questions' answers; the top-K
+heads by validation accuracy are the claimed location (METHOD.md, "The heuristic"). Test
+questions are never read here. numpy and scikit-learn only: probing is tested without torch.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from loccheck.activations import probe_text
+from loccheck.errors import LoccheckError, LoccheckWarning
+from loccheck.locations import HeadLoc
+
+ProbeItem = tuple[str, str, int]   # (group, text, label): label 1 = true answer, 0 = false
+
+
+def probe_examples(data) -> tuple[list[ProbeItem], list[ProbeItem]]:
+    """(train_items, val_items) from a BehaviorData: every answer of every train / validation
+    question as ``(group, probe_text(question, answer), label)``, in `BehaviorData.labelled` order.
+
+    Test questions are never included (checked, not only assumed).
+    """
+    items = {s: [(g, probe_text(q, a), y) for g, q, a, y in data.labelled(s)]
+             for s in ("train", "validation")}
+    leaked = {g for s in items for g, _, _ in items[s]} & set(data.groups["test"])
+    if leaked:   # cannot happen with load_behavior's splits; guards hand-built BehaviorData
+        raise LoccheckError(f"probe examples would use {len(leaked)} test question(s), "
+                            f"e.g. {sorted(leaked)[0]!r}")
+    return items["train"], items["validation"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Accuracy of one linear probe per head.
+
+    Ranking is by validation accuracy, descending; ties are broken by (layer, head) ascending,
+    so the ranking is a total order and `top_k` is deterministic.
+    """
+    val_accuracy: np.ndarray    # (n_layers, n_heads): accuracy on the validation examples
+    train_accuracy: np.ndarray  # (n_layers, n_heads): accuracy on the training examples
+    n_train: int
+    n_val: int
+
+    @property
+    def n_layers(self) -> int:
+        return self.val_accuracy.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.val_accuracy.shape[1]
+
+    def ranked(self) -> list[tuple[HeadLoc, float]]:
+        """Every head with its validation accuracy, best first (ties: lower (layer, head) first)."""
+        acc = self.val_accuracy
+        order = sorted(np.ndindex(acc.shape), key=lambda lh: (-acc[lh], lh))
+        return [(HeadLoc(int(l), int(h)), float(acc[l, h])) for l, h in order]
+
+    def top_k(self, k: int) -> list[HeadLoc]:
+        """The k best heads by validation accuracy, returned sorted by (layer, head)."""
+        total = self.n_layers * self.n_heads
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= total:
+            raise ValueError(f"`k` must be an int in [1, {total}] (n_layers * n_heads), got {k!r}")
+        return sorted(loc for loc, _ in self.ranked()[:k])
+
+    def accuracy_of(self, loc: HeadLoc) -> float:
+        if not (0 <= loc.layer < self.n_layers and 0 <= loc.head < self.n_heads):
+            raise ValueError(f"`loc` {loc} is outside the probed heads "
+                             f"({self.n_layers} layers x {self.n_heads} heads)")
+        return float(self.val_accuracy[loc.layer, loc.head])
+
+
+def _labels(y, n: int, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"`{name}` must have shape ({n},) to match the activations, got {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"`{name}` must contain only labels 0 and 1, got {sorted(set(y.tolist()))[:5]}")
+    return y.astype(np.int64)
+
+
+def _check_both_labels(y: np.ndarray, split: str) -> None:
+    for label, meaning in ((1, "true"), (0, "false")):
+        if not (y == label).any():
+            raise LoccheckError(f"probing needs both labels in the {split} split, but it has no "
+                                f"label {label} ({meaning} answer) among its {y.size} examples")
+
+
+def probe_heads(train_x, train_y, val_x, val_y, *, seed: int = 0, C: float = 1.0,
+                max_iter: int = 1000) -> ProbeResult:
+    """Fit ``LogisticRegression(C=C, max_iter=max_iter, random_state=seed)`` per head.
+
+    Parameters
+    ----------
+    train_x, val_x : arrays of shape (n, n_layers, n_heads, head_dim)
+        Last-token head activations (activations.collect_head_activations).
+    train_y, val_y : arrays of shape (n,), labels 1 (true answer) / 0 (false answer)
+        Each split needs both labels.
+
+    The probe of head (l, h) sees only ``train_x[:, l, h]``; its score is its accuracy on
+    ``val_x[:, l, h]``. Activations are used as they are (no scaling), as ITI does.
+    Probes that hit `max_iter` without converging are counted and reported in one
+    LoccheckWarning instead of one sklearn warning each.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, val_x = np.asarray(train_x), np.asarray(val_x)
+    for name, x in (("train_x", train_x), ("val_x", val_x)):
+        if x.ndim != 4:
+            raise ValueError(f"`{name}` must have shape (n, n_layers, n_heads, head_dim), got {x.shape}")
+    if train_x.shape[1:] != val_x.shape[1:]:
+        raise ValueError(f"`train_x` and `val_x` must agree on (n_layers, n_heads, head_dim), "
+                         f"got {train_x.shape[1:]} and {val_x.shape[1:]}")
+    train_y = _labels(train_y, train_x.shape[0], "train_y")
+    val_y = _labels(val_y, val_x.shape[0], "val_y")
+    _check_both_labels(train_y, "train")
+    _check_both_labels(val_y, "validation")
+    if not np.isfinite(train_x).all() or not np.isfinite(val_x).all():
+        raise ValueError("`train_x` and `val_x` must be finite")
+
+    n_layers, n_heads = train_x.shape[1:3]
+    val_acc = np.empty((n_layers, n_heads))
+    train_acc = np.empty((n_layers, n_heads))
+    n_unconverged = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        for l in range(n_layers):
+            for h in range(n_heads):
+                clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+                n_before = len(caught)
+                clf.fit(train_x[:, l, h], train_y)                  # (n_train, head_dim)
+                n_unconverged += any(issubclass(w.category, ConvergenceWarning)
+                                     for w in caught[n_before:])
+                train_acc[l, h] = clf.score(train_x[:, l, h], train_y)
+                val_acc[l, h] = clf.score(val_x[:, l, h], val_y)
+    for w in caught:   # pass on anything that is not a convergence report
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if n_unconverged:
+        warnings.warn(f"{n_unconverged} of {n_layers * n_heads} head probes did not converge in "
+                      f"max_iter={max_iter} iterations (their accuracies are still reported)",
+                      LoccheckWarning, stacklevel=2)
+    return ProbeResult(val_acc, train_acc, int(train_x.shape[0]), int(val_x.shape[0]))
