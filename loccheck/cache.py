@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
+
+from loccheck.errors import LoccheckWarning
+from loccheck.files import write_bytes_atomic
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -30,3 +35,49 @@ def file_sha256(path: Path) -> str:
                 h.update(chunk)
         _FILE_HASHES[key] = h.hexdigest()
     return _FILE_HASHES[key]
+
+
+def canonical_json(obj) -> str:
+    """The one JSON spelling of `obj` that content hashes are taken over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def content_key(obj) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+class FitCache:
+    """Fitted-edit results stored under a content hash of everything that determines them.
+
+    An entry is a JSON file holding its own key and a checksum of its record, so a truncated
+    or edited file is detected, reported and refitted, never trusted. Writes are atomic.
+    `refresh=True` ignores what is stored (and overwrites it).
+    """
+
+    def __init__(self, root: Path, refresh: bool = False):
+        self.root = Path(root) / "fits"
+        self.refresh = refresh
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        if self.refresh or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+            record = entry["record"]
+            if entry["key"] != key or entry["checksum"] != content_key(record):
+                raise ValueError("checksum mismatch")
+            return record
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            warnings.warn(f"cache entry {path} is corrupt ({err}); fitting it again",
+                          LoccheckWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, record: dict) -> None:
+        entry = {"key": key, "checksum": content_key(record), "record": record}
+        write_bytes_atomic((json.dumps(entry, sort_keys=True, allow_nan=True) + "\n").encode(),
+                           self._path(key))

@@ -1,5 +1,14 @@
-"""`loccheck verify CLAIM...`: exit 0 when every verdict is the one the claim expects
-(SUPPORTED when it states none), 1 when some verdict is not, 2 on bad input."""
+"""loccheck: put localization claims on trial.
+
+    loccheck verify CLAIM...            fit, test, write reports/<claim>/ (exit 0, 1 or 2)
+    loccheck report RESULT_JSON         re-render report.md and figures (no model, no torch)
+    loccheck schema                     print the claim files' JSON Schema
+    loccheck init NAME                  write claims/NAME.yaml, a commented claim template
+    loccheck localize CLAIM             pin the heads the probing heuristic selects
+
+Exit codes: 0 when every verdict is the one its claim expects (SUPPORTED when it states none),
+or the command succeeded; 1 when some verdict is not; 2 on bad input (one line on stderr).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,22 +18,19 @@ from pathlib import Path
 
 from loccheck import __version__
 from loccheck.errors import LoccheckError, LoccheckWarning
+from loccheck.options import add_cli_options, settings_from_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loccheck", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="loccheck", description=__doc__.splitlines()[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"loccheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="verify localization claims and write evidence reports")
     verify.add_argument("claims", nargs="+", type=Path, metavar="CLAIM", help="claim YAML file(s)")
-    verify.add_argument("--out", type=Path, default=None,
-                        help="report folder (default: reports/<claim file stem>; with several "
-                             "claims, one sub-folder per claim inside it)")
-    verify.add_argument("--n-random", type=int, default=None, metavar="N",
-                        help="number of random locations (overrides random_locations.n)")
+    add_cli_options(verify)   # --report-dir/--out, --cache-dir, --n-random, --executor, --refresh
     verify.add_argument("--device", default=None, help="overrides model.device (auto, cpu, cuda, cuda:N)")
-    verify.add_argument("--cache-dir", type=Path, default=None,
-                        help="cache folder (default: $LOCCHECK_CACHE_DIR, else ~/.cache/loccheck)")
     bar = verify.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="show progress bars even when stderr is not a terminal")
@@ -38,18 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
                           help="number of heads (default: heuristic.top_k, else the claimed count)")
     localize.add_argument("--out", type=Path, default=None,
                           help="new claim file (default: <claim>_localized.yaml beside the claim)")
-    localize.add_argument("--cache-dir", type=Path, default=None, help="cache folder")
+    add_cli_options(localize, only=("cache_dir",))
     localize.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    report = sub.add_parser("report", help="re-render report.md and the figures from a stored "
+                                           "result.json (no model needed)")
+    report.add_argument("result", type=Path, metavar="RESULT_JSON", help="a result.json written by verify")
+    report.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: the folder of RESULT_JSON; another folder "
+                             "also gets a copy of result.json)")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of claim files (for editors)")
+    schema.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    init = sub.add_parser("init", help="write a commented claim template that loads as it is")
+    init.add_argument("name", metavar="NAME",
+                      help="claim name (writes claims/NAME.yaml) or a path ending in .yaml/.yml")
+    init.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
-
-
-def _overrides(args) -> dict:
-    out = {}
-    if args.n_random is not None:
-        out["random_locations.n"] = args.n_random
-    if args.device is not None:
-        out["model.device"] = args.device
-    return out
 
 
 _default_showwarning = warnings.showwarning
@@ -65,10 +78,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    commands = {"verify": _verify, "localize": _localize, "report": _report, "schema": _schema,
+                "init": _init}
     try:
-        if args.command == "localize":
-            return _localize(args)
-        return _verify(args)
+        return commands[args.command](args)
     except LoccheckError as err:
         if args.debug:
             raise
@@ -77,17 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("loccheck: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `loccheck schema | head`: the reader left; say nothing more
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _localize(args) -> int:
     import yaml
 
     from loccheck.claim import load_claim
-    from loccheck.report import write_text_atomic
+    from loccheck.files import write_text_atomic
     from loccheck.verification import localize
 
     claim = load_claim(args.claim)
-    heads, accuracies, probe = localize(claim, top_k=args.top_k, cache_dir=args.cache_dir)
+    heads, accuracies, probe = localize(claim, top_k=args.top_k,
+                                        cache_dir=settings_from_cli(args).cache_dir)
     config = claim.effective_config()
     config["location"] = {"heads": [str(h) for h in heads], "from_heuristic": False}
     config["heuristic"] = {**config["heuristic"], "method": "probe", "top_k": len(heads),
@@ -106,16 +124,16 @@ def _verify(args) -> int:
     from loccheck.claim import load_claim
     from loccheck.verification import verify
 
+    settings = settings_from_cli(args)
+    overrides = {**settings.overrides(), **({"model.device": args.device} if args.device else {})}
     claims = [load_claim(path) for path in args.claims]   # every file is checked before any work
-    claims = [c.with_overrides(_overrides(args)) for c in claims]
+    claims = [c.with_overrides(overrides) for c in claims]
     if len({c.name for c in claims}) < len(claims):
         raise LoccheckError("several claim files share a file name; their reports would collide")
     status = 0
     for claim in claims:
-        out = args.out
-        if out is not None and len(claims) > 1:
-            out = out / claim.name
-        result = verify(claim, out_dir=out, progress=args.progress, cache_dir=args.cache_dir)
+        result = verify(claim, out_dir=settings.claim_report_dir(claim.name),
+                        progress=args.progress, **settings.verify_kwargs())
         print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_random}, "
               f"claim gain {result.claim_gain:+.4g}, whole model {result.full_gain:+.4g}, "
               f"null mean {result.null_mean:+.4g}); expected {result.expect or 'SUPPORTED'}: "
@@ -123,3 +141,107 @@ def _verify(args) -> int:
               f"report: {Path(result.report_dir) / 'report.md'}")
         status = max(status, 0 if result.matches_expectation else 1)
     return status
+
+
+# Keys render_markdown cannot do without; anything else missing renders as "n/a".
+_RESULT_KEYS = ("verdict", "metric", "claim_name")
+
+
+def _report(args) -> int:
+    import json
+
+    from loccheck.files import write_json_atomic
+    from loccheck.report import render_report
+
+    try:
+        result = json.loads(args.result.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise LoccheckError(f"{args.result}: cannot read result file: {err.strerror or err}") from None
+    except ValueError as err:   # JSONDecodeError, UnicodeDecodeError
+        raise LoccheckError(f"{args.result}: not valid JSON: {err}") from None
+    missing = [k for k in _RESULT_KEYS if not isinstance(result, dict) or k not in result]
+    if missing:
+        raise LoccheckError(f"{args.result}: not a loccheck result.json (no {', '.join(map(repr, missing))})")
+    out = args.out if args.out is not None else args.result.parent
+    path = render_report(result, out)
+    if args.out is not None and out.resolve() != args.result.parent.resolve():
+        write_json_atomic(result, out / "result.json")   # the folder stays self-contained
+    print(path)
+    return 0
+
+
+def _schema(args) -> int:
+    import json
+
+    from loccheck.claim import claim_json_schema
+
+    print(json.dumps(claim_json_schema(), indent=2))
+    return 0
+
+
+CLAIM_TEMPLATE = """\
+# loccheck claim {name!r}. Verify it with `loccheck verify {path}` or `pytest -m claim`;
+# the evidence report lands in reports/{name}/. Every key except `claim` and `location` has a
+# default; `loccheck schema` prints them all with their descriptions.
+
+# The claim, in one sentence on one line.
+claim: "Behaviour B of this model is localized in these attention heads."
+
+model:
+  name: smollm2-135m-instruct    # or a local Hugging Face folder, a .gguf file, a hub id
+  device: auto                   # auto, cpu, cuda, cuda:N
+  dtype: float32                 # weights' dtype; edits train in float32
+
+behavior:
+  dataset: truthfulqa            # or jsonl: one {{"prompt", "chosen", "rejected", "group"}} per line
+  # path: data/pairs.jsonl       # needed for jsonl; relative to this file
+  prompt_format: auto            # chat template when the tokenizer has one, else "Q: ... A:"
+  max_questions: 50
+  split: {{train: 0.4, validation: 0.12, test: 0.48, seed: 0}}   # by question, never by pair
+
+location:
+  heads: [L0H0, L0H1]            # the claimed heads, L{{layer}}H{{head}}, 0-based: replace these
+
+heuristic:
+  method: manual                 # or probe (with location.from_heuristic: true and top_k)
+  citation: "Where the claim was published"
+
+edit:
+  objective: ipo                 # or dpo
+  epochs: 2
+  batch_size: 4
+  learning_rate: 1.0e-2          # claimed and random locations alike
+  full_model_learning_rate: 1.0e-2
+  seed: 0
+
+random_locations:
+  n: 19                          # the null: alpha = 0.05 needs n >= 19 (p >= 1/(n + 1))
+  seed: 0
+
+verdict:
+  metric: preference_margin      # or preference_accuracy
+  alpha: 0.05                    # significance level against random locations
+  rho: 0.9                       # share of the whole-model gain the heads must reach
+
+# expect: FALSIFIED              # the verdict this file expects (default SUPPORTED)
+"""
+
+
+def _init(args) -> int:
+    from loccheck.claim import load_claim
+    from loccheck.files import write_text_atomic
+
+    name = args.name
+    if name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name:
+        path = Path(name)
+    else:
+        path = Path("claims") / f"{name}.yaml"
+    if not path.stem or path.stem.startswith("."):
+        raise LoccheckError(f"claim name must be a file name such as 'iti_truthful', got {name!r}")
+    if path.exists():
+        raise LoccheckError(f"{path} already exists; not overwriting it (choose another name or "
+                            "remove the file)")
+    write_text_atomic(CLAIM_TEMPLATE.format(name=path.stem, path=path.as_posix()), path)
+    load_claim(path)   # the template must load as written
+    print(path)
+    return 0

@@ -209,6 +209,7 @@ def _read_jsonl(path: str | None, base_dir: Path | None):
         raise DataError(f"preference pairs file {path!r} not found (tried {where})")
     text, sha = _read_text(found)
     by_group: dict[str, list[PreferencePair]] = {}   # insertion order = order of first appearance
+    first_seen: dict[str, tuple[str, int]] = {}      # prompt (stripped) -> (its group, line)
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -227,12 +228,37 @@ def _read_jsonl(path: str | None, base_dir: Path | None):
             if not obj[key].strip():
                 raise DataError(f"{where}: field {key!r} must not be empty")
         group = obj.get("group", obj["prompt"])
+        # Splits are made over groups: one question under two groups could sit in train and
+        # test at once, and the verdict would be computed on questions the edits trained on.
+        seen_group, seen_line = first_seen.setdefault(obj["prompt"].strip(), (group, n))
+        if seen_group != group:
+            raise DataError(f"{where}: prompt {_short(obj['prompt'])} is in group {group!r} here but in "
+                            f"group {seen_group!r} on line {seen_line}; one question in two groups can "
+                            "land in two splits (a leak): give all its pairs one group")
         pairs = by_group.setdefault(group, [])
         if obj["chosen"] != obj["rejected"]:   # no preference to learn from
             pairs.append(PreferencePair(obj["prompt"], obj["chosen"], obj["rejected"], group))
     if not by_group:
         raise DataError(f"{found}: no records (the file is empty)")
     return [(g, pairs, _jsonl_answers(pairs)) for g, pairs in by_group.items()], str(found), sha
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _check_unique_questions(questions, source: str) -> None:
+    """The same question text in two rows (two groups) could land in two splits: refuse it."""
+    seen: dict[str, int] = {}
+    for row, (_, _, (prompt, _, _)) in enumerate(questions, start=1):
+        if not prompt:
+            continue
+        if prompt in seen:
+            raise DataError(f"{source}: question {_short(prompt)} appears in rows {seen[prompt]} and "
+                            f"{row}; one question in two rows can land in two splits (a leak): "
+                            "merge the rows")
+        seen[prompt] = row
 
 
 def _jsonl_answers(pairs: list[PreferencePair]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
@@ -297,6 +323,7 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
             questions, source, sha = _read_truthfulqa_csv(csv_path)
         if tried and path is not None:   # an explicit path was missing: say what replaced it
             warnings.warn(f"{tried[0]}; using {source} instead", LoccheckWarning, stacklevel=2)
+        _check_unique_questions(questions, source)
     elif dataset == "jsonl":
         questions, source, sha = _read_jsonl(path, base_dir)
     else:

@@ -28,9 +28,18 @@ class Bench:
     train: Sequence[TokenizedPair]
     validation: Sequence[TokenizedPair]
     test: Sequence[TokenizedPair]
-    reference: torch.Tensor            # (n_train, 2) log pi0 of chosen, rejected
     base_metrics: dict[str, float]     # unedited model on the test pairs
     progress: Progress
+    _reference: torch.Tensor | None = None
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """(n_train, 2) log pi0 of chosen and rejected: computed once, and only if an edit
+        has to be trained (a run served from the cache never needs it)."""
+        if self._reference is None:
+            device = next(self.model.parameters()).device
+            self._reference = all_pair_logprobs(self.model, self.train, self.pad_id).to(device)
+        return self._reference
 
     def test_metrics(self, on_batch=None) -> dict[str, float]:
         return compute_metrics(all_pair_logprobs(self.model, self.test, self.pad_id,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -20,31 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from loccheck.files import write_bytes_atomic  # noqa: E402
+
 DPI = 120
 FIGSIZE = (7.0, 4.2)
 CLAIM_COLOR = "tab:red"
 FULL_COLOR = "black"
 NULL_COLOR = "0.6"
 _RC = {"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 9, "figure.dpi": DPI}
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write `data` to `path` via a temp file in the same folder and os.replace.
-
-    A reader never sees a half-written file, and a crash leaves no partial output.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _finite(values: Iterable) -> np.ndarray:

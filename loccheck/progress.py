@@ -41,5 +41,11 @@ class Progress:
             self.outer.write(f"[{done}/{total}] {label}: {loss}{flag}gain {gain:+.3g}"
                              f"  ({elapsed:.0f} s so far, ~{left:.0f} s left)")
 
+    def cached(self, label: str, gain: float) -> None:
+        self.outer.update(1)
+        if self.enabled:
+            self.outer.write(f"[{self.outer.n}/{self.outer.total}] {label}: from the cache, "
+                             f"gain {gain:+.3g}")
+
     def close(self) -> None:
         self.outer.close()

@@ -18,8 +18,9 @@ from tabulate import tabulate
 
 import numpy as np
 
+from loccheck.files import write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
 from loccheck.plots import (plot_loss_curves, plot_methods, plot_null_histogram,
-                            plot_probe_heatmap, write_bytes_atomic)
+                            plot_probe_heatmap)
 
 REPORT_NAME, NULL_HIST_NAME, LOSS_CURVES_NAME = "report.md", "null_hist.png", "loss_curves.png"
 METHODS_NAME, PROBE_HEATMAP_NAME = "methods.png", "probe_heatmap.png"
@@ -30,16 +31,6 @@ _CONFIG_ORDER = ("model", "behavior", "location", "heuristic", "edit", "random_l
                  "verdict", "expect")
 _SPLITS = ("train", "validation", "test")
 _ROLE_NAMES = {"claim": "claimed location", "full": "whole model"}
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    """Write UTF-8 `text` with "\\n" line ends via a temp file in the same folder + os.replace."""
-    return write_bytes_atomic(text.encode("utf-8"), path)
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> Path:
-    """Write `obj` as canonical JSON (indent 2, sorted keys, NaN allowed) plus a newline."""
-    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", path)
 
 
 # --- formatting helpers ------------------------------------------------------------------
@@ -419,3 +410,37 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
                            [HeadLoc.parse(h) for h in result.get("location") or []],
                            out_dir / PROBE_HEATMAP_NAME)
     return write_text_atomic(render_markdown(result), out_dir / REPORT_NAME)
+
+
+# --- index of a session's claims ---------------------------------------------------------
+
+INDEX_HEADERS = ["claim", "verdict", "expected", "p-value", "N", "claim gain",
+                 "whole-model gain", "report"]
+
+
+def render_index(rows: list[dict]) -> str:
+    """`index.md`: one table row per claim, sorted by claim id, no timestamps.
+
+    Each row has `claim`, `verdict`, `expected` and, unless the verdict is "ERROR",
+    `p_value`, `n_random`, `claim_gain`, `full_gain` and `report_link` (the report's path
+    relative to index.md); an "ERROR" row has `error`, the one-line message.
+    """
+    table, n_as_expected = [], 0
+    for row in sorted(rows, key=lambda r: str(r["claim"])):
+        as_expected = row["verdict"] == row["expected"]
+        n_as_expected += as_expected
+        if row["verdict"] == "ERROR":
+            cells = ["—"] * 4 + [str(row.get("error", "")).replace("|", "\\|")]
+        else:
+            cells = [fmt(row.get("p_value")), fmt(row.get("n_random")), fmt(row.get("claim_gain")),
+                     fmt(row.get("full_gain")), f"[report.md]({row['report_link']})"]
+        verdict = row["verdict"] if as_expected else f"**{row['verdict']}**"
+        table.append([f"`{row['claim']}`", verdict, row["expected"], *cells])
+    n = len(table)
+    return "\n".join([
+        "# loccheck: claims", "",
+        f"{n_as_expected} of {n} claim{'s' if n != 1 else ''} got the verdict they expect. "
+        "A verdict in bold differs from the expected one.", "",
+        _table(table, INDEX_HEADERS), "",
+        f"{P_CONVENTION}. N is the number of random locations; gains are on held-out test "
+        "questions, over the unedited model."]) + "\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,35 +50,43 @@ class VerifyResult:
     seeds: dict
     loccheck_version: str
     report_dir: str | None = None   # where report.md and result.json were written (not in the JSON)
+    n_fitted: int | None = None     # edits fitted by this run rather than read from the cache (not in the JSON)
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "report_dir"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("report_dir", "n_fitted")}
 
 
 def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, write_report: bool = True,
            overrides: dict[str, Any] | None = None, progress: bool | None = None,
-           cache_dir: str | Path | None = None) -> VerifyResult:
+           cache_dir: str | Path | None = None, refresh: bool = False) -> VerifyResult:
     """Verify a localization claim (a path to a claim file or a loaded `Claim`).
 
     Fits the optimal edit at the claimed heads, at the whole model and at
     `random_locations.n` random head sets of the same size, all with the same data, order,
     budget and seed, and compares their gains on the held-out test questions. The p-value is
     one-sided, ``(1 + #{null gains >= claim gain}) / (N + 1)``: ties count against the claim.
+
+    Every fitted edit is cached under a hash of everything that determines it (model weights,
+    data, split, location, edit settings, seed, loccheck version): an unchanged claim re-runs
+    without fitting anything, and a larger null fits only the new draws. `refresh=True`
+    refits everything.
     """
     if not isinstance(claim, Claim):
         claim = load_claim(claim)
     if overrides:
         claim = claim.with_overrides(overrides)
-    result = _run(claim, progress=progress, cache_dir=cache_dir)
+    result = _run(claim, progress=progress, cache_dir=cache_dir, refresh=refresh)
     if not write_report:
         return result
     out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
-    from loccheck.report import render_report, write_json_atomic
+    from loccheck.files import write_json_atomic
+    from loccheck.report import render_report
 
     payload = result.to_json()
-    write_json_atomic(payload, out / "result.json")
     render_report(payload, out)
-    return VerifyResult(**payload, report_dir=str(out))
+    write_json_atomic(payload, out / "result.json")   # last: its presence means a complete report
+    return replace(result, report_dir=str(out))
 
 
 def _check_location(claim: Claim, adapter) -> None:
@@ -103,14 +111,24 @@ def _prepare(claim: Claim, cache_dir):
 
     ms, bs = claim.model, claim.behavior
     # Data first: a bad data path should fail before a model is loaded.
-    data = load_behavior(dataset=bs.dataset, path=bs.path,
-                         base_dir=claim.path.parent if claim.path is not None else None,
-                         split=(bs.split.train, bs.split.validation, bs.split.test),
-                         split_seed=bs.split.seed, max_questions=bs.max_questions,
-                         max_pairs_per_question=bs.max_pairs_per_question)
-    loaded = load_model(ms.name, revision=ms.revision, device=ms.device, dtype=ms.dtype,
-                        trust_remote_code=ms.trust_remote_code, cache=cache_dir)
-    adapter = get_adapter(loaded.model)
+    try:
+        data = load_behavior(dataset=bs.dataset, path=bs.path,
+                             base_dir=claim.path.parent if claim.path is not None else None,
+                             split=(bs.split.train, bs.split.validation, bs.split.test),
+                             split_seed=bs.split.seed, max_questions=bs.max_questions,
+                             max_pairs_per_question=bs.max_pairs_per_question)
+    except DataError as err:
+        raise claim.error("behavior.path" if bs.path else "behavior.dataset", str(err)) from None
+    try:
+        loaded = load_model(ms.name, revision=ms.revision, device=ms.device, dtype=ms.dtype,
+                            trust_remote_code=ms.trust_remote_code, cache=cache_dir)
+        adapter = get_adapter(loaded.model)
+    except LoccheckError as err:
+        # Name the claim file too: the message already names the field and the model.
+        key, _, msg = str(err).partition(": ")
+        if not key.startswith("model."):
+            key, msg = "model.name", str(err)
+        raise claim.error(key, msg) from None
     _check_location(claim, adapter)
     return data, loaded, adapter
 
@@ -140,11 +158,18 @@ def _methods(claim: Claim) -> list[str]:
     return ["optimal", "iti"] if claim.edit.method == "both" else [claim.edit.method]
 
 
-def _run(claim: Claim, *, progress: bool | None, cache_dir) -> VerifyResult:
+def _model_identity(loaded) -> dict:
+    info = loaded.info
+    return {"weights": info["sha256"] or f"{info['name']}@{info['revision']}",
+            "dtype": info["dtype"], "device": info["device"].split(":")[0]}
+
+
+def _run(claim: Claim, *, progress: bool | None, cache_dir, refresh: bool) -> VerifyResult:
     from loccheck.cache import cache_dir as resolve_cache
     from loccheck.edits import initial_read_vectors
-    from loccheck.fits import Bench, fit_iti, fit_optimal
-    from loccheck.metrics import compute_metrics
+    from loccheck.cache import FitCache, content_key
+    from loccheck.fits import Bench, fit_iti, fit_optimal, label
+    from loccheck.metrics import METRICS, compute_metrics
     from loccheck.null import sample_null_locations
     from loccheck.progress import Progress
     from loccheck.prompts import format_prompt, resolve_format, tokenize_pairs
@@ -180,10 +205,20 @@ def _run(claim: Claim, *, progress: bool | None, cache_dir) -> VerifyResult:
         else claim.location.head_locs
 
     pad_id = tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    # pi0 never changes: its log-probabilities are computed once, for every edit.
-    reference = all_pair_logprobs(model, splits["train"], pad_id).to(device)
-    base_metrics = compute_metrics(all_pair_logprobs(model, splits["test"], pad_id).numpy())
+    cache = FitCache(resolve_cache(cache_dir), refresh=refresh)
+    # Everything besides the location and the edit that determines a fitted edit's numbers.
+    identity = {"loccheck": __version__, "model": _model_identity(loaded),
+                "data": {"sha256": data.sha256, "dataset": bs.dataset,
+                         "split": claim.effective_config()["behavior"]["split"],
+                         "max_questions": bs.max_questions,
+                         "max_pairs_per_question": bs.max_pairs_per_question,
+                         "prompt_format": fmt, "system_prompt": bs.system_prompt},
+                "metrics": sorted(METRICS)}
+    base_key = content_key({**identity, "what": "unedited test metrics"})
+    base_metrics = cache.get(base_key)
+    if base_metrics is None:
+        base_metrics = compute_metrics(all_pair_logprobs(model, splits["test"], pad_id).numpy())
+        cache.put(base_key, base_metrics)
 
     nulls = sample_null_locations(n_layers=adapter.n_layers, n_heads=adapter.n_heads,
                                   size=len(heads), n=rs.n, seed=rs.seed, exclude=heads,
@@ -199,16 +234,31 @@ def _run(claim: Claim, *, progress: bool | None, cache_dir) -> VerifyResult:
 
     bar = Progress(len(jobs) * len(methods), enabled=progress)
     bench = Bench(model, adapter, pad_id, splits["train"], splits["validation"], splits["test"],
-                  reference, base_metrics, bar)
-    records = []
+                  base_metrics, bar)
+    records, n_fitted = [], 0
     try:
         for method in methods:
             for role, index, loc in jobs:
                 if method == "optimal":
                     cfg = configs["full" if role == "full" else "local"]
-                    records.append(fit_optimal(bench, role, index, loc, cfg, a_init, es.read, vs.metric))
+                    setup = {**asdict(cfg), "read": es.read, "init_std": es.init_std}
                 else:
-                    records.append(fit_iti(bench, role, index, loc, directions, es.iti.alphas, vs.metric))
+                    setup = {"alphas": list(es.iti.alphas), "positions": es.iti.positions,
+                             "metric": vs.metric}
+                key = content_key({**identity, "method": method, "setup": setup,
+                                   "location": "all" if loc is None else format_heads(loc)})
+                record = cache.get(key)
+                if record is None:
+                    n_fitted += 1
+                    if method == "optimal":
+                        record = fit_optimal(bench, role, index, loc, cfg, a_init, es.read, vs.metric)
+                    else:
+                        record = fit_iti(bench, role, index, loc, directions, es.iti.alphas, vs.metric)
+                    # Stored without its role: a random draw equal to another claim's heads reuses it.
+                    cache.put(key, {k: v for k, v in record.items() if k not in ("role", "index")})
+                else:
+                    bar.cached(label(role, index, method), record["gains"][vs.metric])
+                records.append({**record, "role": role, "index": index})
     finally:
         bar.close()
 
@@ -231,7 +281,7 @@ def _run(claim: Claim, *, progress: bool | None, cache_dir) -> VerifyResult:
         model={**loaded.info, **adapter.describe()},
         config=claim.effective_config(), versions=_versions(),
         seeds={"edit": es.seed, "random_locations": rs.seed, "split": bs.split.seed},
-        loccheck_version=__version__)
+        loccheck_version=__version__, n_fitted=n_fitted)
 
 
 _PRIMARY_FIELDS = ("verdict", "verdict_reason", "p_value", "min_p_value", "claim_gain", "full_gain",

@@ -12,7 +12,7 @@ settings.register_profile("ci", max_examples=200, deadline=None)
 settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
-VOCAB = 64
+VOCAB = 100   # room for the character tokenizer of tests/known_models.py
 INIT = 0.5
 
 
@@ -59,3 +59,32 @@ def data_dir() -> Path:
     if not (path / "TruthfulQA.csv").is_file():
         pytest.skip(f"TruthfulQA.csv not found in {path} (set LOCCHECK_DATA_DIR)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Fitted edits go to a fresh cache per test session, so a test that fits really fits; the
+    converted SmolLM2 weights (a minute to convert) are shared with the user's cache."""
+    from loccheck.cache import cache_dir
+
+    real = cache_dir()
+    root = tmp_path_factory.mktemp("loccheck-cache")
+    (real / "models").mkdir(parents=True, exist_ok=True)
+    (root / "models").symlink_to(real / "models", target_is_directory=True)
+    previous = os.environ.get("LOCCHECK_CACHE_DIR")
+    os.environ["LOCCHECK_CACHE_DIR"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("LOCCHECK_CACHE_DIR", None)
+    else:
+        os.environ["LOCCHECK_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def known_llama(tmp_path_factory):
+    """A tiny Llama in which only head L1H2 reaches the residual stream, and pairs it can learn."""
+    from known_models import write_model_dir, write_pairs
+    from loccheck.locations import HeadLoc
+
+    root = tmp_path_factory.mktemp("known-llama")
+    return write_model_dir(root / "model", "llama", [HeadLoc(1, 2)]), write_pairs(root / "pairs.jsonl")

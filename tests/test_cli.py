@@ -132,10 +132,11 @@ def test_empty_dataset_is_a_clear_error(claim_file, tmp_path, capsys):
     assert not (tmp_path / "reports").exists()
 
 
-def test_unreachable_hub_model_is_a_clear_error(claim_file, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_model_that_is_no_folder_file_or_hub_id_is_a_clear_error(claim_file, capsys):
+    # Not a folder, not a .gguf file, and not a valid hub id: refused before any network call
+    # (a real hub id would need the network this machine does not have).
     path = claim_file(3)
-    path.write_text(path.read_text().replace("name: smollm2-135m-instruct", "name: nobody/no-such-model"))
+    path.write_text(path.read_text().replace("name: smollm2-135m-instruct", "name: 'no/such/model'"))
     status, err = _run_bad(["verify", str(path)], capsys)
     assert status == 2 and len(err) == 1
-    assert "model.name: cannot load 'nobody/no-such-model'" in err[0]
+    assert "model.name: cannot load 'no/such/model'" in err[0]

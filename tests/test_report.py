@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from loccheck import plots
+from loccheck import files, plots
 from loccheck.report import (P_CONVENTION, render_markdown, render_report, write_json_atomic,
                              write_text_atomic)
 
@@ -260,7 +260,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(plots.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         write_text_atomic("new\n", path)
     assert path.read_text() == "old\n"

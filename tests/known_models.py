@@ -1,0 +1,104 @@
+"""Known-answer fixtures: tiny random models in which only chosen heads reach the residual
+stream, a character tokenizer, and a preference dataset an edit can learn. Saved to folders,
+they go through the same loading path as any model a claim names.
+
+To add an architecture: register its adapter, give `tiny_model` (conftest.py) a config for it
+and list it in FAMILIES there; `known_model` zeroes the dead heads through the adapter
+(`head_slice`, `fan_in_fan_out`), so it needs nothing new, and tests/test_known_answers.py
+runs its known answers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from conftest import tiny_model
+from loccheck.locations import HeadLoc
+from loccheck.models import get_adapter
+
+
+def char_tokenizer():
+    """One token per printable ASCII character (ids 4..98); no download, no BOS."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for c in range(32, 127):
+        vocab[chr(c)] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def known_model(family: str, live: Iterable[HeadLoc], seed: int = 0):
+    """A tiny model whose output projections read only the `live` heads: every other head's
+    slice of each projection's input is multiplied by zero weights."""
+    model = tiny_model(family, seed=seed)
+    adapter = get_adapter(model)
+    live = set(live)
+    with torch.no_grad():
+        for loc in adapter.all_heads():
+            if loc in live:
+                continue
+            weight = adapter.out_proj(loc.layer).weight
+            cols = adapter.head_slice(loc)
+            if adapter.fan_in_fan_out:          # GPT-2 Conv1D: weight is (in, out)
+                weight[cols, :] = 0
+            else:                               # nn.Linear: weight is (out, in)
+                weight[:, cols] = 0
+    return model
+
+
+def write_model_dir(path: Path, family: str, live: Iterable[HeadLoc], seed: int = 0) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    known_model(family, live, seed).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "glass", "piano", "ocean", "lemon",
+         "candle", "forest", "rocket", "silver", "garden", "planet", "violet", "marble", "winter",
+         "copper", "falcon", "harbor", "island", "jungle", "kettle", "ladder", "meadow", "needle"]
+
+
+def write_pairs(path: Path, n_questions: int = 24, seed: int = 0) -> Path:
+    """Preference pairs with one learnable rule: the chosen answer is " yes", the rejected " no"."""
+    rng = np.random.default_rng(seed)
+    used = set()
+    with open(path, "w") as f:
+        for i in range(n_questions):
+            word = WORDS[i % len(WORDS)] + str(int(rng.integers(10, 99)))
+            if word in used:   # one question per prompt: a repeated prompt would leak across splits
+                word += f"-{i}"
+            used.add(word)
+            f.write(json.dumps({"prompt": f"is {word} real?", "chosen": "yes", "rejected": "no",
+                                "group": f"q{i}"}) + "\n")
+    return path
+
+
+DEFAULT_EDIT = "{epochs: 3, batch_size: 4, learning_rate: 0.05, full_model_learning_rate: 0.05, init_std: 0.1}"
+DEFAULT_SPLIT = "{train: 0.5, validation: 0.25, test: 0.25, seed: 0}"
+
+
+def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, alpha: float = 0.05,
+               expect: str | None = None, extra: str = "", edit: str = DEFAULT_EDIT,
+               split: str = DEFAULT_SPLIT, random_seed: int = 0, rho: float | None = None) -> str:
+    """A claim file for a known-answer model: qa prompts, a short fixed budget (`edit` and
+    `split` are YAML flow mappings that replace the defaults whole)."""
+    lines = [f'claim: "The behaviour lives in {", ".join(heads)}."',
+             f"model: {{name: '{model_dir}', device: cpu}}",
+             f"behavior: {{dataset: jsonl, path: '{data}', prompt_format: qa,",
+             f"           split: {split}}}",
+             f"location: {{heads: [{', '.join(heads)}]}}",
+             f"edit: {edit}",
+             f"random_locations: {{n: {n}, seed: {random_seed}}}",
+             f"verdict: {{alpha: {alpha}" + (f", rho: {rho}" if rho is not None else "") + "}"]
+    if expect:
+        lines.append(f"expect: {expect}")
+    return "\n".join(lines) + "\n" + extra

@@ -1,0 +1,74 @@
+"""The fitted-edit cache: unchanged claims refit nothing, larger nulls fit only the new draws,
+and a damaged entry is refitted, never trusted."""
+import json
+import warnings
+
+import pytest
+
+from known_models import claim_text
+from loccheck.claim import parse_claim
+from loccheck.errors import LoccheckWarning
+from loccheck.locations import HeadLoc
+from loccheck.null import sample_null_locations
+from loccheck.verification import verify
+
+
+def _claim(known_llama, tmp_path, n, heads=("L1H2", "L0H0")):
+    model_dir, pairs = known_llama
+    return parse_claim(claim_text(model_dir, pairs, list(heads), n=n, alpha=0.1),
+                       path=tmp_path / "cached.yaml")
+
+
+def test_second_run_fits_nothing_and_is_byte_identical(known_llama, tmp_path):
+    cache = tmp_path / "cache"
+    claim = _claim(known_llama, tmp_path, n=6)
+    first = verify(claim, out_dir=tmp_path / "a", cache_dir=cache, progress=False)
+    distinct = {tuple(loc) for loc in sample_null_locations(
+        n_layers=2, n_heads=4, size=2, n=6, seed=0, exclude=claim.location.head_locs)}
+    assert first.n_fitted == 2 + len(distinct)          # claim, whole model, each distinct draw
+    second = verify(claim, out_dir=tmp_path / "b", cache_dir=cache, progress=False)
+    assert second.n_fitted == 0
+    assert (tmp_path / "a" / "result.json").read_bytes() == (tmp_path / "b" / "result.json").read_bytes()
+    assert (tmp_path / "a" / "report.md").read_bytes() == (tmp_path / "b" / "report.md").read_bytes()
+
+
+def test_growing_the_null_fits_only_the_new_draws(known_llama, tmp_path):
+    cache = tmp_path / "cache"
+    claim = _claim(known_llama, tmp_path, n=5)
+    verify(claim, write_report=False, cache_dir=cache, progress=False)
+    exclude = claim.location.head_locs
+    old = {tuple(l) for l in sample_null_locations(n_layers=2, n_heads=4, size=2, n=5, seed=0, exclude=exclude)}
+    grown = sample_null_locations(n_layers=2, n_heads=4, size=2, n=10, seed=0, exclude=exclude)
+    new = {tuple(l) for l in grown[5:]} - old
+    assert len(new) >= 3          # the seed gives mostly fresh draws, so the count means something
+    larger = verify(claim.with_overrides({"random_locations.n": 10}), write_report=False,
+                    cache_dir=cache, progress=False)
+    assert larger.n_fitted == len(new)
+    assert larger.null_gains[:5] == verify(claim, write_report=False, cache_dir=cache,
+                                           progress=False).null_gains
+
+
+def test_damaged_entry_is_refitted_with_a_warning(known_llama, tmp_path):
+    cache = tmp_path / "cache"
+    claim = _claim(known_llama, tmp_path, n=3)
+    first = verify(claim, write_report=False, cache_dir=cache, progress=False)
+    entries = sorted((cache / "fits").rglob("*.json"))
+    victim = next(p for p in entries if json.loads(p.read_text())["record"].get("role") is None
+                  and json.loads(p.read_text())["record"].get("location") == ["L0H0", "L1H2"])
+    victim.write_text(victim.read_text()[:40])                       # truncated
+    with pytest.warns(LoccheckWarning, match="corrupt"):
+        second = verify(claim, write_report=False, cache_dir=cache, progress=False)
+    assert second.n_fitted == 1
+    assert second.claim_gain == first.claim_gain                     # refitted, same numbers
+    assert json.loads(victim.read_text())["record"]["location"] == ["L0H0", "L1H2"]
+
+
+def test_refresh_ignores_the_cache(known_llama, tmp_path):
+    cache = tmp_path / "cache"
+    claim = _claim(known_llama, tmp_path, n=2)
+    verify(claim, write_report=False, cache_dir=cache, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = verify(claim, write_report=False, cache_dir=cache, refresh=True, progress=False)
+    assert again.n_fitted == 2 + len({tuple(l) for l in sample_null_locations(
+        n_layers=2, n_heads=4, size=2, n=2, seed=0, exclude=claim.location.head_locs)})

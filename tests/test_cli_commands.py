@@ -1,0 +1,137 @@
+"""`loccheck verify` with several claims and the shared options, `report` (re-render from
+result.json, no model, no torch), `schema` and `init`, and their exit codes. Called through
+`main([...])`; the claims name heads of the tiny known-answer llama (only L1H2 is live)."""
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from known_models import DEFAULT_EDIT, claim_text, write_model_dir, write_pairs
+from loccheck.claim import load_claim
+from loccheck.cli import main
+from loccheck.locations import HeadLoc
+
+FIGURES = ("null_hist.png", "loss_curves.png")
+
+
+@pytest.fixture(scope="module")
+def verified(tmp_path_factory):
+    """Two claims verified in one `loccheck verify` call: a live head with N = 2 (UNDERPOWERED,
+    as it expects) and a dead head that expects SUPPORTED (it gets FALSIFIED: gain 0, ties count
+    against it). Returns (status, stdout lines, report root, claim paths)."""
+    root = tmp_path_factory.mktemp("cli")
+    model = write_model_dir(root / "model", "llama", [HeadLoc(1, 2)])
+    pairs = write_pairs(root / "pairs.jsonl")
+    live, dead = root / "claims" / "live.yaml", root / "claims" / "dead.yaml"
+    live.parent.mkdir()
+    one_epoch = DEFAULT_EDIT.replace("epochs: 3,", "epochs: 1,")   # verdicts need only a live gain > 0
+    live.write_text(claim_text(model, pairs, ["L1H2"], n=9, alpha=0.05, expect="UNDERPOWERED",
+                               edit=one_epoch))
+    dead.write_text(claim_text(model, pairs, ["L0H1"], n=2, alpha=0.25, edit=one_epoch))
+    out = root / "stdout.txt"
+    with open(out, "w") as f, contextlib.redirect_stdout(f):   # module fixtures get no capsys
+        status = main(["verify", str(live), str(dead), "--out", str(root / "reports"),
+                       "--n-random", "3", "--cache-dir", str(root / "cache"), "--quiet"])
+    return status, out.read_text().splitlines(), root / "reports", (live, dead)
+
+
+def test_verify_several_claims_one_exit_code(verified):
+    status, lines, reports, (live, dead) = verified
+    assert status == 1                        # the dead head is not SUPPORTED
+    assert len(lines) == 2
+    # --n-random 3 overrides the files' n (9 and 2). The live head beats the three dead random
+    # heads, p = 1/4, but 1/(N + 1) = 0.25 > alpha = 0.05 makes it UNDERPOWERED, as it expects.
+    assert lines[0].startswith(f"{live}: UNDERPOWERED (p = 0.25, N = 3, claim gain +")
+    assert lines[0].endswith(f"as expected; report: {reports / 'live' / 'report.md'}")
+    assert lines[1].startswith(f"{dead}: FALSIFIED (p = 1, N = 3, claim gain +0, ")
+    assert "expected SUPPORTED: NOT as expected" in lines[1]
+    for name in ("live", "dead"):             # --out is the report dir: one folder per claim
+        result = json.loads((reports / name / "result.json").read_text())
+        assert result["n_random"] == 3
+
+
+def test_report_rerenders_byte_identical_without_torch(verified, tmp_path):
+    reports = verified[2]
+    src = tmp_path / "live"
+    shutil.copytree(reports / "live", src)
+    original = {name: (src / name).read_bytes() for name in ("report.md", *FIGURES)}
+    for name in original:
+        (src / name).unlink()
+
+    # In place (the folder of result.json), in a fresh interpreter that must not import torch.
+    code = ("import sys; from loccheck.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "report", str(src / "result.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(src / "report.md")
+    for name, data in original.items():
+        assert (src / name).read_bytes() == data, name
+
+    # Elsewhere: the new folder gets the report, the figures and a copy of result.json.
+    assert main(["report", str(src / "result.json"), "--out", str(tmp_path / "copy")]) == 0
+    assert (tmp_path / "copy" / "report.md").read_bytes() == original["report.md"]
+    assert (tmp_path / "copy" / "result.json").read_bytes() == (src / "result.json").read_bytes()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read result file"),
+    ("{not json", "not valid JSON"),
+    ('{"verdict": "SUPPORTED"}', "not a loccheck result.json (no 'metric', 'claim_name')"),
+    ("[1, 2]", "not a loccheck result.json"),
+])
+def test_report_bad_input_exits_2(tmp_path, capsys, content, message):
+    path = tmp_path / "result.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"loccheck: error: {path}: ") and message in err[0]
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_schema_is_json_with_descriptions(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["properties"]["claim"]["description"] == "The claim, in one sentence."
+    assert set(schema["required"]) == {"claim", "location"}
+    n = schema["$defs"]["RandomLocationsSpec"]["properties"]["n"]
+    assert n["description"].startswith("Number of random locations")
+
+
+def test_init_writes_a_template_that_loads_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "my_claim"]) == 0
+    path = tmp_path / "claims" / "my_claim.yaml"
+    assert capsys.readouterr().out.strip() == "claims/my_claim.yaml"
+    text = path.read_text()
+    claim = load_claim(path)
+    assert claim.name == "my_claim" and claim.location.heads == ("L0H0", "L0H1")
+    assert text.startswith("# loccheck claim 'my_claim'")
+    assert "loccheck verify claims/my_claim.yaml" in text
+
+    path.write_text(text + "# my edits\n")
+    assert main(["init", "my_claim"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["loccheck: error: claims/my_claim.yaml already exists; not overwriting it "
+                   "(choose another name or remove the file)"]
+    assert path.read_text().endswith("# my edits\n")
+
+    assert main(["init", "papers/iti.yml"]) == 0            # a path is taken as it is
+    assert load_claim(tmp_path / "papers" / "iti.yml").name == "iti"
+
+
+@pytest.mark.parametrize("args", [
+    ["verify", "x.yaml", "--n-random", "0"],
+    ["verify", "x.yaml", "--executor", "ray"],
+    ["init"],
+    ["nonsense"],
+])
+def test_usage_errors_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""Determinism: the same claim, seed and machine give a bit-identical result.json on the CPU,
+fitted twice from scratch; and result.json records what a re-run needs.
+
+Random location i depends on (seed, i) only: tests/test_null.py (test_prefix_stability,
+test_draw_seed) checks it for the sampler, tests/test_cache.py
+(test_growing_the_null_fits_only_the_new_draws) end to end; not repeated here.
+On GPUs, kernels may reorder float sums; no tolerance is claimed here (CPU only).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+
+import numpy
+import peft
+import pytest
+import torch
+import transformers
+
+import loccheck
+from known_models import claim_text
+from loccheck.claim import parse_claim
+from loccheck.models.loading import weights_sha256
+from loccheck.verification import verify
+
+N = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(known_llama, tmp_path_factory):
+    """One claim fitted twice: separate cache folders, so both runs fit every edit."""
+    model_dir, pairs = known_llama
+    tmp_path = tmp_path_factory.mktemp("determinism")
+    path = tmp_path / "determinism.yaml"
+    path.write_text(claim_text(model_dir, pairs, ["L1H2", "L0H3"], n=N, alpha=0.2))
+    results = [verify(path, out_dir=tmp_path / f"out{i}", cache_dir=tmp_path / f"cache{i}",
+                      progress=False) for i in (0, 1)]
+    return path, results
+
+
+def test_two_fits_give_bit_identical_results(runs):
+    path, (first, second) = runs
+    tmp_path = path.parent
+    # claim, whole model, and each distinct random pair other than the claim: nothing cached
+    draws = {tuple(e["location"]) for e in first.edits if e["role"] == "random"}
+    assert first.n_fitted == second.n_fitted == 2 + len(draws - {tuple(first.location)})
+    a = (tmp_path / "out0" / "result.json").read_bytes()
+    b = (tmp_path / "out1" / "result.json").read_bytes()
+    assert a == b
+    assert (tmp_path / "out0" / "report.md").read_bytes() == (tmp_path / "out1" / "report.md").read_bytes()
+    assert first.to_json() == json.loads(a)                       # the file is the result
+
+
+def test_result_records_what_a_rerun_needs(runs, known_llama):
+    path, (result, _) = runs
+    model_dir, pairs = known_llama
+    claim = parse_claim(path.read_text(), path=path)
+    assert result.versions == {"python": platform.python_version(), "torch": torch.__version__,
+                               "transformers": transformers.__version__,
+                               "peft": peft.__version__, "numpy": numpy.__version__,
+                               "loccheck": loccheck.__version__}
+    assert result.loccheck_version == loccheck.__version__
+    assert result.model["sha256"] == weights_sha256(model_dir)
+    assert result.model["resolved"] == str(model_dir) and result.model["dtype"] == "float32"
+    assert result.data["sha256"] == hashlib.sha256(pairs.read_bytes()).hexdigest()
+    assert result.data["source"] == str(pairs)
+    assert result.config == claim.effective_config()              # every field, defaults filled
+    assert result.config["edit"]["learning_rate"] == 0.05 and result.config["edit"]["beta"] == 0.1
+    assert result.seeds == {"edit": 0, "random_locations": 0, "split": 0}
+    assert result.claim_file == str(path)

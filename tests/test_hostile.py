@@ -1,0 +1,324 @@
+"""Hostile and broken input, through the user's path: `loccheck verify CLAIM` prints one line
+naming the file and the field, exits 2, shows no traceback, and writes nothing: no report
+folder, nothing in the cache. The detailed messages are unit-tested in tests/test_claim.py,
+tests/test_data.py and tests/test_models.py; here each case only checks what the user sees.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from known_models import char_tokenizer, claim_text, known_model
+from loccheck.cli import main
+from loccheck.locations import HeadLoc
+
+BASE = "location: {heads: [L1H2]}"
+
+
+@pytest.fixture
+def env(known_llama, tmp_path, monkeypatch):
+    """A valid claim on the known Llama, a private cache, and the CWD in tmp_path (so the
+    default report folder, reports/NAME, is checked too)."""
+    monkeypatch.setenv("LOCCHECK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    model_dir, pairs = known_llama
+    return {"model": model_dir, "pairs": pairs, "tmp": tmp_path,
+            "text": claim_text(model_dir, pairs, ["L1H2"], n=19)}
+
+
+def run_bad(env, capsys, claim: Path | str, *extra: str) -> str:
+    """Run the CLI on a claim that must be refused; return its one error line."""
+    tmp = env["tmp"]
+    out = tmp / "out"
+    capsys.readouterr()                  # drop what setting the case up printed
+    status = main(["verify", str(claim), "--out", str(out), "--quiet", *extra])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert status == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("loccheck: error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert not out.exists() and not (tmp / "reports").exists()
+    cache = tmp / "cache"
+    assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
+    return lines[0]
+
+
+def write_claim(env, text: str, name: str = "bad.yaml") -> Path:
+    path = env["tmp"] / name
+    path.write_text(text)
+    return path
+
+
+# --- claim files ---------------------------------------------------------------------------------
+
+EDITS = {  # id: (old, new, substrings the error line must contain besides the file)
+    "yaml-syntax": (BASE, "location: {heads: [L1H2}", [":5:"]),
+    "misspelled-key": ("random_locations:", "random_location:", [":7:", "did you mean 'random_locations'"]),
+    "misspelled-nested-key": ("verdict: {alpha", "verdict: {alhpa", ["verdict.alhpa", "did you mean 'alpha'"]),
+    "wrong-type-int": ("n: 19", "n: many", ["random_locations.n"]),
+    "wrong-type-float": ("alpha: 0.05", "alpha: '0.05'", ["verdict.alpha"]),
+    "wrong-type-section": ("verdict: {alpha: 0.05}", "verdict: [0.05]", ["verdict"]),
+    "bad-head-spelling": (BASE, "location: {heads: [H2L1]}", ["location.heads[0]"]),
+    "duplicate-heads": (BASE, "location: {heads: [L1H2, L0H0, L1H2]}", ["location.heads[2]", "duplicate"]),
+    "empty-location": (BASE, "location: {heads: []}", ["location.heads"]),
+    "no-location": (BASE, "", ["location", "missing"]),
+    "zero-random-locations": ("n: 19", "n: 0", ["random_locations.n"]),
+    "negative-random-locations": ("n: 19", "n: -3", ["random_locations.n"]),
+    "alpha-zero": ("alpha: 0.05", "alpha: 0", ["verdict.alpha"]),
+    "alpha-one": ("alpha: 0.05", "alpha: 1", ["verdict.alpha"]),
+    "alpha-above-one": ("alpha: 0.05", "alpha: 1.5", ["verdict.alpha"]),
+    "alpha-negative": ("alpha: 0.05", "alpha: -0.1", ["verdict.alpha"]),
+    "alpha-nan": ("alpha: 0.05", "alpha: .nan", ["verdict.alpha"]),
+    "split-not-summing-to-one": ("test: 0.25,", "test: 0.5,", ["behavior.split"]),
+    "duplicate-yaml-key": ("verdict: {alpha: 0.05}", "verdict: {alpha: 0.05}\nverdict: {alpha: 0.1}", ["duplicate key"]),
+    "top-level-list": None,
+    # the location does not fit the model (known after loading it)
+    "layer-out-of-range": (BASE, "location: {heads: [L2H0]}", [":5:", "location.heads[0]", "2 layers x 4 heads"]),
+    "head-out-of-range": (BASE, "location: {heads: [L0H1, L1H4]}", [":5:", "location.heads[1]", "2 layers x 4 heads"]),
+    "every-head": (BASE, "location: {heads: [L0H0, L0H1, L0H2, L0H3, L1H0, L1H1, L1H2, L1H3]}",
+                   ["location.heads", "every head"]),
+}
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_bad_claim(env, capsys, case):
+    if case == "top-level-list":
+        text, must = "- claim: x\n- location: {heads: [L1H2]}\n", ["mapping"]
+    else:
+        old, new, must = EDITS[case]
+        assert old in env["text"]
+        text = env["text"].replace(old, new, 1)
+    path = write_claim(env, text)
+    line = run_bad(env, capsys, path)
+    assert f"{path}:" in line
+    for part in must:
+        assert part in line, line
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_bad_number_of_random_locations_on_the_command_line(env, capsys, value):
+    # argparse refuses it: exit 2, its usage line and one error line naming the flag
+    path = write_claim(env, env["text"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["verify", str(path), "--out", str(env["tmp"] / "out"), "--n-random", value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "error: argument --n-random" in err.strip().splitlines()[-1]
+    assert not (env["tmp"] / "out").exists() and not (env["tmp"] / "cache").exists()
+
+
+def test_bad_override(env, capsys):
+    path = write_claim(env, env["text"])
+    line = run_bad(env, capsys, path, "--device", "tpu")
+    assert str(path) in line and "model.device" in line and "(set by an override)" in line
+
+
+def test_cuda_without_a_gpu(env, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    path = write_claim(env, env["text"].replace("device: cpu", "device: cuda"))
+    assert "model.device" in run_bad(env, capsys, path)
+
+
+@pytest.mark.parametrize("tag", [
+    "!!python/object/apply:os.system ['touch {pwned}']",
+    "!!python/object/new:subprocess.Popen [['touch', '{pwned}']]",
+    "!!python/name:os.system",
+    "!!python/module:os",
+])
+def test_python_tags_are_refused_and_nothing_runs(env, capsys, tag):
+    pwned = env["tmp"] / "PWNED"
+    text = env["text"].replace('claim: "The behaviour lives in L1H2."',
+                               "claim: " + tag.format(pwned=pwned))
+    path = write_claim(env, text)
+    line = run_bad(env, capsys, path)
+    assert f"{path}:1:" in line and "python" in line
+    assert not pwned.exists()
+
+
+def test_missing_claim_and_directory_claim(env, capsys):
+    missing = env["tmp"] / "nope.yaml"
+    assert str(missing) in run_bad(env, capsys, missing)
+    folder = env["tmp"] / "folder.yaml"
+    folder.mkdir()
+    assert str(folder) in run_bad(env, capsys, folder)
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\n", b"# only a comment\n"], ids=["empty", "blank", "comment"])
+def test_empty_claim_file(env, capsys, content):
+    path = env["tmp"] / "empty.yaml"
+    path.write_bytes(content)
+    assert "empty" in run_bad(env, capsys, path)
+
+
+def test_non_utf8_claim_file(env, capsys):
+    path = env["tmp"] / "latin1.yaml"
+    path.write_bytes(env["text"].replace("The behaviour", "Le comportement \xe9").encode("latin-1"))
+    line = run_bad(env, capsys, path)
+    assert f"{path}:1" in line and "UTF-8" in line
+
+
+def test_several_claims_are_all_checked_before_any_work(env, capsys):
+    good = write_claim(env, env["text"], "good.yaml")
+    bad = write_claim(env, env["text"].replace("n: 19", "n: 0"), "bad.yaml")
+    status = main(["verify", str(good), str(bad), "--out", str(env["tmp"] / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and str(bad) in err[0]
+    assert not (env["tmp"] / "out").exists() and not (env["tmp"] / "cache").exists()
+
+
+# --- data files --------------------------------------------------------------------------------
+
+def _pairs_file(env, lines: list, name="pairs.jsonl", raw: bytes | None = None) -> Path:
+    path = env["tmp"] / name
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def _with_data(env, data: Path) -> Path:
+    return write_claim(env, env["text"].replace(str(env["pairs"]), str(data)))
+
+
+def _records(n, **over):
+    return [{"prompt": f"is thing{i} real?", "chosen": "yes", "rejected": "no", "group": f"q{i}", **over}
+            for i in range(n)]
+
+
+def test_no_usable_pairs(env, capsys):
+    data = _pairs_file(env, _records(12, rejected="yes"))           # chosen == rejected everywhere
+    line = run_bad(env, capsys, _with_data(env, data))
+    assert str(data) in line and "no usable preference pairs" in line
+
+
+def test_too_few_questions_for_the_split(env, capsys):
+    data = _pairs_file(env, _records(2))
+    line = run_bad(env, capsys, _with_data(env, data))
+    assert str(data) in line and "needs at least" in line
+
+
+def test_same_question_in_two_groups(env, capsys):
+    records = _records(12)
+    records.append({**records[3], "chosen": "yes!", "group": "q-other"})   # line 13: q3's prompt again
+    data = _pairs_file(env, records)
+    line = run_bad(env, capsys, _with_data(env, data))
+    assert f"{data}:13:" in line and "is thing3 real?" in line and "'q3'" in line and "line 4" in line
+
+
+def test_same_question_with_and_without_a_group(env, capsys):
+    records = _records(12)
+    records.append({k: v for k, v in records[0].items() if k != "group"})  # group defaults to the prompt
+    data = _pairs_file(env, records)
+    assert f"{data}:13:" in run_bad(env, capsys, _with_data(env, data))
+
+
+def test_same_question_in_two_truthfulqa_rows(env, capsys):
+    csv = env["tmp"] / "TruthfulQA.csv"
+    rows = [f"Q{i}?,t,t,f" for i in range(10)] + ["Q4?,t2,t2,f2"]        # row 11 repeats row 5
+    csv.write_text("Question,Best Answer,Correct Answers,Incorrect Answers\n" + "\n".join(rows) + "\n")
+    text = env["text"].replace(f"dataset: jsonl, path: '{env['pairs']}'", f"dataset: truthfulqa, path: '{csv}'")
+    line = run_bad(env, capsys, write_claim(env, text))
+    assert str(csv) in line and "'Q4?'" in line and "rows 5 and 11" in line
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "non-utf8", "not-json"])
+def test_broken_data_file(env, capsys, case):
+    data = env["tmp"] / "data.jsonl"
+    if case == "directory":
+        data.mkdir()
+    elif case == "empty":
+        data.write_text("")
+    elif case == "non-utf8":
+        data.write_bytes(b'{"prompt": "caf\xe9", "chosen": "yes", "rejected": "no"}\n')
+    elif case == "not-json":
+        data.write_text("prompt,chosen,rejected\nis it?,yes,no\n")
+    line = run_bad(env, capsys, _with_data(env, data))
+    assert str(data) in line or repr(str(data)) in line
+
+
+# --- model folders -------------------------------------------------------------------------------
+
+def _with_model(env, model: Path | str) -> Path:
+    return write_claim(env, env["text"].replace(str(env["model"]), str(model)))
+
+
+def test_missing_model_folder(env, capsys):
+    missing = env["tmp"] / "no-such-model"
+    line = run_bad(env, capsys, _with_model(env, missing))
+    assert "model.name" in line and str(missing) in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("config", [None, "{not json", "[1, 2]"], ids=["no-config", "bad-json", "not-object"])
+def test_model_folder_without_a_usable_config(env, capsys, config):
+    folder = env["tmp"] / "broken-model"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(config)
+    line = run_bad(env, capsys, _with_model(env, folder))
+    assert "model.name" in line and str(folder) in line
+
+
+def test_unsupported_architecture(env, capsys):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    folder = env["tmp"] / "opt"
+    torch.manual_seed(0)
+    OPTForCausalLM(OPTConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                             num_attention_heads=2, word_embed_proj_dim=16)).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    line = run_bad(env, capsys, _with_model(env, folder))
+    assert "model.name" in line and str(folder) in line and "'opt'" in line and "llama" in line
+
+
+REMOTE_CODE = """\
+from pathlib import Path
+Path({sentinel!r}).write_text("custom code ran")
+from transformers import LlamaConfig
+
+class CustomConfig(LlamaConfig):
+    model_type = "loccheck_custom"
+"""
+
+
+@pytest.fixture
+def remote_code_model(env):
+    """A model folder that needs its own code: config.json's auto_map names a class in a .py
+    file beside it that leaves a sentinel file when imported."""
+    folder = env["tmp"] / "custom-model"
+    known_model("llama", [HeadLoc(1, 2)]).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    sentinel = env["tmp"] / "CUSTOM_CODE_RAN"
+    for module in ("configuration_custom", "modeling_custom"):
+        (folder / f"{module}.py").write_text(REMOTE_CODE.format(sentinel=str(sentinel)))
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "loccheck_custom"
+    config["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig",
+                          "AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, sentinel
+
+
+def test_remote_code_is_refused_without_opting_in(env, capsys, remote_code_model):
+    folder, sentinel = remote_code_model
+    line = run_bad(env, capsys, _with_model(env, folder))
+    assert "model.trust_remote_code" in line and str(folder) in line
+    assert not sentinel.exists()
+    path = write_claim(env, env["text"].replace(str(env["model"]), str(folder)).replace(
+        "device: cpu", "device: cpu, trust_remote_code: false"))
+    assert "model.trust_remote_code" in run_bad(env, capsys, path)
+    assert not sentinel.exists()
+
+
+def test_opting_in_passes_the_gate(remote_code_model):
+    # Only the gate: loading would run the folder's code, which is what opting in means.
+    from loccheck.models.loading import _check_local_config
+
+    folder, sentinel = remote_code_model
+    _check_local_config(folder, str(folder), trust_remote_code=True)
+    assert not sentinel.exists()
