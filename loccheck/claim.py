@@ -222,7 +222,7 @@ class Claim(_Section):
         Values must already have their YAML types (ints, not '5')."""
         data = self.model_dump(mode="json")  # lists, not tuples, so items can be replaced
         for key, value in updates.items():
-            *parents, last = loc = _parse_key(key)
+            *parents, last = _parse_key(key)
             node: Any = data
             try:
                 for part in parents:

@@ -242,7 +242,7 @@ def _methods_lines(r: dict) -> list[str]:
              "heads. A location that looks special under a heuristic edit but not under the "
              "optimal one is special to the heuristic, not to the behaviour.", "",
              _table(rows, ["edit", "claim gain", "whole-model gain", "null mean ± std",
-                           "p-value", f"null >= rho x whole", "verdict"]), "",
+                           "p-value", "null >= rho x whole", "verdict"]), "",
              f"![{r['metric']} gain of the claimed heads against the random locations under each "
              f"edit method]({METHODS_NAME})"]
     iti = _edits(r, "iti")

@@ -88,3 +88,14 @@ def known_llama(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("known-llama")
     return write_model_dir(root / "model", "llama", [HeadLoc(1, 2)]), write_pairs(root / "pairs.jsonl")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are ~40x slower with two torch threads competing for two busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

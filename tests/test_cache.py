@@ -8,7 +8,6 @@ import pytest
 from known_models import claim_text
 from loccheck.claim import parse_claim
 from loccheck.errors import LoccheckWarning
-from loccheck.locations import HeadLoc
 from loccheck.null import sample_null_locations
 from loccheck.verification import verify
 

@@ -19,7 +19,6 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import binom
@@ -40,11 +39,8 @@ ALL_PAIRS = [tuple(p) for p in combinations(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models run one torch thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,8 @@ N = 4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models run one torch thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ Why each verdict is forced:
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import FAMILIES
 from known_models import claim_text, write_model_dir, write_pairs
@@ -57,12 +56,8 @@ SPLIT = "{train: 0.5, validation: 0.0, test: 0.5, seed: 0}"   # 24 train, 24 tes
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are ~40x slower with two threads competing for two busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models run one torch thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 reparameterized edit with every head unmasked against peft's rank-1 LoRA."""
 import numpy as np
 import pytest
-import torch
 
 from conftest import tiny_model
 from loccheck.edits import FullLoraEdit, HeadEdit, initial_read_vectors
