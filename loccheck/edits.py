@@ -24,6 +24,23 @@ def initial_read_vectors(adapter: Adapter, seed: int, init_std: float) -> torch.
     return torch.randn(adapter.n_layers, adapter.width, generator=gen) * init_std
 
 
+@contextlib.contextmanager
+def displaced_inputs(adapter: Adapter, layers: Sequence[int], displacement):
+    """Add `displacement(row, o)` to o, the input of each listed layer's output projection
+    (row indexes `layers`), while the context is open; every hook is removed on exit."""
+    handles = []
+    for row, layer in enumerate(layers):
+        def pre_hook(module, args, row=row):
+            o = args[0]                                                # (batch, pos, H * D)
+            return (o + displacement(row, o).to(o.dtype),) + tuple(args[1:])
+        handles.append(adapter.out_proj(layer).register_forward_pre_hook(pre_hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class HeadEdit(nn.Module):
     """o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), for each edited layer l.
 
@@ -61,17 +78,8 @@ class HeadEdit(nn.Module):
     @contextlib.contextmanager
     def attached(self, model) -> Iterator["HeadEdit"]:
         self.to(next(model.parameters()).device)
-        handles = []
-        for row, layer in enumerate(self.layers):
-            def pre_hook(module, args, row=row):
-                o = args[0]                                            # (batch, pos, H * D)
-                return (o + self.delta(row, o).to(o.dtype),) + tuple(args[1:])
-            handles.append(self.adapter.out_proj(layer).register_forward_pre_hook(pre_hook))
-        try:
+        with displaced_inputs(self.adapter, self.layers, self.delta):
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def trainable(self) -> list[nn.Parameter]:
         return [self.a, self.b]

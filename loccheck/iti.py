@@ -35,6 +35,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from loccheck.edits import displaced_inputs
 from loccheck.locations import HeadLoc
 from loccheck.models.base import Adapter
 from loccheck.prompts import TokenizedPair
@@ -171,19 +172,15 @@ class ITIEdit:
     @contextlib.contextmanager
     def attached(self, model) -> Iterator["ITIEdit"]:
         theta = self.theta.to(next(model.parameters()).device)
-        handles = []
-        for row, layer in enumerate(self.layers):
-            def pre_hook(module, args, row=row):
-                o = args[0]                                              # (batch, pos, H * D)
-                delta = theta[row].to(o.dtype)                           # (H * D,)
-                where = self._where(o)
-                return (o + (delta if where is None else where * delta),) + tuple(args[1:])
-            handles.append(self.adapter.out_proj(layer).register_forward_pre_hook(pre_hook))
+
+        def displacement(row, o):
+            delta = theta[row].to(o.dtype)                               # (H * D,)
+            where = self._where(o)
+            return delta if where is None else where * delta
         try:
-            yield self
+            with displaced_inputs(self.adapter, self.layers, displacement):
+                yield self
         finally:
-            for handle in handles:
-                handle.remove()
             self._mask = None
 
 
