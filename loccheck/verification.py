@@ -139,7 +139,6 @@ def localize(claim: Claim | str | Path, *, top_k: int | None = None,
     `top_k`, else heuristic.top_k, else the number of claimed heads), their accuracies, and the
     full ProbeResult. Probes see the train and validation questions only."""
     from loccheck.cache import cache_dir as resolve_cache
-    from loccheck.localize import probe_heads
 
     if not isinstance(claim, Claim):
         claim = load_claim(claim)
@@ -148,8 +147,7 @@ def localize(claim: Claim | str | Path, *, top_k: int | None = None,
     if not 1 <= k < adapter.n_layers * adapter.n_heads:
         raise claim.error("heuristic.top_k", f"top_k must be between 1 and "
                           f"{adapter.n_layers * adapter.n_heads - 1} for this model, got {k}")
-    acts = _activations(claim, data, loaded, adapter, resolve_cache(cache_dir))
-    probe = probe_heads(*acts, seed=claim.behavior.split.seed, C=claim.heuristic.C)
+    probe = _probe(claim, _activations(claim, data, loaded, adapter, resolve_cache(cache_dir)))
     heads = probe.top_k(k)
     return heads, {str(h): probe.accuracy_of(h) for h in heads}, probe
 
@@ -165,9 +163,9 @@ def _model_identity(loaded) -> dict:
 
 
 def _run(claim: Claim, *, progress: bool | None, cache_dir, refresh: bool) -> VerifyResult:
+    from loccheck.cache import FitCache, content_key
     from loccheck.cache import cache_dir as resolve_cache
     from loccheck.edits import initial_read_vectors
-    from loccheck.cache import FitCache, content_key
     from loccheck.fits import Bench, fit_iti, fit_optimal, label
     from loccheck.metrics import METRICS, compute_metrics
     from loccheck.null import sample_null_locations
@@ -194,10 +192,9 @@ def _run(claim: Claim, *, progress: bool | None, cache_dir, refresh: bool) -> Ve
     # of the train and validation questions only: the test questions stay unseen.
     probe, directions = None, None
     if claim.heuristic.method == "probe" or "iti" in methods:
-        from loccheck.localize import probe_heads
         acts = _activations(claim, data, loaded, adapter, resolve_cache(cache_dir))
         if claim.heuristic.method == "probe":
-            probe = probe_heads(*acts, seed=bs.split.seed, C=claim.heuristic.C)
+            probe = _probe(claim, acts)
         if "iti" in methods:
             from loccheck.iti import iti_directions
             directions = iti_directions(acts[0], acts[1])
@@ -331,6 +328,14 @@ def _activations(claim: Claim, data, loaded, adapter, cache: Path):
     labels = np.array([label for _, _, label in train_items + val_items])
     n = len(train_items)
     return acts[:n], labels[:n], acts[n:], labels[n:]
+
+
+def _probe(claim: Claim, acts):
+    """The claim's probing heuristic on (train_x, train_y, val_x, val_y) activations: the same
+    procedure for `loccheck localize` and for verify."""
+    from loccheck.localize import probe_heads
+
+    return probe_heads(*acts, seed=claim.behavior.split.seed, C=claim.heuristic.C)
 
 
 def _probe_record(probe, heads, claim: Claim) -> dict:
