@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = ["HeadLoc", "Verdict", "VerifyResult", "load_claim", "verify", "__version__"]
 
-_LAZY = {"verify": "loccheck.verification", "VerifyResult": "loccheck.verification",
+_LAZY = {"verify": "loccheck.verification", "VerifyResult": "loccheck.result",
          "load_claim": "loccheck.claim", "Verdict": "loccheck.verdict", "HeadLoc": "loccheck.locations"}
 
 

@@ -63,34 +63,28 @@ def collect_head_activations(model, adapter, tokenizer, texts: Sequence[str], *,
     device = next(model.parameters()).device
     body = getattr(model, getattr(model, "base_model_prefix", ""), model)   # skips the LM head
 
+    from loccheck.models.hooks import read_inputs
+
     batch: dict = {}   # set per batch: "rows" (indices into out), "last" (last-token positions)
 
-    def hook_for(layer: int):
-        def pre_hook(module, args):
-            z = args[0]                                            # (batch, pos, n_heads * head_dim)
-            picked = z[torch.arange(z.shape[0], device=z.device), batch["last"]]   # (batch, width)
-            out[batch["rows"], layer] = (picked.detach().float().cpu().numpy()
-                                         .reshape(-1, n_heads, head_dim))
-        return pre_hook
+    def read(layer: int, z) -> None:
+        # z: (batch, pos, n_heads * head_dim); keep each row's last real token
+        picked = z[torch.arange(z.shape[0], device=z.device), batch["last"]]   # (batch, width)
+        out[batch["rows"], layer] = picked.detach().float().cpu().numpy().reshape(-1, n_heads, head_dim)
 
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))   # stable: equal lengths keep order
-    handles = [adapter.out_proj(l).register_forward_pre_hook(hook_for(l)) for l in range(n_layers)]
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                width = max(len(ids[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, i in enumerate(rows):
-                    input_ids[r, :len(ids[i])] = torch.tensor(ids[i])
-                    mask[r, :len(ids[i])] = 1
-                batch["rows"] = np.asarray(rows)
-                batch["last"] = torch.tensor([len(ids[i]) - 1 for i in rows], device=device)
-                body(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with read_inputs(adapter, range(n_layers), read), torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(ids[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                input_ids[r, :len(ids[i])] = torch.tensor(ids[i])
+                mask[r, :len(ids[i])] = 1
+            batch["rows"] = np.asarray(rows)
+            batch["last"] = torch.tensor([len(ids[i]) - 1 for i in rows], device=device)
+            body(input_ids=input_ids.to(device), attention_mask=mask.to(device))
     return out
 
 
@@ -152,3 +146,34 @@ def cached_head_activations(model, adapter, tokenizer, texts: Sequence[str], *, 
     arr = collect_head_activations(model, adapter, tokenizer, texts, batch_size=batch_size)
     _save_npy_atomic(arr, path)
     return arr
+
+
+ProbeItem = tuple[str, str, int]   # (group, text, label): label 1 = true answer, 0 = false
+
+
+def probe_examples(data) -> tuple[list[ProbeItem], list[ProbeItem]]:
+    """(train_items, val_items) from a HeuristicData: every answer of every train / validation
+    question as ``(group, probe_text(question, answer), label)``, in `labelled` order. The data
+    has no test split (BehaviorData.without_test), so test questions cannot be read here."""
+    items = {s: [(g, probe_text(q, a), y) for g, q, a, y in data.labelled(s)]
+             for s in ("train", "validation")}
+    return items["train"], items["validation"]
+
+
+def labelled_activations(model, data, cache: Path):
+    """(train_x, train_y, val_x, val_y): head activations of every answer of the train and
+    validation questions at the last token of "Q: {question} A: {answer}" (what probes and
+    ITI's directions are computed from). `model` is a PreparedModel; `data` a HeuristicData."""
+    from loccheck.errors import DataError
+
+    train_items, val_items = probe_examples(data)
+    for name, items in (("train", train_items), ("validation", val_items)):
+        if len({label for _, _, label in items}) < 2:
+            raise DataError(f"{data.source}: the {name} questions need both true and false answers "
+                            "for the probes and ITI's directions", key="behavior.split")
+    texts = [text for _, text, _ in train_items + val_items]
+    acts = cached_head_activations(model.model, model.adapter, model.tokenizer, texts,
+                                   model_sha=model.weights_id, cache=cache)
+    labels = np.array([label for _, _, label in train_items + val_items])
+    n = len(train_items)
+    return acts[:n], labels[:n], acts[n:], labels[n:]

@@ -3,6 +3,10 @@
 Line numbers come from the YAML parser, not from pydantic: we compose the YAML once, walk the
 node tree into a `{path_tuple: (line, col)}` map (1-based), then validate the plain data and
 look each pydantic `loc` up in that map. No torch here: the pytest plugin imports this module.
+
+The `edits:` list and the `heuristic:` section are chosen by their `method:`; each method
+declares its section next to its code (loccheck/edits/, loccheck/heuristics/), and this module
+assembles them from the registries.
 """
 from __future__ import annotations
 
@@ -10,30 +14,32 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, PrivateAttr,
-                      Strict, StrictBool, StrictInt, ValidationError, model_validator)
-from pydantic_core import PydanticCustomError
+from pydantic import (AfterValidator, BaseModel, Discriminator, Field, PrivateAttr, StrictBool,
+                      StrictInt, Tag, ValidationError, model_validator)
 
+from loccheck.edits import EDIT_METHODS
 from loccheck.errors import ClaimError
-from loccheck.locations import HeadLoc
+from loccheck.heuristics import HEURISTICS
+from loccheck.locations import parse_location, parse_site
+from loccheck.metrics import METRICS
+from loccheck.schema import Number, Section, fail
 
 Loc = tuple[str | int, ...]
 Pos = tuple[int, int]  # (line, col), 1-based
-
-# Accepts YAML ints, rejects bools and strings ("0.1"), inf and nan.
-Number = Annotated[float, Strict(), AllowInfNan(False)]
+_fail = fail
 
 
-def _fail(msg: str, at: Loc = ()) -> PydanticCustomError:
-    """A validation error whose ctx['at'] extends the loc pydantic gives (so it can name an item)."""
-    return PydanticCustomError("claim", msg, {"at": at})  # only ctx names in {} are substituted
+def _site(text: str) -> str:
+    return str(parse_site(text))  # canonical spelling; raises ValueError with the bad value
 
 
-def _head(text: str) -> str:
-    return str(HeadLoc.parse(text))  # canonical spelling; raises ValueError with the bad value
+def _metric(name: str) -> str:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; expected one of: {', '.join(METRICS)}")
+    return name
 
 
 def _device(text: str) -> str:
@@ -49,11 +55,21 @@ def _sentence(text: str) -> str:
     return text
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _by_method(registry, default: str):
+    """A union of the registry's claim sections, chosen by `method:` (default when absent)."""
+    def tag(value):
+        if isinstance(value, dict):
+            return value.get("method", default)
+        return getattr(value, "method", None)
+    members = tuple(Annotated[item.section, Tag(name)] for name, item in registry.items())
+    return Annotated[Union[members], Discriminator(tag)]
 
 
-class ModelSpec(_Section):
+EditSection = _by_method(EDIT_METHODS, "optimal")
+HeuristicSection = _by_method(HEURISTICS, "manual")
+
+
+class ModelSpec(Section):
     name: str = Field("smollm2-135m-instruct", description="Model name (a known alias or a Hugging Face repo id).")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit); quote it in YAML.")
     device: Annotated[str, AfterValidator(_device)] = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
@@ -61,9 +77,9 @@ class ModelSpec(_Section):
     trust_remote_code: StrictBool = Field(False, description="Allow the model repo to run its own code.")
 
 
-class SplitSpec(_Section):
+class SplitSpec(Section):
     train: Number = Field(0.6, gt=0, le=1, description="Fraction of questions used to train the edits.")
-    validation: Number = Field(0.2, ge=0, le=1, description="Fraction of questions for early stopping / checks.")
+    validation: Number = Field(0.2, ge=0, le=1, description="Fraction of questions for the heuristic and ITI's alpha.")
     test: Number = Field(0.2, gt=0, le=1, description="Fraction of questions the verdict is computed on.")
     seed: StrictInt = Field(0, description="Seed of the question shuffle before splitting.")
 
@@ -71,11 +87,11 @@ class SplitSpec(_Section):
     def _sums_to_one(self) -> "SplitSpec":
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
-            raise _fail(f"train + validation + test must sum to 1, got {total:g}")
+            raise fail(f"train + validation + test must sum to 1, got {total:g}")
         return self
 
 
-class BehaviorSpec(_Section):
+class BehaviorSpec(Section):
     dataset: Literal["truthfulqa", "jsonl"] = Field("truthfulqa", description="Source of preference pairs.")
     path: str | None = Field(None, description="Path of the JSONL file (required when dataset is 'jsonl').")
     prompt_format: Literal["auto", "chat", "qa"] = Field("auto", description="How questions are turned into prompts.")
@@ -87,103 +103,76 @@ class BehaviorSpec(_Section):
     @model_validator(mode="after")
     def _jsonl_needs_path(self) -> "BehaviorSpec":
         if self.dataset == "jsonl" and self.path is None:
-            raise _fail("dataset: jsonl needs a path", at=("path",))
+            raise fail("dataset: jsonl needs a path", at=("path",))
         return self
 
 
-class LocationSpec(_Section):
-    heads: tuple[Annotated[str, AfterValidator(_head)], ...] = Field(
-        (), description="Claimed heads as 'L{layer}H{head}', 0-based, e.g. ['L12H3', 'L14H0'].")
-    from_heuristic: StrictBool = Field(False, description="Take the top_k heads proposed by the heuristic instead.")
+class LocationSpec(Section):
+    sites: tuple[Annotated[str, AfterValidator(_site)], ...] = Field(
+        (), description="Claimed sites, all of one kind: heads as 'L{layer}H{head}', 0-based, "
+                        "e.g. ['L12H3', 'L14H0'].")
+    from_heuristic: StrictBool = Field(False, description="Take the top_k sites proposed by the heuristic instead.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "LocationSpec":
         seen: dict[str, int] = {}
-        for i, head in enumerate(self.heads):
-            if head in seen:
-                raise _fail(f"duplicate head {head} (also heads[{seen[head]}])", at=("heads", i))
-            seen[head] = i
-        if self.heads and self.from_heuristic:
-            raise _fail("give either heads or from_heuristic: true, not both", at=("from_heuristic",))
-        if not self.heads and not self.from_heuristic:
-            raise _fail("location needs non-empty heads (e.g. [L12H3]) or from_heuristic: true", at=("heads",))
+        for i, site in enumerate(self.sites):
+            if site in seen:
+                raise fail(f"duplicate site {site} (also sites[{seen[site]}])", at=("sites", i))
+            seen[site] = i
+        kinds = [parse_site(s).kind for s in self.sites]
+        for i, kind in enumerate(kinds):
+            if kind != kinds[0]:
+                raise fail(f"a location holds sites of one kind: {self.sites[i]} is a {kind}, "
+                           f"{self.sites[0]} a {kinds[0]}", at=("sites", i))
+        if self.sites and self.from_heuristic:
+            raise fail("give either sites or from_heuristic: true, not both", at=("from_heuristic",))
+        if not self.sites and not self.from_heuristic:
+            raise fail("location needs non-empty sites (e.g. [L12H3]) or from_heuristic: true", at=("sites",))
         return self
 
     @property
-    def head_locs(self) -> tuple[HeadLoc, ...]:
-        return tuple(sorted(HeadLoc.parse(h) for h in self.heads))
+    def parsed(self) -> tuple:
+        """The claimed sites as a location (sorted), or () when the heuristic picks them."""
+        return parse_location(self.sites) if self.sites else ()
 
 
-class HeuristicSpec(_Section):
-    method: Literal["manual", "probe"] = Field("manual", description="How the location was found.")
-    citation: str | None = Field(None, description="Where the localization claim was published.")
-    notes: str | None = Field(None, description="Free-text notes.")
-    top_k: StrictInt | None = Field(None, ge=1, description="Number of heads the heuristic proposes.")
-    C: Number = Field(1.0, gt=0, description="Inverse regularization strength of each logistic-regression probe.")
-    probe_accuracies: dict[Annotated[str, AfterValidator(_head)], Annotated[Number, Field(ge=0, le=1)]] | None = Field(
-        None, description="Per-head probe accuracies keyed by 'L{layer}H{head}' (method: probe).")
-
-
-class ITISpec(_Section):
-    alphas: tuple[Annotated[Number, Field(ge=0)], ...] = Field(
-        (0.0, 5.0, 10.0, 15.0, 20.0), min_length=1,
-        description="Intervention strengths swept on the validation questions; the best is kept, "
-                    "the same way for the claim and for every random location.")
-    positions: Literal["answer"] = Field(
-        "answer", description="Where alpha * sigma * u is added when scoring an answer: the last "
-                              "prompt token and every answer token (generation adds it at every new "
-                              "last token, so this is the teacher-forced equivalent).")
-
-
-class EditSpec(_Section):
-    method: Literal["optimal", "iti", "both"] = Field(
-        "optimal", description="'optimal': the rank-1 head-localized edit fitted by preference "
-                               "optimisation; 'iti': ITI's mass-mean-shift edit with an alpha sweep; "
-                               "'both': verify under each and report them side by side (the verdict "
-                               "and exit code follow 'optimal').")
-    iti: ITISpec = Field(default_factory=ITISpec, description="Settings of the ITI edit.")
-    objective: Literal["ipo", "dpo"] = Field("ipo", description="Preference objective the edit is trained with.")
-    tau: Number = Field(0.1, gt=0, description="IPO regularization strength.")
-    beta: Number = Field(0.1, gt=0, description="DPO inverse temperature.")
-    epochs: StrictInt = Field(2, ge=1, description="Passes over the training pairs.")
-    batch_size: StrictInt = Field(4, ge=1, description="Preference pairs per step.")
-    learning_rate: Number = Field(5e-4, gt=0, description="Learning rate for edits at claimed and random locations.")
-    full_model_learning_rate: Number = Field(1e-4, gt=0, description="Learning rate of the whole-model ceiling.")
-    weight_decay: Number = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_ratio: Number = Field(0.0, ge=0, lt=1, description="Fraction of steps with linear warmup.")
-    init_std: Number = Field(0.01, gt=0, description="Std of the random init of the LoRA 'a' vector.")
-    read: Literal["all", "location"] = Field("all", description="Edit reads from all heads or only the location.")
-    max_steps: StrictInt | None = Field(None, ge=1, description="Stop after this many steps.")
-    seed: StrictInt = Field(0, description="Seed of edit initialization and batch order.")
-    convergence_tol: Number = Field(0.05, ge=0, description="Relative change in loss treated as converged.")
-
-
-class RandomLocationsSpec(_Section):
+class RandomLocationsSpec(Section):
     n: StrictInt = Field(100, description="Number of random locations in the null (n_null).")
-    match_layers: StrictBool = Field(False, description="Draw random heads from the claimed heads' layers.")
+    match_layers: StrictBool = Field(False, description="Draw random sites from the claimed sites' layers.")
     seed: StrictInt = Field(0, description="Seed of the random-location draw.")
 
     @model_validator(mode="after")
     def _positive(self) -> "RandomLocationsSpec":
         if self.n < 1:  # a null needs at least one draw; say so rather than "greater than or equal to 1"
-            raise _fail(f"n must be at least 1 (number of random locations in the null), got {self.n}", at=("n",))
+            raise fail(f"n must be at least 1 (number of random locations in the null), got {self.n}", at=("n",))
         return self
 
 
-class VerdictSpec(_Section):
-    metric: Literal["preference_margin", "preference_accuracy"] = Field(
-        "preference_margin", description="Statistic compared between claimed and random locations.")
+class VerdictSpec(Section):
+    metric: Annotated[str, AfterValidator(_metric)] = Field(
+        "preference_margin", description="Metric whose gain is compared between claimed and random "
+                                         f"locations; one of: {', '.join(METRICS)}.")
     alpha: Number = Field(0.05, gt=0, lt=1, description="Significance level of the test against random locations.")
     rho: Number = Field(0.9, gt=0, le=1, description="Fraction of the whole-model effect the location must reach.")
 
 
-class Claim(_Section):
+class Claim(Section):
     claim: Annotated[str, AfterValidator(_sentence)] = Field(description="The claim, in one sentence.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Model the claim is about.")
     behavior: BehaviorSpec = Field(default_factory=BehaviorSpec, description="Behaviour and its preference data.")
-    location: LocationSpec = Field(description="Heads claimed to carry the behaviour.")
-    heuristic: HeuristicSpec = Field(default_factory=HeuristicSpec, description="How the location was found.")
-    edit: EditSpec = Field(default_factory=EditSpec, description="Edit trained at each location.")
+    location: LocationSpec = Field(description="Sites claimed to carry the behaviour.")
+    heuristic: HeuristicSection = Field(default_factory=lambda: HEURISTICS["manual"].section(),
+                                        description="How the location was found; chosen by `method:`.")
+    edits: tuple[EditSection, ...] = Field(
+        default_factory=lambda: (EDIT_METHODS["optimal"].section(),), min_length=1,
+        description="Edit methods fitted at each location, each chosen by `method:` ("
+                    + ", ".join(EDIT_METHODS) + "); the first one's test gives the verdict, the "
+                    "others are reported side by side on the same random locations.")
+    metrics: tuple[Annotated[str, AfterValidator(_metric)], ...] = Field(
+        ("preference_margin", "preference_accuracy"),
+        description="Metrics reported for every edit (the verdict's metric is always computed); "
+                    f"one of: {', '.join(METRICS)}.")
     random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
     verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
     expect: Literal["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "UNDERPOWERED"] | None = Field(
@@ -194,12 +183,24 @@ class Claim(_Section):
     _keys: dict[Loc, Pos] = PrivateAttr(default_factory=dict)  # where each mapping key starts
 
     @model_validator(mode="after")
-    def _heuristic_matches(self) -> "Claim":
+    def _consistent(self) -> "Claim":
+        seen: dict[str, int] = {}
+        for i, edit in enumerate(self.edits):
+            if edit.method in seen:
+                raise fail(f"edit method {edit.method!r} is listed twice (also edits[{seen[edit.method]}])",
+                           ("edits", i, "method"))
+            seen[edit.method] = i
+        kind = HEURISTICS[self.heuristic.method].kind
         if self.location.from_heuristic:
-            if self.heuristic.method != "probe":
-                raise _fail("location.from_heuristic: true needs heuristic.method: probe", ("heuristic", "method"))
-            if self.heuristic.top_k is None:
-                raise _fail("location.from_heuristic: true needs heuristic.top_k", ("heuristic", "top_k"))
+            if kind is None:
+                raise fail("location.from_heuristic: true needs a heuristic that proposes sites "
+                           f"(method: {', '.join(n for n, h in HEURISTICS.items() if h.kind)})",
+                           ("heuristic", "method"))
+            if getattr(self.heuristic, "top_k", None) is None:
+                raise fail("location.from_heuristic: true needs heuristic.top_k", ("heuristic", "top_k"))
+        elif kind is not None and self.location.parsed[0].kind != kind:
+            raise fail(f"heuristic {self.heuristic.method!r} proposes {kind} sites, but the location "
+                       f"holds {self.location.parsed[0].kind} sites", ("heuristic", "method"))
         return self
 
     @property
@@ -210,8 +211,21 @@ class Claim(_Section):
     def name(self) -> str:
         return self._path.stem if self._path is not None else "claim"
 
+    @property
+    def site_kind(self) -> str:
+        """The kind of the claimed sites (from the heuristic when it picks them)."""
+        if self.location.sites:
+            return self.location.parsed[0].kind
+        return HEURISTICS[self.heuristic.method].kind
+
+    @property
+    def all_metrics(self) -> tuple[str, ...]:
+        """The listed metrics, with the verdict's first when it is not among them."""
+        listed = tuple(self.metrics)
+        return listed if self.verdict.metric in listed else (self.verdict.metric, *listed)
+
     def error(self, key: str | Loc, msg: str) -> ClaimError:
-        """A ClaimError at `key` ('location.heads[3]' or ('location', 'heads', 3)), located at
+        """A ClaimError at `key` ('location.sites[3]' or ('location', 'sites', 3)), located at
         its value in the YAML, or at the nearest parent present there."""
         loc = _parse_key(key) if isinstance(key, str) else tuple(key)
         line, col = _lookup(self._values, loc)
@@ -348,7 +362,11 @@ def _validate(data: dict, path: Path | None, values: dict, keys: dict, overridde
     try:
         claim = Claim.model_validate(data)
     except ValidationError as exc:
-        errors = [_convert(e, path, values, keys, overridden) for e in exc.errors(include_url=False)]
+        raw = exc.errors(include_url=False)
+        # a list whose items failed is also "too short" (its valid items are none): say the cause
+        raw = [e for e in raw if e["type"] != "too_short" or not any(
+            o is not e and tuple(o["loc"])[:len(e["loc"])] == tuple(e["loc"]) for o in raw)] or raw
+        errors = [_convert(e, data, path, values, keys, overridden) for e in raw]
         errors.sort(key=lambda e: (e.line is None, e.line or 0, e.col or 0))  # first in the file first
         first = errors[0]
         if len(errors) > 1:
@@ -358,14 +376,38 @@ def _validate(data: dict, path: Path | None, values: dict, keys: dict, overridde
     return claim
 
 
-def _convert(err: dict, path: Path | None, values: dict, keys: dict, overridden) -> ClaimError:
-    loc = tuple(err["loc"]) + tuple((err.get("ctx") or {}).get("at", ()))
+_TAGGED = {"edits": (EDIT_METHODS, "optimal"), "heuristic": (HEURISTICS, "manual")}
+
+
+def _strip_tags(loc: Loc, data) -> Loc:
+    """pydantic puts the chosen union member's tag into `loc` ('edits', 0, 'optimal', 'tau');
+    the YAML has no such level, so drop it."""
+    out, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and \
+                any(part in registry for registry, _ in _TAGGED.values()):
+            continue
+        out.append(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(out)
+
+
+def _convert(err: dict, data, path: Path | None, values: dict, keys: dict, overridden) -> ClaimError:
+    loc = _strip_tags(tuple(err["loc"]) + tuple((err.get("ctx") or {}).get("at", ())), data)
     kind, msg = err["type"], err["msg"].removeprefix("Value error, ")
-    if loc and loc[-1] == "[key]":  # a bad dict key: point at the key itself
+    if kind in ("union_tag_invalid", "union_tag_not_found"):   # an unknown `method:`
+        registry, _ = _TAGGED[next(p for p in loc if p in _TAGGED)]
+        tag = (err.get("ctx") or {}).get("tag")
+        loc, msg = loc + ("method",), f"unknown method {tag!r}; expected one of: {', '.join(registry)}"
+        line, col = _lookup(values, loc)
+    elif loc and loc[-1] == "[key]":  # a bad dict key: point at the key itself
         loc = loc[:-1]
         line, col = _lookup(keys, loc)
     elif kind == "extra_forbidden":
-        msg = _unknown_key(loc)
+        msg = _unknown_key(loc, data)
         line, col = _lookup(keys, loc)
     elif kind == "missing":
         msg = "missing required key"
@@ -381,13 +423,37 @@ def _convert(err: dict, path: Path | None, values: dict, keys: dict, overridden)
     return ClaimError(path, line, col, _dotted(loc), msg)
 
 
-def _unknown_key(loc: Loc) -> str:
+def _section_at(loc: Loc, data) -> Any:
+    """The pydantic section class at `loc` (tags stripped), following `method:` choices."""
     model: Any = Claim
-    for part in loc[:-1]:  # walk to the section that rejected the key
-        model = model.model_fields[part].annotation
+    node = data
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        node = node.get(part) if isinstance(node, dict) else None
+        if model is Claim and part in _TAGGED:
+            registry, default = _TAGGED[part]
+            if part == "edits":   # a list: the next part is the item's index
+                index = parts.pop(0) if parts else None
+                node = node[index] if isinstance(node, list) and isinstance(index, int) and index < len(node) else None
+            method = node.get("method", default) if isinstance(node, dict) else default
+            model = registry[method].section if method in registry else None
+        else:
+            field = getattr(model, "model_fields", {}).get(part)
+            model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+def _unknown_key(loc: Loc, data) -> str:
+    model = _section_at(loc[:-1], data)   # the section that rejected the key
     names = list(getattr(model, "model_fields", ()))
     close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(names)
+    if loc[-1] in ("edit", "heads"):   # the two keys of claim files before edits: and sites:
+        hint = {"edit": "edit methods are now a list, `edits: [{method: optimal, ...}]`",
+                "heads": "the claimed sites are now `sites: [L12H3, ...]`"}[loc[-1]]
     return f"unknown key {loc[-1]!r}; {hint}"
 
 

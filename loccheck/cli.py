@@ -29,19 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="verify localization claims and write evidence reports")
     verify.add_argument("claims", nargs="+", type=Path, metavar="CLAIM", help="claim YAML file(s)")
-    add_cli_options(verify)   # --report-dir/--out, --cache-dir, --n-random, --executor, --refresh
+    add_cli_options(verify)   # --report-dir/--out, --cache-dir, --n-null, --executor, --refresh
     verify.add_argument("--device", default=None, help="overrides model.device (auto, cpu, cuda, cuda:N)")
     bar = verify.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="show progress bars even when stderr is not a terminal")
-    bar.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
+                     help="show progress bars even when stderr is not a terminal (default: bars "
+                          "on a terminal, one plain line per finished edit elsewhere)")
+    bar.add_argument("--quiet", dest="progress", action="store_false", help="no progress output")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    localize = sub.add_parser("localize", help="run the claim's probing heuristic and write a new "
-                                               "claim file that pins the heads it selects")
+    localize = sub.add_parser("localize", help="run the claim's heuristic and write a new claim "
+                                               "file that pins the sites it selects")
     localize.add_argument("claim", type=Path, metavar="CLAIM", help="claim YAML file")
     localize.add_argument("--top-k", type=int, default=None, metavar="K",
-                          help="number of heads (default: heuristic.top_k, else the claimed count)")
+                          help="number of sites (default: heuristic.top_k, else the claimed count)")
     localize.add_argument("--out", type=Path, default=None,
                           help="new claim file (default: <claim>_localized.yaml beside the claim)")
     add_cli_options(localize, only=("cache_dir",))
@@ -101,22 +102,22 @@ def _localize(args) -> int:
 
     from loccheck.claim import load_claim
     from loccheck.files import write_text_atomic
-    from loccheck.verification import localize
+    from loccheck.verification import propose_location
 
     claim = load_claim(args.claim)
-    heads, accuracies, probe = localize(claim, top_k=args.top_k,
-                                        cache_dir=settings_from_cli(args).cache_dir)
+    sites, scores, proposal = propose_location(claim, top_k=args.top_k,
+                                               cache_dir=settings_from_cli(args).cache_dir)
     config = claim.effective_config()
-    config["location"] = {"heads": [str(h) for h in heads], "from_heuristic": False}
-    config["heuristic"] = {**config["heuristic"], "method": "probe", "top_k": len(heads),
-                           "probe_accuracies": accuracies}
+    config["location"] = {"sites": [str(s) for s in sites], "from_heuristic": False}
+    config["heuristic"] = {**config["heuristic"], "top_k": len(sites), "probe_accuracies": scores}
     out = args.out or args.claim.with_name(f"{args.claim.stem}_localized.yaml")
-    header = (f"# Written by `loccheck localize {args.claim}`: the {len(heads)} heads with the best\n"
+    probe = proposal.raw
+    header = (f"# Written by `loccheck localize {args.claim}`: the {len(sites)} heads with the best\n"
               f"# validation accuracy of per-head logistic probes ({probe.n_train} train and\n"
               f"# {probe.n_val} validation answers; test questions unseen), pinned.\n")
     write_text_atomic(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), out)
     load_claim(out)  # what we wrote must be a valid claim
-    print(f"{out}: " + ", ".join(f"{h} ({accuracies[str(h)]:.3f})" for h in heads))
+    print(f"{out}: " + ", ".join(f"{s} ({scores[str(s)]:.3f})" for s in sites))
     return 0
 
 
@@ -134,8 +135,8 @@ def _verify(args) -> int:
     for claim in claims:
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name),
                         progress=args.progress, **settings.verify_kwargs())
-        print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_random}, "
-              f"claim gain {result.claim_gain:+.4g}, whole model {result.full_gain:+.4g}, "
+        print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_null}, "
+              f"claim gain {result.claim_gain:+.4g}, whole model {result.ceiling_gain:+.4g}, "
               f"null mean {result.null_mean:+.4g}); expected {result.expect or 'SUPPORTED'}: "
               f"{'as expected' if result.matches_expectation else 'NOT as expected'}; "
               f"report: {Path(result.report_dir) / 'report.md'}")
@@ -143,8 +144,8 @@ def _verify(args) -> int:
     return status
 
 
-# Keys render_markdown cannot do without; anything else missing renders as "n/a".
-_RESULT_KEYS = ("verdict", "metric", "claim_name")
+# Keys a result.json of any schema version has.
+_RESULT_KEYS = ("metric", "claim_name")
 
 
 def _report(args) -> int:
@@ -163,7 +164,11 @@ def _report(args) -> int:
     if missing:
         raise LoccheckError(f"{args.result}: not a loccheck result.json (no {', '.join(map(repr, missing))})")
     out = args.out if args.out is not None else args.result.parent
-    path = render_report(result, out)
+    try:
+        path = render_report(result, out)
+    except (KeyError, TypeError, ValueError) as err:
+        raise LoccheckError(f"{args.result}: not a complete loccheck result.json ({type(err).__name__}: "
+                            f"{err})") from None
     if args.out is not None and out.resolve() != args.result.parent.resolve():
         write_json_atomic(result, out / "result.json")   # the folder stays self-contained
     print(path)
@@ -200,19 +205,22 @@ behavior:
   split: {{train: 0.4, validation: 0.12, test: 0.48, seed: 0}}   # by question, never by pair
 
 location:
-  heads: [L0H0, L0H1]            # the claimed heads, L{{layer}}H{{head}}, 0-based: replace these
+  sites: [L0H0, L0H1]            # the claimed heads, L{{layer}}H{{head}}, 0-based: replace these
 
 heuristic:
   method: manual                 # or probe (with location.from_heuristic: true and top_k)
   citation: "Where the claim was published"
 
-edit:
-  objective: ipo                 # or dpo
-  epochs: 2
-  batch_size: 4
-  learning_rate: 1.0e-2          # claimed and random locations alike
-  full_model_learning_rate: 1.0e-2
-  seed: 0
+edits:                           # the first one's test gives the verdict; add `- method: iti`
+  - method: optimal              # for ITI's heuristic edit side by side
+    objective: ipo               # or dpo
+    epochs: 2
+    batch_size: 4
+    learning_rate: 1.0e-2        # claimed and random locations alike
+    full_model_learning_rate: 1.0e-2
+    seed: 0
+
+metrics: [preference_margin, preference_accuracy]   # reported for every edit
 
 random_locations:
   n: 19                          # the null: alpha = 0.05 needs n >= 19 (p >= 1/(n + 1))

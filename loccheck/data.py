@@ -75,6 +75,14 @@ class BehaviorData:
             out += [(g, prompt, a, 1) for a in true] + [(g, prompt, a, 0) for a in false]
         return out
 
+    def without_test(self) -> "HeuristicData":
+        """The data a heuristic may see: the train and validation questions, no test split."""
+        keep = set(self.groups["train"]) | set(self.groups["validation"])
+        return HeuristicData(train=self.train, validation=self.validation,
+                             groups={s: self.groups[s] for s in ("train", "validation")},
+                             source=self.source, sha256=self.sha256,
+                             answers={g: a for g, a in self.answers.items() if g in keep})
+
     def summary(self) -> dict:
         splits = {s: {"n_questions": len(self.groups[s]), "n_pairs": len(getattr(self, s))}
                   for s in SPLITS}
@@ -84,6 +92,25 @@ class BehaviorData:
 
 
 # ---------------------------------------------------------------- locating and reading files
+
+@dataclass(frozen=True)
+class HeuristicData:
+    """BehaviorData without its test split: what heuristics (probing) and the heuristic edits'
+    statistics (ITI's directions) receive, so "never sees test questions" holds by
+    construction. `labelled("test")` raises."""
+    train: tuple[PreferencePair, ...]
+    validation: tuple[PreferencePair, ...]
+    groups: dict[str, tuple[str, ...]]
+    source: str
+    sha256: str
+    answers: Answers = field(default_factory=dict)
+
+    def labelled(self, split: str) -> list[tuple[str, str, str, int]]:
+        if split not in ("train", "validation"):
+            raise ValueError(f"`split` must be 'train' or 'validation' (heuristics never see the "
+                             f"test questions), got {split!r}")
+        return BehaviorData.labelled(self, split)
+
 
 def _candidates(path: str, base_dir: Path | None) -> list[Path]:
     """Absolute path as is; a relative one against the claim's folder, then the CWD."""

@@ -1,20 +1,33 @@
 """Exceptions and warnings. User-fixable input raises a LoccheckError subclass, whose str() is
-the one line the CLI prints; programming errors raise built-ins."""
+the one line the CLI prints; programming errors raise built-ins.
+
+An error about one claim field carries that field as data (`key`, dotted: "model.name"), so
+the layer that knows the claim file can place it at file:line without parsing the message.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 
 class LoccheckError(Exception):
-    """An error the user can fix (bad claim, missing file, unsupported model)."""
+    """An error the user can fix (bad claim, missing file, unsupported model).
+
+    `key` is the dotted claim field the error is about ("model.name"), or None."""
+
+    def __init__(self, msg: str, *, key: str | None = None):
+        super().__init__(msg)
+        self.msg, self.key = msg, key
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.msg}" if self.key else self.msg
 
 
 class ClaimError(LoccheckError):
     """A problem with a claim file, located at file:line:col and a dotted key path."""
 
     def __init__(self, path: Path | str | None, line: int | None, col: int | None, key: str, msg: str):
-        super().__init__(msg)
-        self.path, self.line, self.col, self.key, self.msg = path, line, col, key, msg
+        super().__init__(msg, key=key or None)
+        self.path, self.line, self.col = path, line, col
 
     def __str__(self) -> str:
         where = str(self.path) if self.path is not None else "<claim>"

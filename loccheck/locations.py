@@ -1,20 +1,45 @@
-"""Head locations: `L{layer}H{head}`, 0-based, is the one user-facing spelling."""
+"""Sites and locations (torch-free).
+
+A *site* is one place an edit can act: today an attention head, `L{layer}H{head}` (0-based),
+whose value is its slice of the input of the layer's output projection. A *location* is a
+sorted tuple of distinct sites of one kind. Site kinds register here with their spelling; an
+adapter (loccheck.models) says which sites a model has and where each one is hooked, and the
+null draws from those sites, so nothing below assumes heads.
+"""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar, Iterable, Protocol, Sequence
 
-_HEAD_RE = re.compile(r"L(\d+)H(\d+)")
+from loccheck.registry import Registry
+
+
+class Site(Protocol):
+    kind: ClassVar[str]
+    layer: int
+
+    def __str__(self) -> str: ...
+
+
+Location = tuple  # tuple[Site, ...], sorted, distinct, one kind
+
+SITE_KINDS: Registry[type] = Registry("site kind")
 
 
 @dataclass(frozen=True, order=True)
 class HeadLoc:
+    """Attention head `head` of layer `layer` (query heads in grouped-query models)."""
     layer: int
     head: int
 
+    kind: ClassVar[str] = "head"
+    pattern: ClassVar[re.Pattern] = re.compile(r"L(\d+)H(\d+)")
+    example: ClassVar[str] = "L12H3"
+
     @classmethod
     def parse(cls, text: str) -> "HeadLoc":
-        m = _HEAD_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+        m = cls.pattern.fullmatch(text.strip()) if isinstance(text, str) else None
         if m is None:
             raise ValueError(f"a head must look like 'L12H3' (0-based layer and head), got {text!r}")
         return cls(int(m[1]), int(m[2]))
@@ -23,6 +48,50 @@ class HeadLoc:
         return f"L{self.layer}H{self.head}"
 
 
-def format_heads(heads) -> list[str]:
-    """Canonical, sorted spelling of a set of heads."""
-    return [str(h) for h in sorted(heads)]
+SITE_KINDS.register("head", HeadLoc)
+
+
+def parse_site(text: str):
+    """The site a canonical spelling names, of whichever registered kind matches it."""
+    if isinstance(text, str):
+        for _, cls in SITE_KINDS.items():
+            if cls.pattern.fullmatch(text.strip()):
+                return cls.parse(text)
+    examples = " or ".join(repr(cls.example) for _, cls in SITE_KINDS.items())
+    raise ValueError(f"a site must look like {examples} (0-based), got {text!r}")
+
+
+def make_location(sites: Iterable) -> Location:
+    """Sites as a location: sorted, distinct, one kind (ValueError otherwise)."""
+    sites = tuple(sites)
+    if not sites:
+        raise ValueError("a location needs at least one site")
+    kinds = sorted({s.kind for s in sites})
+    if len(kinds) > 1:
+        raise ValueError(f"a location holds sites of one kind, got {', '.join(kinds)}")
+    if len(set(sites)) != len(sites):
+        raise ValueError(f"a location must not repeat a site, got {format_location(sites)}")
+    return tuple(sorted(sites))
+
+
+def parse_location(texts: Iterable[str]) -> Location:
+    return make_location(parse_site(t) for t in texts)
+
+
+def format_location(location) -> list[str]:
+    """Canonical, sorted spelling of a location."""
+    return [str(s) for s in sorted(location)]
+
+
+format_heads = format_location
+
+
+def location_kind(location: Sequence) -> str:
+    return location[0].kind
+
+
+def outside(location: Iterable, universe: Iterable) -> list:
+    """The sites of `location` that are not among `universe` (a model's sites of that kind):
+    the one "is this inside the model" check."""
+    known = set(universe)
+    return [s for s in location if s not in known]

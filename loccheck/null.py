@@ -1,4 +1,8 @@
-"""Random head locations for the null distribution (numpy only, no torch).
+"""Random locations for the null distribution (numpy only, no torch).
+
+Locations are drawn from a model's sites of one kind (its adapter's `sites(kind)`, heads
+today), uniformly, or stratified so that each draw has as many sites in each layer as the
+claimed location.
 
 Draw i uses its own generator, seeded by (seed, i) only, so asking for more draws never changes
 the earlier ones, and draws can be computed in any order or in parallel. Draws are i.i.d. and
@@ -14,7 +18,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from loccheck.errors import LoccheckError
-from loccheck.locations import HeadLoc
+from loccheck.locations import outside
 
 
 def _draw_rng(seed: int, i: int) -> np.random.Generator:
@@ -45,110 +49,118 @@ def draw_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1)[0])
 
 
-def _iv_heads(name: str, heads, n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
-    """Validate a set of heads against the model; return it sorted."""
-    heads = tuple(heads)
-    for h in heads:
-        if not isinstance(h, HeadLoc):
-            raise TypeError(f"`{name}` must contain HeadLoc values, got {h!r}")
-        if not (0 <= h.layer < n_layers and 0 <= h.head < n_heads):
-            raise ValueError(f"`{name}` has {h}, outside a model of {n_layers} layers x {n_heads} heads")
-    if len(set(heads)) != len(heads):
-        raise ValueError(f"`{name}` must not repeat a head, got {[str(h) for h in heads]}")
-    return tuple(sorted(heads))
+def _iv_sites(name: str, location, sites: Sequence) -> tuple:
+    """Validate a location against the model's sites; return it sorted."""
+    location = tuple(location)
+    bad = outside(location, sites)
+    if bad:
+        raise ValueError(f"`{name}` has {bad[0]}, which is not among the model's {len(sites)} sites")
+    if len(set(location)) != len(location):
+        raise ValueError(f"`{name}` must not repeat a site, got {[str(s) for s in location]}")
+    return tuple(sorted(location))
+
+
+def _strata(sites: Sequence, matched: tuple) -> list[tuple[list, int]]:
+    """[(the model's sites of one layer, how many of them the matched location holds)]."""
+    counts = sorted(Counter(s.layer for s in matched).items())
+    return [([s for s in sites if s.layer == layer], c) for layer, c in counts]
+
+
+def count_locations(sites: Sequence, size: int, match_layers_of: Sequence | None = None) -> int:
+    """How many distinct locations the null draws from."""
+    if match_layers_of is None:
+        return math.comb(len(sites), size)
+    return math.prod(math.comb(len(layer), c) for layer, c in _strata(sites, tuple(match_layers_of)))
 
 
 def sample_null_locations(
+    sites: Sequence,
     *,
-    n_layers: int,
-    n_heads: int,
     size: int,
     n: int,
     seed: int,
-    exclude: Collection[HeadLoc] | None = None,
-    match_layers_of: Sequence[HeadLoc] | None = None,
-) -> list[tuple[HeadLoc, ...]]:
-    """Draw `n` random head sets of `size` heads for the null distribution.
+    exclude: Collection | None = None,
+    match_layers_of: Sequence | None = None,
+) -> list[tuple]:
+    """Draw `n` random locations of `size` sites for the null distribution.
 
     Parameters
     ----------
-    n_layers, n_heads : int
-        The model's shape: heads are ``HeadLoc(layer, head)`` with ``layer < n_layers`` and
-        ``head < n_heads`` (query heads).
+    sites : sequence of sites
+        Every site of one kind in the model, in the adapter's order (`adapter.sites(kind)`,
+        sorted layer-major). Draws index into this order.
     size : int
-        Number of heads per set, in ``[1, n_layers * n_heads]``.
+        Number of sites per location, in ``[1, len(sites)]``.
     n : int
-        Number of sets to draw, >= 1.
+        Number of locations to draw, >= 1.
     seed : int
         Seed, >= 0. Draw i uses ``default_rng(SeedSequence(seed, spawn_key=(i,)))``, so draw i
         depends on (seed, i) only and growing `n` keeps the earlier draws.
-    exclude : collection of HeadLoc, optional
-        The claimed set. A draw equal to it is redrawn from the same per-draw generator, so
-        each draw is uniform over the other sets.
-    match_layers_of : sequence of HeadLoc, optional
-        If given (typically the claimed heads, ``len == size``), each set has as many heads
+    exclude : collection of sites, optional
+        The claimed location. A draw equal to it is redrawn from the same per-draw generator,
+        so each draw is uniform over the other locations.
+    match_layers_of : sequence of sites, optional
+        If given (typically the claimed location, ``len == size``), each draw has as many sites
         in each layer as this one, drawn uniformly without replacement within the layer.
-        Otherwise heads are drawn uniformly without replacement from all heads.
+        Otherwise sites are drawn uniformly without replacement from all of `sites`.
 
     Returns
     -------
-    list of tuple of HeadLoc
-        `n` sets, each a sorted tuple of `size` distinct heads. Different draws may be equal
-        (i.i.d. draws keep the empirical p-value exact).
+    list of tuple
+        `n` locations, each a sorted tuple of `size` distinct sites. Different draws may be
+        equal (i.i.d. draws keep the empirical p-value exact).
 
     Raises
     ------
     LoccheckError
-        When the only possible set is `exclude` (for example `size` is every head, or every
-        head of the matched layers is claimed), so no null exists.
+        When the only possible location is `exclude` (for example `size` is every site, or
+        every site of the matched layers is claimed), so no null exists.
     """
-    n_layers, n_heads = operator.index(n_layers), operator.index(n_heads)
+    sites = tuple(sites)
     size, n, seed = operator.index(size), operator.index(n), operator.index(seed)
-    if n_layers < 1 or n_heads < 1:
-        raise ValueError(f"`n_layers` and `n_heads` must be >= 1, got {n_layers} and {n_heads}")
-    total = n_layers * n_heads
+    if not sites:
+        raise ValueError("`sites` must not be empty")
+    if len({s.kind for s in sites}) > 1:
+        raise ValueError("`sites` must all be of one kind")
+    total = len(sites)
     if not 1 <= size <= total:
-        raise ValueError(f"`size` must be in [1, {total}] (n_layers * n_heads), got {size}")
+        raise ValueError(f"`size` must be in [1, {total}] (the number of sites), got {size}")
     if n < 1:
         raise ValueError(f"`n` must be >= 1, got {n}")
     if seed < 0:
         raise ValueError(f"`seed` must be >= 0, got {seed}")
-    excluded = None if exclude is None else _iv_heads("exclude", exclude, n_layers, n_heads)
+    excluded = None if exclude is None else _iv_sites("exclude", exclude, sites)
 
     if match_layers_of is None:
-        per_layer = None
-        n_sets = math.comb(total, size)
+        strata = None
     else:
-        matched = _iv_heads("match_layers_of", match_layers_of, n_layers, n_heads)
+        matched = _iv_sites("match_layers_of", match_layers_of, sites)
         if len(matched) != size:
-            raise ValueError(f"`match_layers_of` has {len(matched)} heads but `size` is {size}")
-        per_layer = sorted(Counter(h.layer for h in matched).items())   # [(layer, count)]
-        n_sets = math.prod(math.comb(n_heads, c) for _, c in per_layer)
-    if n_sets == 1 and excluded is not None and len(excluded) == size:
-        only = _draw(_draw_rng(seed, 0), n_heads, total, size, per_layer)
+            raise ValueError(f"`match_layers_of` has {len(matched)} sites but `size` is {size}")
+        strata = _strata(sites, matched)
+    if count_locations(sites, size, match_layers_of) == 1 and excluded is not None and len(excluded) == size:
+        only = _draw(_draw_rng(seed, 0), sites, size, strata)
         if only == excluded:
-            where = "of the claimed layers" if per_layer else "of the model"
+            where = "of the claimed layers" if strata else "of the model"
             raise LoccheckError(
                 f"no random location differs from the claimed one: the claim takes all {size} "
-                f"heads {where}, so there is no null to compare it against")
+                f"{sites[0].kind}s {where}, so there is no null to compare it against")
 
     draws = []
     for i in range(n):
         rng = _draw_rng(seed, i)
-        heads = _draw(rng, n_heads, total, size, per_layer)
-        while heads == excluded:   # at least 2 sets exist, so this ends quickly
-            heads = _draw(rng, n_heads, total, size, per_layer)
-        draws.append(heads)
+        location = _draw(rng, sites, size, strata)
+        while location == excluded:   # at least 2 locations exist, so this ends quickly
+            location = _draw(rng, sites, size, strata)
+        draws.append(location)
     return draws
 
 
-def _draw(rng: np.random.Generator, n_heads: int, total: int, size: int,
-          per_layer: list[tuple[int, int]] | None) -> tuple[HeadLoc, ...]:
-    """One uniform set: from all heads, or `count` heads within each matched layer."""
-    if per_layer is None:
-        flat = rng.choice(total, size=size, replace=False)   # (size,) indices layer * n_heads + head
-        heads = [HeadLoc(int(f) // n_heads, int(f) % n_heads) for f in flat]
+def _draw(rng: np.random.Generator, sites: tuple, size: int, strata) -> tuple:
+    """One uniform location: from all sites, or `count` sites within each matched layer."""
+    if strata is None:
+        picked = [sites[int(i)] for i in rng.choice(len(sites), size=size, replace=False)]
     else:
-        heads = [HeadLoc(layer, int(h)) for layer, c in per_layer
-                 for h in rng.choice(n_heads, size=c, replace=False)]
-    return tuple(sorted(heads))
+        picked = [layer[int(i)] for layer, c in strata
+                  for i in rng.choice(len(layer), size=c, replace=False)]
+    return tuple(sorted(picked))

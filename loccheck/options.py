@@ -4,7 +4,7 @@ pytest-benchmark pattern), so the two front ends cannot drift apart.
     option         CLI (loccheck verify)      pytest flag                 ini key
     report dir     --report-dir DIR, --out    --loccheck-report-dir DIR   loccheck_report_dir
     cache dir      --cache-dir DIR            --loccheck-cache-dir DIR    loccheck_cache_dir
-    random locs    --n-random N               --loccheck-n-random N       loccheck_n_random
+    null size      --n-null N                 --loccheck-n-null N         loccheck_n_null
     executor       --executor serial          --loccheck-executor serial  loccheck_executor
     refresh        --refresh                  --loccheck-refresh          loccheck_refresh
 
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-EXECUTORS = ("serial",)   # "ray" joins when verify() grows an executor parameter
+EXECUTORS = ("serial",)   # loccheck.executors.EXECUTORS; the choices are listed here so that
+                          # option parsing imports nothing
 DEFAULT_REPORT_DIR = "reports"
 
 
@@ -88,7 +89,7 @@ OPTIONS: tuple[Option, ...] = (
            "path", default=DEFAULT_REPORT_DIR, cli_aliases=("--out",), metavar="DIR"),
     Option("cache-dir", "cache of fitted edits and converted models (default: $LOCCHECK_CACHE_DIR, "
            "else $XDG_CACHE_HOME/loccheck, else ~/.cache/loccheck)", "path", metavar="DIR"),
-    Option("n-random", "number of random locations in the null (overrides the claim's "
+    Option("n-null", "number of random locations in the null (overrides the claim's "
            "random_locations.n)", "int", metavar="N"),
     Option("executor", "where edits are fitted: serial (in this process)", "choice",
            default="serial", choices=EXECUTORS),
@@ -102,18 +103,17 @@ class Settings:
     """Resolved values of the shared options."""
     report_dir: Path
     cache_dir: Path | None      # None: LOCCHECK_CACHE_DIR, XDG_CACHE_HOME, ~/.cache (cache.cache_dir)
-    n_random: int | None        # None: the claim file's random_locations.n
+    n_null: int | None          # None: the claim file's random_locations.n
     executor: str
     refresh: bool
 
     def overrides(self) -> dict[str, Any]:
         """Claim-field overrides for `verify(..., overrides=...)`."""
-        return {"random_locations.n": self.n_random} if self.n_random is not None else {}
+        return {"random_locations.n": self.n_null} if self.n_null is not None else {}
 
     def verify_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `verify`. The executor is not among them yet: "serial" is the
-        only one and it is what verify does."""
-        return {"cache_dir": self.cache_dir, "refresh": self.refresh}
+        """Keyword arguments for `verify`."""
+        return {"cache_dir": self.cache_dir, "refresh": self.refresh, "executor": self.executor}
 
     def claim_report_dir(self, claim_name: str) -> Path:
         return self.report_dir / claim_name
@@ -129,7 +129,7 @@ def _settings(values: dict[str, Any]) -> Settings:
 
 def add_cli_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """Add the shared options (or those whose dest is in `only`) to an argparse (sub)parser:
-    --report-dir/--out, --cache-dir, --n-random, --executor, --refresh."""
+    --report-dir/--out, --cache-dir, --n-null, --executor, --refresh."""
     for opt in OPTIONS:
         if only is not None and opt.dest not in only:
             continue
@@ -167,7 +167,7 @@ def settings_from_pytest(config) -> Settings:
         if value is None:
             try:
                 value = config.getini(opt.ini_name)
-            except (TypeError, ValueError) as err:   # e.g. loccheck_n_random = many
+            except (TypeError, ValueError) as err:   # e.g. loccheck_n_null = many
                 raise ValueError(f"ini option {opt.ini_name}: {err}") from None
             if value == "":
                 value = None

@@ -38,14 +38,18 @@ class LoccheckSession:
     rows: list[dict] = field(default_factory=list)   # one per claim item that ran (index.md)
     names: dict[str, Path] = field(default_factory=dict)   # claim name -> file (report folders)
     index_path: Path | None = None
+    write_line: Any = None      # prints one line past pytest's output capture (None: quiet)
 
     def verify(self, claim, overrides: dict[str, Any] | None = None):
-        """verify() with the session's options; `overrides` win over the options."""
+        """verify() with the session's options; `overrides` win over the options. Progress goes
+        to the terminal as one plain line per finished edit (pytest captures stderr, and a CI
+        log would otherwise show nothing for the minutes a claim takes)."""
         from loccheck.verification import verify
 
         merged = {**self.settings.overrides(), **(overrides or {})}
         return verify(claim, out_dir=self.settings.claim_report_dir(claim.name),
-                      overrides=merged or None, progress=False, **self.settings.verify_kwargs())
+                      overrides=merged or None, progress="lines" if self.write_line else "off",
+                      write_line=self.write_line, **self.settings.verify_kwargs())
 
     def shown(self, path: str | os.PathLike) -> str:
         """A path as the user typed it: relative to the invocation folder when inside it."""
@@ -77,7 +81,8 @@ def pytest_configure(config: pytest.Config) -> None:
     dirs = config.getini("loccheck_claim_dirs") or [Path(config.rootpath) / "claims"]
     config.stash[SESSION_KEY] = LoccheckSession(
         settings=settings, claim_dirs=[Path(d).resolve() for d in dirs],
-        invocation_dir=Path(config.invocation_params.dir))
+        invocation_dir=Path(config.invocation_params.dir),
+        write_line=_terminal_writer(config) if config.get_verbosity() >= 0 else None)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -191,8 +196,8 @@ class ClaimItem(pytest.Item):
         report = Path(result.report_dir) / "report.md"
         state.rows.append({"claim": self.nodeid, "verdict": result.verdict,
                            "expected": result.expect or "SUPPORTED", "p_value": result.p_value,
-                           "n_random": result.n_random, "claim_gain": result.claim_gain,
-                           "full_gain": result.full_gain, "report": report,
+                           "n_null": result.n_null, "claim_gain": result.claim_gain,
+                           "ceiling_gain": result.ceiling_gain, "report": report,
                            "report_link": _link(report, state.settings.report_dir)})
         if not result.matches_expectation:
             raise ClaimMismatch(result)
@@ -210,6 +215,21 @@ class ClaimItem(pytest.Item):
         return self.path, (line - 1) if line else 0, f"claim: {self.name}"
 
 
+def _terminal_writer(config: pytest.Config):
+    """A function that writes one line to the terminal while a test runs, past the capture."""
+    def write(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(line)
+        else:
+            reporter.write_line(line)
+    return write
+
+
 # --- text ----------------------------------------------------------------------------------------
 
 def evidence_text(result, state: LoccheckSession) -> str:
@@ -218,10 +238,10 @@ def evidence_text(result, state: LoccheckSession) -> str:
     report = Path(result.report_dir) / "report.md"
     return "\n".join([
         f"verdict {result.verdict}, expected {result.expect or 'SUPPORTED'}",
-        f"p-value: {result.p_value:.4g} with N = {result.n_random} random locations "
+        f"p-value: {result.p_value:.4g} with N = {result.n_null} random locations "
         f"(alpha = {result.alpha:g})",
         f"{result.metric} gain: claim {result.claim_gain:+.4g}, whole model "
-        f"{result.full_gain:+.4g}, null mean {result.null_mean:+.4g}",
+        f"{result.ceiling_gain:+.4g}, null mean {result.null_mean:+.4g}",
         f"why: {result.verdict_reason}",
         f"report: {state.shown(report)}",
     ])
@@ -232,8 +252,8 @@ def _summary_line(row: dict, state: LoccheckSession) -> str:
         return f"{row['claim']}: ERROR: {row['error']}"
     mark = "as expected" if row["verdict"] == row["expected"] else f"expected {row['expected']}"
     return (f"{row['claim']}: {row['verdict']} ({mark}), p = {row['p_value']:.4g}, "
-            f"N = {row['n_random']}, claim gain {row['claim_gain']:+.4g}, whole model "
-            f"{row['full_gain']:+.4g} -> {state.shown(row['report'])}")
+            f"N = {row['n_null']}, claim gain {row['claim_gain']:+.4g}, whole model "
+            f"{row['ceiling_gain']:+.4g} -> {state.shown(row['report'])}")
 
 
 def _relative_error(err: ClaimError, config: pytest.Config) -> str:

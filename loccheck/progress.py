@@ -1,51 +1,82 @@
-"""Progress for long runs: one bar over the edits and one over the steps of the current edit,
-on stderr, only when stderr is a terminal (CI logs and pytest output stay clean)."""
+"""Progress of a verification, driven by the outcomes as they arrive.
+
+Three modes: "bar" (tqdm bars on a terminal: one over the edits, one over the steps of the
+edit being fitted), "lines" (one plain line per finished edit, for CI logs and captured
+output, where a bar would show nothing), and "off"."""
 from __future__ import annotations
 
 import sys
 import time
+from typing import Callable
+
+
+def progress_mode(progress: bool | str | None) -> str:
+    """None: a bar on a terminal, plain lines elsewhere; True: a bar; False: off."""
+    if isinstance(progress, str):
+        if progress not in ("bar", "lines", "off"):
+            raise ValueError(f"`progress` must be 'bar', 'lines' or 'off', got {progress!r}")
+        return progress
+    if progress is None:
+        return "bar" if sys.stderr.isatty() else "lines"
+    return "bar" if progress else "off"
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 class Progress:
-    def __init__(self, n_edits: int, enabled: bool | None = None):
-        from tqdm.auto import tqdm
-
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._tqdm = tqdm
+    def __init__(self, n_jobs: int, mode: str = "lines", *, metric: str, base: float,
+                 write: Callable[[str], None] | None = None, title: str = ""):
+        self.mode, self.total, self.done = mode, n_jobs, 0
+        self.metric, self.base, self.title = metric, base, title
         self.start = time.monotonic()
-        self.outer = tqdm(total=n_edits, desc="edits", unit="edit", disable=not self.enabled,
-                          position=0, dynamic_ncols=True)
-        self.inner = None
+        self._write = write or _stderr_line
+        self.outer = self.inner = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
 
-    def begin_edit(self, label: str, n_steps: int) -> None:
-        self.inner = self._tqdm(total=n_steps, desc=label, unit="step", leave=False,
-                                disable=not self.enabled, position=1, dynamic_ncols=True)
+            self._tqdm = tqdm
+            self.outer = tqdm(total=n_jobs, desc="edits", unit="edit", position=0, dynamic_ncols=True)
 
-    def step(self, step: int, n_steps: int, loss: float | None = None) -> None:
-        if self.inner is not None:
-            if loss is not None:
-                self.inner.set_postfix(loss=f"{loss:.3g}", refresh=False)
-            self.inner.update(1)
+    def on_step(self, step: int, n_steps: int, loss: float | None = None) -> None:
+        """A training step (or an alpha tried) of the edit being fitted in this process."""
+        if self.mode != "bar":
+            return
+        if self.inner is None or step == 1:
+            if self.inner is not None:
+                self.inner.close()
+            self.inner = self._tqdm(total=n_steps, desc="steps", unit="step", leave=False,
+                                    position=1, dynamic_ncols=True)
+        if loss is not None:
+            self.inner.set_postfix(loss=f"{loss:.3g}", refresh=False)
+        self.inner.update(1)
 
-    def end_edit(self, label: str, gain: float, final_loss: float | None = None,
-                 still_falling: bool = False) -> None:
+    def finished(self, outcome) -> None:
+        self.done += 1
         if self.inner is not None:
             self.inner.close()
-        self.outer.update(1)
-        if self.enabled:
-            done, total = self.outer.n, self.outer.total
-            elapsed = time.monotonic() - self.start
-            left = elapsed / done * (total - done)
-            loss = "" if final_loss is None else f"loss {final_loss:.3g}, "
-            flag = "STILL FALLING, " if still_falling else ""
-            self.outer.write(f"[{done}/{total}] {label}: {loss}{flag}gain {gain:+.3g}"
-                             f"  ({elapsed:.0f} s so far, ~{left:.0f} s left)")
-
-    def cached(self, label: str, gain: float) -> None:
-        self.outer.update(1)
-        if self.enabled:
-            self.outer.write(f"[{self.outer.n}/{self.outer.total}] {label}: from the cache, "
-                             f"gain {gain:+.3g}")
+            self.inner = None
+        if self.mode == "off":
+            return
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        how = f"fitted in {outcome.seconds:.0f} s" if outcome.fitted else "from the cache"
+        if outcome.n_scored and not outcome.fitted:
+            how += f", {outcome.n_scored} metric(s) scored"
+        loss = outcome.info.get("final_loss")
+        facts = "" if loss is None else f", loss {loss:.3g}" + (
+            " (still falling)" if outcome.info.get("still_falling") else "")
+        gain = outcome.metrics[self.metric] - self.base
+        line = (f"{self.title}[{self.done}/{self.total}] {outcome.job.label}: {how}{facts}, "
+                f"{self.metric} gain {gain:+.3g}  ({elapsed:.0f} s so far, ~{left:.0f} s left)")
+        if self.outer is not None:
+            self.outer.update(1)
+            self.outer.write(line)
+        else:
+            self._write(f"loccheck: {line}")
 
     def close(self) -> None:
-        self.outer.close()
+        for bar in (self.inner, self.outer):
+            if bar is not None:
+                bar.close()

@@ -21,7 +21,8 @@ def resolve_format(tokenizer, prompt_format: str) -> str:
     if prompt_format == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "qa"
     if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise DataError("behavior.prompt_format is 'chat' but the model's tokenizer has no chat template")
+        raise DataError("'chat' needs a chat template, and the model's tokenizer has none "
+                        "(use prompt_format: qa)", key="behavior.prompt_format")
     return prompt_format
 
 

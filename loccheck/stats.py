@@ -99,6 +99,8 @@ class NullTestResult:
         (within a relative ``100 * eps``) counted against the claim.
     n_null : int
         Number of null draws N.
+    n_at_least : int
+        k, the number of null values at or above the statistic (ties included).
     min_pvalue : float
         ``1 / (n_null + 1)``, the smallest p-value this null can produce.
     null_mean : float
@@ -115,6 +117,7 @@ class NullTestResult:
     null_distribution: np.ndarray
     pvalue: float
     n_null: int
+    n_at_least: int
     min_pvalue: float
     null_mean: float
     null_std: float
@@ -149,8 +152,34 @@ def null_test(statistic: float, null: ArrayLike) -> NullTestResult:
         null_distribution=arr,
         pvalue=_pvalue(stat, arr),
         n_null=n,
+        n_at_least=int(np.count_nonzero(arr >= _tie_threshold(stat))),
         min_pvalue=1.0 / (n + 1),
         null_mean=float(np.mean(arr)),
         null_std=float(np.std(arr, ddof=1)) if n > 1 else float("nan"),
         percentile=100.0 * (n_below + 0.5 * n_ties) / n,
     )
+
+
+@dataclass(frozen=True)
+class Description:
+    """Summary of a sample of values (the finite ones): what the report prints as
+    ``mean ± std [min, max]``. std has ``ddof=1`` (a spread estimate); nan for fewer than 2."""
+    n: int
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
+
+
+def describe(values: ArrayLike) -> Description:
+    """Mean, sample std (ddof=1), min and max of the finite values; nan where there are none."""
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        nan = float("nan")
+        return Description(0, nan, nan, nan, nan)
+    std = float(np.std(arr, ddof=1)) if arr.size > 1 else float("nan")
+    return Description(int(arr.size), float(np.mean(arr)), std, float(np.min(arr)), float(np.max(arr)))

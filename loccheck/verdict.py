@@ -4,7 +4,7 @@ Rules (METHOD.md, "Statistics and the verdict"), checked in this order:
 
 1. UNDERPOWERED when ``1 / (n_null + 1) > alpha``: no outcome of the null could reject;
 2. FALSIFIED when ``p > alpha``: random locations of the same size edit as well;
-3. SUPPORTED when ``claim_gain / full_gain >= rho`` (needs ``full_gain > 0``);
+3. SUPPORTED when ``claim_gain / ceiling_gain >= rho`` (needs ``ceiling_gain > 0``);
 4. SPECIFIC_BUT_WEAK otherwise: beats random locations, falls short of the whole model.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ class VerdictResult:
     reason : str
         One plain-language sentence with the numbers that decided the verdict.
     optimality_ratio : float
-        ``claim_gain / full_gain``; nan when the whole-model gain is not positive.
+        ``claim_gain / ceiling_gain``; nan when the whole-model gain is not positive.
     """
 
     verdict: Verdict
@@ -89,24 +89,24 @@ def min_null_size(alpha: float) -> int:
     return n
 
 
-def optimality_ratio(claim_gain: float, full_gain: float) -> float:
+def optimality_ratio(claim_gain: float, ceiling_gain: float) -> float:
     """Share of the whole-model gain that the edit at the claimed location reaches.
 
     Parameters
     ----------
-    claim_gain, full_gain : float
+    claim_gain, ceiling_gain : float
         Held-out gains (edited metric minus unedited metric) of the optimal edit at the
         claimed location and of the optimal whole-model edit.
 
     Returns
     -------
     float
-        ``claim_gain / full_gain`` when ``full_gain > 0``, else nan: a ceiling that does not
+        ``claim_gain / ceiling_gain`` when ``ceiling_gain > 0``, else nan: a ceiling that does not
         improve the metric cannot anchor "effective".
     """
     claim_gain = _iv_finite("claim_gain", claim_gain)
-    full_gain = _iv_finite("full_gain", full_gain)
-    return claim_gain / full_gain if full_gain > 0 else float("nan")
+    ceiling_gain = _iv_finite("ceiling_gain", ceiling_gain)
+    return claim_gain / ceiling_gain if ceiling_gain > 0 else float("nan")
 
 
 def decide_verdict(
@@ -115,9 +115,10 @@ def decide_verdict(
     n_null: int,
     alpha: float,
     claim_gain: float,
-    full_gain: float,
+    ceiling_gain: float,
     rho: float,
     location_size: int | None = None,
+    site: str = "head",
 ) -> VerdictResult:
     """Decide the verdict on a localization claim.
 
@@ -130,12 +131,14 @@ def decide_verdict(
         Number of random locations in the null, >= 1.
     alpha : float
         Significance level, in (0, 1).
-    claim_gain, full_gain : float
+    claim_gain, ceiling_gain : float
         Held-out gains of the edits at the claimed location and at the whole model.
     rho : float
         Share of the whole-model gain the claim must reach to count as effective, in (0, 1].
     location_size : int, optional
-        Number of heads in the location; only used to word the reason.
+        Number of sites in the location; only used to word the reason.
+    site : str
+        The sites' kind ("head"), to word the reason.
 
     Returns
     -------
@@ -161,9 +164,9 @@ def decide_verdict(
         location_size = operator.index(location_size)
         if location_size < 1:
             raise ValueError(f"`location_size` must be >= 1, got {location_size}")
-    ratio = optimality_ratio(claim_gain, full_gain)
+    ratio = optimality_ratio(claim_gain, ceiling_gain)
 
-    what = f"random {location_size}-head locations" if location_size else "random locations of the same size"
+    what = f"random {location_size}-{site} locations" if location_size else "random locations of the same size"
     k = max(0, round(pvalue * (n_null + 1)) - 1)   # null draws at least as good as the claim
     verb = "edits" if k == 1 else "edit"
 
@@ -176,16 +179,83 @@ def decide_verdict(
     if pvalue > alpha:
         return VerdictResult(Verdict.FALSIFIED, (
             f"p = {pvalue:.3g} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
-            f"at least as well as the claimed heads."), ratio)
+            f"at least as well as the claimed {site}s."), ratio)
     beats = (f"p = {pvalue:.3g} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
              f"behaviour at least as well)")
     if math.isfinite(ratio) and ratio >= rho:
         return VerdictResult(Verdict.SUPPORTED, (
-            f"{beats} and the claimed heads reach {ratio:.1%} of the whole-model gain "
+            f"{beats} and the claimed {site}s reach {ratio:.1%} of the whole-model gain "
             f"(rho = {rho:g}): the location is specific and effective."), ratio)
     if not math.isfinite(ratio):
-        tail = (f"but the whole-model edit did not improve the metric (gain = {full_gain:.3g}), "
-                f"so there is no ceiling to call the claimed heads effective against.")
+        tail = (f"but the whole-model edit did not improve the metric (gain = {ceiling_gain:.3g}), "
+                f"so there is no ceiling to call the claimed {site}s effective against.")
     else:
-        tail = f"but the claimed heads reach only {ratio:.1%} of the whole-model gain (rho = {rho:g})."
+        tail = f"but the claimed {site}s reach only {ratio:.1%} of the whole-model gain (rho = {rho:g})."
     return VerdictResult(Verdict.SPECIFIC_BUT_WEAK, f"{beats}, {tail}", ratio)
+
+
+def count_effective(null_gains, ceiling_gain: float, rho: float) -> int | None:
+    """How many null locations reach rho of the whole-model gain (None when that gain <= 0)."""
+    import numpy as np
+
+    if not ceiling_gain > 0:
+        return None
+    return int(np.sum(np.asarray(null_gains) >= rho * ceiling_gain))
+
+
+@dataclass(frozen=True)
+class LocationTest:
+    """Everything the verdict on one edit method rests on, computed once (the report only
+    formats these numbers). Gains are improvements: the metric's change, signed so that
+    larger is better (`loccheck.metrics.Metric.improvement`).
+
+    p = (1 + n_at_least) / (n_null + 1), one-sided "greater", ties count against the claim."""
+    verdict: Verdict
+    reason: str
+    pvalue: float
+    n_null: int
+    n_at_least: int
+    min_pvalue: float
+    min_null_size: int
+    claim_gain: float
+    ceiling_gain: float
+    null_gains: tuple[float, ...]
+    null_mean: float
+    null_std: float
+    null_min: float
+    null_max: float
+    claim_percentile: float
+    optimality_ratio: float
+    n_null_effective: int | None      # null locations reaching rho x the ceiling's gain
+
+    def to_json(self) -> dict:
+        return {"verdict": self.verdict.value, "verdict_reason": self.reason,
+                "p_value": self.pvalue, "n_null": self.n_null, "n_at_least": self.n_at_least,
+                "min_p_value": self.min_pvalue, "min_null_size": self.min_null_size,
+                "claim_gain": self.claim_gain, "ceiling_gain": self.ceiling_gain,
+                "null_gains": list(self.null_gains), "null_mean": self.null_mean,
+                "null_std": self.null_std, "null_min": self.null_min, "null_max": self.null_max,
+                "claim_percentile": self.claim_percentile,
+                "optimality_ratio": self.optimality_ratio,
+                "n_null_effective": self.n_null_effective}
+
+
+def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: float, rho: float,
+                  location_size: int | None = None, site: str = "head") -> LocationTest:
+    """Test the claim's gain against the null's and decide the verdict (`null_test`, then
+    `decide_verdict`)."""
+    from loccheck.stats import describe, null_test
+
+    test = null_test(claim_gain, null_gains)
+    decision = decide_verdict(pvalue=test.pvalue, n_null=test.n_null, alpha=alpha,
+                              claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
+                              location_size=location_size, site=site)
+    spread = describe(test.null_distribution)
+    return LocationTest(
+        verdict=decision.verdict, reason=decision.reason, pvalue=test.pvalue, n_null=test.n_null,
+        n_at_least=test.n_at_least, min_pvalue=test.min_pvalue, min_null_size=min_null_size(alpha),
+        claim_gain=float(claim_gain), ceiling_gain=float(ceiling_gain),
+        null_gains=tuple(float(g) for g in test.null_distribution), null_mean=test.null_mean,
+        null_std=test.null_std, null_min=spread.min, null_max=spread.max,
+        claim_percentile=test.percentile, optimality_ratio=decision.optimality_ratio,
+        n_null_effective=count_effective(test.null_distribution, ceiling_gain, rho))

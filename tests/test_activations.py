@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES, VOCAB, tiny_model
+from loccheck.testing import FAMILIES, VOCAB, tiny_model
 from loccheck.activations import (activations_key, cached_head_activations, collect_head_activations,
                                   probe_text)
 from loccheck.errors import LoccheckWarning

@@ -5,16 +5,16 @@ import warnings
 
 import pytest
 
-from known_models import claim_text
+from loccheck.testing import claim_text, head_grid
 from loccheck.claim import parse_claim
 from loccheck.errors import LoccheckWarning
 from loccheck.null import sample_null_locations
 from loccheck.verification import verify
 
 
-def _claim(known_llama, tmp_path, n, heads=("L1H2", "L0H0")):
+def _claim(known_llama, tmp_path, n, heads=("L1H2", "L0H0"), extra=""):
     model_dir, pairs = known_llama
-    return parse_claim(claim_text(model_dir, pairs, list(heads), n=n, alpha=0.1),
+    return parse_claim(claim_text(model_dir, pairs, list(heads), n=n, alpha=0.1, extra=extra),
                        path=tmp_path / "cached.yaml")
 
 
@@ -22,8 +22,7 @@ def test_second_run_fits_nothing_and_is_byte_identical(known_llama, tmp_path):
     cache = tmp_path / "cache"
     claim = _claim(known_llama, tmp_path, n=6)
     first = verify(claim, out_dir=tmp_path / "a", cache_dir=cache, progress=False)
-    distinct = {tuple(loc) for loc in sample_null_locations(
-        n_layers=2, n_heads=4, size=2, n=6, seed=0, exclude=claim.location.head_locs)}
+    distinct = {tuple(loc) for loc in sample_null_locations(head_grid(2, 4), size=2, n=6, seed=0, exclude=claim.location.parsed)}
     assert first.n_fitted == 2 + len(distinct)          # claim, whole model, each distinct draw
     second = verify(claim, out_dir=tmp_path / "b", cache_dir=cache, progress=False)
     assert second.n_fitted == 0
@@ -35,9 +34,9 @@ def test_growing_the_null_fits_only_the_new_draws(known_llama, tmp_path):
     cache = tmp_path / "cache"
     claim = _claim(known_llama, tmp_path, n=5)
     verify(claim, write_report=False, cache_dir=cache, progress=False)
-    exclude = claim.location.head_locs
-    old = {tuple(l) for l in sample_null_locations(n_layers=2, n_heads=4, size=2, n=5, seed=0, exclude=exclude)}
-    grown = sample_null_locations(n_layers=2, n_heads=4, size=2, n=10, seed=0, exclude=exclude)
+    exclude = claim.location.parsed
+    old = {tuple(l) for l in sample_null_locations(head_grid(2, 4), size=2, n=5, seed=0, exclude=exclude)}
+    grown = sample_null_locations(head_grid(2, 4), size=2, n=10, seed=0, exclude=exclude)
     new = {tuple(l) for l in grown[5:]} - old
     assert len(new) >= 3          # the seed gives mostly fresh draws, so the count means something
     larger = verify(claim.with_overrides({"random_locations.n": 10}), write_report=False,
@@ -69,5 +68,21 @@ def test_refresh_ignores_the_cache(known_llama, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = verify(claim, write_report=False, cache_dir=cache, refresh=True, progress=False)
-    assert again.n_fitted == 2 + len({tuple(l) for l in sample_null_locations(
-        n_layers=2, n_heads=4, size=2, n=2, seed=0, exclude=claim.location.head_locs)})
+    assert again.n_fitted == 2 + len({tuple(l) for l in sample_null_locations(head_grid(2, 4), size=2, n=2, seed=0, exclude=claim.location.parsed)})
+
+
+def test_adding_a_metric_scores_the_stored_edits_and_refits_nothing(known_llama, tmp_path):
+    cache = tmp_path / "cache"
+    one = _claim(known_llama, tmp_path, n=4, extra="metrics: [preference_margin]\n")
+    first = verify(one, write_report=False, cache_dir=cache, progress=False)
+    n_jobs = 2 + 4
+    assert first.n_fitted >= 3 and first.n_scored == n_jobs          # one metric per job
+    assert "preference_accuracy" not in first.edits[0]["metrics"]
+    both = _claim(known_llama, tmp_path, n=4, extra="metrics: [preference_margin, preference_accuracy]\n")
+    second = verify(both, write_report=False, cache_dir=cache, progress=False)
+    assert second.n_fitted == 0                                       # nothing refitted
+    assert second.n_scored == n_jobs                                  # only the new metric scored
+    assert second.null_gains == first.null_gains and second.claim_gain == first.claim_gain
+    # the restored edits score exactly what a run that fitted them scores
+    fresh = verify(both, write_report=False, cache_dir=tmp_path / "fresh", progress=False)
+    assert [e["metrics"] for e in fresh.edits] == [e["metrics"] for e in second.edits]

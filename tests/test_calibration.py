@@ -23,12 +23,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from known_models import claim_text, write_model_dir, write_pairs
+from loccheck.testing import claim_text, write_model_dir, write_pairs
 from loccheck.claim import parse_claim
 from loccheck.locations import HeadLoc
+from loccheck.testing import head_grid
 from loccheck.null import sample_null_locations
 from loccheck.stats import empirical_pvalue
 from loccheck.verification import verify
+
+
+def draw_null(*args, n_layers=None, n_heads=None, **kw):
+    """sample_null_locations over the head sites of an n_layers x n_heads model."""
+    if args:
+        return sample_null_locations(*args, **kw)
+    return sample_null_locations(head_grid(n_layers, n_heads), **kw)
+
 
 ALPHAS = (0.05, 0.1)
 M = 59                       # pool size for leave-one-out: each null has 58 draws
@@ -73,7 +82,7 @@ def _loo_pvalues(values) -> list[float]:
 
 def test_leave_one_out_false_positive_rate(gains):
     table, _ = gains
-    pool = sample_null_locations(**SHAPE, size=2, n=M, seed=1)   # i.i.d. over all 28 pairs
+    pool = draw_null(**SHAPE, size=2, n=M, seed=1)   # i.i.d. over all 28 pairs
     pvalues = _loo_pvalues([table[loc] for loc in pool])
     rates = {alpha: _rate(pvalues, alpha) for alpha in ALPHAS}
     print(f"\nleave-one-out over M = {M} random pairs ({len(set(pool))} distinct; null of "
@@ -85,7 +94,7 @@ def test_leave_one_out_false_positive_rate(gains):
 def _exact_rate(table, alpha: float, include_claim: bool) -> float:
     """P(p <= alpha) for a claim drawn uniformly from all locations and N null draws, i.i.d.
     uniform over the other locations (include_claim=False: the claimed set is redrawn, as
-    `sample_null_locations(exclude=claim)` does) or over all of them (True: a draw equal to the
+    `draw_null(exclude=claim)` does) or over all of them (True: a draw equal to the
     claim ties with it). Exact: the count of null gains >= the claim's is binomial."""
     values = list(table.values())
     k_max = max(k for k in range(N + 1) if (1 + k) / (N + 1) <= alpha)   # p <= alpha iff k <= k_max
@@ -107,7 +116,7 @@ def simulated(gains):
     for claim, g in table.items():
         for seed in range(50):
             for include in (True, False):
-                draws = sample_null_locations(**SHAPE, size=2, n=N, seed=seed,
+                draws = draw_null(**SHAPE, size=2, n=N, seed=seed,
                                               exclude=None if include else claim)
                 pvalues[include].append(empirical_pvalue(g, [table[d] for d in draws]))
     return pvalues
@@ -131,17 +140,17 @@ def test_exact_rate_of_verify_null_for_a_random_claim(gains, simulated, alpha, t
     # seed whose i.i.d. draws contain it.
     best = max(table, key=table.get)
     seed = next(s for s in range(200)
-                if best in sample_null_locations(**SHAPE, size=2, n=N, seed=s))
-    model_dir, pairs = pool_run.model["resolved"], pool_run.data["source"]
+                if best in draw_null(**SHAPE, size=2, n=N, seed=s))
+    model_dir, pairs = pool_run.payload["model"]["resolved"], pool_run.payload["data"]["source"]
     text = claim_text(model_dir, pairs, [str(h) for h in best], n=N, alpha=alpha, random_seed=seed)
     result = verify(parse_claim(text, path=tmp_path / "best.yaml"), write_report=False, progress=False)
     assert result.n_fitted == 0
     drawn = [tuple(HeadLoc.parse(h) for h in e["location"]) for e in result.edits if e["role"] == "random"]
     if best not in drawn:
-        assert drawn == sample_null_locations(**SHAPE, size=2, n=N, seed=seed, exclude=best)
+        assert drawn == draw_null(**SHAPE, size=2, n=N, seed=seed, exclude=best)
         if exclusive > alpha:
             pytest.xfail(
-                f"verify's null excludes the claimed set (sample_null_locations(exclude=heads) in "
+                f"verify's null excludes the claimed set (draw_null(exclude=heads) in "
                 f"verification._run), so the claim and its null are not exchangeable: in a space "
                 f"of {len(table)} locations P(p <= {alpha}) = {exclusive:.4f} > alpha for a random "
                 f"claim (the best location always gets p = 1/(N+1)); without the exclusion it is "

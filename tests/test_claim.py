@@ -9,7 +9,7 @@ from loccheck.claim import Claim, claim_json_schema, load_claim, parse_claim
 from loccheck.errors import ClaimError
 from loccheck.locations import HeadLoc
 
-MINIMAL = "claim: Heads carry truthfulness.\nlocation: {heads: [L0H1]}\n"
+MINIMAL = "claim: Heads carry truthfulness.\nlocation: {sites: [L0H1]}\n"
 
 FULL = """\
 claim: Truthfulness lives in two heads of layer 12.
@@ -28,27 +28,31 @@ behavior:
   max_pairs_per_question: 3
   split: {train: 0.5, validation: 0.25, test: 0.25, seed: 7}
 location:
-  heads: [L12H3, L1H0]
+  sites: [L12H3, L1H0]
 heuristic:
   method: probe
   citation: Li et al. 2023
   top_k: 2
   probe_accuracies: {L12H3: 0.83, L1H0: 0.71}
-edit:
-  objective: dpo
-  tau: 0.2
-  beta: 1
-  epochs: 3
-  batch_size: 8
-  learning_rate: 1e-3
-  full_model_learning_rate: 2.5e-5
-  weight_decay: 0.01
-  warmup_ratio: 0.1
-  init_std: 0.02
-  read: location
-  max_steps: 100
-  seed: 3
-  convergence_tol: 0.01
+edits:
+  - method: optimal
+    objective: dpo
+    tau: 0.2
+    beta: 1
+    epochs: 3
+    batch_size: 8
+    learning_rate: 1e-3
+    full_model_learning_rate: 2.5e-5
+    weight_decay: 0.01
+    warmup_ratio: 0.1
+    init_std: 0.02
+    read: location
+    max_steps: 100
+    seed: 3
+    convergence_tol: 0.01
+  - method: iti
+    alphas: [0, 5]
+metrics: [preference_accuracy]
 random_locations: {n: 20, match_layers: true, seed: 5}
 verdict: {metric: preference_accuracy, alpha: 0.1, rho: 0.8}
 expect: SUPPORTED
@@ -78,12 +82,12 @@ def test_full_claim_round_trips(tmp_path):
     assert claim.path == tmp_path / "truthful_heads.yaml"
     assert claim.model.device == "cuda:0" and claim.model.revision == "main"
     assert claim.behavior.split.seed == 7 and claim.behavior.max_pairs_per_question == 3
-    assert claim.location.heads == ("L12H3", "L1H0")
-    assert claim.location.head_locs == (HeadLoc(1, 0), HeadLoc(12, 3))  # sorted
+    assert claim.location.sites == ("L12H3", "L1H0")
+    assert claim.location.parsed == (HeadLoc(1, 0), HeadLoc(12, 3))  # sorted
     assert claim.heuristic.probe_accuracies == {"L12H3": 0.83, "L1H0": 0.71}
     # YAML 1.1 reads `1e-3` as a string; the loader reads it as a float, as YAML 1.2 does.
-    assert claim.edit.learning_rate == 1e-3 and claim.edit.full_model_learning_rate == 2.5e-5
-    assert claim.edit.beta == 1.0 and isinstance(claim.edit.beta, float)
+    assert claim.edits[0].learning_rate == 1e-3 and claim.edits[0].full_model_learning_rate == 2.5e-5
+    assert claim.edits[0].beta == 1.0 and isinstance(claim.edits[0].beta, float)
     assert claim.expect == "SUPPORTED"
     config = claim.effective_config()
     assert parse_claim(json.dumps(config)).effective_config() == config
@@ -100,14 +104,14 @@ def test_minimal_claim_fills_defaults():
         "behavior": {"dataset": "truthfulqa", "path": None, "prompt_format": "auto", "system_prompt": None,
                      "max_questions": None, "max_pairs_per_question": None,
                      "split": {"train": 0.6, "validation": 0.2, "test": 0.2, "seed": 0}},
-        "location": {"heads": ["L0H1"], "from_heuristic": False},
-        "heuristic": {"method": "manual", "citation": None, "notes": None, "top_k": None, "C": 1.0,
-                      "probe_accuracies": None},
-        "edit": {"method": "optimal", "iti": {"alphas": [0.0, 5.0, 10.0, 15.0, 20.0], "positions": "answer"},
-                 "objective": "ipo", "tau": 0.1, "beta": 0.1, "epochs": 2, "batch_size": 4,
-                 "learning_rate": 5e-4, "full_model_learning_rate": 1e-4, "weight_decay": 0.0,
-                 "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "max_steps": None, "seed": 0,
-                 "convergence_tol": 0.05},
+        "location": {"sites": ["L0H1"], "from_heuristic": False},
+        "heuristic": {"method": "manual", "citation": None, "notes": None},
+        "edits": [{"method": "optimal",
+                   "objective": "ipo", "tau": 0.1, "beta": 0.1, "epochs": 2, "batch_size": 4,
+                   "learning_rate": 5e-4, "full_model_learning_rate": 1e-4, "weight_decay": 0.0,
+                   "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "max_steps": None, "seed": 0,
+                   "convergence_tol": 0.05}],
+        "metrics": ["preference_margin", "preference_accuracy"],
         "random_locations": {"n": 100, "match_layers": False, "seed": 0},
         "verdict": {"metric": "preference_margin", "alpha": 0.05, "rho": 0.9},
         "expect": None,
@@ -117,24 +121,24 @@ def test_minimal_claim_fills_defaults():
 def test_claim_is_frozen():
     claim = parse_claim(MINIMAL)
     with pytest.raises(ValueError):
-        claim.edit.tau = 1.0
+        claim.edits[0].tau = 1.0
 
 
 def test_from_heuristic_with_probe():
     text = "claim: x\nlocation: {from_heuristic: true}\nheuristic: {method: probe, top_k: 4}\n"
     claim = parse_claim(text)
-    assert claim.location.heads == () and claim.heuristic.top_k == 4
+    assert claim.location.sites == () and claim.heuristic.top_k == 4
 
 
 # --- overrides and located errors at verify time ------------------------------------------------
 
 def test_with_overrides(tmp_path):
     claim = load_claim(write(tmp_path, FULL))
-    new = claim.with_overrides({"random_locations.n": 5, "edit.seed": 9, "location.heads[1]": "L2H2"})
-    assert (new.random_locations.n, new.edit.seed, new.location.heads) == (5, 9, ("L12H3", "L2H2"))
-    assert (claim.random_locations.n, claim.edit.seed) == (20, 3)  # the original is unchanged
+    new = claim.with_overrides({"random_locations.n": 5, "edits[0].seed": 9, "location.sites[1]": "L2H2"})
+    assert (new.random_locations.n, new.edits[0].seed, new.location.sites) == (5, 9, ("L12H3", "L2H2"))
+    assert (claim.random_locations.n, claim.edits[0].seed) == (20, 3)  # the original is unchanged
     assert new.path == claim.path
-    assert str(new.error("location.heads[1]", "x")).startswith(f"{claim.path}:17:")
+    assert str(new.error("location.sites[1]", "x")).startswith(f"{claim.path}:17:")
     with pytest.raises(ValueError, match="random_locations.m"):
         claim.with_overrides({"random_locations.m": 5})
     with pytest.raises(ValueError, match="nope"):
@@ -150,30 +154,30 @@ def test_with_overrides_revalidates(tmp_path):
 
 
 def test_error_points_at_item(tmp_path):
-    claim = load_claim(write(tmp_path, "claim: x\nlocation:\n  heads:\n    - L3H1\n    - L40H0\n"))
-    err = claim.error("location.heads[1]", "layer 40 is out of range (model has 30 layers)")
-    assert str(err) == f"{claim.path}:5:7: location.heads[1]: layer 40 is out of range (model has 30 layers)"
-    by_tuple = claim.error(("location", "heads", 1), "m")
-    assert (by_tuple.line, by_tuple.col, by_tuple.key) == (5, 7, "location.heads[1]")
+    claim = load_claim(write(tmp_path, "claim: x\nlocation:\n  sites:\n    - L3H1\n    - L40H0\n"))
+    err = claim.error("location.sites[1]", "layer 40 is out of range (model has 30 layers)")
+    assert str(err) == f"{claim.path}:5:7: location.sites[1]: layer 40 is out of range (model has 30 layers)"
+    by_tuple = claim.error(("location", "sites", 1), "m")
+    assert (by_tuple.line, by_tuple.col, by_tuple.key) == (5, 7, "location.sites[1]")
     # A key absent from the file falls back to its nearest parent that is present.
-    assert claim.error("location.heads[9]", "m").line == 4
-    assert (claim.error("edit.tau", "m").line, claim.error("edit.tau", "m").col) == (1, 1)
+    assert claim.error("location.sites[9]", "m").line == 4
+    assert (claim.error("edits[0].tau", "m").line, claim.error("edits[0].tau", "m").col) == (1, 1)
     with pytest.raises(ValueError, match="`key`"):
-        claim.error("location..heads", "m")
+        claim.error("location..sites", "m")
 
 
 def test_error_without_line_map():
-    claim = Claim.model_validate({"claim": "x", "location": {"heads": ["L0H1"]}})
-    err = claim.error("location.heads[0]", "bad")
-    assert (err.line, err.col, str(err)) == (None, None, "<claim>: location.heads[0]: bad")
+    claim = Claim.model_validate({"claim": "x", "location": {"sites": ["L0H1"]}})
+    err = claim.error("location.sites[0]", "bad")
+    assert (err.line, err.col, str(err)) == (None, None, "<claim>: location.sites[0]: bad")
 
 
 # --- schema errors, each with its line ----------------------------------------------------------
 
 def test_misspelled_key_suggests(tmp_path):
-    text = "claim: x\nlocation:\n  heads: [L0H1]\nedit:\n  epochs: 2\n  tau: 0.1\n  lerning_rate: 5e-4\n"
+    text = "claim: x\nlocation:\n  sites: [L0H1]\nedits:\n  - epochs: 2\n    tau: 0.1\n    lerning_rate: 5e-4\n"
     message, path = load_error(tmp_path, text)
-    assert message.startswith(f"{path}:7:3: edit.lerning_rate: ")
+    assert message.startswith(f"{path}:7:5: edits[0].lerning_rate: ")
     assert "unknown key 'lerning_rate'; did you mean 'learning_rate'?" in message
 
 
@@ -184,30 +188,30 @@ def test_misspelled_top_level_key(tmp_path):
 
 
 def test_missing_required_key(tmp_path):
-    message, path = load_error(tmp_path, "claim: x\nedit: {epochs: 2}\n")
+    message, path = load_error(tmp_path, "claim: x\nedits: [{epochs: 2}]\n")
     assert message == f"{path}:1:1: location: missing required key"
 
 
 def test_bad_head_string(tmp_path):
-    message, path = load_error(tmp_path, "claim: x\nlocation:\n  heads:\n    - L0H1\n    - L1H2\n    - 3H4\n")
-    assert message.startswith(f"{path}:6:7: location.heads[2]: a head must look like 'L12H3'")
+    message, path = load_error(tmp_path, "claim: x\nlocation:\n  sites:\n    - L0H1\n    - L1H2\n    - 3H4\n")
+    assert message.startswith(f"{path}:6:7: location.sites[2]: a site must look like 'L12H3'")
     assert "'3H4'" in message
 
 
 def test_duplicate_head(tmp_path):
-    message, path = load_error(tmp_path, "claim: x\nlocation:\n  heads: [L0H1, L1H2, L0H1]\n")
-    assert message == f"{path}:3:23: location.heads[2]: duplicate head L0H1 (also heads[0])"
+    message, path = load_error(tmp_path, "claim: x\nlocation:\n  sites: [L0H1, L1H2, L0H1]\n")
+    assert message == f"{path}:3:23: location.sites[2]: duplicate site L0H1 (also sites[0])"
 
 
 def test_empty_heads(tmp_path):
-    message, path = load_error(tmp_path, "claim: x\nlocation:\n  heads: []\n")
-    assert message.startswith(f"{path}:3:10: location.heads: location needs non-empty heads")
+    message, path = load_error(tmp_path, "claim: x\nlocation:\n  sites: []\n")
+    assert message.startswith(f"{path}:3:10: location.sites: location needs non-empty sites")
 
 
 def test_heads_and_from_heuristic_together(tmp_path):
-    text = "claim: x\nlocation:\n  heads: [L1H1]\n  from_heuristic: true\nheuristic: {method: probe, top_k: 3}\n"
+    text = "claim: x\nlocation:\n  sites: [L1H1]\n  from_heuristic: true\nheuristic: {method: probe, top_k: 3}\n"
     message, path = load_error(tmp_path, text)
-    assert message.startswith(f"{path}:4:19: location.from_heuristic: give either heads")
+    assert message.startswith(f"{path}:4:19: location.from_heuristic: give either sites")
 
 
 def test_from_heuristic_needs_probe(tmp_path):
@@ -215,8 +219,9 @@ def test_from_heuristic_needs_probe(tmp_path):
     message, path = load_error(tmp_path, text)
     # top_k is absent: the error falls back to where the heuristic section's value starts.
     assert message == f"{path}:4:3: heuristic.top_k: location.from_heuristic: true needs heuristic.top_k"
-    message, path = load_error(tmp_path, "claim: x\nlocation: {from_heuristic: true}\nheuristic: {top_k: 2}\n")
-    assert message.startswith(f"{path}:3:12: heuristic.method: location.from_heuristic: true needs heuristic")
+    message, path = load_error(tmp_path, "claim: x\nlocation: {from_heuristic: true}\nheuristic: {citation: x}\n")
+    assert message.startswith(f"{path}:3:12: heuristic.method: location.from_heuristic: true needs a "
+                              "heuristic that proposes sites (method: probe)")
 
 
 def test_random_locations_n_zero(tmp_path):
@@ -238,17 +243,17 @@ def test_alpha(tmp_path, value, expected):
 
 
 def test_strict_ints_and_bools(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edit: {epochs: 2.0}\n")
-    assert message == f"{path}:3:16: edit.epochs: Input should be a valid integer, got 2.0"
-    message, path = load_error(tmp_path, MINIMAL + "edit: {epochs: yes}\n")
-    assert message == f"{path}:3:16: edit.epochs: Input should be a valid integer, got true"
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{epochs: 2.0}]\n")
+    assert message == f"{path}:3:18: edits[0].epochs: Input should be a valid integer, got 2.0"
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{epochs: yes}]\n")
+    assert message == f"{path}:3:18: edits[0].epochs: Input should be a valid integer, got true"
     message, path = load_error(tmp_path, MINIMAL + "model: {trust_remote_code: 1}\n")
     assert message.startswith(f"{path}:3:28: model.trust_remote_code: Input should be a valid boolean")
 
 
 def test_several_errors_reports_first_in_file(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edit:\n  epochs: 0\n  tau: -1\n")
-    assert message == f"{path}:4:11: edit.epochs: Input should be greater than or equal to 1, got 0 (+1 more)"
+    message, path = load_error(tmp_path, MINIMAL + "edits:\n  - epochs: 0\n    tau: -1\n")
+    assert message == f"{path}:4:13: edits[0].epochs: Input should be greater than or equal to 1, got 0 (+1 more)"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -256,9 +261,9 @@ def test_several_errors_reports_first_in_file(tmp_path):
     ("behavior:\n  split: {train: 0.5}\n", "4:10: behavior.split: train + validation + test must sum to 1, got 0.9"),
     ("model: {device: gpu}\n", "3:17: model.device: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
     ("model:\n", "3:7: model: expected a mapping (key: value lines), got null"),
-    ("edit: {warmup_ratio: 1}\n", "3:22: edit.warmup_ratio: Input should be less than 1, got 1"),
-    ("heuristic:\n  probe_accuracies: {L0H1: 0.5, X: 0.3}\n",
-     "4:33: heuristic.probe_accuracies.X: a head must look like 'L12H3' (0-based layer and head), got 'X'"),
+    ("edits: [{warmup_ratio: 1}]\n", "3:24: edits[0].warmup_ratio: Input should be less than 1, got 1"),
+    ("heuristic:\n  method: probe\n  probe_accuracies: {L0H1: 0.5, X: 0.3}\n",
+     "5:33: heuristic.probe_accuracies.X: a head must look like 'L12H3' (0-based layer and head), got 'X'"),
 ])
 def test_section_errors(tmp_path, text, expected):
     message, path = load_error(tmp_path, MINIMAL + text)
@@ -275,7 +280,7 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_non_utf8(tmp_path):
-    message, path = load_error(tmp_path, b"claim: caf\xe9\nlocation: {heads: [L0H1]}\n")
+    message, path = load_error(tmp_path, b"claim: caf\xe9\nlocation: {sites: [L0H1]}\n")
     assert message == f"{path}:1: claim file is not valid UTF-8 (byte 10)"
 
 
@@ -291,8 +296,8 @@ def test_top_level_not_mapping(tmp_path):
 
 
 def test_yaml_syntax_error(tmp_path):
-    message, path = load_error(tmp_path, "claim: x\nlocation:\n  heads: [L0H1, L1H2\nedit: {}\n")
-    assert message.startswith(f"{path}:4:5: ")
+    message, path = load_error(tmp_path, "claim: x\nlocation:\n  sites: [L0H1, L1H2\nedits: []\n")
+    assert message.startswith(f"{path}:4:6: ")
     assert "expected ',' or ']'" in message and "flow sequence at line 3" in message
 
 
@@ -305,8 +310,8 @@ def test_python_tag_refused(tmp_path, capfd):
 
 
 def test_duplicate_yaml_key(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edit:\n  epochs: 2\n  tau: 0.3\n  epochs: 3\n")
-    assert message == f"{path}:6:3: edit.epochs: duplicate key 'epochs' (first on line 4)"
+    message, path = load_error(tmp_path, MINIMAL + "edits:\n  - epochs: 2\n    tau: 0.3\n    epochs: 3\n")
+    assert message == f"{path}:6:5: edits[0].epochs: duplicate key 'epochs' (first on line 4)"
 
 
 def test_yaml_null_key(tmp_path):
@@ -315,7 +320,7 @@ def test_yaml_null_key(tmp_path):
 
 
 def test_bad_tagged_value(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edit: {epochs: !!int abc}\n")
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{epochs: !!int abc}]\n")
     assert message.startswith(f"{path}: invalid YAML value: ")
 
 
@@ -333,7 +338,7 @@ def test_json_schema_has_descriptions():
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["claim", "location"]
     assert schema["properties"]["claim"]["description"] == "The claim, in one sentence."
-    init_std = schema["$defs"]["EditSpec"]["properties"]["init_std"]
+    init_std = schema["$defs"]["OptimalEditSection"]["properties"]["init_std"]
     assert init_std["description"] == "Std of the random init of the LoRA 'a' vector."
     assert init_std["default"] == 0.01 and init_std["exclusiveMinimum"] == 0
     for name, section in schema["$defs"].items():

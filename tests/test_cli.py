@@ -17,14 +17,16 @@ behavior:
   max_pairs_per_question: 1
   split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 1}}
 location:
-  heads: [L3H1, L20H2]
-edit: {{epochs: 2, batch_size: 2, learning_rate: 1.0e-2, full_model_learning_rate: 1.0e-2}}
+  sites: [L3H1, L20H2]
+edits: [{{epochs: 2, batch_size: 2, learning_rate: 1.0e-2, full_model_learning_rate: 1.0e-2}}]
 random_locations: {{n: {n}, seed: 0}}
 verdict: {{alpha: 0.25}}
 {expect}
 """
-FIELDS = ["verdict", "p_value", "n_random", "metric", "claim_gain", "full_gain", "null_gains",
-          "optimality_ratio", "expect", "matches_expectation"]
+FIELDS = ["schema_version", "primary_method", "tests", "n_null", "metric", "metrics", "expect",
+          "matches_expectation", "edits", "base_metrics", "metric_summaries"]
+TEST_FIELDS = ["verdict", "verdict_reason", "p_value", "n_at_least", "claim_gain", "ceiling_gain",
+               "null_gains", "optimality_ratio"]
 
 
 @pytest.fixture
@@ -47,24 +49,29 @@ def test_verify_end_to_end_on_smollm2(claim_file, tmp_path, capsys):
     result = json.loads((out_dir / "result.json").read_text())
     for field in FIELDS:
         assert field in result
+    assert result["schema_version"] == 2 and result["primary_method"] == "optimal"
+    test = result["tests"]["optimal"]
+    for field in TEST_FIELDS:
+        assert field in test
 
     # The exit code follows the verdict: no expectation means SUPPORTED is expected.
     assert result["expect"] is None
-    assert result["matches_expectation"] == (result["verdict"] == "SUPPORTED")
+    assert result["matches_expectation"] == (test["verdict"] == "SUPPORTED")
     assert status == (0 if result["matches_expectation"] else 1)
 
     # Every number is consistent with the fitted edits it came from.
     edits = result["edits"]
-    assert [e["role"] for e in edits] == ["claim", "full", "random", "random", "random"]
-    assert result["n_random"] == len(result["null_gains"]) == 3
+    assert [e["role"] for e in edits] == ["claim", "ceiling", "random", "random", "random"]
+    assert result["n_null"] == len(result["tests"]["optimal"]["null_gains"]) == 3
     metric = result["metric"]
-    assert result["claim_gain"] == edits[0]["gains"][metric]
-    assert result["full_gain"] == edits[1]["gains"][metric]
-    assert result["null_gains"] == [e["gains"][metric] for e in edits[2:]]
-    null = np.array(result["null_gains"])
-    assert result["p_value"] == (1 + np.sum(null >= result["claim_gain"])) / 4
-    ratio = result["claim_gain"] / result["full_gain"] if result["full_gain"] > 0 else math.nan
-    assert result["optimality_ratio"] == pytest.approx(ratio, nan_ok=True)
+    assert test["claim_gain"] == edits[0]["gains"][metric]
+    assert test["ceiling_gain"] == edits[1]["gains"][metric]
+    assert test["null_gains"] == [e["gains"][metric] for e in edits[2:]]
+    null = np.array(test["null_gains"])
+    assert test["p_value"] == (1 + np.sum(null >= test["claim_gain"])) / 4
+    assert test["n_at_least"] == np.sum(null >= test["claim_gain"])
+    ratio = test["claim_gain"] / test["ceiling_gain"] if test["ceiling_gain"] > 0 else math.nan
+    assert test["optimality_ratio"] == pytest.approx(ratio, nan_ok=True)
     for e in edits:
         assert e["steps"] == 4 == len(e["loss_curve"])         # 4 pairs, batch 2, 2 epochs
         assert e["gains"][metric] == pytest.approx(e["metrics"][metric] - result["base_metrics"][metric])
@@ -73,11 +80,11 @@ def test_verify_end_to_end_on_smollm2(claim_file, tmp_path, capsys):
     assert result["model"]["n_layers"] == 30 and result["model"]["n_heads"] == 9
 
     report = (out_dir / "report.md").read_text()
-    assert f"**Verdict: {result['verdict']}**" in report.splitlines()[2]
+    assert f"**Verdict: {test['verdict']}**" in report.splitlines()[2]
     for png in ("null_hist.png", "loss_curves.png"):
         assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert f"{result['verdict']} (p = {result['p_value']:.4g}, N = 3" in printed
+    assert f"{test['verdict']} (p = {test['p_value']:.4g}, N = 3" in printed
 
 
 @pytest.mark.slow
@@ -85,7 +92,7 @@ def test_too_small_a_null_is_underpowered_and_can_be_expected(claim_file, tmp_pa
     # 1/(2+1) > alpha = 0.25: no outcome of the edits can reach significance.
     status = main(["verify", str(claim_file(2, "expect: UNDERPOWERED")), "--quiet"])
     result = json.loads((tmp_path / "reports" / "small" / "result.json").read_text())
-    assert result["verdict"] == "UNDERPOWERED" and result["matches_expectation"] is True
+    assert result["tests"]["optimal"]["verdict"] == "UNDERPOWERED" and result["matches_expectation"] is True
     assert status == 0
 
 
@@ -118,7 +125,7 @@ def test_head_out_of_range_for_the_model(claim_file, tmp_path, capsys):
     path.write_text(path.read_text().replace("L20H2", "L30H2"))   # SmolLM2 has layers 0..29
     status, err = _run_bad(["verify", str(path)], capsys)
     assert status == 2 and len(err) == 1
-    assert f"{path}:9:" in err[0] and "location.heads[1]" in err[0] and "30 layers x 9 heads" in err[0]
+    assert f"{path}:9:" in err[0] and "location.sites[1]" in err[0] and "30 layers x 9 heads" in err[0]
     assert not (tmp_path / "reports").exists()
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from known_models import DEFAULT_EDIT, claim_text, write_model_dir, write_pairs
+from loccheck.testing import DEFAULT_EDIT, claim_text, write_model_dir, write_pairs
 from loccheck.claim import load_claim
 from loccheck.cli import main
 from loccheck.locations import HeadLoc
@@ -34,7 +34,7 @@ def verified(tmp_path_factory):
     out = root / "stdout.txt"
     with open(out, "w") as f, contextlib.redirect_stdout(f):   # module fixtures get no capsys
         status = main(["verify", str(live), str(dead), "--out", str(root / "reports"),
-                       "--n-random", "3", "--cache-dir", str(root / "cache"), "--quiet"])
+                       "--n-null", "3", "--cache-dir", str(root / "cache"), "--quiet"])
     return status, out.read_text().splitlines(), root / "reports", (live, dead)
 
 
@@ -42,7 +42,7 @@ def test_verify_several_claims_one_exit_code(verified):
     status, lines, reports, (live, dead) = verified
     assert status == 1                        # the dead head is not SUPPORTED
     assert len(lines) == 2
-    # --n-random 3 overrides the files' n (9 and 2). The live head beats the three dead random
+    # --n-null 3 overrides the files' n (9 and 2). The live head beats the three dead random
     # heads, p = 1/4, but 1/(N + 1) = 0.25 > alpha = 0.05 makes it UNDERPOWERED, as it expects.
     assert lines[0].startswith(f"{live}: UNDERPOWERED (p = 0.25, N = 3, claim gain +")
     assert lines[0].endswith(f"as expected; report: {reports / 'live' / 'report.md'}")
@@ -50,7 +50,7 @@ def test_verify_several_claims_one_exit_code(verified):
     assert "expected SUPPORTED: NOT as expected" in lines[1]
     for name in ("live", "dead"):             # --out is the report dir: one folder per claim
         result = json.loads((reports / name / "result.json").read_text())
-        assert result["n_random"] == 3
+        assert result["n_null"] == 3
 
 
 def test_report_rerenders_byte_identical_without_torch(verified, tmp_path):
@@ -109,7 +109,7 @@ def test_init_writes_a_template_that_loads_and_never_overwrites(tmp_path, monkey
     assert capsys.readouterr().out.strip() == "claims/my_claim.yaml"
     text = path.read_text()
     claim = load_claim(path)
-    assert claim.name == "my_claim" and claim.location.heads == ("L0H0", "L0H1")
+    assert claim.name == "my_claim" and claim.location.sites == ("L0H0", "L0H1")
     assert text.startswith("# loccheck claim 'my_claim'")
     assert "loccheck verify claims/my_claim.yaml" in text
 
@@ -125,7 +125,7 @@ def test_init_writes_a_template_that_loads_and_never_overwrites(tmp_path, monkey
 
 
 @pytest.mark.parametrize("args", [
-    ["verify", "x.yaml", "--n-random", "0"],
+    ["verify", "x.yaml", "--n-null", "0"],
     ["verify", "x.yaml", "--executor", "ray"],
     ["init"],
     ["nonsense"],

@@ -19,7 +19,7 @@ import torch
 import transformers
 
 import loccheck
-from known_models import claim_text
+from loccheck.testing import claim_text
 from loccheck.claim import parse_claim
 from loccheck.models.loading import weights_sha256
 from loccheck.verification import verify
@@ -61,16 +61,17 @@ def test_result_records_what_a_rerun_needs(runs, known_llama):
     path, (result, _) = runs
     model_dir, pairs = known_llama
     claim = parse_claim(path.read_text(), path=path)
-    assert result.versions == {"python": platform.python_version(), "torch": torch.__version__,
-                               "transformers": transformers.__version__,
-                               "peft": peft.__version__, "numpy": numpy.__version__,
-                               "loccheck": loccheck.__version__}
-    assert result.loccheck_version == loccheck.__version__
-    assert result.model["sha256"] == weights_sha256(model_dir)
-    assert result.model["resolved"] == str(model_dir) and result.model["dtype"] == "float32"
-    assert result.data["sha256"] == hashlib.sha256(pairs.read_bytes()).hexdigest()
-    assert result.data["source"] == str(pairs)
-    assert result.config == claim.effective_config()              # every field, defaults filled
-    assert result.config["edit"]["learning_rate"] == 0.05 and result.config["edit"]["beta"] == 0.1
-    assert result.seeds == {"edit": 0, "random_locations": 0, "split": 0}
-    assert result.claim_file == str(path)
+    r = result.payload
+    assert r["versions"] == {"python": platform.python_version(), "torch": torch.__version__,
+                             "transformers": transformers.__version__,
+                             "peft": peft.__version__, "numpy": numpy.__version__,
+                             "loccheck": loccheck.__version__}
+    assert r["loccheck_version"] == loccheck.__version__
+    assert r["model"]["sha256"] == weights_sha256(model_dir)
+    assert r["model"]["resolved"] == str(model_dir) and r["model"]["dtype"] == "float32"
+    assert r["data"]["sha256"] == hashlib.sha256(pairs.read_bytes()).hexdigest()
+    assert r["data"]["source"] == str(pairs)
+    assert r["config"] == claim.effective_config()              # every field, defaults filled
+    assert r["config"]["edits"][0]["learning_rate"] == 0.05 and r["config"]["edits"][0]["beta"] == 0.1
+    assert r["seeds"] == {"edit[0]": 0, "random_locations": 0, "split": 0}
+    assert r["claim_file"] == str(path)

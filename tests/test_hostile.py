@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from known_models import char_tokenizer, claim_text, known_model
+from loccheck.testing import char_tokenizer, claim_text, known_model
 from loccheck.cli import main
 from loccheck.locations import HeadLoc
 
-BASE = "location: {heads: [L1H2]}"
+BASE = "location: {sites: [L1H2]}"
 
 
 @pytest.fixture
@@ -56,15 +56,15 @@ def write_claim(env, text: str, name: str = "bad.yaml") -> Path:
 # --- claim files ---------------------------------------------------------------------------------
 
 EDITS = {  # id: (old, new, substrings the error line must contain besides the file)
-    "yaml-syntax": (BASE, "location: {heads: [L1H2}", [":5:"]),
+    "yaml-syntax": (BASE, "location: {sites: [L1H2}", [":5:"]),
     "misspelled-key": ("random_locations:", "random_location:", [":7:", "did you mean 'random_locations'"]),
     "misspelled-nested-key": ("verdict: {alpha", "verdict: {alhpa", ["verdict.alhpa", "did you mean 'alpha'"]),
     "wrong-type-int": ("n: 19", "n: many", ["random_locations.n"]),
     "wrong-type-float": ("alpha: 0.05", "alpha: '0.05'", ["verdict.alpha"]),
     "wrong-type-section": ("verdict: {alpha: 0.05}", "verdict: [0.05]", ["verdict"]),
-    "bad-head-spelling": (BASE, "location: {heads: [H2L1]}", ["location.heads[0]"]),
-    "duplicate-heads": (BASE, "location: {heads: [L1H2, L0H0, L1H2]}", ["location.heads[2]", "duplicate"]),
-    "empty-location": (BASE, "location: {heads: []}", ["location.heads"]),
+    "bad-head-spelling": (BASE, "location: {sites: [H2L1]}", ["location.sites[0]"]),
+    "duplicate-heads": (BASE, "location: {sites: [L1H2, L0H0, L1H2]}", ["location.sites[2]", "duplicate"]),
+    "empty-location": (BASE, "location: {sites: []}", ["location.sites"]),
     "no-location": (BASE, "", ["location", "missing"]),
     "zero-random-locations": ("n: 19", "n: 0", ["random_locations.n"]),
     "negative-random-locations": ("n: 19", "n: -3", ["random_locations.n"]),
@@ -77,17 +77,17 @@ EDITS = {  # id: (old, new, substrings the error line must contain besides the f
     "duplicate-yaml-key": ("verdict: {alpha: 0.05}", "verdict: {alpha: 0.05}\nverdict: {alpha: 0.1}", ["duplicate key"]),
     "top-level-list": None,
     # the location does not fit the model (known after loading it)
-    "layer-out-of-range": (BASE, "location: {heads: [L2H0]}", [":5:", "location.heads[0]", "2 layers x 4 heads"]),
-    "head-out-of-range": (BASE, "location: {heads: [L0H1, L1H4]}", [":5:", "location.heads[1]", "2 layers x 4 heads"]),
-    "every-head": (BASE, "location: {heads: [L0H0, L0H1, L0H2, L0H3, L1H0, L1H1, L1H2, L1H3]}",
-                   ["location.heads", "every head"]),
+    "layer-out-of-range": (BASE, "location: {sites: [L2H0]}", [":5:", "location.sites[0]", "2 layers x 4 heads"]),
+    "head-out-of-range": (BASE, "location: {sites: [L0H1, L1H4]}", [":5:", "location.sites[1]", "2 layers x 4 heads"]),
+    "every-head": (BASE, "location: {sites: [L0H0, L0H1, L0H2, L0H3, L1H0, L1H1, L1H2, L1H3]}",
+                   ["location.sites", "every head"]),
 }
 
 
 @pytest.mark.parametrize("case", list(EDITS))
 def test_bad_claim(env, capsys, case):
     if case == "top-level-list":
-        text, must = "- claim: x\n- location: {heads: [L1H2]}\n", ["mapping"]
+        text, must = "- claim: x\n- location: {sites: [L1H2]}\n", ["mapping"]
     else:
         old, new, must = EDITS[case]
         assert old in env["text"]
@@ -104,10 +104,10 @@ def test_bad_number_of_random_locations_on_the_command_line(env, capsys, value):
     # argparse refuses it: exit 2, its usage line and one error line naming the flag
     path = write_claim(env, env["text"])
     with pytest.raises(SystemExit) as exit_info:
-        main(["verify", str(path), "--out", str(env["tmp"] / "out"), "--n-random", value])
+        main(["verify", str(path), "--out", str(env["tmp"] / "out"), "--n-null", value])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
-    assert "error: argument --n-random" in err.strip().splitlines()[-1]
+    assert "error: argument --n-null" in err.strip().splitlines()[-1]
     assert not (env["tmp"] / "out").exists() and not (env["tmp"] / "cache").exists()
 
 

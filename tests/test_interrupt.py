@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from known_models import claim_text
+from loccheck.testing import claim_text
 from loccheck.cache import content_key
 from loccheck.claim import load_claim
 from loccheck.verification import verify
 
 N = 60            # random pairs: about 27 distinct fits after the claim and the whole model
-TIMEOUT = 180     # seconds for the subprocess to reach its third cache entry
+TIMEOUT = 180     # seconds for the subprocess to reach its third fitted edit
 
 
 def _entries(cache: Path) -> list[Path]:
@@ -28,7 +28,7 @@ def _entries(cache: Path) -> list[Path]:
 
 
 def _n_fits(cache: Path) -> int:
-    """Cache entries that are fitted edits (the unedited model's metrics are an entry too)."""
+    """Cache entries that are fitted edits (scores, per fit and metric, are entries too)."""
     return sum("method" in json.loads(p.read_text())["record"] for p in _entries(cache))
 
 
@@ -54,10 +54,10 @@ def test_killed_run_leaves_no_partial_output_and_resumes(known_llama, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + TIMEOUT
-        # unedited metrics, claim, whole model: then at least one random fit is under way
-        while len(_entries(cache)) < 3:
+        # claim, whole model and a random fit stored: then more random fits are under way
+        while _n_fits(cache) < 3:
             assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
-            assert time.monotonic() < deadline, "the run never reached its third cache entry"
+            assert time.monotonic() < deadline, "the run never reached its third fitted edit"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

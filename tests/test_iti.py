@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES, tiny_model
-from loccheck.iti import ITIDirections, ITIEdit, iti_directions, sweep_alpha
+from loccheck.testing import FAMILIES, tiny_model
+from loccheck.edits.iti import ITIDirections, ITIEdit, iti_directions, sweep_alpha
+from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc
 from loccheck.metrics import METRICS
 from loccheck.models import get_adapter
@@ -199,7 +200,7 @@ def test_edit_input_validation():
     directions = _directions(adapter)
     with pytest.raises(ValueError, match="`positions`"):
         ITIEdit(adapter, None, directions, 1.0, positions="first")
-    with pytest.raises(ValueError, match="`heads`"):
+    with pytest.raises(AdapterError, match="L2H0 is outside the model"):
         ITIEdit(adapter, [HeadLoc(2, 0)], directions, 1.0)
     with pytest.raises(ValueError, match="`alpha`"):
         ITIEdit(adapter, None, directions, float("nan"))
@@ -265,8 +266,8 @@ def test_sweep_alpha_table_and_best(family_model):
         edit = make(alpha)
         with edit.attached(model):
             lp = all_pair_logprobs(model, _pairs(), pad_id=0, on_batch=edit.set_positions)
-        assert table[alpha] == METRICS["preference_margin"](lp.numpy())
-    assert table[0.0] == METRICS["preference_margin"](all_pair_logprobs(model, _pairs(), 0).numpy())
+        assert table[alpha] == METRICS["preference_margin"].fn(lp.numpy())
+    assert table[0.0] == METRICS["preference_margin"].fn(all_pair_logprobs(model, _pairs(), 0).numpy())
     assert len(set(table.values())) == len(alphas)        # a real sweep: every alpha differs
     assert best == max(alphas, key=table.__getitem__)
 

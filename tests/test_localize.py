@@ -13,7 +13,8 @@ import pytest
 from loccheck.data import load_behavior
 from loccheck.errors import LoccheckError, LoccheckWarning
 from loccheck.locations import HeadLoc
-from loccheck.localize import ProbeResult, probe_examples, probe_heads
+from loccheck.activations import probe_examples
+from loccheck.heuristics.probe import ProbeResult, probe_heads
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -106,7 +107,7 @@ def test_nonconvergence_is_one_loccheck_warning():
 
 
 def test_localize_does_not_import_torch():
-    code = ("import sys, numpy as np, loccheck.localize as L\n"
+    code = ("import sys, numpy as np, loccheck.heuristics.probe as L\n"
             "x = np.random.default_rng(0).normal(size=(8, 1, 1, 2)); y = np.array([0, 1] * 4)\n"
             "L.probe_heads(x, y, x, y)\n"
             "print('torch' in sys.modules)")
@@ -129,22 +130,24 @@ def test_probe_examples_never_touch_test_questions(data_dir):
     assert {y for *_, y in train} == {y for *_, y in val} == {0, 1}
 
 
-def test_probe_examples_refuse_a_leaking_behavior_data(tmp_path):
+def test_heuristic_data_has_no_test_split(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n"
                          for i in range(5)))
     d = load_behavior(dataset="jsonl", path=str(f), base_dir=None)
-    from dataclasses import replace
-    leaky = replace(d, groups={**d.groups, "test": d.groups["test"] + d.groups["train"][:1]})
-    with pytest.raises(LoccheckError, match="would use 1 test question"):
-        probe_examples(leaky)
+    seen = d.without_test()
+    assert not hasattr(seen, "test") and set(seen.groups) == {"train", "validation"}
+    assert not set(seen.answers) & set(d.groups["test"])
+    with pytest.raises(ValueError, match="never see the test questions"):
+        seen.labelled("test")
+    assert probe_examples(seen) == probe_examples(d)     # the same examples, by construction
 
 
 def test_end_to_end_on_a_tiny_llama(tmp_path):
     """JSONL -> probe_examples -> head activations -> probes. True answers end in 'T', false
     ones in 'F': the last token's own value vector carries the label, so some head must
     separate it on the validation questions."""
-    from conftest import VOCAB, tiny_model
+    from loccheck.testing import VOCAB, tiny_model
     from loccheck.activations import collect_head_activations
     from loccheck.models import get_adapter
 
@@ -174,7 +177,7 @@ def test_end_to_end_on_a_tiny_llama(tmp_path):
 
 def test_probe_heatmap_is_deterministic_and_valid(tmp_path):
     import matplotlib.pyplot as plt
-    from loccheck.plots import plot_probe_heatmap
+    from loccheck.report.plots import plot_probe_heatmap
 
     rng = np.random.default_rng(0)
     acc = 0.5 + 0.3 * rng.random((30, 9))

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from conftest import VOCAB, tiny_model
-from loccheck.edits import FullLoraEdit, HeadEdit, initial_read_vectors
+from loccheck.testing import VOCAB, tiny_model
+from loccheck.edits.optimal import FullLoraEdit, HeadEdit, initial_read_vectors
 from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter

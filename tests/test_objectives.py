@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from loccheck.objectives import dpo_loss, ipo_loss, preference_logratio, preference_loss
+from loccheck.edits.objectives import dpo_loss, ipo_loss, preference_logratio, preference_loss
 
 
 def test_logratio_by_hand():

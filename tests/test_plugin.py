@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from known_models import DEFAULT_EDIT, claim_text, write_model_dir, write_pairs
+from loccheck.testing import DEFAULT_EDIT, claim_text, write_model_dir, write_pairs
 from loccheck.locations import HeadLoc
 
 pytest_plugins = ["pytester"]
@@ -92,10 +92,14 @@ def test_claims_pass_fail_and_a_malformed_claim_is_one_collection_error(project)
     result = project.runpytest("-m", "claim", "--continue-on-collection-errors")
 
     result.assert_outcomes(passed=2, failed=1, errors=1, deselected=1)
+    # progress reaches the terminal (and a CI log) past the capture: one line per finished edit
+    result.stdout.fnmatch_lines(["loccheck: dead_falsified [[]1/5[]] claim [[]optimal[]]: fitted in *, "
+                                 "preference_margin gain +0*",
+                                 "loccheck: dead_falsified [[]5/5[]] random 2 [[]optimal[]]: *"])
     result.stdout.fnmatch_lines(EVIDENCE, consecutive=False)
     result.stdout.fnmatch_lines([
         "*ERROR collecting claims/broken.yaml*",
-        "claims/broken.yaml:5:*: location.heads[[]0]: a head must look like 'L12H3'*, got 'L1X2'",
+        "claims/broken.yaml:5:*: location.sites[[]0]: a site must look like 'L12H3'*, got 'L1X2'",
     ])
     result.stdout.no_fnmatch_line("*data/other.yaml*")
     result.stdout.no_fnmatch_line("*Traceback*")
@@ -167,7 +171,7 @@ def test_not_claim_deselects_claims(project):
 def test_ini_options_beat_the_claim_file(project):
     # The file asks for N = 9 at alpha = 0.1 (enough power); the ini value N = 2 is not.
     project.claim("live.yaml", ["L1H2"], n=9, alpha=0.1, expect="UNDERPOWERED")
-    project.makeini("[pytest]\nloccheck_n_random = 2\nloccheck_report_dir = out\n")
+    project.makeini("[pytest]\nloccheck_n_null = 2\nloccheck_report_dir = out\n")
 
     result = project.runpytest()
 
@@ -182,24 +186,24 @@ def test_flag_beats_ini_and_paths_resolve_where_they_were_given(project, monkeyp
     from loccheck.plugin import SESSION_KEY
 
     monkeypatch.chdir(project.mkdir("sub"))     # flags are relative to here, ini values to tox.ini
-    project.makeini("[pytest]\nloccheck_n_random = 2\nloccheck_report_dir = out\n"
+    project.makeini("[pytest]\nloccheck_n_null = 2\nloccheck_report_dir = out\n"
                     "loccheck_cache_dir = ci-cache\nloccheck_refresh = true\n")
-    config = project.parseconfigure("--loccheck-n-random", "7", "--loccheck-cache-dir", "c")
+    config = project.parseconfigure("--loccheck-n-null", "7", "--loccheck-cache-dir", "c")
     s = config.stash[SESSION_KEY].settings
-    assert (s.n_random, s.report_dir, s.cache_dir, s.executor, s.refresh) == (
+    assert (s.n_null, s.report_dir, s.cache_dir, s.executor, s.refresh) == (
         7, project.path / "out", project.path / "sub" / "c", "serial", True)
 
     project.makeini("[pytest]\n")
     s = project.parseconfigure().stash[SESSION_KEY].settings
-    assert (s.n_random, s.report_dir, s.cache_dir, s.refresh) == (None, project.path / "reports",
+    assert (s.n_null, s.report_dir, s.cache_dir, s.refresh) == (None, project.path / "reports",
                                                                   None, False)
 
 
 @pytest.mark.parametrize("ini, flag, message", [
     ("loccheck_executor = ray", [], "*ini option loccheck_executor: must be one of serial, got 'ray'*"),
-    ("loccheck_n_random = 0", [], "*ini option loccheck_n_random: must be at least 1, got 0*"),
+    ("loccheck_n_null = 0", [], "*ini option loccheck_n_null: must be at least 1, got 0*"),
     ("", ["--loccheck-executor", "ray"], "*--loccheck-executor: invalid choice: 'ray'*"),
-    ("", ["--loccheck-n-random", "none"], "*--loccheck-n-random: expected a whole number, got 'none'*"),
+    ("", ["--loccheck-n-null", "none"], "*--loccheck-n-null: expected a whole number, got 'none'*"),
 ])
 def test_bad_option_values_are_usage_errors(project, ini, flag, message):
     project.makeini(f"[pytest]\n{ini}\n")
@@ -215,7 +219,7 @@ def test_fixture_verifies_with_the_session_options(project):
 
         def test_live_head_beats_every_random_head(loccheck_verify):
             result = loccheck_verify("claims/live.yaml", random_locations__n=3)
-            assert result.n_random == 3
+            assert result.n_null == 3
             assert result.p_value == 1 / 4          # the three random heads are dead
             assert result.claim_gain > 0 and result.null_gains == [0.0, 0.0, 0.0]
             assert Path(result.report_dir) == Path("custom", "live").resolve()

@@ -45,6 +45,6 @@ def test_chat_format_keeps_or_replaces_the_system_prompt(tokenizer):
 def test_chat_format_needs_a_template(tokenizer):
     class NoTemplate:
         chat_template = None
-    with pytest.raises(DataError, match="prompt_format is 'chat'"):
+    with pytest.raises(DataError, match="'chat' needs a chat template"):
         resolve_format(NoTemplate(), "chat")
     assert resolve_format(NoTemplate(), "auto") == "qa"

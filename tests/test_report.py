@@ -1,4 +1,5 @@
-"""Tests for the evidence report (report.py) and its figures (plots.py). No model needed."""
+"""Tests for the evidence report (loccheck.report) and its figures. No model needed. The results
+are built in the first schema's layout and upgraded, so the upgrade is exercised too."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from loccheck import files, plots
-from loccheck.report import (P_CONVENTION, render_markdown, render_report, write_json_atomic,
-                             write_text_atomic)
+from loccheck import files
+from loccheck.files import write_json_atomic, write_text_atomic
+from loccheck.report import plots, render_markdown, render_report, upgrade
+from loccheck.report.format import P_CONVENTION
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FILES = {"report.md", "null_hist.png", "loss_curves.png"}
@@ -24,9 +26,10 @@ def _loss_curve(rng, start, floor, steps=16):
     return [float(v) for v in floor + (start - floor) * np.exp(-t / 4) + rng.normal(0, 0.01, steps)]
 
 
-def make_result(seed=0, n_random=19, verdict="FALSIFIED", still_falling=(("claim", None),
-                ("random", 3), ("random", 11))):
-    """A realistic result dict whose statistics are computed here, as stats.py would."""
+def make_v1_result(seed=0, n_random=19, verdict="FALSIFIED", still_falling=(("claim", None),
+                ("random", 3), ("random", 11)), alpha=0.05):
+    """A realistic result dict whose statistics are computed here, as stats.py would, in the
+    layout of schema 1, then upgraded to the current one."""
     rng = np.random.default_rng(seed)
     all_heads = [f"L{layer}H{head}" for layer in range(30) for head in range(9)]  # in order
 
@@ -65,7 +68,7 @@ def make_result(seed=0, n_random=19, verdict="FALSIFIED", still_falling=(("claim
         "claim_text": "Truthfulness of SmolLM2 answers lives in these 16 heads.",
         "verdict": verdict, "verdict_reason": f"p = {p:.3g} > alpha = 0.05",
         "expect": "FALSIFIED", "matches_expectation": verdict == "FALSIFIED",
-        "metric": "preference_margin", "alpha": 0.05, "rho": 0.9,
+        "metric": "preference_margin", "alpha": alpha, "rho": 0.9,
         "p_value": p, "n_random": n_random, "min_p_value": 1 / (n_random + 1),
         "claim_gain": claim_gain, "full_gain": full_gain, "null_gains": [float(g) for g in null],
         "optimality_ratio": claim_gain / full_gain, "null_mean": float(null.mean()),
@@ -85,6 +88,10 @@ def make_result(seed=0, n_random=19, verdict="FALSIFIED", still_falling=(("claim
         "versions": {"python": "3.11.7", "torch": "2.13.0", "numpy": "2.4.6", "loccheck": "0.1.0"},
         "seeds": {"edit": 0, "random_locations": 0, "split": 0},
     }
+
+
+def make_result(*args, **kw):
+    return upgrade(make_v1_result(*args, **kw))
 
 
 @pytest.fixture
@@ -141,8 +148,9 @@ def test_expectation_mismatch_and_absent():
 
 def test_statistics_table_shows_exact_p_and_n(result, rendered):
     text = _section(rendered[1], "Statistics")
-    null = np.asarray(result["null_gains"])
-    k = int(np.count_nonzero(null >= result["claim_gain"]))
+    t = result["tests"]["optimal"]
+    null = np.asarray(t["null_gains"])
+    k = int(np.count_nonzero(null >= t["claim_gain"]))
     n = len(null)
     p = (1 + k) / (n + 1)
     assert _row(text, "p-value")[1] == f"{p:.4g} (= {k + 1}/{n + 1})"
@@ -156,7 +164,7 @@ def test_statistics_table_shows_exact_p_and_n(result, rendered):
     assert _row(text, "claimed location")[2] == "1.23"
     assert _row(text, "whole-model edit (ceiling)")[2] == "2"
     null_cell = _row(text, "random locations (null)")[2]
-    assert null_cell.startswith(f"{result['null_mean']:.4g} ± {result['null_std']:.4g} [")
+    assert null_cell.startswith(f"{t['null_mean']:.4g} ± {t['null_std']:.4g} [")
 
 
 def test_still_falling_edits_named_in_warning(rendered):
@@ -182,7 +190,7 @@ def test_figures_linked_relatively_with_alt_text(rendered):
 
 
 def test_long_locations_abbreviated(result, rendered):
-    text = _section(rendered[1], "Convergence")
+    text = _section(rendered[1], "Convergence of the optimal edits")
     assert _row(text, "claimed location")[1] == ", ".join(result["location"][:4]) + ", … (16 heads)"
     assert _row(text, "whole model")[1] == "all heads"
 
@@ -200,8 +208,8 @@ def test_rendering_is_deterministic(result, tmp_path):
 
 
 def test_nan_renders_as_na(result):
-    result["optimality_ratio"] = float("nan")
-    result["claim_percentile"] = None
+    result["tests"]["optimal"]["optimality_ratio"] = float("nan")
+    result["tests"]["optimal"]["claim_percentile"] = None
     text = _section(render_markdown(result), "Statistics")
     assert _row(text, "optimality ratio")[1] == "n/a"
     assert _row(text, "claim percentile")[1] == "n/a"
@@ -220,7 +228,8 @@ def test_pngs_valid_and_nontrivial(rendered):
 def test_plots_byte_identical_and_closed(result, tmp_path):
     import matplotlib.pyplot as plt
     kw = dict(location_size=16)
-    args = (result["null_gains"], result["claim_gain"], result["full_gain"], result["metric"])
+    t = result["tests"]["optimal"]
+    args = (t["null_gains"], t["claim_gain"], t["ceiling_gain"], result["metric"])
     p1 = plots.plot_null_histogram(*args, tmp_path / "h1.png", **kw)
     p2 = plots.plot_null_histogram(*args, tmp_path / "h2.png", **kw)
     assert p1.read_bytes() == p2.read_bytes()
@@ -282,7 +291,7 @@ def test_underpowered_states_n_needed():
     r = make_result(n_random=9, verdict="UNDERPOWERED")
     text = render_markdown(r)
     assert "at least 19 random locations are needed" in text
-    r["alpha"] = 0.01
+    r = make_result(n_random=9, verdict="UNDERPOWERED", alpha=0.01)
     assert "at least 99 random locations are needed" in render_markdown(r)
 
 

@@ -1,7 +1,7 @@
 """Answer log-probabilities against a direct computation from the full logits."""
 import torch
 
-from conftest import tiny_model
+from loccheck.testing import tiny_model
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs, answer_logprobs, pair_logprobs
 

@@ -21,6 +21,6 @@ def test_shipped_claim_loads(path):
 def test_iti_truthful_fits_smollm2_and_the_null_can_reach_alpha():
     claim = load_claim(CLAIMS[[p.name for p in CLAIMS].index("iti_truthful.yaml")])
     assert claim.model.name == "smollm2-135m-instruct"
-    heads = claim.location.head_locs
+    heads = claim.location.parsed
     assert len(heads) == 16 and all(h.layer < 30 and h.head < 9 for h in heads)
     assert 1 / (claim.random_locations.n + 1) <= claim.verdict.alpha

@@ -3,13 +3,13 @@ reparameterized edit with every head unmasked against peft's rank-1 LoRA."""
 import numpy as np
 import pytest
 
-from conftest import tiny_model
-from loccheck.edits import FullLoraEdit, HeadEdit, initial_read_vectors
+from loccheck.testing import tiny_model
+from loccheck.edits.optimal import FullLoraEdit, HeadEdit, initial_read_vectors
 from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs
-from loccheck.training import EditConfig, batch_order, convergence, train_edit
+from loccheck.edits.training import TrainConfig, batch_order, convergence, train_edit
 
 
 def _pairs(n=8, seed=0):
@@ -20,14 +20,14 @@ def _pairs(n=8, seed=0):
 
 
 def test_batch_order_is_a_function_of_the_config_only():
-    cfg = EditConfig(epochs=2, batch_size=3, seed=7)
+    cfg = TrainConfig(epochs=2, batch_size=3, seed=7)
     order = batch_order(10, cfg)
     assert order == batch_order(10, cfg)
     assert len(order) == cfg.n_steps(10) == 8
     for epoch in (order[:4], order[4:]):
         assert sorted(i for batch in epoch for i in batch) == list(range(10))
-    assert batch_order(10, EditConfig(epochs=2, batch_size=3, seed=8)) != order
-    assert len(batch_order(10, EditConfig(epochs=2, batch_size=3, max_steps=5))) == 5
+    assert batch_order(10, TrainConfig(epochs=2, batch_size=3, seed=8)) != order
+    assert len(batch_order(10, TrainConfig(epochs=2, batch_size=3, max_steps=5))) == 5
 
 
 def test_convergence_flag():
@@ -49,7 +49,7 @@ def test_training_is_deterministic_and_reduces_the_loss():
     model = tiny_model("llama")
     adapter = get_adapter(model)
     pairs = _pairs()
-    cfg = EditConfig(epochs=6, batch_size=4, learning_rate=0.05, seed=1)
+    cfg = TrainConfig(epochs=6, batch_size=4, learning_rate=0.05, seed=1)
     runs = [_fit(model, HeadEdit(adapter, [HeadLoc(1, 2)], initial_read_vectors(adapter, 1, 0.1)),
                  pairs, cfg) for _ in range(2)]
     assert runs[0].loss_curve == runs[1].loss_curve
@@ -66,7 +66,7 @@ def test_all_heads_reparameterized_edit_matches_peft_lora(family):
     adapter = get_adapter(model)
     pairs = _pairs(8, seed=2)
     a_init = initial_read_vectors(adapter, seed=0, init_std=0.1)
-    cfg = EditConfig(epochs=40, batch_size=8, learning_rate=0.03, seed=0)
+    cfg = TrainConfig(epochs=40, batch_size=8, learning_rate=0.03, seed=0)
     reparam = _fit(model, HeadEdit(adapter, None, a_init), pairs, cfg)
     lora = _fit(model, FullLoraEdit(adapter, a_init), pairs, cfg)
     assert reparam.loss_curve[0] == lora.loss_curve[0] == pytest.approx(25.0, rel=1e-3)

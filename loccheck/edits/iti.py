@@ -30,17 +30,29 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Annotated, Callable, Iterator, Literal, Sequence
 
 import numpy as np
-import torch
+from pydantic import Field
 
-from loccheck.edits import displaced_inputs
+from loccheck.edits import EditMethod, Fitted, register_edit_method
 from loccheck.locations import HeadLoc
-from loccheck.models.base import Adapter
-from loccheck.prompts import TokenizedPair
+from loccheck.schema import Number, Section
 
 POSITIONS = ("answer", "last", "all")
+
+
+class ITIEditSection(Section):
+    method: Literal["iti"] = Field(description="ITI's mass-mean-shift edit, alpha swept on the "
+                                               "validation questions for every location alike.")
+    alphas: tuple[Annotated[Number, Field(ge=0)], ...] = Field(
+        (0.0, 5.0, 10.0, 15.0, 20.0), min_length=1,
+        description="Intervention strengths swept on the validation questions; the best is kept, "
+                    "the same way for the claim and for every random location.")
+    positions: Literal["answer"] = Field(
+        "answer", description="Where alpha * sigma * u is added when scoring an answer: the last "
+                              "prompt token and every answer token (generation adds it at every new "
+                              "last token, so this is the teacher-forced equivalent).")
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,8 @@ class ITIEdit:
 
     def __init__(self, adapter: Adapter, heads: Sequence[HeadLoc] | None, directions: ITIDirections,
                  alpha: float, positions: str = "answer"):
+        import torch
+
         if positions not in POSITIONS:
             raise ValueError(f"`positions` must be one of {POSITIONS}, got {positions!r}")
         if not math.isfinite(alpha):
@@ -108,10 +122,7 @@ class ITIEdit:
             raise ValueError(f"`directions` must have u {shape} and sigma {shape[:2]} for this model, "
                              f"got u {directions.u.shape} and sigma {directions.sigma.shape}")
         heads = adapter.all_heads() if heads is None else sorted(set(heads))
-        for h in heads:
-            if not (0 <= h.layer < adapter.n_layers and 0 <= h.head < adapter.n_heads):
-                raise ValueError(f"`heads` must lie in the model's {adapter.n_layers} layers x "
-                                 f"{adapter.n_heads} heads, got {h}")
+        adapter.check_inside(heads)
         self.adapter, self.heads, self.alpha, self.positions = adapter, heads, float(alpha), positions
         self.layers = sorted({h.layer for h in heads})
         theta = np.zeros((len(self.layers), adapter.width))             # (n_edit_layers, H * D)
@@ -119,7 +130,21 @@ class ITIEdit:
             theta[self.layers.index(h.layer), adapter.head_slice(h)] = (
                 alpha * directions.sigma[h.layer, h.head] * directions.u[h.layer, h.head])
         self.theta = torch.from_numpy(theta).float()
-        self._mask: torch.Tensor | None = None                          # (batch, pos) bool
+        self._mask = None                                               # (batch, pos) bool
+
+    @property
+    def on_batch(self):
+        """Scoring's per-forward hook: the positions to edit (`set_positions`)."""
+        return self.set_positions
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"theta": self.theta.numpy().copy()}
+
+    def load_state(self, state: dict) -> "ITIEdit":
+        import torch
+
+        self.theta = torch.from_numpy(state["theta"]).clone()
+        return self
 
     @property
     def n_params(self) -> int:
@@ -138,6 +163,8 @@ class ITIEdit:
         "all" ignores the mask. It applies to every forward until the next call, and is cleared
         when `attached` exits.
         """
+        import torch
+
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.ndim != 2:
             raise ValueError(f"`mask` must be a 2-D bool tensor (batch, pos), got "
                              f"{getattr(mask, 'dtype', type(mask))} of shape {getattr(mask, 'shape', None)}")
@@ -151,6 +178,8 @@ class ITIEdit:
 
     def _where(self, o: torch.Tensor) -> torch.Tensor | None:
         """(batch, pos, 1) 0/1 in o's dtype, or None for every position."""
+        import torch
+
         if self.positions == "all":
             return None
         if self._mask is None:
@@ -171,6 +200,8 @@ class ITIEdit:
 
     @contextlib.contextmanager
     def attached(self, model) -> Iterator["ITIEdit"]:
+        from loccheck.models.hooks import displaced_inputs
+
         theta = self.theta.to(next(model.parameters()).device)
 
         def displacement(row, o):
@@ -199,11 +230,11 @@ def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[To
     equality) go to the weakest edit, the smallest |alpha|, then the smaller alpha, so on a grid
     of non-negative alphas a tie goes to the smallest alpha. NaN metrics never win.
     """
-    from loccheck.metrics import METRICS
+    from loccheck.metrics import METRICS, compute_metrics
     from loccheck.scoring import all_pair_logprobs
 
-    if metric not in METRICS:
-        raise ValueError(f"`metric` must be one of {sorted(METRICS)}, got {metric!r}")
+    if metric not in METRICS or METRICS[metric].needs != "pair_logprobs":
+        raise ValueError(f"`metric` must be a pair-logprob metric ({', '.join(METRICS)}), got {metric!r}")
     alphas = [float(a) for a in alphas]
     if not alphas:
         raise ValueError("`alphas` must not be empty")
@@ -216,9 +247,54 @@ def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[To
         edit = make_edit(alpha)
         with edit.attached(model):
             logprobs = all_pair_logprobs(model, pairs, pad_id, on_batch=edit.set_positions)
-        table[alpha] = METRICS[metric](logprobs.numpy())
+        table[alpha] = compute_metrics([metric], {"pair_logprobs": logprobs.numpy()})[metric]
     finite = [a for a in alphas if not math.isnan(table[a])]
     if not finite:
         raise ValueError(f"metric {metric!r} is NaN at every alpha in {alphas}")
-    best = max(table[a] for a in finite)
-    return min((a for a in finite if table[a] == best), key=lambda a: (abs(a), a)), table
+    sign = 1.0 if METRICS[metric].higher_is_better else -1.0
+    best = max(sign * table[a] for a in finite)
+    return min((a for a in finite if sign * table[a] == best), key=lambda a: (abs(a), a)), table
+
+
+def _settings(section: ITIEditSection, ceiling: bool, verdict_metric: str) -> dict:
+    # alpha is chosen by the verdict's metric on the validation questions: part of the fit
+    return {"alphas": list(section.alphas), "positions": section.positions, "metric": verdict_metric}
+
+
+def directions_for(bench) -> ITIDirections:
+    """ITI's directions from the train and validation questions' activations (computed once per
+    bench; the test questions are not part of the data they are computed from)."""
+    if "iti_directions" not in bench.memo:
+        from loccheck.activations import labelled_activations
+
+        acts = labelled_activations(bench.loaded, bench.data.without_test(), bench.cache_root)
+        bench.memo["iti_directions"] = iti_directions(acts[0], acts[1])
+    return bench.memo["iti_directions"]
+
+
+def _fit(bench, settings: dict, location) -> Fitted:
+    """The alpha with the best validation metric, the same grid for every location."""
+    directions, alphas = directions_for(bench), settings["alphas"]
+    tried = []
+
+    def make(alpha: float) -> ITIEdit:
+        tried.append(alpha)
+        if bench.on_step is not None:
+            bench.on_step(len(tried), len(alphas), None)
+        return ITIEdit(bench.adapter, location, directions, alpha, positions=settings["positions"])
+
+    best, by_alpha = sweep_alpha(bench.model, make, bench.validation, alphas, settings["metric"],
+                                 bench.pad_id)
+    edit = ITIEdit(bench.adapter, location, directions, best, positions=settings["positions"])
+    return Fitted(edit, {"alpha": best, "validation_by_alpha": {f"{a:g}": v for a, v in by_alpha.items()}})
+
+
+def _restore(bench, settings: dict, location, state: dict):
+    zero = ITIDirections(np.zeros((bench.adapter.n_layers, bench.adapter.n_heads, bench.adapter.head_dim)),
+                         np.zeros((bench.adapter.n_layers, bench.adapter.n_heads)))
+    return ITIEdit(bench.adapter, location, zero, 0.0, positions=settings["positions"]).load_state(state)
+
+
+register_edit_method(EditMethod("iti", ITIEditSection, _settings, _fit, _restore,
+                                "ITI's mass-mean shift, alpha swept on validation",
+                                uses_validation=True))

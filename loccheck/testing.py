@@ -1,11 +1,13 @@
-"""Known-answer fixtures: tiny random models in which only chosen heads reach the residual
-stream, a character tokenizer, and a preference dataset an edit can learn. Saved to folders,
-they go through the same loading path as any model a claim names.
+"""Known-answer models and data for tests (loccheck's own, and a paper's that wants them):
+tiny random models of each supported architecture built from configs (nothing is
+downloaded), models in which only chosen heads reach the residual stream, a character
+tokenizer, and a preference dataset an edit can learn. Saved to folders, they go through the
+same loading path as any model a claim names. torch is imported inside the functions.
 
-To add an architecture: register its adapter, give `tiny_model` (conftest.py) a config for it
-and list it in FAMILIES there; `known_model` zeroes the dead heads through the adapter
-(`head_slice`, `fan_in_fan_out`), so it needs nothing new, and tests/test_known_answers.py
-runs its known answers.
+To add an architecture: register its adapter, give `tiny_model` a config for it and list it
+in FAMILIES; `known_model` zeroes the dead heads through the adapter (`head_slice`,
+`fan_in_fan_out`), so it needs nothing new, and tests/test_known_answers.py runs its known
+answers.
 """
 from __future__ import annotations
 
@@ -14,11 +16,40 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
-from conftest import tiny_model
 from loccheck.locations import HeadLoc
-from loccheck.models import get_adapter
+
+FAMILIES = ["llama", "gpt2", "gpt_neox"]
+VOCAB = 100   # room for the character tokenizer of tests/known_models.py
+INIT = 0.5
+
+
+def tiny_model(family: str, seed: int = 0):
+    """A 2-layer, 4-head, width-32 causal LM with random weights, in eval mode and frozen.
+
+    The weights are drawn wider than the default (std 0.5, not 0.02): a default-initialised
+    tiny model predicts almost the same distribution whatever its hidden state, so no edit
+    could move it, and tests of training would test nothing."""
+    import torch
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
+                              LlamaConfig, LlamaForCausalLM)
+
+    torch.manual_seed(seed)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, initializer_range=INIT, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0))
+    elif family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, initializer_range=INIT,
+                                           bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    elif family == "gpt_neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, initializer_range=INIT, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    else:
+        raise ValueError(family)
+    return model.eval().requires_grad_(False)
 
 
 def char_tokenizer():
@@ -39,6 +70,10 @@ def char_tokenizer():
 def known_model(family: str, live: Iterable[HeadLoc], seed: int = 0):
     """A tiny model whose output projections read only the `live` heads: every other head's
     slice of each projection's input is multiplied by zero weights."""
+    import torch
+
+    from loccheck.models import get_adapter
+
     model = tiny_model(family, seed=seed)
     adapter = get_adapter(model)
     live = set(live)
@@ -88,17 +123,24 @@ DEFAULT_SPLIT = "{train: 0.5, validation: 0.25, test: 0.25, seed: 0}"
 
 def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, alpha: float = 0.05,
                expect: str | None = None, extra: str = "", edit: str = DEFAULT_EDIT,
-               split: str = DEFAULT_SPLIT, random_seed: int = 0, rho: float | None = None) -> str:
+               split: str = DEFAULT_SPLIT, random_seed: int = 0, rho: float | None = None,
+               edits: str | None = None) -> str:
     """A claim file for a known-answer model: qa prompts, a short fixed budget (`edit` and
-    `split` are YAML flow mappings that replace the defaults whole)."""
+    `split` are YAML flow mappings that replace the defaults whole; `edit` is the one optimal
+    edit, `edits` a flow list of several that replaces it)."""
     lines = [f'claim: "The behaviour lives in {", ".join(heads)}."',
              f"model: {{name: '{model_dir}', device: cpu}}",
              f"behavior: {{dataset: jsonl, path: '{data}', prompt_format: qa,",
              f"           split: {split}}}",
-             f"location: {{heads: [{', '.join(heads)}]}}",
-             f"edit: {edit}",
+             f"location: {{sites: [{', '.join(heads)}]}}",
+             f"edits: {edits or '[' + edit + ']'}",
              f"random_locations: {{n: {n}, seed: {random_seed}}}",
              f"verdict: {{alpha: {alpha}" + (f", rho: {rho}" if rho is not None else "") + "}"]
     if expect:
         lines.append(f"expect: {expect}")
     return "\n".join(lines) + "\n" + extra
+
+
+def head_grid(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
+    """Every head site of a model of `n_layers` x `n_heads`, in adapter order (layer-major)."""
+    return tuple(HeadLoc(l, h) for l in range(n_layers) for h in range(n_heads))

@@ -1,0 +1,139 @@
+"""The bench: what every fit of one claim shares. The loaded model and its adapter, the data
+split by question and tokenized, the unedited model's reference log-probabilities, and the
+identity of all of it (the part of every cache key that is not the edit or the location).
+Prepared once per claim (and once per worker when fits run elsewhere)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from loccheck import __version__
+from loccheck.cache import content_key
+from loccheck.errors import DataError, LoccheckError
+
+
+@dataclass
+class Bench:
+    loaded: Any                        # models.loading.LoadedModel (model, tokenizer, adapter)
+    data: Any                          # data.BehaviorData
+    train: Sequence                    # tokenized pairs (prompts.TokenizedPair)
+    validation: Sequence
+    test: Sequence
+    prompt_format: str                 # "qa" or "chat", resolved
+    identity: dict                     # everything besides edit and location that fixes a fit
+    cache_root: Path
+    memo: dict = field(default_factory=dict)        # per-bench results of edit methods (ITI's directions)
+    on_step: Callable | None = None                 # (step, n_steps, loss) while a fit runs here
+    _reference: Any = None
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def adapter(self):
+        return self.loaded.adapter
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        return self.loaded.pad_id
+
+    @property
+    def key(self) -> str:
+        return content_key(self.identity)
+
+    @property
+    def reference(self):
+        """(n_train, 2) log pi0 of chosen and rejected: computed once, and only if an edit has
+        to be trained (a run served from the cache never needs it)."""
+        if self._reference is None:
+            from loccheck.scoring import all_pair_logprobs
+
+            device = next(self.model.parameters()).device
+            self._reference = all_pair_logprobs(self.model, self.train, self.pad_id).to(device)
+        return self._reference
+
+    def score(self, names: Sequence[str], *, split: str = "test", on_batch=None) -> dict[str, float]:
+        """The named metrics of the model as it is now (edited or not) on `split`."""
+        from loccheck.metrics import METRICS, compute_metrics
+
+        inputs = {need: self._inputs(need, split, on_batch) for need in {METRICS[n].needs for n in names}}
+        return compute_metrics(names, inputs)
+
+    def _inputs(self, need: str, split: str, on_batch):
+        from loccheck.scoring import all_pair_logprobs
+
+        if need == "pair_logprobs":
+            return all_pair_logprobs(self.model, getattr(self, split), self.pad_id, on_batch=on_batch).numpy()
+        raise ValueError(f"the bench cannot compute metric input {need!r}")
+
+
+def check_location_size(claim, adapter) -> None:
+    """The claimed location must lie inside the model and leave room for a null."""
+    kind = claim.site_kind
+    n_sites = len(adapter.sites(kind))
+    if claim.location.sites:
+        for i, site in enumerate(claim.location.parsed):
+            try:
+                adapter.check_inside([site])
+            except LoccheckError as err:
+                raise claim.error(f"location.sites[{claim.location.sites.index(str(site))}]", err.msg) from None
+    top_k = getattr(claim.heuristic, "top_k", None) if claim.location.from_heuristic else None
+    size = top_k or len(claim.location.sites)
+    if size >= n_sites:
+        key = "heuristic.top_k" if top_k else "location.sites"
+        raise claim.error(key, f"the location would be every {kind} site of the model ({size}); "
+                          "there is no random location of the same size to compare with")
+
+
+def prepare_bench(claim, cache_root: Path) -> Bench:
+    """Load the claim's data and model, check the location against the model, and tokenize."""
+    from loccheck.data import load_behavior
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.models.loading import load_model
+    from loccheck.prompts import resolve_format, tokenize_pairs
+
+    ms, bs = claim.model, claim.behavior
+    # Data first: a bad data path should fail before a model is loaded.
+    try:
+        data = load_behavior(dataset=bs.dataset, path=bs.path,
+                             base_dir=claim.path.parent if claim.path is not None else None,
+                             split=(bs.split.train, bs.split.validation, bs.split.test),
+                             split_seed=bs.split.seed, max_questions=bs.max_questions,
+                             max_pairs_per_question=bs.max_pairs_per_question)
+    except DataError as err:
+        raise claim.error(err.key or ("behavior.path" if bs.path else "behavior.dataset"), err.msg) from None
+    try:
+        loaded = load_model(ms.name, revision=ms.revision, device=ms.device, dtype=ms.dtype,
+                            trust_remote_code=ms.trust_remote_code, cache=cache_root)
+    except LoccheckError as err:
+        raise claim.error(err.key or "model.name", err.msg) from None
+    check_location_size(claim, loaded.adapter)
+
+    try:
+        fmt = resolve_format(loaded.tokenizer, bs.prompt_format)
+    except DataError as err:
+        raise claim.error("behavior.prompt_format", err.msg) from None
+    splits = {name: tokenize_pairs(loaded.tokenizer, getattr(data, name), fmt, bs.system_prompt)
+              for name in ("train", "validation", "test")}
+    needed = ["train", "test"] + (["validation"] if any(
+        EDIT_METHODS[e.method].uses_validation for e in claim.edits) else [])
+    for name in needed:
+        if not splits[name]:
+            raise claim.error("behavior.split", f"{data.source}: the {name} split has no usable "
+                              "preference pairs after tokenization (behavior.max_questions / behavior.split)")
+    identity = {"loccheck": __version__,
+                "model": {"weights": loaded.weights_id, "dtype": loaded.info["dtype"],
+                          "device": loaded.info["device"].split(":")[0]},
+                "data": {"sha256": data.sha256, "dataset": bs.dataset,
+                         "split": claim.effective_config()["behavior"]["split"],
+                         "max_questions": bs.max_questions,
+                         "max_pairs_per_question": bs.max_pairs_per_question,
+                         "prompt_format": fmt, "system_prompt": bs.system_prompt}}
+    return Bench(loaded, data, splits["train"], splits["validation"], splits["test"], fmt,
+                 identity, Path(cache_root))

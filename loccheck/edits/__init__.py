@@ -1,0 +1,53 @@
+"""Edit methods: what is fitted at a location, at the whole model (the ceiling) and at every
+random location (a registry).
+
+An edit method is one module in this folder holding its claim section (`method: <name>` in a
+claim's `edits:` list), its edit, its fit and its ceiling, registered as an `EditMethod`:
+
+- `settings(section, ceiling, verdict_metric)`: the JSON settings that determine one fit (they
+  and the location make its cache key, so two claims that fit the same edit share it);
+- `fit(bench, settings, location)`: a `Fitted` edit; `location` None is the whole model;
+- `restore(bench, settings, location, state)`: the same edit from its stored parameters, so a
+  metric added later scores it without refitting.
+
+An edit object has `attached(model)` (a context manager: the model is edited inside it and
+bit-identical after it), `on_batch` (None, or the scoring hook a position-dependent edit
+needs), `n_params`, and `state()`: its parameters as float32 numpy arrays.
+
+Modules here import torch inside their functions, so the claim schema (and with it the pytest
+plugin) can read the sections without loading torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from loccheck.registry import Registry
+from loccheck.schema import Section
+
+
+@dataclass
+class Fitted:
+    edit: Any                                        # attachable, with state() and n_params
+    info: dict = field(default_factory=dict)         # method-specific facts for the record (JSON)
+
+
+@dataclass(frozen=True)
+class EditMethod:
+    name: str
+    section: type[Section]
+    settings: Callable[[Any, bool, str], dict]
+    fit: Callable[..., Fitted]
+    restore: Callable[..., Any]
+    description: str = ""
+    uses_validation: bool = False                    # its fit reads the validation pairs
+
+
+EDIT_METHODS: Registry[EditMethod] = Registry("edit method")
+
+
+def register_edit_method(method: EditMethod) -> EditMethod:
+    return EDIT_METHODS.register(method.name, method)
+
+
+from loccheck.edits import iti, optimal  # noqa: E402,F401  (register the built-ins)

@@ -1,0 +1,213 @@
+"""`method: optimal`: the optimal localized edit (METHOD.md), fitted by preference optimisation.
+
+At a location of heads it is the rank-1 LoRA reparameterized so it can be restricted to those
+heads: o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), m^l masking the
+location's heads in layer l. Its ceiling, the whole-model edit, is plain rank-1 LoRA on every
+output projection (peft). Both start from the identity (b = 0) with the same random read
+vector a for each layer, drawn once from the edit seed, so every location starts from the
+same point, and every location gets the same data, order, budget, schedule and seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import fields
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+from pydantic import Field, StrictInt
+
+from loccheck.edits import EditMethod, Fitted, register_edit_method
+from loccheck.locations import HeadLoc
+from loccheck.schema import Number, Section
+
+
+class OptimalEditSection(Section):
+    method: Literal["optimal"] = Field(
+        "optimal", description="The rank-1 edit restricted to the location, fitted by preference "
+                               "optimisation; its ceiling is rank-1 LoRA on every output projection.")
+    objective: Literal["ipo", "dpo"] = Field("ipo", description="Preference objective the edit is trained with.")
+    tau: Number = Field(0.1, gt=0, description="IPO regularization strength.")
+    beta: Number = Field(0.1, gt=0, description="DPO inverse temperature.")
+    epochs: StrictInt = Field(2, ge=1, description="Passes over the training pairs.")
+    batch_size: StrictInt = Field(4, ge=1, description="Preference pairs per step.")
+    learning_rate: Number = Field(5e-4, gt=0, description="Learning rate for edits at claimed and random locations.")
+    full_model_learning_rate: Number = Field(1e-4, gt=0, description="Learning rate of the whole-model ceiling.")
+    weight_decay: Number = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: Number = Field(0.0, ge=0, lt=1, description="Fraction of steps with linear warmup.")
+    init_std: Number = Field(0.01, gt=0, description="Std of the random init of the LoRA 'a' vector.")
+    read: Literal["all", "location"] = Field("all", description="Edit reads from all heads or only the location.")
+    max_steps: StrictInt | None = Field(None, ge=1, description="Stop after this many steps.")
+    seed: StrictInt = Field(0, description="Seed of edit initialization and batch order.")
+    convergence_tol: Number = Field(0.05, ge=0, description="Relative change in loss treated as converged.")
+
+
+def _settings(section: OptimalEditSection, ceiling: bool, verdict_metric: str) -> dict:
+    from loccheck.edits.training import TrainConfig
+
+    train = {f.name: getattr(section, f.name) for f in fields(TrainConfig) if f.name != "learning_rate"}
+    lr = section.full_model_learning_rate if ceiling else section.learning_rate
+    return {**train, "learning_rate": lr, "read": section.read, "init_std": section.init_std}
+
+
+def initial_read_vectors(adapter, seed: int, init_std: float):
+    """(n_layers, n_heads * head_dim) initial a^l; row l is the same whatever else is edited."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(adapter.n_layers, adapter.width, generator=gen) * init_std
+
+
+def _device(adapter):
+    return adapter.out_proj(0).weight.device
+
+
+class HeadEdit:
+    """o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), for each edited layer l.
+
+    m^l masks the coordinates of the heads of the location in layer l, so b_h^l is zero for
+    every head outside it; W^l b^l is then exactly the reparameterized LoRA's write vector.
+    With `read="location"`, a^l is masked the same way (it reads only the location's heads).
+    """
+    on_batch = None
+
+    def __init__(self, adapter, heads: Sequence[HeadLoc] | None, a_init, read: str = "all"):
+        import torch
+
+        if read not in ("all", "location"):
+            raise ValueError(f"`read` must be 'all' or 'location', got {read!r}")
+        self.adapter = adapter
+        heads = adapter.all_heads() if heads is None else sorted(heads)
+        adapter.check_inside(heads)
+        self.layers = sorted({h.layer for h in heads})
+        write = torch.zeros(len(self.layers), adapter.width)      # (n_edit_layers, H * D)
+        for h in heads:
+            write[self.layers.index(h.layer), adapter.head_slice(h)] = 1.0
+        read_mask = write.clone() if read == "location" else torch.ones_like(write)
+        device = _device(adapter)
+        self.write_mask, self.read_mask = write.to(device), read_mask.to(device)
+        self.a = torch.nn.Parameter((a_init[self.layers].clone() * read_mask).to(device))
+        self.b = torch.nn.Parameter(torch.zeros(len(self.layers), adapter.width, device=device))
+
+    @property
+    def n_params(self) -> int:
+        """Free coordinates: a's read coordinates plus b's coordinates inside the location."""
+        return int(self.read_mask.sum().item() + self.write_mask.sum().item())
+
+    def delta(self, row: int, o):
+        a = self.a[row] * self.read_mask[row]
+        b = self.b[row] * self.write_mask[row]
+        return (o.float() @ a)[..., None] * b                          # (batch, pos, H * D)
+
+    @contextlib.contextmanager
+    def attached(self, model) -> Iterator["HeadEdit"]:
+        from loccheck.models.hooks import displaced_inputs
+
+        with displaced_inputs(self.adapter, self.layers, self.delta):
+            yield self
+
+    def trainable(self) -> list:
+        return [self.a, self.b]
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"a": self.a.detach().cpu().numpy(), "b": self.b.detach().cpu().numpy()}
+
+    def load_state(self, state: dict) -> "HeadEdit":
+        import torch
+
+        with torch.no_grad():
+            self.a.copy_(torch.from_numpy(state["a"]))
+            self.b.copy_(torch.from_numpy(state["b"]))
+        return self
+
+
+class FullLoraEdit:
+    """Rank-1 LoRA (peft) on every layer's output projection: the whole-model ceiling.
+
+    The edit owns its A (n_layers, in) and B (n_layers, out) rows; `attached` wraps the model
+    with peft, loads them into the LoRA layers, and copies them back when it exits (after
+    training), then unwraps, so the model is left as it was."""
+    on_batch = None
+
+    def __init__(self, adapter, a_init):
+        import torch
+
+        self.adapter = adapter
+        width_out = adapter.projections[0].weight.shape[1 if adapter.fan_in_fan_out else 0]
+        self.A = a_init.clone().float()                                 # (n_layers, in)
+        self.B = torch.zeros(adapter.n_layers, width_out)               # (n_layers, out)
+        self._params: list = []
+
+    @property
+    def n_params(self) -> int:
+        return int(self.A.numel() + self.B.numel())
+
+    @contextlib.contextmanager
+    def attached(self, model) -> Iterator["FullLoraEdit"]:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=1, lora_alpha=1, lora_dropout=0.0, bias="none",
+                            target_modules=list(self.adapter.proj_names),
+                            fan_in_fan_out=self.adapter.fan_in_fan_out)
+        with warnings.catch_warnings():
+            # peft asks transformers a deprecated question (is_gradient_checkpointing)
+            warnings.simplefilter("ignore", FutureWarning)
+            peft_model = get_peft_model(model, config)
+        loras = [model.get_submodule(name) for name in self.adapter.proj_names]
+        try:
+            self._params = []
+            for layer, lora in enumerate(loras):
+                a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
+                with torch.no_grad():
+                    a.copy_(self.A[layer][None, :])
+                    b.copy_(self.B[layer][:, None])
+                self._params += [a, b]
+            yield self
+        finally:
+            with torch.no_grad():
+                for layer, lora in enumerate(loras):
+                    self.A[layer] = lora.lora_A["default"].weight[0].detach().cpu()
+                    self.B[layer] = lora.lora_B["default"].weight[:, 0].detach().cpu()
+            peft_model.unload()  # puts the original projection modules back
+            self._params = []
+
+    def trainable(self) -> list:
+        return self._params
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"A": self.A.numpy().copy(), "B": self.B.numpy().copy()}
+
+    def load_state(self, state: dict) -> "FullLoraEdit":
+        import torch
+
+        self.A, self.B = torch.from_numpy(state["A"]).clone(), torch.from_numpy(state["B"]).clone()
+        return self
+
+
+def _make(bench, settings: dict, location):
+    a_init = initial_read_vectors(bench.adapter, settings["seed"], settings["init_std"])
+    if location is None:
+        return FullLoraEdit(bench.adapter, a_init)
+    return HeadEdit(bench.adapter, location, a_init, read=settings["read"])
+
+
+def _fit(bench, settings: dict, location) -> Fitted:
+    from loccheck.edits.training import TrainConfig, train_edit
+
+    cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
+    edit = _make(bench, settings, location)
+    with edit.attached(bench.model):
+        fit = train_edit(bench.model, edit, bench.train, bench.reference, cfg, bench.pad_id,
+                         on_step=bench.on_step)
+    return Fitted(edit, {"learning_rate": cfg.learning_rate, "steps": len(fit.loss_curve),
+                         "epochs": cfg.epochs, "final_loss": fit.final_loss,
+                         "still_falling": fit.still_falling, "loss_curve": list(fit.loss_curve)})
+
+
+def _restore(bench, settings: dict, location, state: dict):
+    return _make(bench, settings, location).load_state(state)
+
+
+register_edit_method(EditMethod("optimal", OptimalEditSection, _settings, _fit, _restore,
+                                "rank-1 edit restricted to the location, fitted by IPO/DPO"))

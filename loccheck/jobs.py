@@ -1,0 +1,166 @@
+"""Jobs and their records: the unit of work of a verification.
+
+A `Job` (an edit method's settings, a location, its role and index) is a small picklable
+value that names its own cache key; `run_job` fits it (or finds the fit in the cache), stores
+the fitted edit's parameters with its record, and scores it on every requested metric that is
+not cached yet. Scores are cached per (fit, metric), so a metric added to a claim later scores
+the stored edits without refitting them. The role and index are not part of the key: a random
+draw equal to another claim's location reuses its fit.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from loccheck.cache import content_key
+from loccheck.locations import format_location
+
+ROLES = ("claim", "ceiling", "random")
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str                  # a registered edit method
+    settings: dict               # what determines the fit (EditMethod.settings), JSON-ready
+    location: tuple | None       # sorted sites; None is the whole model (the ceiling)
+    role: str                    # "claim", "ceiling" or "random"
+    index: int | None            # the draw's index for role "random"
+    bench_key: str               # identity of the model and data (Bench.key)
+
+    @property
+    def location_text(self) -> list[str] | str:
+        return "all" if self.location is None else format_location(self.location)
+
+    @property
+    def key(self) -> str:
+        return content_key({"what": "fit", "bench": self.bench_key, "method": self.method,
+                            "settings": self.settings, "location": self.location_text})
+
+    def score_key(self, metric: str) -> str:
+        return content_key({"what": "score", "fit": self.key, "metric": metric, "split": "test"})
+
+    @property
+    def label(self) -> str:
+        name = {"claim": "claim", "ceiling": "whole model"}.get(self.role, f"random {self.index}")
+        return f"{name} [{self.method}]"
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """A fitted edit: its parameters (float32 arrays) and what its method reports about the fit."""
+    method: str
+    location: list[str] | str
+    n_params: int
+    info: dict
+    state: dict[str, np.ndarray]
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "location": self.location, "n_params": self.n_params,
+                "info": self.info, "state": {k: _encode(v) for k, v in sorted(self.state.items())}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FitRecord":
+        return cls(data["method"], data["location"], int(data["n_params"]), dict(data["info"]),
+                   {k: _decode(v) for k, v in data["state"].items()})
+
+
+def _encode(array: np.ndarray) -> dict:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return {"shape": list(array.shape), "float32": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def _decode(data: dict) -> np.ndarray:
+    raw = base64.b64decode(data["float32"].encode("ascii"), validate=True)
+    return np.frombuffer(raw, dtype=np.float32).reshape(data["shape"]).copy()
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    """What a verification gets back for one job: the fit's facts and its test scores."""
+    job: Job
+    n_params: int
+    info: dict
+    metrics: dict[str, float]
+    fitted: bool                 # fitted by this run (False: the fit came from the cache)
+    n_scored: int                # metrics scored by this run (not from the cache)
+    seconds: float
+
+    def record(self, base: dict[str, float]) -> dict:
+        """The edit's entry in result.json."""
+        return {"method": self.job.method, "role": self.job.role, "index": self.job.index,
+                "location": self.job.location_text, "n_params": self.n_params,
+                "metrics": self.metrics, "gains": {m: v - base[m] for m, v in self.metrics.items()},
+                **self.info}
+
+
+class JobRunner:
+    """Runs jobs against one bench: a callable an executor maps over jobs.
+
+    The bench (a loaded model) is not pickled: an executor in another process gives the
+    runner a bench of its own there (`bench_factory`)."""
+
+    def __init__(self, bench, cache, metrics: Sequence[str], bench_factory=None):
+        self.bench, self.cache, self.metrics = bench, cache, tuple(metrics)
+        self.bench_factory = bench_factory
+
+    def __getstate__(self):
+        return {**self.__dict__, "bench": None}
+
+    def __call__(self, job: Job) -> EditOutcome:
+        if self.bench is None:
+            self.bench = self.bench_factory()
+        return run_job(self.bench, self.cache, job, self.metrics)
+
+
+def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
+    """Fit `job` unless its fit is cached, then score every metric not cached for it."""
+    from loccheck.edits import EDIT_METHODS
+
+    method = EDIT_METHODS[job.method]
+    start = time.monotonic()
+    record = _record_or_none(cache.get(job.key))
+    edit, fitted = None, record is None
+    if fitted:
+        made = method.fit(bench, job.settings, job.location)
+        edit = made.edit
+        record = FitRecord(job.method, job.location_text, edit.n_params, made.info, edit.state())
+        cache.put(job.key, record.to_json())
+    scores = {m: cache.get(job.score_key(m)) for m in metrics}
+    missing = [m for m, v in scores.items() if not isinstance(v, dict) or "value" not in v]
+    if missing:
+        if edit is None:
+            edit = method.restore(bench, job.settings, job.location, record.state)
+        with edit.attached(bench.model):
+            fresh = bench.score(missing, on_batch=edit.on_batch)
+        for m in missing:
+            scores[m] = {"value": fresh[m]}
+            cache.put(job.score_key(m), scores[m])
+    return EditOutcome(job, record.n_params, record.info, {m: scores[m]["value"] for m in metrics},
+                       fitted=fitted, n_scored=len(missing), seconds=time.monotonic() - start)
+
+
+def _record_or_none(stored) -> FitRecord | None:
+    if stored is None:
+        return None
+    try:
+        return FitRecord.from_json(stored)
+    except (KeyError, TypeError, ValueError):   # an entry of another layout: fit again
+        return None
+
+
+def unedited_scores(bench, cache, metrics: Sequence[str]) -> dict[str, float]:
+    """The unedited model's test metrics, cached per metric like an edit's."""
+    keys = {m: content_key({"what": "unedited score", "bench": bench.key, "metric": m, "split": "test"})
+            for m in metrics}
+    scores = {m: cache.get(k) for m, k in keys.items()}
+    missing = [m for m, v in scores.items() if not isinstance(v, dict) or "value" not in v]
+    if missing:
+        fresh = bench.score(missing)
+        for m in missing:
+            scores[m] = {"value": fresh[m]}
+            cache.put(keys[m], scores[m])
+    return {m: scores[m]["value"] for m in metrics}

@@ -1,0 +1,208 @@
+"""The report's common sections, rendered only from the result dict (result.json, schema 2).
+
+Output is deterministic: no timestamps, numbers formatted here (4 significant digits), every
+dict iterated in a fixed order, so rendering the in-memory result and rendering it again from
+result.json (whose keys json.dumps sorted) give byte-identical files. Every number comes from
+the result: nothing is re-derived here.
+"""
+from __future__ import annotations
+
+import math
+
+import yaml
+
+from loccheck.report.format import (P_CONVENTION, canonical, edits_of, fence, fmt, ordered,
+                                    spread, table, value)
+
+REPORT_NAME, NULL_HIST_NAME, LOSS_CURVES_NAME = "report.md", "null_hist.png", "loss_curves.png"
+METHODS_NAME, PROBE_HEATMAP_NAME = "methods.png", "probe_heatmap.png"
+# Claim-file section order; json.dumps(sort_keys=True) loses it, so we restore it here.
+_CONFIG_ORDER = ("model", "behavior", "location", "heuristic", "edits", "metrics",
+                 "random_locations", "verdict", "expect")
+_SPLITS = ("train", "validation", "test")
+
+
+def primary(r: dict) -> dict:
+    return r["tests"][r["primary_method"]]
+
+
+def method_order(r: dict) -> list[str]:
+    """The edit methods: the one that gives the verdict first, then the others by name."""
+    return [r["primary_method"]] + sorted(m for m in r["tests"] if m != r["primary_method"])
+
+
+def _verdict_lines(r: dict) -> list[str]:
+    expect = r.get("expect")
+    if expect is None:
+        note = "no expectation stated"
+    else:
+        note = f"expected {expect}: " + ("as expected" if r.get("matches_expectation")
+                                         else "NOT as expected")
+    t = primary(r)
+    return [f"**Verdict: {t['verdict']}** ({note})", "", str(t.get("verdict_reason", ""))]
+
+
+def _claim_lines(r: dict) -> list[str]:
+    quote = "\n".join("> " + ln if ln else ">" for ln in str(r.get("claim_text", "")).splitlines())
+    loc = r.get("location") or []
+    heur = r.get("heuristic") or {}
+    found = fmt(heur.get("method"))
+    if heur.get("citation"):
+        found += f" ({heur['citation']})"
+    lines = ["## Claim", "", quote, "", f"- Claim file: `{r.get('claim_file')}`",
+             f"- Location ({len(loc)} {r.get('site_kind', 'head')}s): " + ", ".join(f"`{h}`" for h in loc),
+             f"- Found by: {found}"]
+    extra = [k for k in ordered(heur) if k not in ("method", "citation") and heur[k] is not None]
+    lines += [f"  - {k}: {value(heur[k])}" for k in extra]
+    return lines
+
+
+def _interpretation(r: dict) -> str:
+    t, metric, n = primary(r), r["metric"], r.get("n_null")
+    v, kind, size = t["verdict"], r.get("site_kind", "head"), len(r.get("location") or [])
+    p, alpha, rho, ratio = fmt(t.get("p_value")), fmt(r.get("alpha")), fmt(r.get("rho")), \
+        t.get("optimality_ratio")
+    pct = "n/a" if ratio is None or not math.isfinite(ratio) else f"{ratio:.0%}"
+    k = t.get("n_at_least")
+    beaten = "None of the" if k == 0 else f"{k} of"
+    space = (f" out of about {float(r['n_locations']):.2g} possible {size}-{kind} sets"
+             if r.get("n_locations") else "")
+    scope = (f"The test uses `{metric}` only; other metrics in the tables are descriptive, and "
+             "nothing here speaks to other behaviours, datasets or models.")
+    what, them = f"random {size}-{kind} locations", f"the claimed {kind}s"
+    if v == "FALSIFIED":
+        text = (f"{beaten} {n} {what} reached a `{metric}` gain at least as large as {them} "
+                f"(p = {p} > alpha = {alpha}); {them} reach {pct} of the whole-model effect. "
+                f"Random {kind} sets of the same size edit the behaviour as well, so success at "
+                "editing it through these sites is no evidence that it lives in them. This does "
+                "not show that they are irrelevant to the behaviour: they may carry it, but so, "
+                f"apparently, do many other sets of {kind}s.")
+    elif v == "SUPPORTED":
+        text = (f"{beaten} {n} {what} matched {them}' `{metric}` gain (p = {p} <= alpha = "
+                f"{alpha}), and {them} reach {pct} of the whole-model effect (rho = {rho}). Among "
+                "locations of this size they are special for this behaviour, and editing them "
+                "alone gets close to the best any edit of the whole model achieves. This does not "
+                f"show uniqueness beyond the sampled null ({n} random sets{space}), that the "
+                f"behaviour is absent from other {kind}s, or that an edit of another kind would agree.")
+    elif v == "SPECIFIC_BUT_WEAK":
+        text = (f"{them[0].upper() + them[1:]} beat {n} {what} (p = {p} <= alpha = {alpha}), but "
+                f"reach only {pct} of the whole-model effect, short of rho = {rho}. They are "
+                f"specific: editing them works better than editing random {kind}s of the same size. "
+                "They are not sufficient: the rest of the achievable effect needs parts of the "
+                "model outside them, so the behaviour is not localized in them alone.")
+    elif v == "UNDERPOWERED":
+        text = (f"With N = {n} random locations the smallest reachable p-value is 1/(N + 1) = "
+                f"{fmt(t.get('min_p_value'))} > alpha = {alpha}, so no outcome could have rejected "
+                f"the null; at least {t.get('min_null_size')} random locations are needed for "
+                f"alpha = {alpha}. The numbers below are descriptive only: they neither support "
+                "nor falsify the claim.")
+    else:
+        text = f"Verdict {v} has no standard interpretation; see the numbers below."
+    return " ".join([text, effective_sentence(r, r["primary_method"]), scope]).replace("  ", " ")
+
+
+def effective_sentence(r: dict, method: str) -> str:
+    """How many random locations reach rho of the whole-model gain; for single sites, what that
+    says about uniqueness."""
+    k, n = r["tests"][method].get("n_null_effective"), r.get("n_null")
+    if k is None:
+        return ""
+    kind, size = r.get("site_kind", "head"), len(r.get("location") or [])
+    what = f"random single {kind}s" if size == 1 else f"random {size}-{kind} locations"
+    text = f"{k} of {n} {what} reach rho = {fmt(r.get('rho'))} of the whole-model gain (`{method}` edit)."
+    if size == 1:
+        text += (f" More than one such {kind} is evidence against uniqueness: no single privileged "
+                 f"{kind} carries the behaviour." if k > 1 else
+                 f" At most one such {kind} was found, so this sample does not contradict uniqueness.")
+    return text
+
+
+def _stats_lines(r: dict) -> list[str]:
+    metric, t = r["metric"], primary(r)
+    metrics = [metric] + [m for m in r.get("metrics") or [] if m != metric]
+    summaries = r["metric_summaries"][r["primary_method"]]
+    base = r.get("base_metrics") or {}
+    headers = ["", *[h for m in metrics for h in (m, f"{m} gain")]]
+    rows = [["unedited model", *[c for m in metrics for c in (fmt(base.get(m)), "—")]]]
+    for role, label in (("ceiling", "whole-model edit (ceiling)"), ("claim", "claimed location")):
+        rows.append([label, *[c for m in metrics for c in (
+            fmt(summaries[m][role]["value"]), fmt(summaries[m][role]["gain"]))]])
+    rows.append(["random locations (null): mean ± std [min, max]",
+                 *[c for m in metrics for c in (spread(summaries[m]["null_value"]),
+                                                spread(summaries[m]["null_gain"]))]])
+    n, k = t.get("n_null"), t.get("n_at_least")
+    test = [["p-value (one-sided)", fmt(t.get("p_value")) + f" (= {k + 1}/{n + 1})"],
+            ["null gains >= claim gain", f"{k} of {n}"],
+            ["N (random locations)", fmt(n)],
+            ["min reachable p, 1/(N + 1)", fmt(t.get("min_p_value"))],
+            ["alpha", fmt(r.get("alpha"))],
+            ["rho (required share of the ceiling)", fmt(r.get("rho"))],
+            ["optimality ratio, claim gain / whole-model gain", fmt(t.get("optimality_ratio"))],
+            ["claim percentile in null (%)", fmt(t.get("claim_percentile"))]]
+    direction = "" if (r.get("higher_is_better") or {}).get(metric, True) else (
+        f" Lower `{metric}` is better: the test compares gains with their sign flipped.")
+    return ["## Statistics", "",
+            f"Edit: `{r['primary_method']}`. Primary metric: `{metric}` (the p-value and the verdict "
+            "use its gain over the unedited model; other metrics are descriptive). Gains are "
+            f"measured on held-out test questions.{direction}", "",
+            table(rows, headers), "",
+            table(test, ["test statistic", "value"]), "",
+            f"{P_CONVENTION}. ± is the sample standard deviation (ddof = 1)."]
+
+
+def _figure_lines(r: dict) -> list[str]:
+    n, size, kind = r.get("n_null"), len(r.get("location") or []), r.get("site_kind", "head")
+    lines = ["## Figures", "",
+             f"![Null distribution of {r['metric']} gain at {n} random {size}-{kind} locations, "
+             f"with the claimed {kind}s and the whole-model edit marked]({NULL_HIST_NAME})"]
+    if edits_of(r, "optimal"):
+        lines += ["", f"![Training loss per step of the claimed-location edit, the whole-model edit "
+                  f"and the {n} random-location edits]({LOSS_CURVES_NAME})"]
+    return lines
+
+
+def _repro_lines(r: dict) -> list[str]:
+    model, data = r.get("model") or {}, r.get("data") or {}
+    versions, seeds = r.get("versions") or {}, r.get("seeds") or {}
+    model_keys = ordered(model, ("name", "resolved", "sha256", "architecture", "n_layers",
+                                 "n_heads", "head_dim", "device", "dtype"))
+    data_keys = [k for k in ordered(data, ("dataset", "source", "sha256", "prompt_format"))
+                 if k not in ("example_prompt", "n_questions", "n_pairs")]
+    nq, npairs = data.get("n_questions") or {}, data.get("n_pairs") or {}
+    splits = ordered({**nq, **npairs}, _SPLITS)
+    config = canonical(r.get("config") or {}, _CONFIG_ORDER)
+    lines = ["## Reproducibility", "", "Re-run this check with:", "",
+             fence(f"loccheck verify {r.get('claim_file')}", "sh"), "",
+             "### Versions", "", table([[k, value(versions[k])] for k in ordered(versions)],
+                                       ["package", "version"]), "",
+             "### Model", "", table([[k, value(model[k])] for k in model_keys], ["field", "value"]), "",
+             "### Data", "", table([[k, value(data[k])] for k in data_keys], ["field", "value"]), "",
+             table([[s, fmt(nq.get(s)), fmt(npairs.get(s))] for s in splits],
+                   ["split", "questions", "pairs"]), ""]
+    if data.get("example_prompt") is not None:
+        lines += ["Example prompt:", "", fence(str(data["example_prompt"]), "text"), ""]
+    lines += ["### Seeds", "", table([[k, value(seeds[k])] for k in ordered(seeds)],
+                                     ["seed", "value"]), "",
+              "### Effective configuration", "",
+              fence(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "yaml")]
+    return lines
+
+
+def render_markdown(result: dict) -> str:
+    """The report's Markdown text (no files written): the common sections, then the side-by-side
+    comparison of edit methods, each method's and the heuristic's own sections."""
+    from loccheck.report.sections import EDIT_SECTIONS, HEURISTIC_SECTIONS, methods_lines
+
+    r = result
+    sections = [[f"# loccheck: {r['claim_name']}", "", *_verdict_lines(r)],
+                _claim_lines(r),
+                ["## What this does and does not show", "", _interpretation(r)],
+                _stats_lines(r), _figure_lines(r), methods_lines(r)]
+    heuristic = (r.get("heuristic") or {}).get("method")
+    if heuristic in HEURISTIC_SECTIONS and r.get("heuristic_evidence"):
+        sections.append(HEURISTIC_SECTIONS[heuristic](r))
+    for method in method_order(r):
+        if method in EDIT_SECTIONS:
+            sections.append(EDIT_SECTIONS[method](r))
+    sections.append(_repro_lines(r))
+    return "\n\n".join("\n".join(s) for s in sections if s) + "\n"

@@ -1,0 +1,89 @@
+"""The report's sections that belong to one edit method or one heuristic, and the side-by-side
+table of several edit methods. A new method or heuristic adds its section here (optional)."""
+from __future__ import annotations
+
+from loccheck.report.format import edit_name, edits_of, fmt, sites, table
+from loccheck.report.markdown import METHODS_NAME, PROBE_HEATMAP_NAME, method_order
+
+
+def methods_lines(r: dict) -> list[str]:
+    """The side-by-side evidence: the same claimed and random sites under each edit method."""
+    if len(r["tests"]) < 2:
+        return []
+    rows = []
+    for m in method_order(r):
+        t = r["tests"][m]
+        rows.append([m, fmt(t.get("claim_gain")), fmt(t.get("ceiling_gain")),
+                     f"{fmt(t.get('null_mean'))} ± {fmt(t.get('null_std'))}",
+                     fmt(t.get("p_value")), fmt(t.get("n_null_effective")), t.get("verdict")])
+    kind = r.get("site_kind", "head")
+    return [f"## The same {kind}s under each edit", "",
+            f"Each row tests the same claimed {kind}s against the same random locations; only the "
+            f"edit differs, and the verdict follows `{r['primary_method']}`. A location that looks "
+            "special under a heuristic edit but not under the optimal one is special to the "
+            "heuristic, not to the behaviour.", "",
+            table(rows, ["edit", "claim gain", "whole-model gain", "null mean ± std",
+                         "p-value", "null >= rho x whole", "verdict"]), "",
+            f"![{r['metric']} gain of the claimed {kind}s against the random locations under each "
+            f"edit method]({METHODS_NAME})"]
+
+
+def _optimal_lines(r: dict) -> list[str]:
+    edits = edits_of(r, "optimal")
+    kind = r.get("site_kind", "head")
+    rows = [[edit_name(e), sites(e.get("location") or [], kind=kind), fmt(e.get("n_params")),
+             fmt(e.get("learning_rate")), fmt(e.get("steps")), fmt(e.get("final_loss")),
+             "yes" if e.get("still_falling") else "no"] for e in edits]
+    flagged = [edit_name(e) for e in edits if e.get("still_falling")]
+    if flagged:
+        note = (f"**Warning:** {len(flagged)} of {len(edits)} edits may not be optimal: their "
+                "loss was still falling when the budget ran out: " + ", ".join(flagged) + ".")
+    else:
+        note = (f"All {len(edits)} edits converged by the trainer's criterion: for none of them "
+                "was the mean loss of the last quarter of the steps lower than that of the "
+                "quarter before by more than `convergence_tol`.")
+    headers = ["edit", "location", "params", "learning rate", "steps", "final loss",
+               "still falling?"]
+    return ["## Convergence of the optimal edits", "",
+            "`optimal` fits the best rank-1 edit at each location by preference optimisation, "
+            "with the same data, order, budget and seed everywhere.", "",
+            table(rows, headers), "", note]
+
+
+def _iti_lines(r: dict) -> list[str]:
+    iti = edits_of(r, "iti")
+    by_role = {e.get("role"): e for e in iti}
+    alphas = [e.get("alpha") for e in iti if e.get("role") == "random"]
+    kind = r.get("site_kind", "head")
+    return ["## The ITI edits", "",
+            f"`iti` adds alpha * sigma * u (ITI's mass-mean-shift direction, sigma the spread of "
+            f"the activations along it) to each {kind}, at the last prompt token and every answer "
+            "token when scoring an answer, with alpha picked on the validation questions for each "
+            "location alike.", "",
+            f"ITI's alpha chosen on validation: claim {fmt(by_role.get('claim', {}).get('alpha'))}, "
+            f"whole model {fmt(by_role.get('ceiling', {}).get('alpha'))}, random locations "
+            + ", ".join(fmt(a) for a in alphas) + "."]
+
+
+def _probe_lines(r: dict) -> list[str]:
+    probe = r["heuristic_evidence"]
+    acc = probe.get("claimed_accuracy") or {}
+    rows = [[h, fmt(acc.get(h))] for h in r.get("location") or []]
+    lines = ["## The heuristic: probing", "",
+             f"One logistic-regression probe per head, trained on the activations of "
+             f"{probe.get('n_train')} answers of the train questions and scored on "
+             f"{probe.get('n_val')} answers of the validation questions (never the test "
+             "questions), at the last token of \"Q: {question} A: {answer}\".", "",
+             f"![Validation accuracy of the probe of every head (layers by heads), claimed heads "
+             f"outlined]({PROBE_HEATMAP_NAME})", "",
+             table(rows, ["claimed head", "probe validation accuracy"])]
+    if probe.get("pinned_heads_reselected") is False:
+        lines += ["", f"**Note:** the claim pins its heads, and probing on this data now selects "
+                  f"others: {', '.join(probe.get('selected') or [])}."]
+    elif probe.get("pinned_heads_reselected"):
+        lines += ["", "Probing on this data selects exactly the pinned heads."]
+    return lines
+
+
+EDIT_SECTIONS = {"optimal": _optimal_lines, "iti": _iti_lines}
+HEURISTIC_SECTIONS = {"probe": _probe_lines}

@@ -1,0 +1,131 @@
+"""The outcome of verifying one claim: `VerifyResult`, whose payload is result.json.
+
+Every number the report prints is computed here or in `verdict`/`stats`, once; the report only
+formats. `schema_version` 2 keeps each edit method's test under `tests[method]` (the first
+method's gives the verdict); `loccheck.report.upgrade` reads version 1 results too.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from loccheck import __version__
+
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """result.json as `payload`, with the verdict's numbers as attributes."""
+    payload: dict[str, Any]
+    report_dir: str | None = None          # where report.md and result.json were written
+    n_fitted: int = 0                      # edits fitted by this run (not read from the cache)
+    n_scored: int = 0                      # (edit, metric) scores computed by this run
+    outcomes: list = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.payload
+
+    @property
+    def test(self) -> dict:
+        """The test that gives the verdict (the first edit method's)."""
+        return self.payload["tests"][self.payload["primary_method"]]
+
+    verdict = property(lambda self: self.test["verdict"])
+    verdict_reason = property(lambda self: self.test["verdict_reason"])
+    p_value = property(lambda self: self.test["p_value"])
+    claim_gain = property(lambda self: self.test["claim_gain"])
+    ceiling_gain = property(lambda self: self.test["ceiling_gain"])
+    null_gains = property(lambda self: self.test["null_gains"])
+    null_mean = property(lambda self: self.test["null_mean"])
+    optimality_ratio = property(lambda self: self.test["optimality_ratio"])
+    n_null = property(lambda self: self.payload["n_null"])
+    metric = property(lambda self: self.payload["metric"])
+    alpha = property(lambda self: self.payload["alpha"])
+    rho = property(lambda self: self.payload["rho"])
+    expect = property(lambda self: self.payload["expect"])
+    matches_expectation = property(lambda self: self.payload["matches_expectation"])
+    tests = property(lambda self: self.payload["tests"])
+    edits = property(lambda self: self.payload["edits"])
+    location = property(lambda self: self.payload["location"])
+
+
+def build_result(claim, bench, location, proposal, nulls, base, outcomes, executor: str) -> VerifyResult:
+    from loccheck.heuristics import HEURISTICS
+    from loccheck.locations import format_location
+    from loccheck.metrics import METRICS
+    from loccheck.null import count_locations
+    from loccheck.prompts import format_prompt
+    from loccheck.stats import describe
+    from loccheck.verdict import test_location
+
+    vs, metric = claim.verdict, claim.verdict.metric
+    methods = [e.method for e in claim.edits]
+    records = [o.record(base) for o in outcomes]
+    tests, summaries = {}, {}
+    for m in methods:
+        mine = [r for r in records if r["method"] == m]
+        claim_r, ceiling_r, randoms = mine[0], mine[1], mine[2:]
+        better = METRICS[metric].improvement
+        tests[m] = test_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
+                                 [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
+                                 rho=vs.rho, location_size=len(location), site=location[0].kind).to_json()
+        summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
+                               "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},
+                               "null_value": describe([r["metrics"][name] for r in randoms]).to_json(),
+                               "null_gain": describe([r["gains"][name] for r in randoms]).to_json()}
+                        for name in claim.all_metrics}
+    primary = tests[methods[0]]
+    heuristic = HEURISTICS[claim.heuristic.method]
+    evidence = None if proposal is None else heuristic.evidence(
+        claim.heuristic, proposal, location, not claim.location.from_heuristic)
+    sites = bench.adapter.sites(location[0].kind)
+    rs, bs, data = claim.random_locations, claim.behavior, bench.data
+    payload = {
+        "schema_version": SCHEMA_VERSION, "loccheck_version": __version__,
+        "claim_name": claim.name, "claim_file": str(claim.path) if claim.path is not None else None,
+        "claim_text": claim.claim, "expect": claim.expect,
+        "matches_expectation": primary["verdict"] == (claim.expect or "SUPPORTED"),
+        "location": format_location(location), "site_kind": location[0].kind,
+        "n_locations": count_locations(sites, len(location), location if rs.match_layers else None),
+        "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": evidence,
+        "metric": metric, "metrics": list(claim.all_metrics),
+        "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},
+        "alpha": vs.alpha, "rho": vs.rho, "n_null": len(nulls),
+        "primary_method": methods[0], "tests": tests, "metric_summaries": summaries,
+        "base_metrics": base, "edits": records,
+        "data": _data_record(bs.dataset, data.summary(), bench.prompt_format,
+                             format_prompt(bench.tokenizer, data.test[0].prompt, bench.prompt_format,
+                                           bs.system_prompt),
+                             {k: len(getattr(bench, k)) for k in ("train", "validation", "test")}),
+        "model": {**bench.loaded.info, **bench.adapter.describe()},
+        "config": claim.effective_config(), "versions": _versions(),
+        "seeds": {**{f"edit[{i}]": e.seed for i, e in enumerate(claim.edits) if hasattr(e, "seed")},
+                  "random_locations": rs.seed, "split": bs.split.seed},
+        "executor": executor,
+    }
+    return VerifyResult(payload, n_fitted=sum(o.fitted for o in outcomes),
+                        n_scored=sum(o.n_scored for o in outcomes), outcomes=list(outcomes))
+
+
+def _data_record(dataset: str, summary: dict, fmt: str, example: str, n_tokenized: dict[str, int]) -> dict:
+    splits = summary["splits"]
+    return {"dataset": dataset, "source": summary["source"], "sha256": summary["sha256"],
+            "n_questions_read": summary["n_questions_read"],
+            "n_questions_dropped": summary["n_questions_dropped"],
+            "n_questions": {k: v["n_questions"] for k, v in splits.items()},
+            "n_pairs": {k: v["n_pairs"] for k, v in splits.items()},
+            "n_pairs_tokenized": n_tokenized,
+            "prompt_format": fmt, "example_prompt": example}
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "numpy": numpy.__version__, "loccheck": __version__}
