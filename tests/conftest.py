@@ -3,6 +3,7 @@ loccheck.testing; nothing is downloaded), and the data folder CI points LOCCHECK
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- the fast tier: `pytest -m "not slow"` runs the tests that need no torch -----------------
+
+def _fast_tier(config) -> bool:
+    return config.option.markexpr.replace(" ", "") == "notslow"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Under -m "not slow", a module marked slow as a whole is not even imported (it imports
+    torch), so the tier runs without loading torch."""
+    if _fast_tier(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return "\npytestmark = pytest.mark.slow" in collection_path.read_text(encoding="utf-8") or None
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_stays_torch_free(request):
+    """A test in the fast tier that loads torch fails: mark it slow."""
+    yield
+    if _fast_tier(request.config) and "torch" in sys.modules:
+        pytest.fail(f"{request.node.nodeid} imported torch: mark it @pytest.mark.slow", pytrace=False)

@@ -13,6 +13,8 @@ from loccheck.activations import (activations_key, cached_head_activations, coll
 from loccheck.errors import LoccheckWarning
 from loccheck.models import get_adapter
 
+pytestmark = pytest.mark.slow   # head activations of tiny torch models (torch)
+
 TEXTS = [probe_text("Why is the sky blue?", "Rayleigh scattering."),
          probe_text("2+2?", "4"),
          "x",

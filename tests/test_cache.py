@@ -11,6 +11,8 @@ from loccheck.errors import LoccheckWarning
 from loccheck.null import sample_null_locations
 from loccheck.verification import verify
 
+pytestmark = pytest.mark.slow   # fits edits on a tiny model (torch)
+
 
 def _claim(known_llama, tmp_path, n, heads=("L1H2", "L0H0"), extra=""):
     model_dir, pairs = known_llama

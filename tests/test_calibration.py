@@ -80,6 +80,7 @@ def _loo_pvalues(values) -> list[float]:
     return [empirical_pvalue(values[j], np.delete(values, j)) for j in range(values.size)]
 
 
+@pytest.mark.slow
 def test_leave_one_out_false_positive_rate(gains):
     table, _ = gains
     pool = draw_null(**SHAPE, size=2, n=M, seed=1)   # i.i.d. over all 28 pairs
@@ -122,6 +123,7 @@ def simulated(gains):
     return pvalues
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_exact_rate_of_verify_null_for_a_random_claim(gains, simulated, alpha, tmp_path):
     table, pool_run = gains
@@ -163,6 +165,7 @@ def test_exact_rate_of_verify_null_for_a_random_claim(gains, simulated, alpha, t
 @given(values=st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0]) | st.floats(-10, 10),
                        min_size=2, max_size=60),
        alpha=st.sampled_from([0.01, 0.05, 0.1, 0.2, 0.5]))
+@pytest.mark.slow
 def test_leave_one_out_pvalues_are_super_uniform(values, alpha):
     # For ANY sample (ties included), at most alpha * M of its members get p <= alpha against
     # the others: so when the claim is exchangeable with its null, P(p <= alpha) <= alpha.

@@ -129,6 +129,7 @@ def test_head_out_of_range_for_the_model(claim_file, tmp_path, capsys):
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.slow
 def test_empty_dataset_is_a_clear_error(claim_file, tmp_path, capsys):
     empty = tmp_path / "pairs.jsonl"
     empty.write_text("")
@@ -139,6 +140,7 @@ def test_empty_dataset_is_a_clear_error(claim_file, tmp_path, capsys):
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.slow
 def test_model_that_is_no_folder_file_or_hub_id_is_a_clear_error(claim_file, capsys):
     # Not a folder, not a .gguf file, and not a valid hub id: refused before any network call
     # (a real hub id would need the network this machine does not have).

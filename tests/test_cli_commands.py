@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,7 @@ def verified(tmp_path_factory):
     return status, out.read_text().splitlines(), root / "reports", (live, dead)
 
 
+@pytest.mark.slow
 def test_verify_several_claims_one_exit_code(verified):
     status, lines, reports, (live, dead) = verified
     assert status == 1                        # the dead head is not SUPPORTED
@@ -53,6 +55,7 @@ def test_verify_several_claims_one_exit_code(verified):
         assert result["n_null"] == 3
 
 
+@pytest.mark.slow
 def test_report_rerenders_byte_identical_without_torch(verified, tmp_path):
     reports = verified[2]
     src = tmp_path / "live"
@@ -135,3 +138,56 @@ def test_usage_errors_exit_2(args, capsys):
         main(args)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_report_renders_a_result_of_schema_1(tmp_path, capsys):
+    """A result.json written by loccheck 0.1.0 (tests/data/result_v1.json: a tiny Llama claim
+    under both edits) is upgraded and rendered; the numbers are those it stored."""
+    v1 = json.loads((Path(__file__).parent / "data" / "result_v1.json").read_text())
+    assert "schema_version" not in v1 and v1["edit_method"] == "optimal"
+    assert main(["report", str(Path(__file__).parent / "data" / "result_v1.json"),
+                 "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert f"**Verdict: {v1['verdict']}**" in report and v1["verdict_reason"] in report
+    assert "## The same heads under each edit" in report and "## The ITI edits" in report
+    n, k = v1["n_random"], round(v1["p_value"] * (v1["n_random"] + 1) - 1)
+    assert f"| p-value (one-sided)" in report and f"(= {k + 1}/{n + 1})" in report
+    assert (tmp_path / "methods.png").read_bytes()[:4] == b"\x89PNG"
+    # the copy beside it is the file as it was: upgrading happens in memory only
+    assert json.loads((tmp_path / "result.json").read_text()) == v1
+
+
+def test_report_refuses_a_newer_schema(tmp_path, capsys):
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"schema_version": 99, "metric": "m", "claim_name": "c"}))
+    assert main(["report", str(path)]) == 2
+    assert "schema_version 99 is not one this loccheck reads" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_progress_is_one_plain_line_per_edit_without_a_terminal(known_llama, tmp_path, capsys,
+                                                                 monkeypatch):
+    model, pairs = known_llama
+    claim = tmp_path / "claims" / "progress.yaml"
+    claim.parent.mkdir()
+    claim.write_text(claim_text(model, pairs, ["L1H2"], n=2, alpha=0.25, edit=DEFAULT_EDIT))
+    monkeypatch.setenv("LOCCHECK_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["verify", str(claim), "--out", str(tmp_path / "r"), "--executor", "serial"]) in (0, 1)
+    err = capsys.readouterr().err.splitlines()
+    lines = [ln for ln in err if ln.startswith("loccheck: progress [")]
+    assert [ln.split("]")[0] for ln in lines] == ["loccheck: progress [1/4", "loccheck: progress [2/4",
+                                                  "loccheck: progress [3/4", "loccheck: progress [4/4"]
+    assert "claim [optimal]: fitted in" in lines[0] and "preference_margin gain" in lines[0]
+    assert "whole model [optimal]" in lines[1]
+    result = json.loads((tmp_path / "r" / "progress" / "result.json").read_text())
+    assert result["executor"] == "serial"
+    # a second run serves every edit from the cache, and says so
+    assert main(["verify", str(claim), "--out", str(tmp_path / "r")]) in (0, 1)
+    again = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("loccheck: progress [")]
+    assert len(again) == 4 and all("from the cache" in ln for ln in again)
+
+
+def test_unknown_executor_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["verify", str(tmp_path / "x.yaml"), "--executor", "ray"])
+    assert info.value.code == 2 and "invalid choice: 'ray'" in capsys.readouterr().err

@@ -24,6 +24,8 @@ from loccheck.claim import parse_claim
 from loccheck.models.loading import weights_sha256
 from loccheck.verification import verify
 
+pytestmark = pytest.mark.slow   # fits edits on a tiny model twice (torch)
+
 N = 4
 
 

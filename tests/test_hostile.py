@@ -15,6 +15,8 @@ from loccheck.testing import char_tokenizer, claim_text, known_model
 from loccheck.cli import main
 from loccheck.locations import HeadLoc
 
+pytestmark = pytest.mark.slow   # bad input through the CLI, with tiny torch models (torch)
+
 BASE = "location: {sites: [L1H2]}"
 
 

@@ -19,6 +19,8 @@ from loccheck.cache import content_key
 from loccheck.claim import load_claim
 from loccheck.verification import verify
 
+pytestmark = pytest.mark.slow   # kills and resumes a run that fits edits (torch)
+
 N = 60            # random pairs: about 27 distinct fits after the claim and the whole model
 TIMEOUT = 180     # seconds for the subprocess to reach its third fitted edit
 

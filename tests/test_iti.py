@@ -16,6 +16,8 @@ from loccheck.models import get_adapter
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs, answer_logprobs, pair_logprobs
 
+pytestmark = pytest.mark.slow   # ITI edits on tiny torch models (torch)
+
 PROMPTS = [(1, 5, 6, 7), (1, 9), (1, 4, 4, 4, 4, 4)]
 ANSWERS = [(10, 11), (12, 13, 14, 15), (16,)]           # right-padded to width 7
 # [len(prompt) - 1, len(prompt) + len(answer)) for each row, written out by hand

@@ -45,6 +45,8 @@ from loccheck.testing import head_grid
 from loccheck.null import sample_null_locations
 from loccheck.verification import verify
 
+pytestmark = pytest.mark.slow   # fits edits on tiny models (torch)
+
 
 def draw_null(*args, n_layers=None, n_heads=None, **kw):
     """sample_null_locations over the head sites of an n_layers x n_heads model."""

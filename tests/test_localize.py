@@ -143,6 +143,7 @@ def test_heuristic_data_has_no_test_split(tmp_path):
     assert probe_examples(seen) == probe_examples(d)     # the same examples, by construction
 
 
+@pytest.mark.slow
 def test_end_to_end_on_a_tiny_llama(tmp_path):
     """JSONL -> probe_examples -> head activations -> probes. True answers end in 'T', false
     ones in 'F': the last token's own value vector carries the label, so some head must

@@ -8,6 +8,8 @@ from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter
 
+pytestmark = pytest.mark.slow   # adapters on tiny torch models (torch)
+
 EXPECTED_PROJ = {"llama": "model.layers.1.self_attn.o_proj",
                  "gpt2": "transformer.h.1.attn.c_proj",
                  "gpt_neox": "gpt_neox.layers.1.attention.dense"}
@@ -106,3 +108,18 @@ def test_initial_read_vectors_do_not_depend_on_the_location():
     both = HeadEdit(adapter, [HeadLoc(0, 0), HeadLoc(1, 3)], a_init)
     assert torch.equal(one.a[0], both.a[1])
     assert torch.equal(initial_read_vectors(adapter, 5, 0.01), a_init)
+
+
+def test_loading_errors_carry_their_claim_key_as_data(tmp_path):
+    from loccheck.errors import LoccheckError
+    from loccheck.models.loading import load_model
+
+    with pytest.raises(LoccheckError) as info:
+        load_model(str(tmp_path / "nope"), cache=tmp_path)
+    assert info.value.key == "model.name" and "does not exist" in info.value.msg
+    assert str(info.value) == f"model.name: {info.value.msg}"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "mystery", "auto_map": {"AutoConfig": "y.Z"}}')
+    with pytest.raises(LoccheckError) as info:
+        load_model(str(tmp_path / "m"), cache=tmp_path)
+    assert info.value.key == "model.trust_remote_code"

@@ -6,6 +6,8 @@ import torch
 
 from loccheck.edits.objectives import dpo_loss, ipo_loss, preference_logratio, preference_loss
 
+pytestmark = pytest.mark.slow   # torch losses (torch)
+
 
 def test_logratio_by_hand():
     policy = torch.tensor([[-3.0, -5.0], [-2.0, -1.0]])

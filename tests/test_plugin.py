@@ -81,6 +81,7 @@ EVIDENCE = [
 ]
 
 
+@pytest.mark.slow
 def test_claims_pass_fail_and_a_malformed_claim_is_one_collection_error(project):
     project.claim("live_underpowered.yaml", ["L1H2"], n=2, alpha=0.05, expect="UNDERPOWERED")
     project.claim("dead_falsified.yml", ["L0H1"], n=3, alpha=0.25, expect="FALSIFIED")
@@ -133,6 +134,7 @@ def test_claims_pass_fail_and_a_malformed_claim_is_one_collection_error(project)
         assert (project.path / "reports" / name / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_collects_only_claim_dirs_with_ids_markers_and_lines(project):
     a = project.claim("a.yaml", ["L1H2"], folder="paper_claims")
     a.write_text("# The claim of Section 4.\n\n" + a.read_text())   # the claim starts on line 3
@@ -147,6 +149,7 @@ def test_collects_only_claim_dirs_with_ids_markers_and_lines(project):
     assert items[0].location == ("paper_claims/a.yaml", 2, "claim: a")   # 0-based line
 
 
+@pytest.mark.slow
 def test_two_claims_with_one_name_are_a_collection_error(project):
     project.claim("x.yaml", ["L1H2"])
     project.claim("x.yml", ["L1H2"], folder="claims/more")
@@ -158,6 +161,7 @@ def test_two_claims_with_one_name_are_a_collection_error(project):
                                  "claims/*x.y*ml; their reports would collide: rename one file"])
 
 
+@pytest.mark.slow
 def test_not_claim_deselects_claims(project):
     project.claim("x.yaml", ["L1H2"])
     project.makepyfile(test_plain="def test_plain():\n    pass\n")
@@ -168,6 +172,7 @@ def test_not_claim_deselects_claims(project):
     assert not (project.path / "reports").exists()
 
 
+@pytest.mark.slow
 def test_ini_options_beat_the_claim_file(project):
     # The file asks for N = 9 at alpha = 0.1 (enough power); the ini value N = 2 is not.
     project.claim("live.yaml", ["L1H2"], n=9, alpha=0.1, expect="UNDERPOWERED")
@@ -182,6 +187,7 @@ def test_ini_options_beat_the_claim_file(project):
     assert (project.path / "out" / "index.md").is_file()
 
 
+@pytest.mark.slow
 def test_flag_beats_ini_and_paths_resolve_where_they_were_given(project, monkeypatch):
     from loccheck.plugin import SESSION_KEY
 
@@ -205,6 +211,7 @@ def test_flag_beats_ini_and_paths_resolve_where_they_were_given(project, monkeyp
     ("", ["--loccheck-executor", "ray"], "*--loccheck-executor: invalid choice: 'ray'*"),
     ("", ["--loccheck-n-null", "none"], "*--loccheck-n-null: expected a whole number, got 'none'*"),
 ])
+@pytest.mark.slow
 def test_bad_option_values_are_usage_errors(project, ini, flag, message):
     project.makeini(f"[pytest]\n{ini}\n")
     result = project.runpytest(*flag)
@@ -212,6 +219,7 @@ def test_bad_option_values_are_usage_errors(project, ini, flag, message):
     result.stderr.fnmatch_lines([message])
 
 
+@pytest.mark.slow
 def test_fixture_verifies_with_the_session_options(project):
     project.claim("live.yaml", ["L1H2"], n=2, alpha=0.05)
     project.makepyfile(test_paper="""
@@ -231,6 +239,7 @@ def test_fixture_verifies_with_the_session_options(project):
     assert (project.path / "custom" / "live" / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_run_time_error_is_one_line_without_traceback(project):
     path = project.claim("no_data.yaml", ["L1H2"], n=2)
     path.write_text(path.read_text().replace("pairs.jsonl", "missing.jsonl"))

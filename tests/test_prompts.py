@@ -17,11 +17,13 @@ PAIR = PreferencePair("Why do veins appear blue?", "Because of how light penetra
                       "Because deoxygenated blood is blue.", "tqa-0")
 
 
+@pytest.mark.slow
 def test_auto_picks_the_chat_template(tokenizer):
     assert resolve_format(tokenizer, "auto") == "chat"
     assert resolve_format(tokenizer, "qa") == "qa"
 
 
+@pytest.mark.slow
 def test_qa_format(tokenizer):
     assert format_prompt(tokenizer, PAIR.prompt, "qa", None) == "Q: Why do veins appear blue? A:"
     [tp] = tokenize_pairs(tokenizer, [PAIR], "qa")
@@ -29,6 +31,7 @@ def test_qa_format(tokenizer):
     assert tokenizer.decode(tp.rejected) == " Because deoxygenated blood is blue."
 
 
+@pytest.mark.slow
 def test_chat_format_keeps_or_replaces_the_system_prompt(tokenizer):
     default = format_prompt(tokenizer, PAIR.prompt, "chat", None)
     assert "You are a helpful AI assistant named SmolLM" in default      # the template's default
@@ -42,6 +45,7 @@ def test_chat_format_keeps_or_replaces_the_system_prompt(tokenizer):
     assert text.endswith("assistant\nBecause of how light penetrates skin.")
 
 
+@pytest.mark.slow
 def test_chat_format_needs_a_template(tokenizer):
     class NoTemplate:
         chat_template = None

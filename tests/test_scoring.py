@@ -1,9 +1,12 @@
 """Answer log-probabilities against a direct computation from the full logits."""
+import pytest
 import torch
 
 from loccheck.testing import tiny_model
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs, answer_logprobs, pair_logprobs
+
+pytestmark = pytest.mark.slow   # log-probabilities of tiny torch models (torch)
 
 
 def _direct(model, prompt, answer):

@@ -11,6 +11,8 @@ from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs
 from loccheck.edits.training import TrainConfig, batch_order, convergence, train_edit
 
+pytestmark = pytest.mark.slow   # trains edits on tiny torch models (torch)
+
 
 def _pairs(n=8, seed=0):
     rng = np.random.default_rng(seed)

@@ -1,5 +1,6 @@
 """Issue 3 end to end on a tiny known-answer model: heads from the probing heuristic, the ITI
 edit beside the optimal one, and `loccheck localize`."""
+import pytest
 import json
 
 import numpy as np
@@ -7,6 +8,8 @@ from loccheck.testing import claim_text
 from loccheck.claim import load_claim
 from loccheck.cli import main
 from loccheck.verification import verify
+
+pytestmark = pytest.mark.slow   # fits edits on a tiny model (torch)
 
 PROBE = "heuristic: {method: probe, top_k: 1}\n"
 

@@ -8,7 +8,9 @@ claim's `edits:` list), its edit, its fit and its ceiling, registered as an `Edi
   and the location make its cache key, so two claims that fit the same edit share it);
 - `fit(bench, settings, location)`: a `Fitted` edit; `location` None is the whole model;
 - `restore(bench, settings, location, state)`: the same edit from its stored parameters, so a
-  metric added later scores it without refitting.
+  metric added later scores it without refitting;
+- `initial(bench, settings, location)`: the edit before fitting, which must be the identity
+  (the model's outputs bit for bit; tests/test_contracts.py checks every registered method).
 
 An edit object has `attached(model)` (a context manager: the model is edited inside it and
 bit-identical after it), `on_batch` (None, or the scoring hook a position-dependent edit
@@ -39,6 +41,7 @@ class EditMethod:
     settings: Callable[[Any, bool, str], dict]
     fit: Callable[..., Fitted]
     restore: Callable[..., Any]
+    initial: Callable[..., Any]
     description: str = ""
     uses_validation: bool = False                    # its fit reads the validation pairs
 

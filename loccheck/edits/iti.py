@@ -289,12 +289,17 @@ def _fit(bench, settings: dict, location) -> Fitted:
     return Fitted(edit, {"alpha": best, "validation_by_alpha": {f"{a:g}": v for a, v in by_alpha.items()}})
 
 
+def _initial(bench, settings: dict, location) -> ITIEdit:
+    """alpha = 0: the identity, whatever the directions."""
+    a = bench.adapter
+    zero = ITIDirections(np.zeros((a.n_layers, a.n_heads, a.head_dim)), np.zeros((a.n_layers, a.n_heads)))
+    return ITIEdit(a, location, zero, 0.0, positions=settings["positions"])
+
+
 def _restore(bench, settings: dict, location, state: dict):
-    zero = ITIDirections(np.zeros((bench.adapter.n_layers, bench.adapter.n_heads, bench.adapter.head_dim)),
-                         np.zeros((bench.adapter.n_layers, bench.adapter.n_heads)))
-    return ITIEdit(bench.adapter, location, zero, 0.0, positions=settings["positions"]).load_state(state)
+    return _initial(bench, settings, location).load_state(state)
 
 
-register_edit_method(EditMethod("iti", ITIEditSection, _settings, _fit, _restore,
+register_edit_method(EditMethod("iti", ITIEditSection, _settings, _fit, _restore, _initial,
                                 "ITI's mass-mean shift, alpha swept on validation",
                                 uses_validation=True))

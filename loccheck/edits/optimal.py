@@ -209,5 +209,5 @@ def _restore(bench, settings: dict, location, state: dict):
     return _make(bench, settings, location).load_state(state)
 
 
-register_edit_method(EditMethod("optimal", OptimalEditSection, _settings, _fit, _restore,
+register_edit_method(EditMethod("optimal", OptimalEditSection, _settings, _fit, _restore, _make,
                                 "rank-1 edit restricted to the location, fitted by IPO/DPO"))

@@ -1,0 +1,99 @@
+"""Contracts every registered edit method, heuristic and metric must keep, driven by the
+registries: a method added to a registry is tested here without a line of new test code."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from loccheck.edits import EDIT_METHODS
+from loccheck.heuristics import HEURISTICS
+from loccheck.metrics import METRICS, NEEDS
+
+pytestmark = pytest.mark.slow   # they fit real edits on a tiny model (torch)
+
+
+@pytest.fixture(scope="module")
+def bench(known_llama, tmp_path_factory):
+    """The bench of a known-answer claim that lists every registered edit method."""
+    from loccheck.bench import prepare_bench
+    from loccheck.claim import parse_claim
+    from loccheck.testing import claim_text
+
+    model_dir, pairs = known_llama
+    edits = "[" + ", ".join(f"{{method: {name}}}" for name in EDIT_METHODS) + "]"
+    root = tmp_path_factory.mktemp("contracts")
+    claim = parse_claim(claim_text(model_dir, pairs, ["L1H2", "L0H0"], n=2, edits=edits),
+                        path=root / "contracts.yaml")
+    return claim, prepare_bench(claim, root / "cache")
+
+
+def _logprobs(bench, on_batch=None):
+    from loccheck.scoring import all_pair_logprobs
+
+    return all_pair_logprobs(bench.model, bench.test, bench.pad_id, on_batch=on_batch).numpy()
+
+
+def _outputs(bench):
+    """Test-pair log-probabilities and the full logits of one sequence: bit-for-bit evidence."""
+    import torch
+
+    ids = torch.tensor([list(bench.test[0].prompt) + list(bench.test[0].chosen)])
+    with torch.no_grad():
+        logits = bench.model(input_ids=ids).logits
+    return _logprobs(bench), logits.numpy()
+
+
+def _settings(claim, name, ceiling=False):
+    section = next(e for e in claim.edits if e.method == name)
+    return EDIT_METHODS[name].settings(section, ceiling, claim.verdict.metric)
+
+
+@pytest.mark.parametrize("name", list(EDIT_METHODS))
+@pytest.mark.parametrize("where", ["location", "ceiling"])
+def test_edit_starts_as_the_identity_and_detaches_cleanly(bench, name, where):
+    claim, bench = bench
+    method = EDIT_METHODS[name]
+    location = claim.location.parsed if where == "location" else None
+    settings = _settings(claim, name, ceiling=where == "ceiling")
+    before = _outputs(bench)
+    edit = method.initial(bench, settings, location)
+    with edit.attached(bench.model):
+        lp = _logprobs(bench, on_batch=edit.on_batch)
+    assert np.array_equal(lp, before[0]), f"{name}: the initial edit is not the identity"
+    fitted = method.fit(bench, settings, location)
+    after = _outputs(bench)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after)), f"{name}: the model changed"
+    # the stored parameters rebuild the same edit: a later metric scores what the fit scored
+    with fitted.edit.attached(bench.model):
+        scored = bench.score(list(METRICS), on_batch=fitted.edit.on_batch)
+    restored = method.restore(bench, settings, location, fitted.edit.state())
+    with restored.attached(bench.model):
+        assert bench.score(list(METRICS), on_batch=restored.on_batch) == scored
+    assert all(a.dtype == np.float32 for a in fitted.edit.state().values())
+
+
+@pytest.mark.parametrize("name", list(HEURISTICS))
+def test_heuristic_refuses_data_with_a_test_split(bench, name):
+    claim, bench = bench
+    section = HEURISTICS[name].section(method=name)
+    with pytest.raises(TypeError, match="never see the test questions"):
+        HEURISTICS[name].propose(section, bench.loaded, bench.data, bench.cache_root)
+    proposal = HEURISTICS[name].propose(section, bench.loaded, bench.data.without_test(), bench.cache_root)
+    if HEURISTICS[name].kind is None:
+        assert proposal is None
+    else:   # a ranking of every site of its kind, best first
+        ranked = [site for site, _ in proposal.ranked]
+        assert sorted(ranked) == sorted(bench.adapter.sites(HEURISTICS[name].kind))
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_metric_states_its_inputs_and_direction(name):
+    metric = METRICS[name]
+    assert metric.name == name and metric.needs in NEEDS and metric.description
+    assert isinstance(metric.higher_is_better, bool)
+    assert metric.improvement(1.0) == (1.0 if metric.higher_is_better else -1.0)
+    if metric.needs == "pair_logprobs":
+        value = metric.fn(np.array([[-1.0, -2.0], [-3.0, -1.5]]))
+        assert isinstance(value, float) and math.isfinite(value)

@@ -1,0 +1,72 @@
+"""Jobs, fit records and executors: small picklable values with their own cache keys, and the
+serial executor that every other executor must agree with. No torch."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from loccheck.executors import SerialExecutor, get_executor
+from loccheck.errors import LoccheckError
+from loccheck.jobs import FitRecord, Job, JobRunner
+from loccheck.locations import HeadLoc
+
+LOC = (HeadLoc(0, 1), HeadLoc(3, 2))
+
+
+def _job(**kw):
+    base = dict(method="optimal", settings={"learning_rate": 0.01, "seed": 0}, location=LOC,
+                role="random", index=4, bench_key="b" * 64)
+    return Job(**{**base, **kw})
+
+
+def test_a_job_pickles_and_names_its_cache_key():
+    job = _job()
+    back = pickle.loads(pickle.dumps(job))
+    assert back == job and back.key == job.key and len(job.key) == 64
+    assert job.label == "random 4 [optimal]" and job.location_text == ["L0H1", "L3H2"]
+
+
+def test_role_and_index_are_not_part_of_the_key():
+    # a random draw equal to another claim's location reuses its fit
+    assert _job(role="claim", index=None).key == _job().key
+    for change in (dict(settings={"learning_rate": 0.02, "seed": 0}), dict(location=LOC[:1]),
+                   dict(location=None), dict(method="iti"), dict(bench_key="c" * 64)):
+        assert _job(**change).key != _job().key, change
+
+
+def test_scores_are_keyed_per_fit_and_metric():
+    job = _job()
+    keys = {job.score_key("preference_margin"), job.score_key("preference_accuracy"),
+            _job(location=None).score_key("preference_margin")}
+    assert len(keys) == 3 and job.key not in keys
+
+
+def test_fit_record_round_trips_its_parameters_bit_for_bit():
+    rng = np.random.default_rng(0)
+    state = {"a": rng.normal(size=(3, 8)).astype(np.float32),
+             "b": np.array([[np.float32(1e-38), -0.0, np.inf]], dtype=np.float32)}
+    record = FitRecord("optimal", ["L0H1"], 19, {"steps": 4, "loss_curve": [1.0, 0.5]}, state)
+    back = FitRecord.from_json(pickle.loads(pickle.dumps(record.to_json())))
+    assert back.info == record.info and back.n_params == 19 and set(back.state) == {"a", "b"}
+    for name in state:
+        assert back.state[name].dtype == np.float32
+        assert back.state[name].tobytes() == state[name].tobytes()
+
+
+def test_a_runner_pickles_without_its_bench():
+    runner = JobRunner(bench=object(), cache=None, metrics=["preference_margin"],
+                       bench_factory=None)
+    clone = pickle.loads(pickle.dumps(runner))
+    assert clone.bench is None and clone.metrics == ("preference_margin",)
+
+
+def test_serial_executor_yields_in_job_order():
+    ex = get_executor("serial")
+    assert isinstance(ex, SerialExecutor) and ex.name == "serial" and ex.width == 1
+    assert list(ex.imap(lambda x: x * x, [3, 1, 2])) == [(0, 9), (1, 1), (2, 4)]
+    assert get_executor(ex) is ex
+    with pytest.raises(LoccheckError, match="unknown executor 'ray'") as info:
+        get_executor("ray")
+    assert info.value.key == "executor"
