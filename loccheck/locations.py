@@ -51,6 +51,11 @@ class HeadLoc:
 SITE_KINDS.register("head", HeadLoc)
 
 
+def head_sites(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
+    """Every head of an n_layers x n_heads model, layer-major (the adapters' order)."""
+    return tuple(HeadLoc(l, h) for l in range(n_layers) for h in range(n_heads))
+
+
 def parse_site(text: str):
     """The site a canonical spelling names, of whichever registered kind matches it."""
     if isinstance(text, str):

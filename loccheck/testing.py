@@ -143,4 +143,6 @@ def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, al
 
 def head_grid(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
     """Every head site of a model of `n_layers` x `n_heads`, in adapter order (layer-major)."""
-    return tuple(HeadLoc(l, h) for l in range(n_layers) for h in range(n_heads))
+    from loccheck.locations import head_sites
+
+    return head_sites(n_layers, n_heads)

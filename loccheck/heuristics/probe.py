@@ -18,7 +18,7 @@ from pydantic import AfterValidator, Field, StrictInt
 
 from loccheck.errors import LoccheckError, LoccheckWarning
 from loccheck.heuristics import Heuristic, Proposal, register_heuristic
-from loccheck.locations import HeadLoc, format_location
+from loccheck.locations import HeadLoc, format_location, head_sites, outside
 from loccheck.schema import Number, Section
 
 
@@ -70,7 +70,7 @@ class ProbeResult:
         return sorted(loc for loc, _ in self.ranked()[:k])
 
     def accuracy_of(self, loc: HeadLoc) -> float:
-        if not (0 <= loc.layer < self.n_layers and 0 <= loc.head < self.n_heads):
+        if outside([loc], head_sites(self.n_layers, self.n_heads)):
             raise ValueError(f"`loc` {loc} is outside the probed heads "
                              f"({self.n_layers} layers x {self.n_heads} heads)")
         return float(self.val_accuracy[loc.layer, loc.head])

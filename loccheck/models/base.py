@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from loccheck.errors import AdapterError
-from loccheck.locations import HeadLoc, outside
+from loccheck.locations import HeadLoc, head_sites, outside
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Adapter:
     def sites(self, kind: str) -> tuple:
         """Every site of `kind` in the model, sorted (layer-major)."""
         if kind == "head":
-            return tuple(HeadLoc(l, h) for l in range(self.n_layers) for h in range(self.n_heads))
+            return head_sites(self.n_layers, self.n_heads)
         raise AdapterError(f"a {self.family} adapter has no sites of kind {kind!r}")
 
     def check_inside(self, location) -> None:

@@ -7,33 +7,33 @@ from typing import Callable, Sequence
 
 
 @contextlib.contextmanager
+def _input_hooks(adapter, layers: Sequence[int], hook_for: Callable[[int, int], Callable]):
+    """A forward pre-hook `hook_for(row, layer)` on each listed layer's output projection."""
+    handles = [adapter.out_proj(layer).register_forward_pre_hook(hook_for(row, layer))
+               for row, layer in enumerate(layers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def displaced_inputs(adapter, layers: Sequence[int], displacement: Callable):
     """Add `displacement(row, o)` to o, the input of each listed layer's output projection
     (row indexes `layers`), while the context is open."""
-    handles = []
-    for row, layer in enumerate(layers):
-        def pre_hook(module, args, row=row):
+    def hook_for(row: int, layer: int):
+        def pre_hook(module, args):
             o = args[0]                                                # (batch, pos, H * D)
             return (o + displacement(row, o).to(o.dtype),) + tuple(args[1:])
-        handles.append(adapter.out_proj(layer).register_forward_pre_hook(pre_hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+        return pre_hook
+    return _input_hooks(adapter, layers, hook_for)
 
 
-@contextlib.contextmanager
 def read_inputs(adapter, layers: Sequence[int], read: Callable):
     """Call `read(layer, o)` with o, the input of each listed layer's output projection
     (batch, pos, H * D), at every forward while the context is open; o is not changed."""
-    handles = []
-    for layer in layers:
-        def pre_hook(module, args, layer=layer):
+    def hook_for(row: int, layer: int):
+        def pre_hook(module, args):
             read(layer, args[0])
-        handles.append(adapter.out_proj(layer).register_forward_pre_hook(pre_hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+        return pre_hook
+    return _input_hooks(adapter, list(layers), hook_for)

@@ -146,10 +146,12 @@ def plot_probe_heatmap(val_accuracy, claimed: Sequence, path: str | os.PathLike,
     if acc.ndim != 2 or 0 in acc.shape:
         raise ValueError(f"`val_accuracy` must be a non-empty (n_layers, n_heads) array, got shape {acc.shape}")
     n_layers, n_heads = acc.shape
+    from loccheck.locations import head_sites, outside
+
+    bad = [str(c) for c in outside(sorted(set(claimed)), head_sites(n_layers, n_heads))]
+    if bad:
+        raise ValueError(f"`claimed` heads {bad} are outside the {n_layers} x {n_heads} accuracy grid")
     claimed = sorted({(int(c.layer), int(c.head)) for c in claimed})
-    outside = [f"L{l}H{h}" for l, h in claimed if not (0 <= l < n_layers and 0 <= h < n_heads)]
-    if outside:
-        raise ValueError(f"`claimed` heads {outside} are outside the {n_layers} x {n_heads} accuracy grid")
     finite = acc[np.isfinite(acc)]
     vmin = min(0.5, float(finite.min())) if finite.size else 0.5
     vmax = max(float(finite.max()), vmin + 0.05) if finite.size else 1.0
