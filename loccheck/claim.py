@@ -474,9 +474,9 @@ _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
 def _parse_key(key: str) -> Loc:
-    """'location.heads[3]' → ('location', 'heads', 3)."""
+    """'edits[0].tau' → ('edits', 0, 'tau')."""
     if _KEY.fullmatch(key) is None:
-        raise ValueError(f"`key` must look like 'edit.learning_rate' or 'location.heads[1]', got {key!r}")
+        raise ValueError(f"`key` must look like 'edits[0].learning_rate' or 'location.sites[1]', got {key!r}")
     return tuple(m[1] if m[1] is not None else int(m[2]) for m in _PART.finditer(key))
 
 

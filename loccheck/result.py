@@ -57,25 +57,11 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
     from loccheck.metrics import METRICS
     from loccheck.null import count_locations
     from loccheck.prompts import format_prompt
-    from loccheck.stats import describe
-    from loccheck.verdict import test_location
 
     vs, metric = claim.verdict, claim.verdict.metric
     methods = [e.method for e in claim.edits]
     records = [o.record(base) for o in outcomes]
-    tests, summaries = {}, {}
-    for m in methods:
-        mine = [r for r in records if r["method"] == m]
-        claim_r, ceiling_r, randoms = mine[0], mine[1], mine[2:]
-        better = METRICS[metric].improvement
-        tests[m] = test_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
-                                 [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
-                                 rho=vs.rho, location_size=len(location), site=location[0].kind).to_json()
-        summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
-                               "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},
-                               "null_value": describe([r["metrics"][name] for r in randoms]).to_json(),
-                               "null_gain": describe([r["gains"][name] for r in randoms]).to_json()}
-                        for name in claim.all_metrics}
+    tests, summaries = _tests(claim, methods, records, location)
     primary = tests[methods[0]]
     heuristic = HEURISTICS[claim.heuristic.method]
     evidence = None if proposal is None else heuristic.evidence(
@@ -107,6 +93,30 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
     }
     return VerifyResult(payload, n_fitted=sum(o.fitted for o in outcomes),
                         n_scored=sum(o.n_scored for o in outcomes), outcomes=list(outcomes))
+
+
+def _tests(claim, methods, records, location) -> tuple[dict, dict]:
+    """Per edit method: the test of the verdict's metric, and every listed metric's values and
+    gains for the claim, the ceiling and the null (records are in job order: claim, ceiling,
+    then the null's draws)."""
+    from loccheck.metrics import METRICS
+    from loccheck.stats import describe
+    from loccheck.verdict import test_location
+
+    vs, metric = claim.verdict, claim.verdict.metric
+    better = METRICS[metric].improvement
+    tests, summaries = {}, {}
+    for m in methods:
+        claim_r, ceiling_r, *randoms = [r for r in records if r["method"] == m]
+        tests[m] = test_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
+                                 [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
+                                 rho=vs.rho, location_size=len(location), site=location[0].kind).to_json()
+        summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
+                               "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},
+                               "null_value": describe([r["metrics"][name] for r in randoms]).to_json(),
+                               "null_gain": describe([r["gains"][name] for r in randoms]).to_json()}
+                        for name in claim.all_metrics}
+    return tests, summaries
 
 
 def _data_record(dataset: str, summary: dict, fmt: str, example: str, n_tokenized: dict[str, int]) -> dict:

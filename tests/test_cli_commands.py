@@ -103,6 +103,14 @@ def test_schema_is_json_with_descriptions(capsys):
     assert set(schema["required"]) == {"claim", "location"}
     n = schema["$defs"]["RandomLocationsSpec"]["properties"]["n"]
     assert n["description"].startswith("Number of random locations")
+    # edit methods are a list, each item one registered method's section chosen by `method:`
+    edits = schema["properties"]["edits"]
+    assert edits["type"] == "array" and edits["minItems"] == 1
+    assert {ref["$ref"] for ref in edits["items"]["oneOf"]} == {
+        "#/$defs/OptimalEditSection", "#/$defs/ITIEditSection"}
+    assert {ref["$ref"] for ref in schema["properties"]["heuristic"]["oneOf"]} == {
+        "#/$defs/ManualHeuristicSection", "#/$defs/ProbeHeuristicSection"}
+    assert "sites" in schema["$defs"]["LocationSpec"]["properties"]
 
 
 def test_init_writes_a_template_that_loads_and_never_overwrites(tmp_path, monkeypatch, capsys):

@@ -32,13 +32,14 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     result = upgrade(result)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t = primary(result)
+    t, site = primary(result), result.get("site_kind", "head")
     plot_null_histogram(t["null_gains"], t["claim_gain"], t["ceiling_gain"], result["metric"],
-                        out_dir / NULL_HIST_NAME, location_size=len(result.get("location") or []))
+                        out_dir / NULL_HIST_NAME, location_size=len(result.get("location") or []),
+                        site=site)
     if edits_of(result, "optimal"):
-        plot_loss_curves(edits_of(result, "optimal"), out_dir / LOSS_CURVES_NAME)
+        plot_loss_curves(edits_of(result, "optimal"), out_dir / LOSS_CURVES_NAME, site=site)
     if len(result["tests"]) > 1:
-        plot_methods(result["tests"], result["metric"], out_dir / METHODS_NAME)
+        plot_methods(result["tests"], result["metric"], out_dir / METHODS_NAME, site=site)
     if (result.get("heuristic") or {}).get("method") == "probe" and result.get("heuristic_evidence"):
         from loccheck.locations import HeadLoc
 

@@ -55,7 +55,8 @@ def _save(fig, path) -> Path:
 
 
 def plot_null_histogram(null_gains: Sequence[float], claim_gain: float, full_gain: float,
-                        metric: str, path: str | os.PathLike, *, location_size: int) -> Path:
+                        metric: str, path: str | os.PathLike, *, location_size: int,
+                        site: str = "head") -> Path:
     """Histogram of the null gains with the claim's and the whole model's gain marked.
 
     Non-finite null gains are left out of the histogram (the title still counts all N).
@@ -67,18 +68,18 @@ def plot_null_histogram(null_gains: Sequence[float], claim_gain: float, full_gai
         if g.size:
             bins = max(5, min(40, math.ceil(2 * math.sqrt(g.size))))
             ax.hist(g, bins=bins, color=NULL_COLOR, edgecolor="white",
-                    label=f"random {location_size}-head locations (N = {n})")
+                    label=f"random {location_size}-{site} locations (N = {n})")
         else:
             ax.text(0.5, 0.5, "no finite null gains", transform=ax.transAxes, ha="center")
         # axvline widens the x-limits when a marked gain lies outside the null's range.
         if _is_finite(claim_gain):
             ax.axvline(claim_gain, color=CLAIM_COLOR, lw=2.5,
-                       label=f"claimed heads: {float(claim_gain):.4g}")
+                       label=f"claimed {site}s: {float(claim_gain):.4g}")
         if _is_finite(full_gain):
             ax.axvline(full_gain, color=FULL_COLOR, lw=2.0, ls="--",
                        label=f"whole-model edit (ceiling): {float(full_gain):.4g}")
         ax.set_title(f"Null distribution: {metric} gain at N = {n} random "
-                     f"{location_size}-head locations")
+                     f"{location_size}-{site} locations")
         ax.set_xlabel(f"{metric} gain over the unedited model")
         ax.set_ylabel("number of random locations")
         ax.yaxis.get_major_locator().set_params(integer=True)  # counts, not fractions
@@ -86,14 +87,14 @@ def plot_null_histogram(null_gains: Sequence[float], claim_gain: float, full_gai
         return _save(fig, path)
 
 
-def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike) -> Path:
+def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike, *, site: str = "head") -> Path:
     """Training loss per optimizer step for every edit in `edits` (the result dict's list).
 
     The claim and the whole-model edit are bold; random locations are thin grey lines with
     one legend entry. The y axis is logarithmic when every finite loss is positive.
     """
     randoms = [e for e in edits if e.get("role") == "random"]
-    styles = {"claim": dict(color=CLAIM_COLOR, lw=2.4, label="claimed heads", zorder=3),
+    styles = {"claim": dict(color=CLAIM_COLOR, lw=2.4, label=f"claimed {site}s", zorder=3),
               "ceiling": dict(color=FULL_COLOR, lw=2.0, ls="--", label="whole model", zorder=3)}
     all_losses = []
     with plt.style.context("default"), plt.rc_context(_RC):
@@ -186,7 +187,7 @@ def plot_probe_heatmap(val_accuracy, claimed: Sequence, path: str | os.PathLike,
         return _save(fig, path)
 
 
-def plot_methods(methods: dict, metric: str, path: str | os.PathLike) -> Path:
+def plot_methods(methods: dict, metric: str, path: str | os.PathLike, *, site: str = "head") -> Path:
     """One panel per edit method: its null gains as dots (one per random location, the same
     locations in every panel), the claimed heads' gain and the whole-model gain as lines."""
     order = [m for m in ("iti", "optimal") if m in methods] + sorted(set(methods) - {"iti", "optimal"})
@@ -200,7 +201,7 @@ def plot_methods(methods: dict, metric: str, path: str | os.PathLike) -> Path:
             jitter = (np.arange(g.size) % 7 - 3) * 0.04
             ax.scatter(jitter, g, s=14, color=NULL_COLOR, label="random locations")
             if _is_finite(s.get("claim_gain")):
-                ax.axhline(s["claim_gain"], color=CLAIM_COLOR, lw=2.5, label="claimed heads")
+                ax.axhline(s["claim_gain"], color=CLAIM_COLOR, lw=2.5, label=f"claimed {site}s")
             if _is_finite(s.get("ceiling_gain")):
                 ax.axhline(s["ceiling_gain"], color=FULL_COLOR, lw=2.0, ls="--", label="whole model")
             p = s.get("p_value")
