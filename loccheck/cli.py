@@ -214,10 +214,11 @@ heuristic:
 edits:                           # the first one's test gives the verdict; add `- method: iti`
   - method: optimal              # for ITI's heuristic edit side by side
     objective: ipo               # or dpo
-    epochs: 2
     batch_size: 4
     learning_rate: 1.0e-2        # claimed and random locations alike
-    full_model_learning_rate: 1.0e-2
+    lr_size_exponent: 0.5        # the whole model's rate: learning_rate * (size / all) ** 0.5
+    max_epochs: 10               # each edit trains until it converges, at most this many epochs
+    convergence_tol: 0.02
     seed: 0
 
 metrics: [preference_margin, preference_accuracy]   # reported for every edit

@@ -64,9 +64,11 @@ class Progress:
         how = f"fitted in {outcome.seconds:.0f} s" if outcome.fitted else "from the cache"
         if outcome.n_scored and not outcome.fitted:
             how += f", {outcome.n_scored} metric(s) scored"
-        loss = outcome.info.get("final_loss")
-        facts = "" if loss is None else f", loss {loss:.3g}" + (
-            " (still falling)" if outcome.info.get("still_falling") else "")
+        info, facts = outcome.info, ""
+        if info.get("final_objective") is not None:
+            facts = (f", objective {info['initial_objective']:.3g} -> {info['final_objective']:.3g} "
+                     f"in {info['epochs']} epoch(s), " + ("converged" if info.get("converged") else
+                                                          f"NOT CONVERGED ({info.get('stopped')})"))
         gain = outcome.metrics[self.metric] - self.base
         line = (f"{self.title}[{self.done}/{self.total}] {outcome.job.label}: {how}{facts}, "
                 f"{self.metric} gain {gain:+.3g}  ({elapsed:.0f} s so far, ~{left:.0f} s left)")

@@ -203,6 +203,17 @@ def count_effective(null_gains, ceiling_gain: float, rho: float) -> int | None:
     return int(np.sum(np.asarray(null_gains) >= rho * ceiling_gain))
 
 
+CEILING_SLACK = 0.1   # an optimality ratio up to 1.1 is within what optimisation noise gives
+
+
+def ceiling_short(claim_gain: float, ceiling_gain: float, null_std: float) -> bool:
+    """Whether the claimed location gains more than the whole model beyond noise: by more than
+    `CEILING_SLACK` of the ceiling's gain and by more than the null's standard deviation. The
+    ceiling can do everything a location can, so that means it failed to reach its optimum."""
+    noise = max(null_std if math.isfinite(null_std) else 0.0, CEILING_SLACK * abs(ceiling_gain))
+    return bool(claim_gain - ceiling_gain > noise)
+
+
 @dataclass(frozen=True)
 class LocationTest:
     """Everything the verdict on one edit method rests on, computed once (the report only
@@ -227,6 +238,7 @@ class LocationTest:
     claim_percentile: float
     optimality_ratio: float
     n_null_effective: int | None      # null locations reaching rho x the ceiling's gain
+    ceiling_short: bool               # the claim beats the ceiling by more than the null's spread
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict.value, "verdict_reason": self.reason,
@@ -237,7 +249,7 @@ class LocationTest:
                 "null_std": self.null_std, "null_min": self.null_min, "null_max": self.null_max,
                 "claim_percentile": self.claim_percentile,
                 "optimality_ratio": self.optimality_ratio,
-                "n_null_effective": self.n_null_effective}
+                "n_null_effective": self.n_null_effective, "ceiling_short": self.ceiling_short}
 
 
 def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: float, rho: float,
@@ -258,4 +270,5 @@ def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: 
         null_gains=tuple(float(g) for g in test.null_distribution), null_mean=test.null_mean,
         null_std=test.null_std, null_min=spread.min, null_max=spread.max,
         claim_percentile=test.percentile, optimality_ratio=decision.optimality_ratio,
-        n_null_effective=count_effective(test.null_distribution, ceiling_gain, rho))
+        n_null_effective=count_effective(test.null_distribution, ceiling_gain, rho),
+        ceiling_short=ceiling_short(claim_gain, ceiling_gain, spread.std))

@@ -47,7 +47,7 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     nulls = _draw_null(claim, bench, location)
     metrics = claim.all_metrics
     base = unedited_scores(bench, cache, metrics)
-    jobs = edit_jobs(claim, bench.key, location, nulls)
+    jobs = edit_jobs(claim, bench.key, location, nulls, len(bench.adapter.sites(claim.site_kind)))
     outcomes = _run(jobs, JobRunner(bench, cache, metrics), executor, bench,
                     _progress(claim, len(jobs), progress, base, write_line))
     result = build_result(claim, bench, location, proposal, nulls, base, outcomes, executor.name)
@@ -62,16 +62,18 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     return replace(result, report_dir=str(out))
 
 
-def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple]) -> list:
-    """Per edit method, in claim order: the claim, the ceiling, then the null's draws in order."""
+def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple], n_sites: int) -> list:
+    """Per edit method, in claim order: the claim, the ceiling (all `n_sites` sites), then the
+    null's draws in order."""
     from loccheck.edits import EDIT_METHODS
     from loccheck.jobs import Job
 
     jobs = []
     for section in claim.edits:
         method = EDIT_METHODS[section.method]
-        local = method.settings(section, False, claim.verdict.metric)
-        ceiling = method.settings(section, True, claim.verdict.metric)
+        size, metric = len(location), claim.verdict.metric
+        local = method.settings(section, size=size, claim_size=size, verdict_metric=metric)
+        ceiling = method.settings(section, size=n_sites, claim_size=size, verdict_metric=metric)
         jobs += [Job(section.method, local, location, "claim", None, bench_key),
                  Job(section.method, ceiling, None, "ceiling", None, bench_key)]
         jobs += [Job(section.method, local, loc, "random", i, bench_key) for i, loc in enumerate(nulls)]

@@ -39,15 +39,14 @@ edits:
     objective: dpo
     tau: 0.2
     beta: 1
-    epochs: 3
+    max_epochs: 3
     batch_size: 8
     learning_rate: 1e-3
-    full_model_learning_rate: 2.5e-5
+    lr_size_exponent: 0.25
     weight_decay: 0.01
     warmup_ratio: 0.1
     init_std: 0.02
     read: location
-    max_steps: 100
     seed: 3
     convergence_tol: 0.01
   - method: iti
@@ -86,7 +85,7 @@ def test_full_claim_round_trips(tmp_path):
     assert claim.location.parsed == (HeadLoc(1, 0), HeadLoc(12, 3))  # sorted
     assert claim.heuristic.probe_accuracies == {"L12H3": 0.83, "L1H0": 0.71}
     # YAML 1.1 reads `1e-3` as a string; the loader reads it as a float, as YAML 1.2 does.
-    assert claim.edits[0].learning_rate == 1e-3 and claim.edits[0].full_model_learning_rate == 2.5e-5
+    assert claim.edits[0].learning_rate == 1e-3 and claim.edits[0].lr_size_exponent == 0.25
     assert claim.edits[0].beta == 1.0 and isinstance(claim.edits[0].beta, float)
     assert claim.expect == "SUPPORTED"
     config = claim.effective_config()
@@ -107,10 +106,10 @@ def test_minimal_claim_fills_defaults():
         "location": {"sites": ["L0H1"], "from_heuristic": False},
         "heuristic": {"method": "manual", "citation": None, "notes": None},
         "edits": [{"method": "optimal",
-                   "objective": "ipo", "tau": 0.1, "beta": 0.1, "epochs": 2, "batch_size": 4,
-                   "learning_rate": 5e-4, "full_model_learning_rate": 1e-4, "weight_decay": 0.0,
-                   "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "max_steps": None, "seed": 0,
-                   "convergence_tol": 0.05}],
+                   "objective": "ipo", "tau": 0.1, "beta": 0.1, "batch_size": 4,
+                   "learning_rate": 5e-4, "lr_size_exponent": 0.5, "weight_decay": 0.0,
+                   "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "max_epochs": 10,
+                   "convergence_tol": 0.02, "seed": 0}],
         "metrics": ["preference_margin", "preference_accuracy"],
         "random_locations": {"n": 100, "match_layers": False, "seed": 0},
         "verdict": {"metric": "preference_margin", "alpha": 0.05, "rho": 0.9},
@@ -175,7 +174,7 @@ def test_error_without_line_map():
 # --- schema errors, each with its line ----------------------------------------------------------
 
 def test_misspelled_key_suggests(tmp_path):
-    text = "claim: x\nlocation:\n  sites: [L0H1]\nedits:\n  - epochs: 2\n    tau: 0.1\n    lerning_rate: 5e-4\n"
+    text = "claim: x\nlocation:\n  sites: [L0H1]\nedits:\n  - max_epochs: 2\n    tau: 0.1\n    lerning_rate: 5e-4\n"
     message, path = load_error(tmp_path, text)
     assert message.startswith(f"{path}:7:5: edits[0].lerning_rate: ")
     assert "unknown key 'lerning_rate'; did you mean 'learning_rate'?" in message
@@ -188,7 +187,7 @@ def test_misspelled_top_level_key(tmp_path):
 
 
 def test_missing_required_key(tmp_path):
-    message, path = load_error(tmp_path, "claim: x\nedits: [{epochs: 2}]\n")
+    message, path = load_error(tmp_path, "claim: x\nedits: [{max_epochs: 2}]\n")
     assert message == f"{path}:1:1: location: missing required key"
 
 
@@ -243,17 +242,17 @@ def test_alpha(tmp_path, value, expected):
 
 
 def test_strict_ints_and_bools(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edits: [{epochs: 2.0}]\n")
-    assert message == f"{path}:3:18: edits[0].epochs: Input should be a valid integer, got 2.0"
-    message, path = load_error(tmp_path, MINIMAL + "edits: [{epochs: yes}]\n")
-    assert message == f"{path}:3:18: edits[0].epochs: Input should be a valid integer, got true"
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{max_epochs: 2.0}]\n")
+    assert message == f"{path}:3:22: edits[0].max_epochs: Input should be a valid integer, got 2.0"
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{max_epochs: yes}]\n")
+    assert message == f"{path}:3:22: edits[0].max_epochs: Input should be a valid integer, got true"
     message, path = load_error(tmp_path, MINIMAL + "model: {trust_remote_code: 1}\n")
     assert message.startswith(f"{path}:3:28: model.trust_remote_code: Input should be a valid boolean")
 
 
 def test_several_errors_reports_first_in_file(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edits:\n  - epochs: 0\n    tau: -1\n")
-    assert message == f"{path}:4:13: edits[0].epochs: Input should be greater than or equal to 1, got 0 (+1 more)"
+    message, path = load_error(tmp_path, MINIMAL + "edits:\n  - max_epochs: 0\n    tau: -1\n")
+    assert message == f"{path}:4:17: edits[0].max_epochs: Input should be greater than or equal to 1, got 0 (+1 more)"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -310,8 +309,8 @@ def test_python_tag_refused(tmp_path, capfd):
 
 
 def test_duplicate_yaml_key(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edits:\n  - epochs: 2\n    tau: 0.3\n    epochs: 3\n")
-    assert message == f"{path}:6:5: edits[0].epochs: duplicate key 'epochs' (first on line 4)"
+    message, path = load_error(tmp_path, MINIMAL + "edits:\n  - max_epochs: 2\n    tau: 0.3\n    max_epochs: 3\n")
+    assert message == f"{path}:6:5: edits[0].max_epochs: duplicate key 'max_epochs' (first on line 4)"
 
 
 def test_yaml_null_key(tmp_path):
@@ -320,7 +319,7 @@ def test_yaml_null_key(tmp_path):
 
 
 def test_bad_tagged_value(tmp_path):
-    message, path = load_error(tmp_path, MINIMAL + "edits: [{epochs: !!int abc}]\n")
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{max_epochs: !!int abc}]\n")
     assert message.startswith(f"{path}: invalid YAML value: ")
 
 

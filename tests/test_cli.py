@@ -18,7 +18,7 @@ behavior:
   split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 1}}
 location:
   sites: [L3H1, L20H2]
-edits: [{{epochs: 2, batch_size: 2, learning_rate: 1.0e-2, full_model_learning_rate: 1.0e-2}}]
+edits: [{{max_epochs: 2, batch_size: 2, learning_rate: 1.0e-2}}]
 random_locations: {{n: {n}, seed: 0}}
 verdict: {{alpha: 0.25}}
 {expect}
@@ -73,7 +73,8 @@ def test_verify_end_to_end_on_smollm2(claim_file, tmp_path, capsys):
     ratio = test["claim_gain"] / test["ceiling_gain"] if test["ceiling_gain"] > 0 else math.nan
     assert test["optimality_ratio"] == pytest.approx(ratio, nan_ok=True)
     for e in edits:
-        assert e["steps"] == 4 == len(e["loss_curve"])         # 4 pairs, batch 2, 2 epochs
+        assert e["steps"] == 2 * e["epochs"] == len(e["loss_curve"])   # 4 pairs, batch 2
+        assert 1 <= e["epochs"] <= 2 and len(e["objective_curve"]) == e["epochs"] + 1
         assert e["gains"][metric] == pytest.approx(e["metrics"][metric] - result["base_metrics"][metric])
     assert all(e["location"] != ["L3H1", "L20H2"] for e in edits[2:])
     assert result["data"]["n_questions"] == {"train": 4, "validation": 0, "test": 4}

@@ -28,7 +28,7 @@ def verified(tmp_path_factory):
     pairs = write_pairs(root / "pairs.jsonl")
     live, dead = root / "claims" / "live.yaml", root / "claims" / "dead.yaml"
     live.parent.mkdir()
-    one_epoch = DEFAULT_EDIT.replace("epochs: 3,", "epochs: 1,")   # verdicts need only a live gain > 0
+    one_epoch = DEFAULT_EDIT.replace("max_epochs: 3,", "max_epochs: 1,")   # verdicts need only a live gain > 0
     live.write_text(claim_text(model, pairs, ["L1H2"], n=9, alpha=0.05, expect="UNDERPOWERED",
                                edit=one_epoch))
     dead.write_text(claim_text(model, pairs, ["L0H1"], n=2, alpha=0.25, edit=one_epoch))

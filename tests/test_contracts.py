@@ -47,7 +47,9 @@ def _outputs(bench):
 
 def _settings(claim, name, ceiling=False):
     section = next(e for e in claim.edits if e.method == name)
-    return EDIT_METHODS[name].settings(section, ceiling, claim.verdict.metric)
+    size = len(claim.location.parsed)
+    return EDIT_METHODS[name].settings(section, size=8 if ceiling else size, claim_size=size,
+                                       verdict_metric=claim.verdict.metric)
 
 
 @pytest.mark.parametrize("name", list(EDIT_METHODS))

@@ -26,7 +26,7 @@ from loccheck.locations import HeadLoc
 pytest_plugins = ["pytester"]
 
 
-ONE_EPOCH = DEFAULT_EDIT.replace("epochs: 3,", "epochs: 1,")
+ONE_EPOCH = DEFAULT_EDIT.replace("max_epochs: 3,", "max_epochs: 1,")
 
 
 def short_claim(*args, **kw) -> str:

@@ -170,8 +170,8 @@ def test_statistics_table_shows_exact_p_and_n(result, rendered):
 def test_still_falling_edits_named_in_warning(rendered):
     text = rendered[1]
     warning = next(ln for ln in text.splitlines() if ln.startswith("**Warning:**"))
-    assert "still falling" in warning
-    names = re.findall(r"claimed location|whole model|random \d+", warning.split("ran out:")[1])
+    assert "did not converge" in warning
+    names = re.findall(r"claimed location|whole model|random \d+", warning.split("not be optimal:")[1])
     assert names == ["claimed location", "random 3", "random 11"]
 
 

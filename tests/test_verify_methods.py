@@ -25,7 +25,7 @@ def _probe_claim(known_llama, tmp_path, extra=""):
 
 def test_heads_from_the_heuristic_and_both_edits(known_llama, tmp_path):
     path = _probe_claim(known_llama, tmp_path)
-    text = path.read_text().replace("edits: [{epochs: 3", "edits: [{method: iti, alphas: [0, 4, 8]}, {epochs: 3")
+    text = path.read_text().replace("edits: [{max_epochs: 3", "edits: [{method: iti, alphas: [0, 4, 8]}, {max_epochs: 3")
     path.write_text(text)
     result = verify(load_claim(path), out_dir=tmp_path / "out", progress=False)
 

@@ -4,8 +4,10 @@ random location (a registry).
 An edit method is one module in this folder holding its claim section (`method: <name>` in a
 claim's `edits:` list), its edit, its fit and its ceiling, registered as an `EditMethod`:
 
-- `settings(section, ceiling, verdict_metric)`: the JSON settings that determine one fit (they
-  and the location make its cache key, so two claims that fit the same edit share it);
+- `settings(section, size=, claim_size=, verdict_metric=)`: the JSON settings that determine one
+  fit at a location of `size` sites (the ceiling: every site), the same procedure for every
+  location; they and the location make its cache key, so two claims that fit the same edit
+  share it;
 - `fit(bench, settings, location)`: a `Fitted` edit; `location` None is the whole model;
 - `restore(bench, settings, location, state)`: the same edit from its stored parameters, so a
   metric added later scores it without refitting;
@@ -38,7 +40,7 @@ class Fitted:
 class EditMethod:
     name: str
     section: type[Section]
-    settings: Callable[[Any, bool, str], dict]
+    settings: Callable[..., dict]
     fit: Callable[..., Fitted]
     restore: Callable[..., Any]
     initial: Callable[..., Any]

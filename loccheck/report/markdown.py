@@ -98,7 +98,12 @@ def _interpretation(r: dict) -> str:
                 "nor falsify the claim.")
     else:
         text = f"Verdict {v} has no standard interpretation; see the numbers below."
-    return " ".join([text, effective_sentence(r, r["primary_method"]), scope]).replace("  ", " ")
+    short = ("**The ceiling fell short:** the claimed location gained more than the whole-model "
+             "edit by more than the null's standard deviation. The whole model can do everything a "
+             "location can, so its edit did not reach its optimum and the optimality ratio above 1 "
+             "measures that failure, not a location better than the whole model."
+             if t.get("ceiling_short") else "")
+    return " ".join([text, effective_sentence(r, r["primary_method"]), short, scope]).replace("  ", " ")
 
 
 def effective_sentence(r: dict, method: str) -> str:

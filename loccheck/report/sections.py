@@ -32,22 +32,26 @@ def _optimal_lines(r: dict) -> list[str]:
     edits = edits_of(r, "optimal")
     kind = r.get("site_kind", "head")
     rows = [[edit_name(e), sites(e.get("location") or [], kind=kind), fmt(e.get("n_params")),
-             fmt(e.get("learning_rate")), fmt(e.get("steps")), fmt(e.get("final_loss")),
-             "yes" if e.get("still_falling") else "no"] for e in edits]
-    flagged = [edit_name(e) for e in edits if e.get("still_falling")]
-    if flagged:
-        note = (f"**Warning:** {len(flagged)} of {len(edits)} edits may not be optimal: their "
-                "loss was still falling when the budget ran out: " + ", ".join(flagged) + ".")
+             fmt(e.get("learning_rate")), fmt(e.get("epochs")), fmt(e.get("steps")),
+             f"{fmt(e.get('initial_objective'))} -> {fmt(e.get('final_objective'))}",
+             fmt(e.get("attained")), "yes" if e.get("converged") else f"**no** ({e.get('stopped')})"]
+            for e in edits]
+    capped = [edit_name(e) for e in edits if not e.get("converged")]
+    if capped:
+        note = (f"**Warning:** the verdict rests on {len(capped)} of {len(edits)} edits that did not "
+                "converge (still improving when they reached the cap, or diverged), so they may "
+                "not be optimal: " + ", ".join(capped) + ".")
     else:
-        note = (f"All {len(edits)} edits converged by the trainer's criterion: for none of them "
-                "was the mean loss of the last quarter of the steps lower than that of the "
-                "quarter before by more than `convergence_tol`.")
-    headers = ["edit", "location", "params", "learning rate", "steps", "final loss",
-               "still falling?"]
+        note = (f"All {len(edits)} edits converged: each stopped when an epoch improved its "
+                "whole-training-set objective by at most `convergence_tol` of the improvement made "
+                "so far, or came within that share of the objective's optimum.")
+    headers = ["edit", "location", "params", "learning rate", "epochs", "steps",
+               "objective (start -> end)", "share of attainable", "converged?"]
     return ["## Convergence of the optimal edits", "",
-            "`optimal` fits the best rank-1 edit at each location by preference optimisation, "
-            "with the same data, order, budget and seed everywhere.", "",
-            table(rows, headers), "", note]
+            "`optimal` fits the best rank-1 edit at each location by preference optimisation: the "
+            "same data, order, convergence rule and cap everywhere, the learning rate by one rule "
+            "from the location's size. \"Share of attainable\" is (start - end) / (start - optimum).",
+            "", table(rows, headers), "", note]
 
 
 def _iti_lines(r: dict) -> list[str]:

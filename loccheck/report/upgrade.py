@@ -28,7 +28,10 @@ def _from_v1(r: dict) -> dict:
 
     n = r["n_random"]
     edits = [{**e, "method": e.get("method", "optimal"),
-              "role": "ceiling" if e.get("role") == "full" else e.get("role")}
+              "role": "ceiling" if e.get("role") == "full" else e.get("role"),
+              # 0.1.0 trained a fixed budget and flagged edits whose loss was still falling
+              **({"converged": not e["still_falling"], "stopped": "fixed budget",
+                  "final_objective": e.get("final_loss")} if "still_falling" in e else {})}
              for e in r.get("edits") or []]
     base = r.get("base_metrics") or {}
     metrics = [r["metric"]] + sorted(m for m in base if m != r["metric"])
