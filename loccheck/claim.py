@@ -139,6 +139,11 @@ class LocationSpec(Section):
 
 class RandomLocationsSpec(Section):
     n: StrictInt = Field(100, description="Number of random locations in the null (n_null).")
+    stop: Literal["sequential", "full"] = Field(
+        "sequential", description="'sequential': fit the null's locations in their seeded order and "
+                                  "stop once the verdict at alpha is decided (Besag and Clifford 1991: "
+                                  "enough of them edit as well as the claim); a claim the full null "
+                                  "would support still fits all n. 'full': always fit all n.")
     match_layers: StrictBool = Field(False, description="Draw random sites from the claimed sites' layers.")
     seed: StrictInt = Field(0, description="Seed of the random-location draw.")
 

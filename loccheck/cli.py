@@ -135,7 +135,8 @@ def _verify(args) -> int:
     for claim in claims:
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name),
                         progress=args.progress, **settings.verify_kwargs())
-        print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_null}, "
+        fitted = f" ({result.n_null_fitted} fitted)" if result.test["stopped_early"] else ""
+        print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_null}{fitted}, "
               f"claim gain {result.claim_gain:+.4g}, whole model {result.ceiling_gain:+.4g}, "
               f"null mean {result.null_mean:+.4g}); expected {result.expect or 'SUPPORTED'}: "
               f"{'as expected' if result.matches_expectation else 'NOT as expected'}; "

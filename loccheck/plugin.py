@@ -238,13 +238,19 @@ def evidence_text(result, state: LoccheckSession) -> str:
     report = Path(result.report_dir) / "report.md"
     return "\n".join([
         f"verdict {result.verdict}, expected {result.expect or 'SUPPORTED'}",
-        f"p-value: {result.p_value:.4g} with N = {result.n_null} random locations "
+        f"p-value: {result.p_value:.4g} with N = {result.n_null} random locations"
+        f"{_fitted(result)} "
         f"(alpha = {result.alpha:g})",
         f"{result.metric} gain: claim {result.claim_gain:+.4g}, whole model "
         f"{result.ceiling_gain:+.4g}, null mean {result.null_mean:+.4g}",
         f"why: {result.verdict_reason}",
         f"report: {state.shown(report)}",
     ])
+
+
+def _fitted(result) -> str:
+    """", 1 fitted (sequential)" when the null stopped early, else nothing."""
+    return f", {result.n_null_fitted} fitted (sequential)" if result.test["stopped_early"] else ""
 
 
 def _summary_line(row: dict, state: LoccheckSession) -> str:

@@ -78,6 +78,15 @@ class Progress:
         else:
             self._write(f"loccheck: {line}")
 
+    def note(self, text: str) -> None:
+        if self.mode == "off":
+            return
+        line = f"{self.title}{text}"
+        if self.outer is not None:
+            self.outer.write(line)
+        else:
+            self._write(f"loccheck: {line}")
+
     def close(self) -> None:
         for bar in (self.inner, self.outer):
             if bar is not None:

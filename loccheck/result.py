@@ -41,6 +41,7 @@ class VerifyResult:
     null_mean = property(lambda self: self.test["null_mean"])
     optimality_ratio = property(lambda self: self.test["optimality_ratio"])
     n_null = property(lambda self: self.payload["n_null"])
+    n_null_fitted = property(lambda self: self.test["n_null_fitted"])
     metric = property(lambda self: self.payload["metric"])
     alpha = property(lambda self: self.payload["alpha"])
     rho = property(lambda self: self.payload["rho"])
@@ -79,6 +80,7 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
         "metric": metric, "metrics": list(claim.all_metrics),
         "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},
         "alpha": vs.alpha, "rho": vs.rho, "n_null": len(nulls),
+        "n_null_fitted": primary["n_null_fitted"],
         "primary_method": methods[0], "tests": tests, "metric_summaries": summaries,
         "base_metrics": base, "edits": records,
         "data": _data_record(bs.dataset, data.summary(), bench.prompt_format,
@@ -110,7 +112,10 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
         claim_r, ceiling_r, *randoms = [r for r in records if r["method"] == m]
         tests[m] = test_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
                                  [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
-                                 rho=vs.rho, location_size=len(location), site=location[0].kind).to_json()
+                                 rho=vs.rho, location_size=len(location), site=location[0].kind,
+                                 n_null=claim.random_locations.n,
+                                 stop=claim.random_locations.stop).to_json()
+        randoms = randoms[:tests[m]["n_null_fitted"]]   # the null the test used
         summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
                                "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},
                                "null_value": describe([r["metrics"][name] for r in randoms]).to_json(),

@@ -183,3 +183,60 @@ def describe(values: ArrayLike) -> Description:
         return Description(0, nan, nan, nan, nan)
     std = float(np.std(arr, ddof=1)) if arr.size > 1 else float("nan")
     return Description(int(arr.size), float(np.mean(arr)), std, float(np.min(arr)), float(np.max(arr)))
+
+
+def sequential_stop_count(n_null: int, alpha: float) -> int:
+    """h: how many null values at or above the statistic decide the test at `alpha` whatever
+    the rest of a null of `n_null` would show: the smallest h with h / n_null > alpha. Then a
+    stopped sequential test's p-value h / l (l <= n_null draws) is above alpha, and so is the
+    full null's, (k + 1) / (n_null + 1) with k >= h."""
+    if n_null < 1 or not 0 < alpha < 1:
+        raise ValueError(f"`n_null` must be >= 1 and `alpha` in (0, 1), got {n_null} and {alpha}")
+    h = int(np.floor(alpha * n_null)) + 1
+    while h > 1 and (h - 1) / n_null > alpha:   # float round-off in the floor
+        h -= 1
+    while h / n_null <= alpha:
+        h += 1
+    return h
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """A sequential Monte Carlo p-value (Besag and Clifford, Biometrika 1991).
+
+    Null values are drawn in their seeded order and the drawing stops at the h-th value at or
+    above the statistic. Stopped after l draws: p = h / l. Not stopped after all n_max draws,
+    with g < h values at or above it: p = (g + 1) / (n_max + 1), the full null's p-value.
+    P(p <= alpha) <= alpha under exchangeability, and with h from `sequential_stop_count` a
+    stopped test's p-value is above alpha, as the full null's would be."""
+    pvalue: float
+    n_drawn: int          # l: null values used (the first l of the draw order)
+    n_at_least: int       # among them, at or above the statistic (ties included)
+    stopped_early: bool
+    h: int
+    n_max: int
+
+
+def sequential_pvalue(statistic: float, null: ArrayLike, *, n_max: int, h: int) -> SequentialResult:
+    """Besag-Clifford p-value of `statistic` from the null values drawn so far, in draw order
+    (at most `n_max`); ties count against the claim, as in `empirical_pvalue`. When the h-th
+    value at or above the statistic is among them, the values after it are not used."""
+    stat = _iv_statistic(statistic)
+    arr = _iv_null(null)
+    if not 1 <= h <= n_max or arr.size > n_max:
+        raise ValueError(f"need 1 <= h <= n_max and at most n_max values, got h={h}, "
+                         f"n_max={n_max}, {arr.size} values")
+    hits = np.flatnonzero(arr >= _tie_threshold(stat))
+    if hits.size >= h:
+        l = int(hits[h - 1]) + 1
+        return SequentialResult(h / l, l, h, True, h, n_max)
+    if arr.size < n_max:
+        raise ValueError(f"undecided: {hits.size} of {arr.size} values at or above the statistic, "
+                         f"fewer than h = {h}, and fewer than n_max = {n_max} drawn")
+    return SequentialResult((hits.size + 1) / (n_max + 1), n_max, int(hits.size), False, h, n_max)
+
+
+def sequential_decided(statistic: float, null: ArrayLike, *, n_max: int, h: int) -> bool:
+    """Whether the values drawn so far decide the sequential test (h at or above it, or all)."""
+    arr = np.asarray(null, dtype=float)
+    return arr.size >= n_max or int(np.count_nonzero(arr >= _tie_threshold(float(statistic)))) >= h

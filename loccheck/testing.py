@@ -124,7 +124,7 @@ DEFAULT_SPLIT = "{train: 0.5, validation: 0.25, test: 0.25, seed: 0}"
 def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, alpha: float = 0.05,
                expect: str | None = None, extra: str = "", edit: str = DEFAULT_EDIT,
                split: str = DEFAULT_SPLIT, random_seed: int = 0, rho: float | None = None,
-               edits: str | None = None) -> str:
+               edits: str | None = None, stop: str | None = None) -> str:
     """A claim file for a known-answer model: qa prompts, a short fixed budget (`edit` and
     `split` are YAML flow mappings that replace the defaults whole; `edit` is the one optimal
     edit, `edits` a flow list of several that replaces it)."""
@@ -134,7 +134,7 @@ def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, al
              f"           split: {split}}}",
              f"location: {{sites: [{', '.join(heads)}]}}",
              f"edits: {edits or '[' + edit + ']'}",
-             f"random_locations: {{n: {n}, seed: {random_seed}}}",
+             f"random_locations: {{n: {n}, seed: {random_seed}" + (f", stop: {stop}" if stop else "") + "}",
              f"verdict: {{alpha: {alpha}" + (f", rho: {rho}" if rho is not None else "") + "}"]
     if expect:
         lines.append(f"expect: {expect}")

@@ -239,6 +239,9 @@ class LocationTest:
     optimality_ratio: float
     n_null_effective: int | None      # null locations reaching rho x the ceiling's gain
     ceiling_short: bool               # the claim beats the ceiling by more than the null's spread
+    n_null_fitted: int                # null locations the test used (fewer when stopped early)
+    stop: str                         # "full", or "sequential" (Besag-Clifford)
+    stopped_early: bool
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict.value, "verdict_reason": self.reason,
@@ -249,26 +252,55 @@ class LocationTest:
                 "null_std": self.null_std, "null_min": self.null_min, "null_max": self.null_max,
                 "claim_percentile": self.claim_percentile,
                 "optimality_ratio": self.optimality_ratio,
-                "n_null_effective": self.n_null_effective, "ceiling_short": self.ceiling_short}
+                "n_null_effective": self.n_null_effective, "ceiling_short": self.ceiling_short,
+                "n_null_fitted": self.n_null_fitted, "stop": self.stop,
+                "stopped_early": self.stopped_early}
 
 
 def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: float, rho: float,
-                  location_size: int | None = None, site: str = "head") -> LocationTest:
-    """Test the claim's gain against the null's and decide the verdict (`null_test`, then
-    `decide_verdict`)."""
-    from loccheck.stats import describe, null_test
+                  location_size: int | None = None, site: str = "head", n_null: int | None = None,
+                  stop: str = "full") -> LocationTest:
+    """Test the claim's gain against the null's and decide the verdict.
 
+    `null_gains` are the null's gains in draw order, `n_null` the planned null size (default:
+    all of them). With `stop="full"` every planned gain is there and p = (1 + k) / (n_null + 1)
+    (`null_test`). With `stop="sequential"` the gains may stop early: when the h-th gain at or
+    above the claim's is among them (h from `stats.sequential_stop_count`), the test uses the
+    first l of them and p = h / l (Besag and Clifford 1991), which is above alpha, as the full
+    null's p-value would be: the verdict is FALSIFIED either way. Otherwise all n_null are needed
+    and the test is the full one."""
+    from loccheck.stats import describe, null_test, sequential_pvalue, sequential_stop_count
+
+    n_null = len(null_gains) if n_null is None else n_null
+    seq = None
+    if stop == "sequential" and n_null >= min_null_size(alpha):
+        seq = sequential_pvalue(claim_gain, null_gains, n_max=n_null,
+                                h=sequential_stop_count(n_null, alpha))
+        null_gains = list(null_gains)[:seq.n_drawn]
+    elif len(null_gains) != n_null:
+        raise ValueError(f"the full test needs all {n_null} null gains, got {len(null_gains)}")
     test = null_test(claim_gain, null_gains)
-    decision = decide_verdict(pvalue=test.pvalue, n_null=test.n_null, alpha=alpha,
+    pvalue = seq.pvalue if seq is not None else test.pvalue
+    decision = decide_verdict(pvalue=max(pvalue, 1 / (n_null + 1)), n_null=n_null, alpha=alpha,
                               claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
                               location_size=location_size, site=site)
+    reason = decision.reason
+    if seq is not None and seq.stopped_early:
+        what = f"random {location_size}-{site} locations" if location_size else "random locations"
+        reason = (f"p = {pvalue:.3g} > alpha = {alpha:g} (sequential, Besag-Clifford p = h / l): "
+                  f"{seq.h} of the first {seq.n_drawn} of {n_null} {what} edit the behaviour at least "
+                  f"as well as the claimed {site}s, which decides the test: whatever the other "
+                  f"{n_null - seq.n_drawn} would give, the full null's p-value would be above alpha.")
     spread = describe(test.null_distribution)
     return LocationTest(
-        verdict=decision.verdict, reason=decision.reason, pvalue=test.pvalue, n_null=test.n_null,
-        n_at_least=test.n_at_least, min_pvalue=test.min_pvalue, min_null_size=min_null_size(alpha),
+        verdict=decision.verdict, reason=reason, pvalue=pvalue, n_null=n_null,
+        n_at_least=seq.n_at_least if seq is not None else test.n_at_least,
+        min_pvalue=1 / (n_null + 1), min_null_size=min_null_size(alpha),
         claim_gain=float(claim_gain), ceiling_gain=float(ceiling_gain),
         null_gains=tuple(float(g) for g in test.null_distribution), null_mean=test.null_mean,
         null_std=test.null_std, null_min=spread.min, null_max=spread.max,
         claim_percentile=test.percentile, optimality_ratio=decision.optimality_ratio,
         n_null_effective=count_effective(test.null_distribution, ceiling_gain, rho),
-        ceiling_short=ceiling_short(claim_gain, ceiling_gain, spread.std))
+        ceiling_short=ceiling_short(claim_gain, ceiling_gain, spread.std),
+        n_null_fitted=test.n_null, stop="sequential" if seq is not None else "full",
+        stopped_early=bool(seq is not None and seq.stopped_early))

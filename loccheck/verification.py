@@ -48,7 +48,7 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     metrics = claim.all_metrics
     base = unedited_scores(bench, cache, metrics)
     jobs = edit_jobs(claim, bench.key, location, nulls, len(bench.adapter.sites(claim.site_kind)))
-    outcomes = _run(jobs, JobRunner(bench, cache, metrics), executor, bench,
+    outcomes = _run(claim, jobs, JobRunner(bench, cache, metrics), executor, bench, base,
                     _progress(claim, len(jobs), progress, base, write_line))
     result = build_result(claim, bench, location, proposal, nulls, base, outcomes, executor.name)
     if not write_report:
@@ -80,18 +80,49 @@ def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple],
     return jobs
 
 
-def _run(jobs, runner, executor, bench, progress) -> list:
-    """Every job's outcome, in job order; progress follows the order they finish in."""
-    outcomes = [None] * len(jobs)
+def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
+    """The outcomes, in job order. Per edit method: the claim and the ceiling, then the null in
+    waves of the executor's width; with `random_locations.stop: sequential` a method's null
+    stops at the first wave after which the test is decided (`stats.sequential_decided`)."""
+    from loccheck.metrics import METRICS
+    from loccheck.stats import sequential_decided, sequential_stop_count
+    from loccheck.verdict import min_null_size
+
+    rs, vs = claim.random_locations, claim.verdict
+    sequential = rs.stop == "sequential" and rs.n >= min_null_size(vs.alpha)
+    h = sequential_stop_count(rs.n, vs.alpha) if sequential else None
+    better = METRICS[vs.metric].improvement
+    gain = lambda o: better(o.metrics[vs.metric] - base[vs.metric])   # noqa: E731
+    outcomes = []
     bench.on_step = progress.on_step
     try:
-        for i, outcome in executor.imap(runner, jobs):
-            outcomes[i] = outcome
-            progress.finished(outcome)
+        for method in dict.fromkeys(j.method for j in jobs):
+            mine = [j for j in jobs if j.method == method]
+            head, null_jobs = mine[:2], mine[2:]
+            head_outcomes = _fit(head, runner, executor, progress)
+            outcomes += head_outcomes
+            fitted = []
+            for start in range(0, len(null_jobs), executor.width):
+                fitted += _fit(null_jobs[start:start + executor.width], runner, executor, progress)
+                if sequential and sequential_decided(gain(head_outcomes[0]), [gain(o) for o in fitted],
+                                                     n_max=rs.n, h=h):
+                    break
+            outcomes += fitted
+            if len(fitted) < len(null_jobs):
+                progress.note(f"{method}: the null is decided after {len(fitted)} of {rs.n} random "
+                              f"locations ({h} edit as well as the claim); {rs.n - len(fitted)} not fitted")
     finally:
         bench.on_step = None
         progress.close()
     return outcomes
+
+
+def _fit(jobs, runner, executor, progress) -> list:
+    done = [None] * len(jobs)
+    for i, outcome in executor.imap(runner, jobs):
+        done[i] = outcome
+        progress.finished(outcome)
+    return done
 
 
 def _progress(claim, n_jobs, progress, base, write_line):

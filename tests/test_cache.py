@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow   # fits edits on a tiny model (torch)
 
 def _claim(known_llama, tmp_path, n, heads=("L1H2", "L0H0"), extra=""):
     model_dir, pairs = known_llama
-    return parse_claim(claim_text(model_dir, pairs, list(heads), n=n, alpha=0.1, extra=extra),
+    return parse_claim(claim_text(model_dir, pairs, list(heads), n=n, alpha=0.1, extra=extra, stop="full"),
                        path=tmp_path / "cached.yaml")
 
 

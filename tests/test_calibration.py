@@ -62,7 +62,7 @@ def gains(tmp_path_factory):
     model_dir = write_model_dir(root / "model", "llama", every_head)
     pairs = write_pairs(root / "pairs.jsonl")
     # 72 draws with seed 3 cover the other 27 pairs (asserted below); repeats are cached
-    text = claim_text(model_dir, pairs, ["L0H0", "L0H1"], n=72, alpha=0.05, random_seed=3)
+    text = claim_text(model_dir, pairs, ["L0H0", "L0H1"], n=72, alpha=0.05, random_seed=3, stop="full")
     result = verify(parse_claim(text, path=root / "pool.yaml"), write_report=False, progress=False)
     table = {tuple(HeadLoc.parse(h) for h in e["location"]): e["gains"][result.metric]
              for e in result.edits if e["role"] in ("claim", "random")}
@@ -144,7 +144,7 @@ def test_exact_rate_of_verify_null_for_a_random_claim(gains, simulated, alpha, t
     seed = next(s for s in range(200)
                 if best in draw_null(**SHAPE, size=2, n=N, seed=s))
     model_dir, pairs = pool_run.payload["model"]["resolved"], pool_run.payload["data"]["source"]
-    text = claim_text(model_dir, pairs, [str(h) for h in best], n=N, alpha=alpha, random_seed=seed)
+    text = claim_text(model_dir, pairs, [str(h) for h in best], n=N, alpha=alpha, random_seed=seed, stop="full")
     result = verify(parse_claim(text, path=tmp_path / "best.yaml"), write_report=False, progress=False)
     assert result.n_fitted == 0
     drawn = [tuple(HeadLoc.parse(h) for h in e["location"]) for e in result.edits if e["role"] == "random"]

@@ -48,7 +48,7 @@ def test_verify_several_claims_one_exit_code(verified):
     # heads, p = 1/4, but 1/(N + 1) = 0.25 > alpha = 0.05 makes it UNDERPOWERED, as it expects.
     assert lines[0].startswith(f"{live}: UNDERPOWERED (p = 0.25, N = 3, claim gain +")
     assert lines[0].endswith(f"as expected; report: {reports / 'live' / 'report.md'}")
-    assert lines[1].startswith(f"{dead}: FALSIFIED (p = 1, N = 3, claim gain +0, ")
+    assert lines[1].startswith(f"{dead}: FALSIFIED (p = 1, N = 3 (1 fitted), claim gain +0, ")
     assert "expected SUPPORTED: NOT as expected" in lines[1]
     for name in ("live", "dead"):             # --out is the report dir: one folder per claim
         result = json.loads((reports / name / "result.json").read_text())

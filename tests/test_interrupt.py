@@ -45,7 +45,7 @@ def one_thread():
 def test_killed_run_leaves_no_partial_output_and_resumes(known_llama, tmp_path):
     model_dir, pairs = known_llama
     claim_path = tmp_path / "interrupted.yaml"
-    claim_path.write_text(claim_text(model_dir, pairs, ["L1H2", "L0H0"], n=N, alpha=0.05).replace(
+    claim_path.write_text(claim_text(model_dir, pairs, ["L1H2", "L0H0"], n=N, alpha=0.05, stop="full").replace(
         "epochs: 3", "epochs: 6"))
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = {**os.environ, "LOCCHECK_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1",

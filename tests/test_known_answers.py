@@ -84,10 +84,10 @@ def known(request, tmp_path_factory):
     return family, write_model_dir(tmp_path_factory.mktemp(f"known-{family}"), family, [LIVE])
 
 
-def _verify(known, pairs, tmp_path, heads, budget=BUDGET):
+def _verify(known, pairs, tmp_path, heads, budget=BUDGET, stop=None):
     family, model_dir = known
     text = claim_text(model_dir, pairs, [str(h) for h in heads], n=N, alpha=ALPHA, rho=RHO,
-                      edit=budget, split=SPLIT, random_seed=NULL_SEED)
+                      edit=budget, split=SPLIT, random_seed=NULL_SEED, stop=stop)
     result = verify(parse_claim(text, path=tmp_path / f"{family}.yaml"), write_report=False,
                     progress=False)
     print(f"{family} {'+'.join(map(str, heads))}: {result.verdict} p = {result.p_value:.4g} "
@@ -137,7 +137,7 @@ def test_dead_head_is_falsified(known, pairs, tmp_path):
 
 
 def test_live_and_dead_heads_together_are_falsified(known, pairs, tmp_path):
-    result = _verify(known, pairs, tmp_path, [DEAD, LIVE], budget=SHORT)
+    result = _verify(known, pairs, tmp_path, [DEAD, LIVE], budget=SHORT, stop="full")
     assert result.claim_gain > 0
     with_live = [e for e in _random(result) if str(LIVE) in e["location"]]
     for e in _random(result):
@@ -148,3 +148,19 @@ def test_live_and_dead_heads_together_are_falsified(known, pairs, tmp_path):
     assert k >= 1
     assert result.p_value == (1 + k) / (N + 1) > ALPHA
     assert result.verdict == "FALSIFIED"
+
+
+def test_the_sequential_null_stops_at_the_first_tie_with_the_same_verdict(known, pairs, tmp_path):
+    """N = 19, alpha = 0.05: one random location at least as good as the claim decides the test
+    (the full null's p would be at least 2/20 > alpha). The mixed claim ties with the first
+    random pair that holds the live head, so the null stops there: p = h / l = 1 / l."""
+    full = _verify(known, pairs, tmp_path, [DEAD, LIVE], budget=SHORT, stop="full")
+    seq = _verify(known, pairs, tmp_path, [DEAD, LIVE], budget=SHORT)
+    first = next(i for i, e in enumerate(_random(full)) if str(LIVE) in e["location"])
+    assert seq.n_null_fitted == first + 1 < N and seq.test["stopped_early"]
+    assert seq.p_value == 1 / (first + 1) > ALPHA
+    assert seq.verdict == full.verdict == "FALSIFIED"
+    assert seq.null_gains == full.null_gains[:first + 1]      # the same draws, in the same order
+    # the live head alone: no random location reaches it, so all 19 are fitted, as they must be
+    live = _verify(known, pairs, tmp_path, [LIVE])
+    assert live.n_null_fitted == N and not live.test["stopped_early"] and live.verdict == "SUPPORTED"

@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loccheck.stats import NullTestResult, empirical_pvalue, null_test
@@ -129,3 +129,61 @@ def test_input_validation(fn):
         fn(-np.inf, [0.0])
     with pytest.raises(TypeError, match="`statistic` must be a real number"):
         fn("high", [0.0])
+
+
+# --- the sequential null (Besag and Clifford 1991) ------------------------------------------
+
+from loccheck.stats import sequential_decided, sequential_pvalue, sequential_stop_count  # noqa: E402
+
+
+@pytest.mark.parametrize("n, alpha, h", [(19, 0.05, 1), (20, 0.05, 2), (99, 0.05, 5), (9, 0.1, 1),
+                                         (39, 0.05, 2), (999, 0.01, 10), (199, 0.05, 10)])
+def test_stop_count_is_the_fewest_hits_that_decide(n, alpha, h):
+    assert sequential_stop_count(n, alpha) == h
+    assert h / n > alpha and (h + 1) / (n + 1) > alpha   # h hits: neither p can reach alpha
+    assert h == 1 or (h - 1) / n <= alpha                 # with h - 1 the sequential one could
+
+
+@settings(max_examples=300)
+@given(null=st.lists(st.floats(-5, 5), min_size=19, max_size=99),
+       statistic=st.floats(-5, 5), alpha=st.sampled_from([0.05, 0.1, 0.2]))
+def test_sequential_agrees_with_the_full_null_wherever_it_stops(null, statistic, alpha):
+    n = len(null)
+    h = sequential_stop_count(n, alpha)
+    full = empirical_pvalue(statistic, null)
+    # the sequence is drawn in order and stops once decided
+    for l in range(1, n + 1):
+        if sequential_decided(statistic, null[:l], n_max=n, h=h):
+            break
+    seq = sequential_pvalue(statistic, null[:l], n_max=n, h=h)
+    if seq.stopped_early:
+        assert seq.n_drawn == l and seq.pvalue == h / l
+        assert seq.pvalue > alpha and full > alpha          # the same verdict at alpha
+    else:
+        assert l == n and seq.pvalue == full                 # all drawn: the full test itself
+
+
+def test_sequential_pvalue_is_valid_under_exchangeability():
+    """P(p <= alpha) <= alpha when the statistic is one more exchangeable draw: exact for the
+    h that loccheck uses, and by simulation for other h (the Besag-Clifford guarantee)."""
+    rng = np.random.default_rng(0)
+    n, sims = 19, 20000
+    for h in (1, 2, 3, 5):
+        values = rng.random((sims, n + 1))
+        ps = np.array([sequential_pvalue(v[0], v[1:], n_max=n, h=h).pvalue for v in values])
+        for alpha in (0.05, 0.1, 0.25):
+            rate = float(np.mean(ps <= alpha + 1e-12))
+            assert rate <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / sims), (h, alpha, rate)
+    # exact, for h = sequential_stop_count: p <= alpha only unstopped with k + 1 <= alpha (n + 1)
+    # hits, and k is uniform on 0..n, so the rate is floor(alpha (n + 1)) / (n + 1) <= alpha
+    alpha = 0.05
+    assert np.floor(alpha * (n + 1)) / (n + 1) <= alpha
+
+
+def test_sequential_input_validation():
+    with pytest.raises(ValueError, match="undecided"):
+        sequential_pvalue(1.0, [0.0, 0.5], n_max=19, h=1)
+    with pytest.raises(ValueError, match="h <= n_max"):
+        sequential_pvalue(1.0, [2.0], n_max=19, h=0)
+    with pytest.raises(ValueError, match="`n_null`"):
+        sequential_stop_count(0, 0.05)

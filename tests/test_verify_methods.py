@@ -16,7 +16,7 @@ PROBE = "heuristic: {method: probe, top_k: 1}\n"
 
 def _probe_claim(known_llama, tmp_path, extra=""):
     model_dir, pairs = known_llama
-    text = claim_text(model_dir, pairs, ["L0H0"], n=4, alpha=0.2).replace(
+    text = claim_text(model_dir, pairs, ["L0H0"], n=4, alpha=0.2, stop="full").replace(
         "location: {sites: [L0H0]}", "location: {from_heuristic: true}")
     path = tmp_path / "probed.yaml"
     path.write_text(text + PROBE + extra)

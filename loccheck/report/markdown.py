@@ -59,6 +59,8 @@ def _claim_lines(r: dict) -> list[str]:
 
 def _interpretation(r: dict) -> str:
     t, metric, n = primary(r), r["metric"], r.get("n_null")
+    if t.get("stopped_early"):   # the sequential null: say how many were fitted
+        n = f"the first {t['n_null_fitted']} (of {n} planned)"
     v, kind, size = t["verdict"], r.get("site_kind", "head"), len(r.get("location") or [])
     p, alpha, rho, ratio = fmt(t.get("p_value")), fmt(r.get("alpha")), fmt(r.get("rho")), \
         t.get("optimality_ratio")
@@ -136,14 +138,26 @@ def _stats_lines(r: dict) -> list[str]:
                  *[c for m in metrics for c in (spread(summaries[m]["null_value"]),
                                                 spread(summaries[m]["null_gain"]))]])
     n, k = t.get("n_null"), t.get("n_at_least")
-    test = [["p-value (one-sided)", fmt(t.get("p_value")) + f" (= {k + 1}/{n + 1})"],
-            ["null gains >= claim gain", f"{k} of {n}"],
-            ["N (random locations)", fmt(n)],
+    if t.get("stopped_early"):
+        l = t["n_null_fitted"]
+        test = [["p-value (one-sided, sequential)", fmt(t.get("p_value")) + f" (= {k}/{l})"],
+                ["null gains >= claim gain", f"{k} of the first {l}"],
+                ["N (random locations)", f"{n} planned, {l} fitted ({n - l} not needed)"]]
+    else:
+        test = [["p-value (one-sided)", fmt(t.get("p_value")) + f" (= {k + 1}/{n + 1})"],
+                ["null gains >= claim gain", f"{k} of {n}"],
+                ["N (random locations)", fmt(n)]]
+    test += [
             ["min reachable p, 1/(N + 1)", fmt(t.get("min_p_value"))],
             ["alpha", fmt(r.get("alpha"))],
             ["rho (required share of the ceiling)", fmt(r.get("rho"))],
             ["optimality ratio, claim gain / whole-model gain", fmt(t.get("optimality_ratio"))],
             ["claim percentile in null (%)", fmt(t.get("claim_percentile"))]]
+    sequential = ("" if t.get("stop") != "sequential" else
+                  " The null was drawn sequentially (`random_locations.stop: sequential`, Besag and "
+                  "Clifford 1991): its locations are fitted in their seeded order, and fitting stops "
+                  "at the h-th one at or above the claim (h = the fewest that decide the test at "
+                  "alpha); stopped after l locations, p = h / l, else the full null's p.")
     direction = "" if (r.get("higher_is_better") or {}).get(metric, True) else (
         f" Lower `{metric}` is better: the test compares gains with their sign flipped.")
     return ["## Statistics", "",
@@ -152,7 +166,7 @@ def _stats_lines(r: dict) -> list[str]:
             f"measured on held-out test questions.{direction}", "",
             table(rows, headers), "",
             table(test, ["test statistic", "value"]), "",
-            f"{P_CONVENTION}. ± is the sample standard deviation (ddof = 1)."]
+            f"{P_CONVENTION}. ± is the sample standard deviation (ddof = 1).{sequential}"]
 
 
 def _figure_lines(r: dict) -> list[str]:
