@@ -456,9 +456,15 @@ def _unknown_key(loc: Loc, data) -> str:
     names = list(getattr(model, "model_fields", ()))
     close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(names)
-    if loc[-1] in ("edit", "heads"):   # the two keys of claim files before edits: and sites:
-        hint = {"edit": "edit methods are now a list, `edits: [{method: optimal, ...}]`",
-                "heads": "the claimed sites are now `sites: [L12H3, ...]`"}[loc[-1]]
+    renamed = {   # keys of loccheck 0.1.0 claim files
+        "edit": "edit methods are now a list, `edits: [{method: optimal, ...}]`",
+        "heads": "the claimed sites are now `sites: [L12H3, ...]`",
+        "epochs": "edits now train until they converge; `max_epochs` caps them",
+        "max_steps": "edits now train until they converge; `max_epochs` caps them",
+        "full_model_learning_rate": "the whole model's rate now follows from `learning_rate` "
+                                    "and `lr_size_exponent`, one rule for every location"}
+    if loc[-1] in renamed:
+        hint = renamed[loc[-1]]
     return f"unknown key {loc[-1]!r}; {hint}"
 
 

@@ -343,3 +343,13 @@ def test_json_schema_has_descriptions():
     for name, section in schema["$defs"].items():
         for field, spec in section["properties"].items():
             assert spec.get("description"), f"{name}.{field} has no description"
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("edit: {epochs: 2}\n", "edit methods are now a list, `edits: [{method: optimal, ...}]`"),
+    ("edits: [{epochs: 2}]\n", "edits now train until they converge; `max_epochs` caps them"),
+    ("edits: [{full_model_learning_rate: 0.1}]\n", "`lr_size_exponent`"),
+])
+def test_keys_of_old_claim_files_say_what_replaced_them(tmp_path, text, hint):
+    message, _ = load_error(tmp_path, MINIMAL + text)
+    assert "unknown key" in message and hint in message

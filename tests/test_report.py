@@ -309,3 +309,16 @@ def test_no_heavy_imports():
     code = "import sys, loccheck.report; assert 'torch' not in sys.modules; " \
            "assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_ceiling_that_fell_short_is_explained_by_its_training_fit():
+    r = make_result()
+    r["tests"]["optimal"]["ceiling_short"] = True
+    claim, ceiling = (next(e for e in r["edits"] if e["role"] == role) for role in ("claim", "ceiling"))
+    claim["final_objective"], ceiling["final_objective"] = 0.33, 0.27      # the ceiling fits better
+    text = render_markdown(r)
+    assert "**The ceiling fell short:**" in text and "generalisation, not optimisation" in text
+    ceiling["final_objective"] = 0.9                                       # ... or it did not
+    assert "did not reach its optimum" in render_markdown(r)
+    r["tests"]["optimal"]["ceiling_short"] = False
+    assert "fell short" not in render_markdown(r)
