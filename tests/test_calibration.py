@@ -152,8 +152,8 @@ def test_exact_rate_of_verify_null_for_a_random_claim(gains, simulated, alpha, t
         assert drawn == draw_null(**SHAPE, size=2, n=N, seed=seed, exclude=best)
         if exclusive > alpha:
             pytest.xfail(
-                f"verify's null excludes the claimed set (draw_null(exclude=heads) in "
-                f"verification._run), so the claim and its null are not exchangeable: in a space "
+                f"verify's null excludes the claimed set (sample_null_locations(exclude=location) "
+                f"in verification._draw_null), so the claim and its null are not exchangeable: in a space "
                 f"of {len(table)} locations P(p <= {alpha}) = {exclusive:.4f} > alpha for a random "
                 f"claim (the best location always gets p = 1/(N+1)); without the exclusion it is "
                 f"{inclusive:.4f}")
