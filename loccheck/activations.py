@@ -91,11 +91,12 @@ def collect_head_activations(model, adapter, tokenizer, texts: Sequence[str], *,
 def activations_key(texts: Sequence[str], *, model_sha: str, adapter, dtype: str = "") -> str:
     """sha256 of canonical JSON of everything the activations depend on."""
     from loccheck import __version__
+    from loccheck.cache import code_identity
 
     texts_sha = hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
     spec = {"kind": "head_activations/last_token/add_special_tokens", "model_sha": model_sha,
             "texts_sha256": texts_sha, "n_texts": len(texts), "adapter": adapter.describe(),
-            "dtype": dtype, "loccheck": __version__}
+            "dtype": dtype, "loccheck": __version__, "code": code_identity()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

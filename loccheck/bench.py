@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from loccheck import __version__
-from loccheck.cache import content_key
+from loccheck.cache import code_identity, content_key
 from loccheck.errors import DataError, LoccheckError
 
 
@@ -127,7 +127,7 @@ def prepare_bench(claim, cache_root: Path) -> Bench:
         if not splits[name]:
             raise claim.error("behavior.split", f"{data.source}: the {name} split has no usable "
                               "preference pairs after tokenization (behavior.max_questions / behavior.split)")
-    identity = {"loccheck": __version__,
+    identity = {"loccheck": __version__, "code": code_identity(),
                 "model": {"weights": loaded.weights_id, "dtype": loaded.info["dtype"],
                           "device": loaded.info["device"].split(":")[0]},
                 "data": {"sha256": data.sha256, "dataset": bs.dataset,

@@ -70,3 +70,21 @@ def test_serial_executor_yields_in_job_order():
     with pytest.raises(LoccheckError, match="unknown executor 'ray'") as info:
         get_executor("ray")
     assert info.value.key == "executor"
+
+
+def test_the_code_that_computes_is_part_of_every_key(tmp_path, monkeypatch):
+    """A change to loccheck's source (or to a library's version) changes the identity that
+    every fit's and score's cache key is built on, so no fit made by other code is served."""
+    import loccheck
+    from loccheck import cache
+
+    first = cache.code_identity()
+    assert first["loccheck"] == loccheck.__version__ and len(first["source_sha256"]) == 64
+    assert set(first) >= {"torch", "transformers", "peft", "numpy"}
+    monkeypatch.setattr(cache, "_CODE_IDENTITY", None)
+    fake = tmp_path / "loccheck"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("__version__ = '0.1.0'\n")
+    monkeypatch.setattr(loccheck, "__file__", str(fake / "__init__.py"))
+    other = cache.code_identity()
+    assert other["loccheck"] == first["loccheck"] and other["source_sha256"] != first["source_sha256"]
