@@ -66,6 +66,23 @@ def _strata(sites: Sequence, matched: tuple) -> list[tuple[list, int]]:
     return [([s for s in sites if s.layer == layer], c) for layer, c in counts]
 
 
+def _iv_sample(sites, size, n, seed) -> tuple:
+    """Validate sample_null_locations' shape arguments; return them normalised."""
+    sites = tuple(sites)
+    size, n, seed = operator.index(size), operator.index(n), operator.index(seed)
+    if not sites:
+        raise ValueError("`sites` must not be empty")
+    if len({s.kind for s in sites}) > 1:
+        raise ValueError("`sites` must all be of one kind")
+    if not 1 <= size <= len(sites):
+        raise ValueError(f"`size` must be in [1, {len(sites)}] (the number of sites), got {size}")
+    if n < 1:
+        raise ValueError(f"`n` must be >= 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"`seed` must be >= 0, got {seed}")
+    return sites, size, n, seed
+
+
 def count_locations(sites: Sequence, size: int, match_layers_of: Sequence | None = None) -> int:
     """How many distinct locations the null draws from."""
     if match_layers_of is None:
@@ -116,19 +133,7 @@ def sample_null_locations(
         When the only possible location is `exclude` (for example `size` is every site, or
         every site of the matched layers is claimed), so no null exists.
     """
-    sites = tuple(sites)
-    size, n, seed = operator.index(size), operator.index(n), operator.index(seed)
-    if not sites:
-        raise ValueError("`sites` must not be empty")
-    if len({s.kind for s in sites}) > 1:
-        raise ValueError("`sites` must all be of one kind")
-    total = len(sites)
-    if not 1 <= size <= total:
-        raise ValueError(f"`size` must be in [1, {total}] (the number of sites), got {size}")
-    if n < 1:
-        raise ValueError(f"`n` must be >= 1, got {n}")
-    if seed < 0:
-        raise ValueError(f"`seed` must be >= 0, got {seed}")
+    sites, size, n, seed = _iv_sample(sites, size, n, seed)
     excluded = None if exclude is None else _iv_sites("exclude", exclude, sites)
 
     if match_layers_of is None:

@@ -109,6 +109,28 @@ def optimality_ratio(claim_gain: float, ceiling_gain: float) -> float:
     return claim_gain / ceiling_gain if ceiling_gain > 0 else float("nan")
 
 
+def _iv_decide(pvalue, n_null, alpha, rho, location_size):
+    """Validate decide_verdict's inputs; return them normalised."""
+    n_null = operator.index(n_null)
+    if n_null < 1:
+        raise ValueError(f"`n_null` must be >= 1, got {n_null}")
+    alpha = _iv_alpha(alpha)
+    rho = float(rho)
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"`rho` must be in (0, 1], got {rho}")
+    pvalue = float(pvalue)
+    if not 0.0 < pvalue <= 1.0:
+        raise ValueError(f"`pvalue` must be in (0, 1], got {pvalue}")
+    min_p = 1.0 / (n_null + 1)
+    if pvalue < min_p * (1 - 1e-9):
+        raise ValueError(f"`pvalue` must be >= 1/(n_null + 1) = {min_p:.3g} for an empirical p-value, got {pvalue}")
+    if location_size is not None:
+        location_size = operator.index(location_size)
+        if location_size < 1:
+            raise ValueError(f"`location_size` must be >= 1, got {location_size}")
+    return pvalue, n_null, alpha, rho, location_size
+
+
 def decide_verdict(
     *,
     pvalue: float,
@@ -147,23 +169,8 @@ def decide_verdict(
         FALSIFIED when ``pvalue > alpha``; else SUPPORTED when the optimality ratio is finite
         and ``>= rho``; else SPECIFIC_BUT_WEAK.
     """
-    n_null = operator.index(n_null)
-    if n_null < 1:
-        raise ValueError(f"`n_null` must be >= 1, got {n_null}")
-    alpha = _iv_alpha(alpha)
-    rho = float(rho)
-    if not 0.0 < rho <= 1.0:
-        raise ValueError(f"`rho` must be in (0, 1], got {rho}")
-    pvalue = float(pvalue)
-    if not 0.0 < pvalue <= 1.0:
-        raise ValueError(f"`pvalue` must be in (0, 1], got {pvalue}")
+    pvalue, n_null, alpha, rho, location_size = _iv_decide(pvalue, n_null, alpha, rho, location_size)
     min_p = 1.0 / (n_null + 1)
-    if pvalue < min_p * (1 - 1e-9):
-        raise ValueError(f"`pvalue` must be >= 1/(n_null + 1) = {min_p:.3g} for an empirical p-value, got {pvalue}")
-    if location_size is not None:
-        location_size = operator.index(location_size)
-        if location_size < 1:
-            raise ValueError(f"`location_size` must be >= 1, got {location_size}")
     ratio = optimality_ratio(claim_gain, ceiling_gain)
 
     what = f"random {location_size}-{site} locations" if location_size else "random locations of the same size"
