@@ -21,11 +21,13 @@ from pydantic import (AfterValidator, BaseModel, Discriminator, Field, PrivateAt
                       StrictInt, Tag, ValidationError, model_validator)
 
 from loccheck.edits import EDIT_METHODS
-from loccheck.errors import ClaimError
+from loccheck.errors import ClaimError, printable
 from loccheck.heuristics import HEURISTICS
 from loccheck.locations import parse_location, parse_site
 from loccheck.metrics import METRICS
-from loccheck.schema import Number, Section, fail
+from loccheck.options import MAX_N_NULL, MAX_N_NULL_WHY
+from loccheck.schema import Number, Section, Seed, fail
+from loccheck.userfiles import read_regular_file
 
 Loc = tuple[str | int, ...]
 Pos = tuple[int, int]  # (line, col), 1-based
@@ -81,7 +83,7 @@ class SplitSpec(Section):
     train: Number = Field(0.6, gt=0, le=1, description="Fraction of questions used to train the edits.")
     validation: Number = Field(0.2, ge=0, le=1, description="Fraction of questions for the heuristic and ITI's alpha.")
     test: Number = Field(0.2, gt=0, le=1, description="Fraction of questions the verdict is computed on.")
-    seed: StrictInt = Field(0, description="Seed of the question shuffle before splitting.")
+    seed: Seed = Field(0, description="Seed of the question shuffle before splitting.")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "SplitSpec":
@@ -138,19 +140,21 @@ class LocationSpec(Section):
 
 
 class RandomLocationsSpec(Section):
-    n: StrictInt = Field(100, description="Number of random locations in the null (n_null).")
+    n: StrictInt = Field(100, description=f"Number of random locations in the null (n_null), 1 to {MAX_N_NULL}.")
     stop: Literal["sequential", "full"] = Field(
         "sequential", description="'sequential': fit the null's locations in their seeded order and "
                                   "stop once the verdict at alpha is decided (Besag and Clifford 1991: "
                                   "enough of them edit as well as the claim); a claim the full null "
                                   "would support still fits all n. 'full': always fit all n.")
     match_layers: StrictBool = Field(False, description="Draw random sites from the claimed sites' layers.")
-    seed: StrictInt = Field(0, description="Seed of the random-location draw.")
+    seed: Seed = Field(0, description="Seed of the random-location draw.")
 
     @model_validator(mode="after")
-    def _positive(self) -> "RandomLocationsSpec":
+    def _in_range(self) -> "RandomLocationsSpec":
         if self.n < 1:  # a null needs at least one draw; say so rather than "greater than or equal to 1"
             raise fail(f"n must be at least 1 (number of random locations in the null), got {self.n}", at=("n",))
+        if self.n > MAX_N_NULL:
+            raise fail(f"n must be at most {MAX_N_NULL} ({MAX_N_NULL_WHY}), got {self.n}", at=("n",))
         return self
 
 
@@ -263,13 +267,19 @@ def claim_json_schema() -> dict:
     return Claim.model_json_schema()
 
 
+MAX_CLAIM_BYTES = 1 << 20   # a claim is a few dozen lines; refuse /dev/zero-sized input unread
+
+
 def load_claim(path: str | os.PathLike) -> Claim:
     """Read, parse and validate a claim file; any problem raises one-line ClaimError."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_CLAIM_BYTES + 1)   # a FIFO or device is refused unread
     except OSError as err:
         raise ClaimError(path, None, None, "", f"cannot read claim file: {err.strerror or err}") from None
+    if len(raw) > MAX_CLAIM_BYTES:
+        raise ClaimError(path, None, None, "", f"claim file is larger than {MAX_CLAIM_BYTES} bytes (1 MiB); "
+                         "a claim is a few dozen lines")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -281,6 +291,8 @@ def load_claim(path: str | os.PathLike) -> Claim:
 def parse_claim(text: str, path: str | os.PathLike | None = None) -> Claim:
     """Parse and validate claim YAML text; `path` is only used in messages and `Claim.name`."""
     path = Path(path) if path is not None else None
+    if path is not None:
+        _check_name(path)
     if not text.strip():
         raise ClaimError(path, None, None, "", "claim file is empty")
     values: dict[Loc, Pos] = {}
@@ -291,8 +303,11 @@ def parse_claim(text: str, path: str | os.PathLike | None = None) -> Claim:
         root = loader.get_single_node()
         if root is None:
             raise ClaimError(path, None, None, "", "claim file is empty")
-        _walk(root, (), values, keys, path, set())
+        _walk(root, (), values, keys, path, {})  # before constructing: it bounds what aliases expand to
         data = loader.construct_document(root)
+    except RecursionError:   # the composer and constructor recurse once per level of nesting
+        line = loader.get_mark().line + 1 if loader is not None else None
+        raise ClaimError(path, line, None, "", "YAML nested too deeply (claims need a few levels)") from None
     except yaml.MarkedYAMLError as err:
         raise _yaml_error(err, path) from None
     except yaml.reader.ReaderError as err:
@@ -312,8 +327,27 @@ def parse_claim(text: str, path: str | os.PathLike | None = None) -> Claim:
 
 # --- YAML: parsing and the position map --------------------------------------------------------
 
+# A claim has a few dozen values. More are refused while composing (a 1 MiB flow list would
+# take seconds to compose) and, counting each alias in full, before constructing: aliases
+# repeat their anchor's whole value, and merge keys (`<<: [*a, *a]`) copy it, so nine levels
+# of ten make 10**9 values out of a few lines.
+MAX_YAML_VALUES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader (no Python tags) that also reads '1e-4' as a float, as YAML 1.2 does."""
+    """SafeLoader (no Python tags) that also reads '1e-4' as a float, as YAML 1.2 does, and
+    stops composing past MAX_YAML_VALUES nodes."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.n_nodes = 0
+
+    def compose_node(self, parent, index):
+        self.n_nodes += 1
+        if self.n_nodes > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_VALUES} YAML values; a "
+                                              "claim needs a few dozen", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
 
 
 _Loader.add_implicit_resolver(
@@ -322,31 +356,74 @@ _Loader.add_implicit_resolver(
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
-def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None, seen: set) -> None:
-    """Record where each value starts; refuse non-string keys, duplicate keys and unknown tags."""
-    values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if id(node) in seen:  # an alias: checked already; not descending keeps "billion laughs" linear
-        return
-    seen.add(id(node))
+def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None, sizes: dict) -> int:
+    """Record where each value starts; refuse non-string keys, duplicate keys, unknown tags,
+    lone surrogates and aliases that expand too far. Return how many values `node` expands to,
+    each alias counted in full; `sizes` memoises that per node (None while inside it)."""
+    values[loc] = _pos(node)
+    if id(node) in sizes:  # an alias: checked already; not descending keeps "billion laughs" linear
+        if sizes[id(node)] is None:
+            raise ClaimError(path, *values[loc], _dotted(loc), "recursive YAML alias: the anchor's value "
+                             "contains an alias of itself")
+        return sizes[id(node)]
+    sizes[id(node)] = None
     if node.tag not in _Loader.yaml_constructors:  # refuse !!python/... before anything is constructed
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
         raise ClaimError(path, *values[loc], _dotted(loc), f"YAML tag {tag!r} is not allowed; use plain values")
-    if isinstance(node, yaml.SequenceNode):
+    size = 1
+    if isinstance(node, yaml.ScalarNode):
+        _check_unicode(node, loc, path)
+    elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, loc + (i,), values, keys, path, seen)
+            size += _walk(item, loc + (i,), values, keys, path, sizes)
     elif isinstance(node, yaml.MappingNode):
         for knode, vnode in node.value:
-            kpos = (knode.start_mark.line + 1, knode.start_mark.column + 1)
-            if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (_STR_TAG, "tag:yaml.org,2002:merge"):
-                kind = knode.tag.rsplit(":", 1)[-1]
-                raise ClaimError(path, *kpos, _dotted(loc), f"key {knode.value!r} is read as a {kind}, not a "
-                                 "string; quote it")
-            kloc = loc + (knode.value,)
-            if kloc in keys:
-                raise ClaimError(path, *kpos, _dotted(kloc),
-                                 f"duplicate key {knode.value!r} (first on line {keys[kloc][0]})")
-            keys[kloc] = kpos
-            _walk(vnode, kloc, values, keys, path, seen)
+            kloc = _record_key(knode, loc, keys, path)
+            size += 1 + _walk(vnode, kloc, values, keys, path, sizes)
+    if size > MAX_YAML_VALUES:
+        raise ClaimError(path, *values[loc], _dotted(loc), f"YAML aliases expand this value to more than "
+                         f"{MAX_YAML_VALUES} values (each alias repeats its anchor's whole value); a "
+                         "claim needs a few dozen")
+    sizes[id(node)] = size
+    return size
+
+
+def _record_key(knode: yaml.Node, loc: Loc, keys: dict, path: Path | None) -> Loc:
+    """The loc of a mapping key, recorded in `keys`; refuse non-string and duplicate keys."""
+    kpos = _pos(knode)
+    if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (_STR_TAG, "tag:yaml.org,2002:merge"):
+        kind = knode.tag.rsplit(":", 1)[-1]
+        raise ClaimError(path, *kpos, _dotted(loc), f"key {knode.value!r} is read as a {kind}, not a "
+                         "string; quote it")
+    _check_unicode(knode, loc, path)
+    kloc = loc + (knode.value,)
+    if kloc in keys:
+        raise ClaimError(path, *kpos, _dotted(kloc), f"duplicate key {knode.value!r} (first on line {keys[kloc][0]})")
+    keys[kloc] = kpos
+    return kloc
+
+
+def _check_unicode(node: yaml.ScalarNode, loc: Loc, path: Path | None) -> None:
+    # a "\ud800" escape yields a lone surrogate, which no tokenizer, file or terminal takes
+    try:
+        node.value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ClaimError(path, *_pos(node), _dotted(loc), f"lone surrogate U+{ord(node.value[err.start]):04X} "
+                         "(from an escape such as \"\\ud800\") is not text; write the character itself") from None
+
+
+def _pos(node: yaml.Node) -> Pos:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _check_name(path: Path) -> None:
+    """A claim's name, its file name without the extension, names its report folder
+    (reports/NAME/): refuse one that is not a plain folder name ('..' from '...yaml')."""
+    name = path.stem
+    if not name or name.startswith(".") or printable(name) != name:
+        raise ClaimError(path, None, None, "", f"the claim's name {name!r} (its file name without "
+                         "the extension) names its report folder, so it must not be empty, start "
+                         "with '.' or hold control characters; rename the file")
 
 
 def _yaml_error(err: yaml.MarkedYAMLError, path: Path | None) -> ClaimError:

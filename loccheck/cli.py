@@ -130,7 +130,10 @@ def _verify(args) -> int:
     claims = [load_claim(path) for path in args.claims]   # every file is checked before any work
     claims = [c.with_overrides(overrides) for c in claims]
     if len({c.name for c in claims}) < len(claims):
-        raise LoccheckError("several claim files share a file name; their reports would collide")
+        raise LoccheckError(next(
+            f"{a.path} and {b.path} share the file name {a.name!r}, so both reports would go to "
+            f"{settings.claim_report_dir(a.name)}; rename one" for i, a in enumerate(claims)
+            for b in claims[i + 1:] if a.name == b.name))
     status = 0
     for claim in claims:
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name),

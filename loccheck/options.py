@@ -26,14 +26,28 @@ EXECUTORS = ("serial",)   # loccheck.executors.EXECUTORS; the choices are listed
 DEFAULT_REPORT_DIR = "reports"
 
 
-def _positive_int(text: str) -> int:
+# Each random location is one fitted edit, so a null of millions would run for months; and
+# 10000 draws already resolve p to 1e-4 (p >= 1/(n + 1)). The claim schema applies it too.
+MAX_N_NULL = 10_000
+MAX_N_NULL_WHY = (f"each random location is a fitted edit, and {MAX_N_NULL} of them resolve p "
+                  "to 1e-4")
+
+
+def _positive_int(text: str, maximum: int | None = None, why: str = "") -> int:
     try:
         value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    except (TypeError, ValueError):   # ValueError also for more digits than int() reads
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_short(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum} ({why}), got {_short(value)}")
     return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,8 @@ class Option:
     choices: tuple[str, ...] = ()
     cli_aliases: tuple[str, ...] = ()
     metavar: str | None = None
+    maximum: int | None = None    # of an "int" option; `why` says why in the error
+    why: str = ""
 
     @property
     def dest(self) -> str:
@@ -65,17 +81,20 @@ class Option:
         """Keyword arguments of argparse's add_argument (pytest's addoption takes the same)."""
         if self.kind == "flag":
             return {"action": "store_true", "default": None, "help": self.help}
-        convert: Callable = {"path": Path, "int": _positive_int, "choice": str}[self.kind]
+        convert: Callable = {"path": Path, "int": self._int, "choice": str}[self.kind]
         kw = {"type": convert, "default": None, "help": self.help, "metavar": self.metavar}
         if self.choices:
             kw["choices"] = self.choices
         return kw
 
+    def _int(self, text: str) -> int:
+        return _positive_int(text, self.maximum, self.why)
+
     def check(self, value: Any, where: str) -> Any:
         """Validate a value that did not come through argparse (an ini value)."""
         if self.kind == "int":
             try:
-                return _positive_int(value)
+                return self._int(value)
             except argparse.ArgumentTypeError as err:
                 raise ValueError(f"{where}: {err}") from None
         if self.kind == "choice" and value not in self.choices:
@@ -90,7 +109,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache-dir", "cache of fitted edits and converted models (default: $LOCCHECK_CACHE_DIR, "
            "else $XDG_CACHE_HOME/loccheck, else ~/.cache/loccheck)", "path", metavar="DIR"),
     Option("n-null", "number of random locations in the null (overrides the claim's "
-           "random_locations.n)", "int", metavar="N"),
+           f"random_locations.n; at most {MAX_N_NULL})", "int", metavar="N", maximum=MAX_N_NULL,
+           why=MAX_N_NULL_WHY),
     Option("executor", "where edits are fitted: serial (in this process)", "choice",
            default="serial", choices=EXECUTORS),
     Option("refresh", "ignore cached fits and fit every edit again (the cache is rewritten)",

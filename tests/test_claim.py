@@ -1,12 +1,17 @@
 """Claim files: schema, defaults, overrides, and errors that point at file:line:col."""
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
 
+import loccheck.claim as claim_module
 from loccheck.claim import Claim, claim_json_schema, load_claim, parse_claim
-from loccheck.errors import ClaimError
+from loccheck.errors import ClaimError, printable
 from loccheck.locations import HeadLoc
 
 MINIMAL = "claim: Heads carry truthfulness.\nlocation: {sites: [L0H1]}\n"
@@ -323,11 +328,152 @@ def test_bad_tagged_value(tmp_path):
     assert message.startswith(f"{path}: invalid YAML value: ")
 
 
-def test_alias_bomb_is_cheap(tmp_path):
-    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+def test_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]   # a0 is 10 values, a_i = 1 + 9 * a_(i-1)
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
     message, path = load_error(tmp_path, MINIMAL + "\n".join(lines) + "\n")
-    assert message.startswith(f"{path}:3:1: a0: unknown key 'a0'")
+    assert message.startswith(f"{path}:8:5: a5: YAML aliases expand this value to more than 100000 values")
+
+
+def test_merge_key_bomb_is_refused_before_it_is_expanded(tmp_path):
+    # merge keys copy the merged mappings: constructing m9 would build 10**9 entries (hours)
+    lines = ["m0: &m0 {a: 1}"]
+    lines += [f"m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * 10) + f"], k{i}: 1}}" for i in range(1, 10)]
+    start = time.monotonic()
+    message, path = load_error(tmp_path, MINIMAL + "\n".join(lines) + "\n")
+    assert message.startswith(f"{path}:8:14: m5.<<: YAML aliases expand this value to more than 100000 values")
+    assert time.monotonic() - start < 5
+
+
+def test_many_plain_values_are_refused_while_composing(tmp_path, monkeypatch):
+    monkeypatch.setattr(claim_module, "MAX_YAML_VALUES", 50)   # the real bound is 100000
+    message, path = load_error(tmp_path, MINIMAL + "x: [" + ", ".join(["1"] * 60) + "]\n")
+    assert message.startswith(f"{path}:3:") and "more than 50 YAML values" in message
+
+
+def test_aliases_count_in_full(tmp_path, monkeypatch):
+    # MINIMAL is 8 values and keys; a: 1 key + 4 values; b: 1 key + its list + a's 4 again = 19
+    text = MINIMAL + "a: &a [1, 2, 3]\nb: [*a]\n"
+    monkeypatch.setattr(claim_module, "MAX_YAML_VALUES", 19)
+    message, _ = load_error(tmp_path, text)
+    assert "unknown key 'a'" in message   # past the size checks, on to the schema
+    monkeypatch.setattr(claim_module, "MAX_YAML_VALUES", 18)
+    message, path = load_error(tmp_path, text)
+    assert message.startswith(f"{path}:1:1: YAML aliases expand this value to more than 18 values")
+
+
+def test_recursive_alias(tmp_path):
+    message, path = load_error(tmp_path, MINIMAL + "x: &x [1, *x]\n")
+    assert message == f"{path}:3:4: x[1]: recursive YAML alias: the anchor's value contains an alias of itself"
+
+
+def test_deeply_nested_yaml(tmp_path):
+    message, path = load_error(tmp_path, MINIMAL + "x: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert message == f"{path}:3: YAML nested too deeply (claims need a few levels)"
+
+
+def test_claim_file_larger_than_one_mib(tmp_path):
+    text = MINIMAL + "#" * (claim_module.MAX_CLAIM_BYTES - len(MINIMAL)) + "\n"
+    message, path = load_error(tmp_path, text)
+    assert message == f"{path}: claim file is larger than 1048576 bytes (1 MiB); a claim is a few dozen lines"
+    load_claim(write(tmp_path, text[:-2] + "\n", "just_fits.yaml"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_claim_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ClaimError) as info:
+        load_claim(fifo)
+    assert str(info.value) == f"{fifo}: cannot read claim file: not a regular file (a FIFO)"
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_device_claim_is_refused_unread():
+    with pytest.raises(ClaimError) as info:
+        load_claim("/dev/zero")
+    assert str(info.value) == "/dev/zero: cannot read claim file: not a regular file (a character device)"
+
+
+SEEDS = {"random_locations.seed": "random_locations: {seed: %s}\n",
+         "behavior.split.seed": "behavior: {split: {seed: %s}}\n",
+         "edits[0].seed": "edits: [{seed: %s}]\n"}
+
+
+@pytest.mark.parametrize("field", list(SEEDS))
+@pytest.mark.parametrize("value", [-1, 2**32, 2**70])
+def test_seeds_are_32_bit(tmp_path, field, value):
+    message, path = load_error(tmp_path, MINIMAL + SEEDS[field] % value)
+    assert message.startswith(f"{path}:3:")
+    assert message.endswith(f"{field}: a seed must be a whole number from 0 to 2**32 - 1 = 4294967295, got {value}")
+
+
+@pytest.mark.parametrize("field", list(SEEDS))
+def test_seed_bounds_are_accepted(field):
+    for value in (0, 2**32 - 1):
+        assert parse_claim(MINIMAL + SEEDS[field] % value).effective_config() is not None
+    with pytest.raises(ClaimError, match="Input should be a valid integer, got true"):
+        parse_claim(MINIMAL + SEEDS[field] % "true")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("1.0e+39", "1e+39 is beyond float32's range (at most 3.403e+38 in magnitude); loccheck computes in float32"),
+    ("1.0e-39", "1e-39 is too small for float32 (it would compute as 0 or lose precision; the smallest "
+                "normal float32 is 1.175e-38)"),
+])
+def test_floats_must_fit_float32(tmp_path, value, expected):
+    message, path = load_error(tmp_path, MINIMAL + f"edits: [{{learning_rate: {value}}}]\n")
+    assert message == f"{path}:3:25: edits[0].learning_rate: {expected}"
+    message, path = load_error(tmp_path, MINIMAL + f"edits: [{{method: iti, alphas: [1, {value}]}}]\n")
+    assert message == f"{path}:3:35: edits[0].alphas[1]: {expected}"
+
+
+def test_floats_at_float32_limits_load():
+    claim = parse_claim(MINIMAL + "edits: [{learning_rate: 3.4e+38, tau: 1.2e-38, weight_decay: 0}]\n")
+    assert claim.edits[0].learning_rate == 3.4e38 and claim.edits[0].weight_decay == 0
+
+
+def test_random_locations_n_at_most_10000(tmp_path):
+    message, path = load_error(tmp_path, MINIMAL + "random_locations: {n: 10001}\n")
+    assert message == (f"{path}:3:23: random_locations.n: n must be at most 10000 (each random location "
+                       "is a fitted edit, and 10000 of them resolve p to 1e-4), got 10001")
+    assert parse_claim(MINIMAL + "random_locations: {n: 10000}\n").random_locations.n == 10000
+
+
+def test_lone_surrogate_in_a_string(tmp_path):
+    message, path = load_error(tmp_path, MINIMAL + 'behavior: {system_prompt: "be \\ud800 true"}\n')
+    assert message == (f"{path}:3:27: behavior.system_prompt: lone surrogate U+D800 (from an escape such "
+                       'as "\\ud800") is not text; write the character itself')
+    message, path = load_error(tmp_path, MINIMAL + '"k\\udfff": 1\n')
+    assert message.startswith(f"{path}:3:1: lone surrogate U+DFFF")
+
+
+@pytest.mark.parametrize("name", ["...yaml", ".hidden.yaml", ".yaml", "new\nline.yaml", "esc\x1b[31m.yaml",
+                                  "bidi\u202e.yaml"])
+def test_claim_name_must_be_a_plain_folder_name(tmp_path, name):
+    path = write(tmp_path, MINIMAL, name)
+    with pytest.raises(ClaimError) as info:
+        load_claim(path)
+    message = str(info.value)
+    assert message.startswith(f"{printable(str(path))}: the claim's name {Path(name).stem!r} ")
+    assert "names its report folder" in message and printable(message) == message
+
+
+def test_claim_name_keeps_letters_of_any_script(tmp_path):
+    assert load_claim(write(tmp_path, MINIMAL, "café_中文.yaml")).name == "café_中文"
+
+
+def test_messages_escape_control_characters(tmp_path):
+    # a key can hold any character through YAML escapes; the message must stay one clean line
+    message, path = load_error(tmp_path, MINIMAL + '"bad\\nloccheck: forged\\e[2K\\r\\L\\u202e é": 1\n')
+    assert printable(message) == message
+    assert "unknown key 'bad\\nloccheck: forged\\x1b[2K\\r\\u2028\\u202e é'" in message
+
+
+def test_bom_crlf_and_spaces_around_sites_are_harmless(tmp_path):
+    text = "claim: Heads carry truthfulness.\r\nlocation:\r\n  sites: [' L0H1 ', L2H3 ]\r\n"
+    claim = load_claim(write(tmp_path, codecs.BOM_UTF8 + text.encode()))
+    assert claim.location.sites == ("L0H1", "L2H3") and claim.claim == "Heads carry truthfulness."
 
 
 # --- schema for editors -------------------------------------------------------------------------
@@ -340,6 +486,8 @@ def test_json_schema_has_descriptions():
     init_std = schema["$defs"]["OptimalEditSection"]["properties"]["init_std"]
     assert init_std["description"] == "Std of the random init of the LoRA 'a' vector."
     assert init_std["default"] == 0.01 and init_std["exclusiveMinimum"] == 0
+    seed = schema["$defs"]["OptimalEditSection"]["properties"]["seed"]
+    assert (seed["minimum"], seed["maximum"]) == (0, 2**32 - 1)
     for name, section in schema["$defs"].items():
         for field, spec in section["properties"].items():
             assert spec.get("description"), f"{name}.{field} has no description"

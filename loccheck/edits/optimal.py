@@ -22,7 +22,7 @@ from pydantic import Field, StrictInt
 
 from loccheck.edits import EditMethod, Fitted, register_edit_method
 from loccheck.locations import HeadLoc
-from loccheck.schema import Number, Section
+from loccheck.schema import Number, Section, Seed
 
 
 class OptimalEditSection(Section):
@@ -51,7 +51,7 @@ class OptimalEditSection(Section):
     convergence_tol: Number = Field(0.02, gt=0, lt=1, description=(
         "Converged when an epoch improves the whole-training-set objective by at most this share "
         "of the improvement made so far, or the objective is within this share of its optimum."))
-    seed: StrictInt = Field(0, description="Seed of edit initialization and batch order.")
+    seed: Seed = Field(0, description="Seed of edit initialization and batch order.")
 
 
 def _settings(section: OptimalEditSection, *, size: int, claim_size: int, verdict_metric: str) -> dict:
