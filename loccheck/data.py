@@ -13,13 +13,15 @@ import io
 import itertools
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from loccheck.errors import DataError, LoccheckWarning
+from loccheck.errors import DataError, LoccheckError, LoccheckWarning, printable
+from loccheck.userfiles import expand_user, read_regular_file
 
 SPLITS = ("train", "validation", "test")
 TRUTHFULQA_FILE = "TruthfulQA.csv"
@@ -114,10 +116,22 @@ class HeuristicData:
 
 def _candidates(path: str, base_dir: Path | None) -> list[Path]:
     """Absolute path as is; a relative one against the claim's folder, then the CWD."""
-    p = Path(path).expanduser()
+    try:
+        p = expand_user(path, key="behavior.path")
+    except LoccheckError as err:   # every problem with the data is a DataError
+        raise DataError(err.msg, key=err.key) from None
     if p.is_absolute():
         return [p]
     return ([Path(base_dir) / p] if base_dir is not None else []) + [Path.cwd() / p]
+
+
+def _kind(p: Path) -> str:
+    """'folder', 'missing' or 'file'. A FIFO or device counts as a file and a path that cannot
+    be looked up (too long, no permission) as there: reading it then says what is wrong."""
+    try:
+        return "folder" if p.is_dir() else "file" if p.exists() else "missing"
+    except OSError:
+        return "file"
 
 
 def _find_truthfulqa(path: str | None, base_dir: Path | None) -> tuple[Path | None, list[str]]:
@@ -125,20 +139,30 @@ def _find_truthfulqa(path: str | None, base_dir: Path | None) -> tuple[Path | No
     tried: list[str] = []
     if path is not None:
         for c in _candidates(path, base_dir):
-            if c.is_dir() and (c / TRUTHFULQA_FILE).is_file():
+            if _kind(c) == "folder" and _kind(c / TRUTHFULQA_FILE) == "file":
                 return c / TRUTHFULQA_FILE, tried   # a data folder is fine too
-            if c.is_file():
+            if _kind(c) == "file":
                 return c, tried
         where = " or ".join(f"'{c}'" for c in _candidates(path, base_dir))
         tried.append(f"behavior.path {path!r} does not exist (looked for {where})")
+    return _env_truthfulqa(tried), tried
+
+
+def _env_truthfulqa(tried: list[str]) -> Path | None:
+    """$LOCCHECK_DATA_DIR/TruthfulQA.csv if it is there; if not, say why in `tried`."""
     env = os.environ.get("LOCCHECK_DATA_DIR")
     if not env:
         tried.append("LOCCHECK_DATA_DIR is not set")
-    elif (Path(env).expanduser() / TRUTHFULQA_FILE).is_file():
-        return Path(env).expanduser() / TRUTHFULQA_FILE, tried
-    else:
-        tried.append(f"LOCCHECK_DATA_DIR={env!r} has no {TRUTHFULQA_FILE}")
-    return None, tried
+        return None
+    try:
+        csv_path = expand_user(env) / TRUTHFULQA_FILE
+    except LoccheckError as err:
+        tried.append(f"LOCCHECK_DATA_DIR: {err.msg}")
+        return None
+    if _kind(csv_path) == "file":
+        return csv_path
+    tried.append(f"LOCCHECK_DATA_DIR={env!r} has no {TRUTHFULQA_FILE}")
+    return None
 
 
 def resolve_truthfulqa(path: str | None, *, base_dir: Path | None) -> Path | None:
@@ -149,7 +173,7 @@ def resolve_truthfulqa(path: str | None, *, base_dir: Path | None) -> Path | Non
 def _read_text(path: Path) -> tuple[str, str]:
     """(text, sha256 of the bytes); any read or decode problem is a DataError naming the file."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path)   # a FIFO or device is refused unread: it could block forever
     except OSError as err:
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0   # the official CSV has one
@@ -230,23 +254,19 @@ def _read_truthfulqa_hub(tried: list[str]):
 def _read_jsonl(path: str | None, base_dir: Path | None):
     if path is None:
         raise DataError("behavior.path is required for dataset 'jsonl'")
-    found = next((c for c in _candidates(path, base_dir) if c.is_file()), None)
+    found = next((c for c in _candidates(path, base_dir) if _kind(c) != "missing"), None)
     if found is None:
         where = ", ".join(f"'{c}'" for c in _candidates(path, base_dir))
         raise DataError(f"preference pairs file {path!r} not found (tried {where})")
     text, sha = _read_text(found)
     by_group: dict[str, list[PreferencePair]] = {}   # insertion order = order of first appearance
     first_seen: dict[str, tuple[str, int]] = {}      # prompt (stripped) -> (its group, line)
-    for n, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also split at a U+2028 inside a JSON string
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{found}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        obj = _json_record(line, where)
         for key in _JSONL_FIELDS + (("group",) if "group" in obj else ()):
             if key not in obj:
                 raise DataError(f"{where}: missing field {key!r}")
@@ -254,6 +274,7 @@ def _read_jsonl(path: str | None, base_dir: Path | None):
                 raise DataError(f"{where}: field {key!r} must be a string")
             if not obj[key].strip():
                 raise DataError(f"{where}: field {key!r} must not be empty")
+            _check_unicode(obj[key], f"{where}: field {key!r}")
         group = obj.get("group", obj["prompt"])
         # Splits are made over groups: one question under two groups could sit in train and
         # test at once, and the verdict would be computed on questions the edits trained on.
@@ -268,6 +289,31 @@ def _read_jsonl(path: str | None, base_dir: Path | None):
     if not by_group:
         raise DataError(f"{found}: no records (the file is empty)")
     return [(g, pairs, _jsonl_answers(pairs)) for g, pairs in by_group.items()], str(found), sha
+
+
+def _json_record(line: str, where: str) -> dict:
+    """One JSONL line as a dict; anything else is a DataError at `where` (file:line)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON: nested too deeply") from None
+    except ValueError:   # the only other one: an integer longer than Python converts
+        raise DataError(f"{where}: invalid JSON: a number with more than "
+                        f"{sys.get_int_max_str_digits()} digits") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_unicode(text: str, what: str) -> None:
+    # JSON's "\ud800" escape yields a lone surrogate, which no tokenizer or file takes
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(f"{what} holds a lone surrogate U+{ord(text[err.start]):04X} (an escape such "
+                        "as \"\\ud800\" that is half of a pair), which is not text") from None
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -349,7 +395,7 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
         else:
             questions, source, sha = _read_truthfulqa_csv(csv_path)
         if tried and path is not None:   # an explicit path was missing: say what replaced it
-            warnings.warn(f"{tried[0]}; using {source} instead", LoccheckWarning, stacklevel=2)
+            warnings.warn(printable(f"{tried[0]}; using {source} instead"), LoccheckWarning, stacklevel=2)
         _check_unique_questions(questions, source)
     elif dataset == "jsonl":
         questions, source, sha = _read_jsonl(path, base_dir)

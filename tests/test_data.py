@@ -1,6 +1,7 @@
 """loccheck.data on the real TruthfulQA CSV and on small JSONL files written here."""
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -316,8 +317,106 @@ def test_jsonl_file_errors(tmp_path, monkeypatch):
         load_behavior(dataset="jsonl", path=None, base_dir=None)
     directory = tmp_path / "dir.jsonl"
     directory.mkdir()
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(directory))}: cannot read: Is a directory$"):
         jsonl(directory)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON: nested too deeply"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "group": ' + "9" * 5000 + "}",
+     "invalid JSON: a number with more than 4300 digits"),
+])
+def test_jsonl_lines_python_cannot_decode(tmp_path, line, message):
+    f = _write(tmp_path, [_GOOD, _GOOD, line])
+    with pytest.raises(DataError) as e:
+        jsonl(f)
+    assert str(e.value) == f"{f}:3: {message}"
+
+
+@pytest.mark.parametrize("field", ["prompt", "chosen", "rejected", "group"])
+def test_jsonl_lone_surrogate_is_refused_at_load(tmp_path, field):
+    record = {"prompt": "p", "chosen": "a", "rejected": "b", "group": "g", field: "bad \ud800 x"}
+    f = _write(tmp_path, [_GOOD, record])   # json.dumps writes it as the escape "\ud800"
+    with pytest.raises(DataError) as e:
+        jsonl(f)
+    assert str(e.value) == (f"{f}:2: field {field!r} holds a lone surrogate U+D800 (an escape such as "
+                            '"\\ud800" that is half of a pair), which is not text')
+
+
+def test_jsonl_surrogate_pairs_and_line_separators_inside_strings_load(tmp_path):
+    recs = [{"prompt": f"p{i} \U0001F600 \u2028 \x85 end", "chosen": "a", "rejected": "b"} for i in range(5)]
+    f = tmp_path / "pairs.jsonl"   # raw U+2028 and U+0085 are legal inside JSON strings
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    assert sorted(p.prompt for p in _all_pairs(jsonl(f))) == [r["prompt"] for r in recs]
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))   # "\ud83d\ude00": a pair, not lone
+    assert sorted(p.prompt for p in _all_pairs(jsonl(f))) == [r["prompt"] for r in recs]
+
+
+def test_jsonl_bom_and_crlf_are_harmless(tmp_path):
+    recs = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)]
+    f = tmp_path / "pairs.jsonl"
+    f.write_bytes(codecs.BOM_UTF8 + "".join(json.dumps(r) + "\r\n" for r in recs).encode())
+    assert sorted(p.prompt for p in _all_pairs(jsonl(f))) == [f"p{i}" for i in range(5)]
+
+
+def test_csv_bom_and_crlf_are_harmless(tmp_path):
+    rows = [f'"Q{i}?",t,"t;t2",f' for i in range(5)]
+    f = tmp_path / "TruthfulQA.csv"
+    f.write_bytes(codecs.BOM_UTF8 + "\r\n".join(["Question,Best Answer,Correct Answers,Incorrect Answers",
+                                                  *rows, ""]).encode())
+    d = tqa(f)
+    assert sorted((p.prompt, p.chosen) for p in _all_pairs(d)) == sorted(
+        (f"Q{i}?", c) for i in range(5) for c in ("t", "t2"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+@pytest.mark.parametrize("dataset", ["jsonl", "truthfulqa"])
+def test_fifo_data_file_is_refused_without_waiting_for_a_writer(tmp_path, dataset, no_fallbacks):
+    fifo = tmp_path / "data.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError) as e:
+        load_behavior(dataset=dataset, path=str(fifo), base_dir=None)
+    assert str(e.value) == f"{fifo}: cannot read: not a regular file (a FIFO)"
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_device_data_file_is_refused_unread():
+    with pytest.raises(DataError, match=r"^/dev/zero: cannot read: not a regular file \(a character device\)$"):
+        jsonl("/dev/zero")
+
+
+def test_unknown_user_in_data_path(tmp_path, monkeypatch, no_fallbacks):
+    with pytest.raises(DataError) as e:
+        jsonl("~nosuchuser-loccheck/pairs.jsonl")
+    assert e.value.key == "behavior.path"
+    assert e.value.msg == ("cannot expand '~nosuchuser-loccheck' in '~nosuchuser-loccheck/pairs.jsonl': "
+                           "no such user, or no home directory")
+    monkeypatch.setenv("LOCCHECK_DATA_DIR", "~nosuchuser-loccheck/data")
+    with pytest.raises(DataError, match="LOCCHECK_DATA_DIR: cannot expand '~nosuchuser-loccheck'"):
+        load_behavior(dataset="truthfulqa", path=None, base_dir=None)
+
+
+def test_data_path_too_long_to_look_up(tmp_path):
+    long = tmp_path / ("x" * 300 + ".jsonl")
+    with pytest.raises(DataError, match=r": cannot read: File name too long$"):
+        jsonl(long)
+
+
+def test_control_characters_in_a_data_path_are_escaped(tmp_path):
+    bad = str(tmp_path / "no\x1b[2Kpe\nx.jsonl")
+    with pytest.raises(DataError) as e:
+        jsonl(bad)
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
+    assert "no\\x1b[2Kpe\\nx.jsonl" in str(e.value)
+
+
+def test_fallback_warning_escapes_control_characters(tqa_csv, monkeypatch, tmp_path):
+    monkeypatch.setenv("LOCCHECK_DATA_DIR", str(tqa_csv.parent))
+    with pytest.warns(LoccheckWarning) as record:
+        load_behavior(dataset="truthfulqa", path="no\nloccheck: forged\x1b[2K.csv", base_dir=tmp_path,
+                      max_questions=5)
+    message = str(record[0].message)
+    assert "\n" not in message and "\x1b" not in message and "forged\\x1b[2K.csv" in message
 
 
 def test_jsonl_no_usable_pairs(tmp_path):
