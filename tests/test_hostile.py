@@ -6,6 +6,8 @@ tests/test_data.py and tests/test_models.py; here each case only checks what the
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 
 from loccheck.testing import char_tokenizer, claim_text, known_model
 from loccheck.cli import main
+from loccheck.errors import printable
 from loccheck.locations import HeadLoc
 
 pytestmark = pytest.mark.slow   # bad input through the CLI, with tiny torch models (torch)
@@ -32,16 +35,18 @@ def env(known_llama, tmp_path, monkeypatch):
             "text": claim_text(model_dir, pairs, ["L1H2"], n=19)}
 
 
-def run_bad(env, capsys, claim: Path | str, *extra: str) -> str:
-    """Run the CLI on a claim that must be refused; return its one error line."""
+def run_bad(env, capsys, claim: Path | str | list, *extra: str) -> str:
+    """Run the CLI on a claim (or several) that must be refused; return its one error line."""
     tmp = env["tmp"]
     out = tmp / "out"
+    claims = [str(c) for c in claim] if isinstance(claim, list) else [str(claim)]
     capsys.readouterr()                  # drop what setting the case up printed
-    status = main(["verify", str(claim), "--out", str(out), "--quiet", *extra])
+    status = main(["verify", *claims, "--out", str(out), "--quiet", *extra])
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert status == 2, captured.err
     assert len(lines) == 1 and lines[0].startswith("loccheck: error: "), captured.err
+    assert printable(lines[0]) == lines[0], "raw control characters: " + ascii(lines[0])
     assert "Traceback" not in captured.err + captured.out
     assert not out.exists() and not (tmp / "reports").exists()
     cache = tmp / "cache"
@@ -101,7 +106,7 @@ def test_bad_claim(env, capsys, case):
         assert part in line, line
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "many"])
+@pytest.mark.parametrize("value", ["0", "-1", "many", "10001", "99999999999999999999"])
 def test_bad_number_of_random_locations_on_the_command_line(env, capsys, value):
     # argparse refuses it: exit 2, its usage line and one error line naming the flag
     path = write_claim(env, env["text"])
@@ -171,6 +176,69 @@ def test_several_claims_are_all_checked_before_any_work(env, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and str(bad) in err[0]
     assert not (env["tmp"] / "out").exists() and not (env["tmp"] / "cache").exists()
+
+
+# --- hostile claim files: refused at once, in one line -------------------------------------------
+
+MERGE_BOMB = "m0: &m0 {a: 1}\n" + "".join(  # constructing m9 would build 10**9 entries
+    f"m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * 10) + f"], k{i}: 1}}\n" for i in range(1, 10))
+
+HOSTILE = {  # id: (old, new, substrings the error line must contain besides the file)
+    "yaml-deep": (None, "x: " + "[" * 100_000 + "]" * 100_000 + "\n", [":9:", "nested too deeply"]),
+    "billion-laughs-merge": (None, MERGE_BOMB, [":14:14:", "m5.<<", "YAML aliases expand"]),
+    "seed-negative": ("n: 19, seed: 0", "n: 19, seed: -1", ["random_locations.seed", "2**32 - 1"]),
+    "seed-huge": ("n: 19, seed: 0", f"n: 19, seed: {2**70}", ["random_locations.seed", "2**32 - 1"]),
+    "split-seed-huge": ("test: 0.25, seed: 0", f"test: 0.25, seed: {2**70}", ["behavior.split.seed", "2**32 - 1"]),
+    "edit-seed-huge": ("init_std: 0.1", f"init_std: 0.1, seed: {2**70}", ["edits[0].seed", "2**32 - 1"]),
+    "lr-beyond-f32": ("learning_rate: 0.05", "learning_rate: 1.0e+39", ["edits[0].learning_rate", "float32"]),
+    "n-10M": ("n: 19", "n: 10000000", ["random_locations.n", "at most 10000", "fitted edit"]),
+    "surrogate-in-claim": ("prompt_format: qa", 'prompt_format: qa, system_prompt: "\\ud800"',
+                           ["behavior.system_prompt", "lone surrogate"]),
+    "ctrl-yaml-key": (None, '"bad\\nloccheck: forged\\x1b[2K\\r": 1\n',
+                      ["unknown key 'bad\\nloccheck: forged\\x1b[2K\\r'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_claim(env, capsys, case):
+    old, new, must = HOSTILE[case]
+    if old is None:
+        text = env["text"] + new
+    else:
+        assert old in env["text"]
+        text = env["text"].replace(old, new, 1)
+    path = write_claim(env, text)
+    line = run_bad(env, capsys, path)
+    assert f"{path}:" in line
+    for part in must:
+        assert part in line, line
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_claim(env, capsys):
+    fifo = env["tmp"] / "fifo.yaml"
+    os.mkfifo(fifo)
+    assert f"{fifo}: cannot read claim file: not a regular file (a FIFO)" in run_bad(env, capsys, fifo)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_device_claim(env, capsys):
+    assert "/dev/zero: cannot read claim file: not a regular file" in run_bad(env, capsys, "/dev/zero")
+
+
+@pytest.mark.parametrize("name", ["...yaml", "na\nme\x1b[31m.yaml"])
+def test_claim_name_that_is_no_folder_name(env, capsys, name):
+    path = write_claim(env, env["text"], name)
+    line = run_bad(env, capsys, path)
+    assert printable(str(path)) in line and "names its report folder" in line
+
+
+def test_claim_files_that_share_a_file_name(env, capsys):
+    (env["tmp"] / "d1").mkdir()
+    (env["tmp"] / "d2").mkdir()
+    one, two = write_claim(env, env["text"], "d1/same.yaml"), write_claim(env, env["text"], "d2/same.yaml")
+    line = run_bad(env, capsys, [one, two])
+    assert f"{one} and {two} share the file name 'same'" in line and str(env["tmp"] / "out" / "same") in line
 
 
 # --- data files --------------------------------------------------------------------------------
@@ -244,6 +312,45 @@ def test_broken_data_file(env, capsys, case):
     assert str(data) in line or repr(str(data)) in line
 
 
+@pytest.mark.parametrize("case", ["deep", "5000-digits", "lone-surrogate"])
+def test_data_line_python_cannot_take(env, capsys, case):
+    bad = {"deep": '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}",
+           "5000-digits": '{"prompt": "x", "chosen": "a", "rejected": "b", "group": ' + "9" * 5000 + "}",
+           "lone-surrogate": json.dumps({"prompt": "bad \ud800 x", "chosen": "a", "rejected": "b"})}[case]
+    data = env["tmp"] / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _records(12)) + bad + "\n")
+    line = run_bad(env, capsys, _with_data(env, data))
+    assert f"{data}:13: " in line and "behavior.path" in line
+    assert {"deep": "nested too deeply", "5000-digits": "more than 4300 digits",
+            "lone-surrogate": "field 'prompt' holds a lone surrogate U+D800"}[case] in line
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_data_file(env, capsys):
+    fifo = env["tmp"] / "pairs.fifo"
+    os.mkfifo(fifo)
+    assert f"{fifo}: cannot read: not a regular file (a FIFO)" in run_bad(env, capsys, _with_data(env, fifo))
+
+
+def test_data_path_of_an_unknown_user(env, capsys):
+    line = run_bad(env, capsys, _with_data(env, "~nosuchuser-loccheck/pairs.jsonl"))
+    assert "behavior.path: cannot expand '~nosuchuser-loccheck'" in line
+
+
+def test_control_characters_in_a_data_path(env, capsys):
+    data = str(env["tmp"]) + "/no\\x1b[2Kpe\\nx.jsonl"   # YAML escapes, in a double-quoted path
+    text = env["text"].replace(f"path: '{env['pairs']}'", f'path: "{data}"')
+    assert text != env["text"]
+    assert "no\\x1b[2Kpe\\nx.jsonl" in run_bad(env, capsys, write_claim(env, text))
+
+
+def test_control_characters_in_a_csv_header(env, capsys):
+    csv = env["tmp"] / "TruthfulQA.csv"
+    csv.write_text('"Question\nloccheck: forged",Best Answer\nq,a\n')
+    text = env["text"].replace(f"dataset: jsonl, path: '{env['pairs']}'", f"dataset: truthfulqa, path: '{csv}'")
+    assert "Question\\nloccheck: forged" in run_bad(env, capsys, write_claim(env, text))
+
+
 # --- model folders -------------------------------------------------------------------------------
 
 def _with_model(env, model: Path | str) -> Path:
@@ -276,6 +383,16 @@ def test_unsupported_architecture(env, capsys):
     char_tokenizer().save_pretrained(folder)
     line = run_bad(env, capsys, _with_model(env, folder))
     assert "model.name" in line and str(folder) in line and "'opt'" in line and "llama" in line
+
+
+def test_control_characters_in_a_model_config(env, capsys):
+    folder = env["tmp"] / "evil-model"
+    shutil.copytree(env["model"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil", architectures=["X\nloccheck: forged\x1b[2K"])
+    (folder / "config.json").write_text(json.dumps(config))
+    line = run_bad(env, capsys, _with_model(env, folder))
+    assert "model.name" in line and "X\\nloccheck: forged\\x1b[2K" in line
 
 
 REMOTE_CODE = """\
