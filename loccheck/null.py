@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -96,10 +96,14 @@ def sample_null_locations(
     size: int,
     n: int,
     seed: int,
-    exclude: Collection | None = None,
     match_layers_of: Sequence | None = None,
 ) -> list[tuple]:
     """Draw `n` random locations of `size` sites for the null distribution.
+
+    Every location of the shape is drawn with the same probability, the claimed one included:
+    under the null hypothesis the claim is one more uniform draw, so the claim and its null
+    are exchangeable and p = (1 + #{null >= claim}) / (N + 1) is exact (a draw equal to the
+    claim gets the claim's own fit, a tie, which counts against it).
 
     Parameters
     ----------
@@ -113,9 +117,6 @@ def sample_null_locations(
     seed : int
         Seed, >= 0. Draw i uses ``default_rng(SeedSequence(seed, spawn_key=(i,)))``, so draw i
         depends on (seed, i) only and growing `n` keeps the earlier draws.
-    exclude : collection of sites, optional
-        The claimed location. A draw equal to it is redrawn from the same per-draw generator,
-        so each draw is uniform over the other locations.
     match_layers_of : sequence of sites, optional
         If given (typically the claimed location, ``len == size``), each draw has as many sites
         in each layer as this one, drawn uniformly without replacement within the layer.
@@ -130,12 +131,10 @@ def sample_null_locations(
     Raises
     ------
     LoccheckError
-        When the only possible location is `exclude` (for example `size` is every site, or
-        every site of the matched layers is claimed), so no null exists.
+        When only one location has the shape (for example every site of the matched layers),
+        so every draw would be the claim itself and no null exists.
     """
     sites, size, n, seed = _iv_sample(sites, size, n, seed)
-    excluded = None if exclude is None else _iv_sites("exclude", exclude, sites)
-
     if match_layers_of is None:
         strata = None
     else:
@@ -143,22 +142,12 @@ def sample_null_locations(
         if len(matched) != size:
             raise ValueError(f"`match_layers_of` has {len(matched)} sites but `size` is {size}")
         strata = _strata(sites, matched)
-    if count_locations(sites, size, match_layers_of) == 1 and excluded is not None and len(excluded) == size:
-        only = _draw(_draw_rng(seed, 0), sites, size, strata)
-        if only == excluded:
-            where = "of the claimed layers" if strata else "of the model"
-            raise LoccheckError(
-                f"no random location differs from the claimed one: the claim takes all {size} "
-                f"{sites[0].kind}s {where}, so there is no null to compare it against")
-
-    draws = []
-    for i in range(n):
-        rng = _draw_rng(seed, i)
-        location = _draw(rng, sites, size, strata)
-        while location == excluded:   # at least 2 locations exist, so this ends quickly
-            location = _draw(rng, sites, size, strata)
-        draws.append(location)
-    return draws
+    if count_locations(sites, size, match_layers_of) == 1 and size < len(sites):
+        raise LoccheckError(
+            f"only one location has this shape: the claim takes all {size} {sites[0].kind}s of "
+            "the claimed layers, so every random location would be the claim itself and there "
+            "is no null to compare it against")
+    return [_draw(_draw_rng(seed, i), sites, size, strata) for i in range(n)]
 
 
 def _draw(rng: np.random.Generator, sites: tuple, size: int, strata) -> tuple:

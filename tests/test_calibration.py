@@ -94,9 +94,10 @@ def test_leave_one_out_false_positive_rate(gains):
 
 def _exact_rate(table, alpha: float, include_claim: bool) -> float:
     """P(p <= alpha) for a claim drawn uniformly from all locations and N null draws, i.i.d.
-    uniform over the other locations (include_claim=False: the claimed set is redrawn, as
-    `draw_null(exclude=claim)` does) or over all of them (True: a draw equal to the
-    claim ties with it). Exact: the count of null gains >= the claim's is binomial."""
+    uniform over all of them (include_claim=True, what `sample_null_locations` does: a draw
+    equal to the claim ties with it) or over the other locations (False: the claimed set
+    redrawn, what loccheck did before the null was made exact). Exact: the count of null gains
+    >= the claim's is binomial."""
     values = list(table.values())
     k_max = max(k for k in range(N + 1) if (1 + k) / (N + 1) <= alpha)   # p <= alpha iff k <= k_max
     total = 0.0
@@ -110,17 +111,11 @@ def _exact_rate(table, alpha: float, include_claim: bool) -> float:
 
 @pytest.fixture(scope="module")
 def simulated(gains):
-    """The same rates by simulation with the real sampler: every pair as the claim, null seeds
+    """The same rate by simulation with the real sampler: every pair as the claim, null seeds
     0..49 (checks that _exact_rate models sample_null_locations)."""
     table, _ = gains
-    pvalues = {True: [], False: []}
-    for claim, g in table.items():
-        for seed in range(50):
-            for include in (True, False):
-                draws = draw_null(**SHAPE, size=2, n=N, seed=seed,
-                                              exclude=None if include else claim)
-                pvalues[include].append(empirical_pvalue(g, [table[d] for d in draws]))
-    return pvalues
+    return [empirical_pvalue(g, [table[d] for d in draw_null(**SHAPE, size=2, n=N, seed=seed)])
+            for g in table.values() for seed in range(50)]
 
 
 @pytest.mark.slow
@@ -128,36 +123,27 @@ def simulated(gains):
 def test_exact_rate_of_verify_null_for_a_random_claim(gains, simulated, alpha, tmp_path):
     table, pool_run = gains
     inclusive, exclusive = _exact_rate(table, alpha, True), _exact_rate(table, alpha, False)
+    simulated_rate = _rate(simulated, alpha)     # 1400 claims x nulls
     print(f"\nrandom claim among {len(table)} pairs, N = {N}, alpha = {alpha}: P(p <= alpha) = "
-          f"{inclusive:.4f} when the null may redraw the claimed set, {exclusive:.4f} when it "
-          "excludes it")
-    for include, exact in ((True, inclusive), (False, exclusive)):
-        simulated_rate = _rate(simulated[include], alpha)     # 1400 claims x nulls
-        print(f"  simulated with sample_null_locations ({'may redraw' if include else 'excludes'}"
-              f" the claim): {simulated_rate:.4f}")
-        assert abs(simulated_rate - exact) < 4 * math.sqrt(exact * (1 - exact) / 1400) + 1e-3
+          f"{inclusive:.4f} (exact), {simulated_rate:.4f} (simulated with sample_null_locations); "
+          f"{exclusive:.4f} if the null excluded the claimed set")
+    assert abs(simulated_rate - inclusive) < 4 * math.sqrt(inclusive * (1 - inclusive) / 1400) + 1e-3
     assert inclusive <= alpha          # exchangeable: super-uniform, whatever the gains
 
-    # Which null does verify draw? Rerun (everything cached) the best pair as the claim with a
-    # seed whose i.i.d. draws contain it.
+    # verify draws that null: rerun (everything cached) the best pair as the claim with a seed
+    # whose i.i.d. draws contain it; the draw equal to the claim reuses the claim's fit and ties.
     best = max(table, key=table.get)
-    seed = next(s for s in range(200)
-                if best in draw_null(**SHAPE, size=2, n=N, seed=s))
+    seed = next(s for s in range(200) if best in draw_null(**SHAPE, size=2, n=N, seed=s))
     model_dir, pairs = pool_run.payload["model"]["resolved"], pool_run.payload["data"]["source"]
     text = claim_text(model_dir, pairs, [str(h) for h in best], n=N, alpha=alpha, random_seed=seed, stop="full")
     result = verify(parse_claim(text, path=tmp_path / "best.yaml"), write_report=False, progress=False)
     assert result.n_fitted == 0
     drawn = [tuple(HeadLoc.parse(h) for h in e["location"]) for e in result.edits if e["role"] == "random"]
-    if best not in drawn:
-        assert drawn == draw_null(**SHAPE, size=2, n=N, seed=seed, exclude=best)
-        if exclusive > alpha:
-            pytest.xfail(
-                f"verify's null excludes the claimed set (sample_null_locations(exclude=location) "
-                f"in verification._draw_null), so the claim and its null are not exchangeable: in a space "
-                f"of {len(table)} locations P(p <= {alpha}) = {exclusive:.4f} > alpha for a random "
-                f"claim (the best location always gets p = 1/(N+1)); without the exclusion it is "
-                f"{inclusive:.4f}")
-    assert exclusive <= alpha or best in drawn
+    assert drawn == draw_null(**SHAPE, size=2, n=N, seed=seed) and best in drawn
+    ties = [g for d, g in zip(drawn, result.null_gains) if d == best]
+    assert ties and all(g == result.claim_gain for g in ties)
+    assert result.p_value == (1 + sum(g >= result.claim_gain for g in result.null_gains)) / (N + 1)
+    assert result.p_value >= (1 + len(ties)) / (N + 1)
 
 
 # --- the property calibration rests on -----------------------------------------------------------

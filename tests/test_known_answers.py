@@ -101,9 +101,9 @@ def _random(result):
 
 
 def test_the_null_seed_never_draws_the_live_head():
-    # With or without excluding the claimed set, the 19 single-head draws are the same dead heads.
+    # The null may draw the claimed head (that keeps it exact); this seed's 19 draws happen to be
+    # dead heads only, so the known answer is p = 1/20.
     kw = dict(n_layers=2, n_heads=4, size=1, n=N, seed=NULL_SEED)
-    assert draw_null(**kw) == draw_null(**kw, exclude=[LIVE])
     assert all(d != (LIVE,) for d in draw_null(**kw))
 
 

@@ -29,9 +29,14 @@ pytest_plugins = ["pytester"]
 ONE_EPOCH = DEFAULT_EDIT.replace("max_epochs: 3,", "max_epochs: 1,")
 
 
+# The null may draw the claimed head (that keeps it exact); the first three draws of this seed
+# are dead heads, so the live head's p-values below are 1/(N + 1).
+NULL_SEED = 1
+
+
 def short_claim(*args, **kw) -> str:
     """claim_text with a one-epoch budget (3 steps per edit)."""
-    return claim_text(*args, edit=ONE_EPOCH, **kw)
+    return claim_text(*args, edit=ONE_EPOCH, **{"random_seed": NULL_SEED, **kw})
 
 
 @pytest.fixture(scope="module")
