@@ -91,15 +91,31 @@ def check_location_size(claim, adapter) -> None:
                           "there is no random location of the same size to compare with")
 
 
-def prepare_bench(claim, cache_root: Path) -> Bench:
-    """Load the claim's data and model, check the location against the model, and tokenize."""
+@dataclass
+class ClaimInputs:
+    """What a claim's fits need, read and checked before any weights load: the data, the
+    model's files, config and tokenizer, the location against the model, the tokenized splits
+    against its context. `loccheck verify a.yaml b.yaml` inspects every claim before it fits
+    anything, so bad input in b never costs a's fitting."""
+    claim: Any
+    data: Any                          # data.BehaviorData
+    source: Any                        # models.loading.ModelSource
+    prompt_format: str
+    splits: dict                       # split name -> tokenized pairs
+    device: str
+    dtype: str
+
+
+def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
+    """Load the claim's data, open its model (not the weights), check the location, tokenize."""
     from loccheck.data import load_behavior
     from loccheck.edits import EDIT_METHODS
-    from loccheck.models.loading import load_model
+    from loccheck.models.loading import open_model, resolve_device, resolve_dtype
     from loccheck.prompts import resolve_format, tokenize_pairs
 
     ms, bs = claim.model, claim.behavior
-    # Data first: a bad data path should fail before a model is loaded.
+    data_key = "behavior.path" if bs.path else "behavior.dataset"
+    # Data first: a bad data path should fail before a model is opened.
     try:
         data = load_behavior(dataset=bs.dataset, path=bs.path,
                              base_dir=claim.path.parent if claim.path is not None else None,
@@ -107,33 +123,51 @@ def prepare_bench(claim, cache_root: Path) -> Bench:
                              split_seed=bs.split.seed, max_questions=bs.max_questions,
                              max_pairs_per_question=bs.max_pairs_per_question)
     except DataError as err:
-        raise claim.error(err.key or ("behavior.path" if bs.path else "behavior.dataset"), err.msg) from None
+        raise claim.error(err.key or data_key, err.msg) from None
     try:
-        loaded = load_model(ms.name, revision=ms.revision, device=ms.device, dtype=ms.dtype,
-                            trust_remote_code=ms.trust_remote_code, cache=cache_root)
+        device = resolve_device(ms.device)
+        dtype = str(resolve_dtype(ms.dtype, device)).removeprefix("torch.")
+        source = open_model(ms.name, revision=ms.revision, trust_remote_code=ms.trust_remote_code,
+                            cache=cache_root)
+        adapter = source.adapter()
     except LoccheckError as err:
         raise claim.error(err.key or "model.name", err.msg) from None
-    check_location_size(claim, loaded.adapter)
-
+    check_location_size(claim, adapter)
+    context = getattr(source.config, "max_position_embeddings", None)
     try:
-        fmt = resolve_format(loaded.tokenizer, bs.prompt_format)
+        fmt = resolve_format(source.tokenizer, bs.prompt_format, bs.system_prompt)
+        splits = {name: tokenize_pairs(source.tokenizer, getattr(data, name), fmt, bs.system_prompt,
+                                       max_tokens=context, source=data.source)
+                  for name in ("train", "validation", "test")}
     except DataError as err:
-        raise claim.error("behavior.prompt_format", err.msg) from None
-    splits = {name: tokenize_pairs(loaded.tokenizer, getattr(data, name), fmt, bs.system_prompt)
-              for name in ("train", "validation", "test")}
+        raise claim.error(err.key or data_key, err.msg) from None
     needed = ["train", "test"] + (["validation"] if any(
         EDIT_METHODS[e.method].uses_validation for e in claim.edits) else [])
     for name in needed:
         if not splits[name]:
             raise claim.error("behavior.split", f"{data.source}: the {name} split has no usable "
                               "preference pairs after tokenization (behavior.max_questions / behavior.split)")
+    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype)
+
+
+def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) -> Bench:
+    """The claim's bench: its inputs (inspected here unless given) and the model's weights."""
+    from loccheck.models.loading import load_weights
+
+    inputs = inputs if inputs is not None else inspect_claim(claim, cache_root)
+    try:
+        loaded = load_weights(inputs.source, device=inputs.device, dtype=inputs.dtype)
+    except LoccheckError as err:
+        raise claim.error(err.key or "model.name", err.msg) from None
+    bs, data = claim.behavior, inputs.data
     identity = {"loccheck": __version__, "code": code_identity(),
-                "model": {"weights": loaded.weights_id, "dtype": loaded.info["dtype"],
-                          "device": loaded.info["device"].split(":")[0]},
+                "model": {"weights": loaded.weights_id, "commit": loaded.info["commit"],
+                          "dtype": loaded.info["dtype"], "device": loaded.info["device"].split(":")[0]},
                 "data": {"sha256": data.sha256, "dataset": bs.dataset,
                          "split": claim.effective_config()["behavior"]["split"],
                          "max_questions": bs.max_questions,
                          "max_pairs_per_question": bs.max_pairs_per_question,
-                         "prompt_format": fmt, "system_prompt": bs.system_prompt}}
-    return Bench(loaded, data, splits["train"], splits["validation"], splits["test"], fmt,
-                 identity, Path(cache_root))
+                         "prompt_format": inputs.prompt_format, "system_prompt": bs.system_prompt}}
+    splits = inputs.splits
+    return Bench(loaded, data, splits["train"], splits["validation"], splits["test"],
+                 inputs.prompt_format, identity, Path(cache_root))

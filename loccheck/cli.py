@@ -17,12 +17,19 @@ import warnings
 from pathlib import Path
 
 from loccheck import __version__
-from loccheck.errors import LoccheckError, LoccheckWarning
+from loccheck.errors import LoccheckError, LoccheckWarning, printable
 from loccheck.options import add_cli_options, settings_from_cli
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too (a CI log greps for `loccheck: error:`), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"loccheck: error: {printable(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loccheck", description=__doc__.splitlines()[0],
+    parser = _Parser(prog="loccheck", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"loccheck {__version__}")
@@ -71,7 +78,7 @@ _default_showwarning = warnings.showwarning
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, LoccheckWarning):  # ours are meant for users: one line, no source
-        print(f"loccheck: warning: {message}", file=sys.stderr)
+        print(f"loccheck: warning: {printable(str(message))}", file=sys.stderr)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -123,7 +130,7 @@ def _localize(args) -> int:
 
 def _verify(args) -> int:
     from loccheck.claim import load_claim
-    from loccheck.verification import verify
+    from loccheck.verification import inspect, verify
 
     settings = settings_from_cli(args)
     overrides = {**settings.overrides(), **({"model.device": args.device} if args.device else {})}
@@ -134,9 +141,12 @@ def _verify(args) -> int:
             f"{a.path} and {b.path} share the file name {a.name!r}, so both reports would go to "
             f"{settings.claim_report_dir(a.name)}; rename one" for i, a in enumerate(claims)
             for b in claims[i + 1:] if a.name == b.name))
+    # Every check that can be made before fitting, for every claim, before any is fitted.
+    inputs = [inspect(c, out_dir=settings.claim_report_dir(c.name), cache_dir=settings.cache_dir)
+              for c in claims]
     status = 0
-    for claim in claims:
-        result = verify(claim, out_dir=settings.claim_report_dir(claim.name),
+    for claim, checked in zip(claims, inputs):
+        result = verify(claim, out_dir=settings.claim_report_dir(claim.name), inputs=checked,
                         progress=args.progress, **settings.verify_kwargs())
         fitted = f" ({result.n_null_fitted} fitted)" if result.test["stopped_early"] else ""
         print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_null}{fitted}, "
@@ -155,11 +165,12 @@ _RESULT_KEYS = ("metric", "claim_name")
 def _report(args) -> int:
     import json
 
-    from loccheck.files import write_json_atomic
+    from loccheck.files import write_bytes_atomic
     from loccheck.report import render_report
 
     try:
-        result = json.loads(args.result.read_text(encoding="utf-8"))
+        raw = args.result.read_bytes()
+        result = json.loads(raw.decode("utf-8"))
     except OSError as err:
         raise LoccheckError(f"{args.result}: cannot read result file: {err.strerror or err}") from None
     except ValueError as err:   # JSONDecodeError, UnicodeDecodeError
@@ -174,7 +185,7 @@ def _report(args) -> int:
         raise LoccheckError(f"{args.result}: not a complete loccheck result.json ({type(err).__name__}: "
                             f"{err})") from None
     if args.out is not None and out.resolve() != args.result.parent.resolve():
-        write_json_atomic(result, out / "result.json")   # the folder stays self-contained
+        write_bytes_atomic(raw, out / "result.json")   # the folder stays self-contained, the file as it was
     print(path)
     return 0
 

@@ -3,6 +3,7 @@ crash or kill leaves the old file (or none), never a partial one."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,36 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     return write_bytes_atomic(text.encode("utf-8"), path)
 
 
+def strict_json(obj):
+    """`obj` with every NaN and infinity replaced by None (JSON's null), so what is written is
+    valid JSON (RFC 8259 has no NaN) and reads back equal to what was written."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(obj, path: str | os.PathLike) -> Path:
-    """Write `obj` as canonical JSON (indent 2, sorted keys, NaN allowed) plus a newline."""
-    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", path)
+    """Write `obj` as strict JSON (indent 2, sorted keys; NaN and infinities as null) and a newline."""
+    return write_text_atomic(json.dumps(strict_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n", path)
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be created or written: a path through a
+    regular file, or a folder without write permission. Nothing is created here."""
+    from loccheck.errors import LoccheckError
+
+    path = Path(path)
+    probe = path
+    while not probe.exists():          # the nearest part of the path that exists
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        detail = "is not a folder" if probe == path else f"passes through {str(probe)!r}, a file"
+        raise LoccheckError(f"{what} {str(path)!r} {detail}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LoccheckError(f"{what} {str(path)!r} is not writable ({str(probe)!r} does not allow it)")

@@ -16,13 +16,21 @@ class TokenizedPair:
     rejected: tuple[int, ...]
 
 
-def resolve_format(tokenizer, prompt_format: str) -> str:
-    """`auto` means the tokenizer's chat template when it has one, else `Q: ... A:`."""
+# No tokenizer in use packs more characters into one token than this, so a text longer than
+# this many characters per context position cannot fit and is refused before it is tokenized.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def resolve_format(tokenizer, prompt_format: str, system_prompt: str | None = None) -> str:
+    """`auto` means the tokenizer's chat template when it has one, else `Q: ... A:`. A chat
+    template is rendered once here, so a broken one is reported before anything is fitted."""
     if prompt_format == "auto":
-        return "chat" if getattr(tokenizer, "chat_template", None) else "qa"
-    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else "qa"
+    elif prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
         raise DataError("'chat' needs a chat template, and the model's tokenizer has none "
                         "(use prompt_format: qa)", key="behavior.prompt_format")
+    if prompt_format == "chat":
+        format_prompt(tokenizer, "Is this a question?", prompt_format, system_prompt)
     return prompt_format
 
 
@@ -32,14 +40,28 @@ def format_prompt(tokenizer, question: str, prompt_format: str, system_prompt: s
     messages = [{"role": "user", "content": question}]
     if system_prompt is not None:  # None keeps the template's own default system prompt
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as err:   # jinja2's TemplateError and what a template raises itself
+        raise DataError(f"the model's chat template cannot render a prompt ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}); "
+                        "fix the template or use prompt_format: qa", key="behavior.prompt_format") from None
 
 
 def tokenize_pairs(tokenizer, pairs: Sequence, prompt_format: str,
-                   system_prompt: str | None = None) -> list[TokenizedPair]:
-    """Prompt and answers are tokenized apart, so both answers of a pair share the prompt ids."""
+                   system_prompt: str | None = None, *, max_tokens: int | None = None,
+                   source: str = "the data") -> list[TokenizedPair]:
+    """Prompt and answers are tokenized apart, so both answers of a pair share the prompt ids.
+
+    With `max_tokens` (the model's context), a pair whose prompt and longer answer do not fit
+    is an error naming its question: a longer sequence would fail inside the model or, with
+    rotary positions, silently read positions it was never trained on."""
     out = []
     for pair in pairs:
+        if max_tokens is not None:
+            chars = len(pair.prompt) + max(len(pair.chosen), len(pair.rejected))
+            if chars > MAX_CHARS_PER_TOKEN * max_tokens:
+                raise _too_long(source, pair, f"{chars} characters", max_tokens)
         text = format_prompt(tokenizer, pair.prompt, prompt_format, system_prompt)
         # A chat template already writes its special tokens; plain text gets the tokenizer's BOS.
         prompt = tokenizer(text, add_special_tokens=prompt_format == "qa").input_ids
@@ -48,5 +70,14 @@ def tokenize_pairs(tokenizer, pairs: Sequence, prompt_format: str,
         rejected = tokenizer(lead + pair.rejected, add_special_tokens=False).input_ids
         if not prompt or not chosen or not rejected:
             continue  # an answer that tokenizes to nothing has no log-probability to compare
+        n_tokens = len(prompt) + max(len(chosen), len(rejected))
+        if max_tokens is not None and n_tokens > max_tokens:
+            raise _too_long(source, pair, f"{n_tokens} tokens", max_tokens)
         out.append(TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected)))
     return out
+
+
+def _too_long(source: str, pair, size: str, max_tokens: int) -> DataError:
+    group = pair.group if len(pair.group) <= 60 else pair.group[:57] + "..."
+    return DataError(f"{source}: question {group!r} is {size} long with its longer answer; "
+                     f"the model reads at most {max_tokens} tokens (shorten it or drop it)")

@@ -14,7 +14,7 @@ from loccheck.result import VerifyResult, build_result
 def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, write_report: bool = True,
            overrides: dict[str, Any] | None = None, progress: bool | str | None = None,
            cache_dir: str | Path | None = None, refresh: bool = False, executor="serial",
-           write_line=None) -> VerifyResult:
+           write_line=None, inputs=None) -> VerifyResult:
     """Verify a localization claim (a path to a claim file or a loaded `Claim`).
 
     For each of the claim's edit methods, fits the edit at the claimed location, at the whole
@@ -29,7 +29,8 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     new draws, and an added metric scores the stored edits. `refresh=True` refits everything.
     `executor` is "serial" or an `Executor`; `progress` is None (a bar on a terminal, plain
     lines elsewhere), True, False, or a mode ("bar", "lines", "off"); `write_line` receives the
-    plain lines (default: stderr).
+    plain lines (default: stderr). `inputs` is what `inspect` returned for this claim (it is
+    inspected here otherwise).
     """
     from loccheck.bench import prepare_bench
     from loccheck.cache import FitCache, cache_dir as resolve_cache
@@ -39,9 +40,12 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     claim = claim if isinstance(claim, Claim) else load_claim(claim)
     if overrides:
         claim = claim.with_overrides(overrides)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
+    if inputs is None:
+        inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir)
     executor = get_executor(executor)
     cache = FitCache(resolve_cache(cache_dir), refresh=refresh)
-    bench = prepare_bench(claim, resolve_cache(cache_dir))
+    bench = prepare_bench(claim, resolve_cache(cache_dir), inputs)
     proposal = _propose(claim, bench)                     # the heuristic: no test questions
     location = proposal.top(claim.heuristic.top_k) if claim.location.from_heuristic else claim.location.parsed
     nulls = _draw_null(claim, bench, location)
@@ -56,10 +60,25 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     from loccheck.files import write_json_atomic
     from loccheck.report import render_report
 
-    out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
     render_report(result.payload, out)
     write_json_atomic(result.payload, out / "result.json")   # last: its presence means a complete report
     return replace(result, report_dir=str(out))
+
+
+def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None):
+    """Every check that can be made before fitting: the cache and report folders can be
+    written, the data loads, the model's files are sound, the location lies inside the model,
+    the prompts fit its context. Returns the `bench.ClaimInputs` that `verify` takes."""
+    from loccheck.bench import inspect_claim
+    from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.files import check_writable_folder
+
+    cache_root = resolve_cache(cache_dir)
+    check_writable_folder(cache_root, "cache folder")
+    inputs = inspect_claim(claim, cache_root)
+    if out_dir is not None:
+        check_writable_folder(out_dir, "report folder")
+    return inputs
 
 
 def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple], n_sites: int) -> list:
@@ -92,7 +111,9 @@ def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
     sequential = rs.stop == "sequential" and rs.n >= min_null_size(vs.alpha)
     h = sequential_stop_count(rs.n, vs.alpha) if sequential else None
     better = METRICS[vs.metric].improvement
-    gain = lambda o: better(o.metrics[vs.metric] - base[vs.metric])   # noqa: E731
+
+    def gain(o, claim_gain=0.0):   # a diverged random edit counts as a tie with the claim
+        return claim_gain if o.diverged else better(o.metrics[vs.metric] - base[vs.metric])
     outcomes = []
     bench.on_step = progress.on_step
     try:
@@ -104,7 +125,8 @@ def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
             fitted = []
             for start in range(0, len(null_jobs), executor.width):
                 fitted += _fit(null_jobs[start:start + executor.width], runner, executor, progress)
-                if sequential and sequential_decided(gain(head_outcomes[0]), [gain(o) for o in fitted],
+                claim_gain = gain(head_outcomes[0])
+                if sequential and sequential_decided(claim_gain, [gain(o, claim_gain) for o in fitted],
                                                      n_max=rs.n, h=h):
                     break
             outcomes += fitted
@@ -147,7 +169,7 @@ def _draw_null(claim: Claim, bench, location: tuple) -> list[tuple]:
     rs = claim.random_locations
     try:
         return sample_null_locations(bench.adapter.sites(claim.site_kind), size=len(location), n=rs.n,
-                                     seed=rs.seed, exclude=location,
+                                     seed=rs.seed,
                                      match_layers_of=location if rs.match_layers else None)
     except LoccheckError as err:
         raise claim.error("random_locations", err.msg) from None

@@ -21,7 +21,7 @@ import transformers
 import loccheck
 from loccheck.testing import claim_text
 from loccheck.claim import parse_claim
-from loccheck.models.loading import weights_sha256
+from loccheck.models.loading import folder_sha256
 from loccheck.verification import verify
 
 pytestmark = pytest.mark.slow   # fits edits on a tiny model twice (torch)
@@ -69,7 +69,7 @@ def test_result_records_what_a_rerun_needs(runs, known_llama):
                              "peft": peft.__version__, "numpy": numpy.__version__,
                              "loccheck": loccheck.__version__}
     assert r["loccheck_version"] == loccheck.__version__
-    assert r["model"]["sha256"] == weights_sha256(model_dir)
+    assert r["model"]["sha256"] == folder_sha256(model_dir)
     assert r["model"]["resolved"] == str(model_dir) and r["model"]["dtype"] == "float32"
     assert r["data"]["sha256"] == hashlib.sha256(pairs.read_bytes()).hexdigest()
     assert r["data"]["source"] == str(pairs)

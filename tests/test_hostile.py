@@ -191,6 +191,7 @@ HOSTILE = {  # id: (old, new, substrings the error line must contain besides the
     "split-seed-huge": ("test: 0.25, seed: 0", f"test: 0.25, seed: {2**70}", ["behavior.split.seed", "2**32 - 1"]),
     "edit-seed-huge": ("init_std: 0.1", f"init_std: 0.1, seed: {2**70}", ["edits[0].seed", "2**32 - 1"]),
     "lr-beyond-f32": ("learning_rate: 0.05", "learning_rate: 1.0e+39", ["edits[0].learning_rate", "float32"]),
+    "lr-beyond-adamw": ("learning_rate: 0.05", "learning_rate: 1.0e+37", ["edits[0].learning_rate", "AdamW", "float32"]),
     "n-10M": ("n: 19", "n: 10000000", ["random_locations.n", "at most 10000", "fitted edit"]),
     "surrogate-in-claim": ("prompt_format: qa", 'prompt_format: qa, system_prompt: "\\ud800"',
                            ["behavior.system_prompt", "lone surrogate"]),
@@ -441,3 +442,98 @@ def test_opting_in_passes_the_gate(remote_code_model):
     folder, sentinel = remote_code_model
     _check_local_config(folder, str(folder), trust_remote_code=True)
     assert not sentinel.exists()
+
+
+def _model_copy(env, mutate_config=None, mutate_folder=None) -> Path:
+    import shutil
+
+    folder = env["tmp"] / "model-copy"
+    shutil.copytree(env["model"], folder)
+    if mutate_config is not None:
+        config = json.loads((folder / "config.json").read_text())
+        mutate_config(config)
+        (folder / "config.json").write_text(json.dumps(config))
+    if mutate_folder is not None:
+        mutate_folder(folder)
+    return folder
+
+
+def _truncate_weights(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+
+
+def _nest_config(folder: Path) -> None:
+    text = (folder / "config.json").read_text().rstrip().rstrip("}")
+    (folder / "config.json").write_text(text + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+MODELS = {  # id: (mutate config, mutate folder, substrings of the error line)
+    "config-nested-too-deeply": (None, _nest_config, ["config.json", "nested too deeply"]),
+    "truncated-weights": (None, _truncate_weights, ["model.safetensors", "not a complete safetensors file"]),
+    "no-heads": (lambda c: c.update(num_attention_heads=0), None, ["num_attention_heads", ">= 1, got 0"]),
+    "a-million-layers": (lambda c: c.update(num_hidden_layers=1_000_000), None,
+                         ["declares 1000000 layers, but the weights hold 2"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MODELS))
+def test_broken_model_folder(env, capsys, case):
+    config, folder, must = MODELS[case]
+    line = run_bad(env, capsys, _with_model(env, _model_copy(env, config, folder)))
+    assert "model.name" in line
+    for part in must:
+        assert part in line, line
+
+
+def test_chat_template_that_does_not_render(env, capsys):
+    def broken_template(folder):
+        (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }")
+    model = _model_copy(env, mutate_folder=broken_template)
+    path = write_claim(env, env["text"].replace(str(env["model"]), str(model)).replace(
+        "prompt_format: qa", "prompt_format: chat"))
+    line = run_bad(env, capsys, path)
+    assert "behavior.prompt_format" in line and "TemplateSyntaxError" in line
+
+
+@pytest.mark.parametrize("size", ["beyond-context", "ten-megabytes"])
+def test_prompt_longer_than_the_model_reads(env, capsys, size):
+    # GPT-2 has learned positions (1024 here): a longer prompt would index past them
+    from loccheck.testing import write_model_dir
+
+    gpt2 = write_model_dir(env["tmp"] / "gpt2", "gpt2", [HeadLoc(1, 2)])
+    prompt = "x" * (3000 if size == "beyond-context" else 10_000_000)
+    data = _pairs_file(env, _records(12) + [{"prompt": prompt, "chosen": "yes", "rejected": "no"}])
+    path = write_claim(env, env["text"].replace(str(env["pairs"]), str(data)).replace(str(env["model"]), str(gpt2)))
+    line = run_bad(env, capsys, path)
+    unit = "tokens" if size == "beyond-context" else "characters"
+    assert "behavior.path" in line and f"{unit} long" in line and "reads at most 1024 tokens" in line
+
+
+def test_model_folder_of_an_unknown_user(env, capsys):
+    line = run_bad(env, capsys, _with_model(env, "~nosuchuser-loccheck/model"))
+    assert "model.name" in line and "cannot expand '~nosuchuser-loccheck'" in line
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_report_or_cache_folder_that_is_a_file(env, capsys, flag):
+    blocker = env["tmp"] / "a-file"
+    blocker.write_text("not a folder")
+    path = write_claim(env, env["text"])
+    capsys.readouterr()
+    status = main(["verify", str(path), flag, str(blocker / "sub"), "--quiet"]
+                  + (["--out", str(env["tmp"] / "out")] if flag == "--cache-dir" else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "a-file" in err[0] and "a file" in err[0]
+    assert not (env["tmp"] / "cache").exists() and not (env["tmp"] / "out").exists()
+
+
+def test_a_data_error_in_a_later_claim_stops_the_run_before_any_fit(env, capsys):
+    good = write_claim(env, env["text"], "good.yaml")
+    bad = write_claim(env, env["text"].replace(str(env["pairs"]), str(env["tmp"] / "missing.jsonl")), "bad.yaml")
+    status = main(["verify", str(good), str(bad), "--out", str(env["tmp"] / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and str(bad) in err[0] and "behavior.path" in err[0]
+    assert not (env["tmp"] / "out").exists()
+    cache = env["tmp"] / "cache"
+    assert not cache.exists() or not list((cache / "fits").rglob("*"))

