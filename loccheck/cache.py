@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 from loccheck.errors import LoccheckWarning
-from loccheck.files import write_bytes_atomic
+from loccheck.files import strict_json, write_bytes_atomic
+
+MAX_ENTRY_BYTES = 1 << 30   # far above any fit's record (a 7B ceiling's vectors are ~10 MB)
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -66,8 +69,9 @@ def code_identity() -> dict:
 
 
 def canonical_json(obj) -> str:
-    """The one JSON spelling of `obj` that content hashes are taken over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    """The one JSON spelling of `obj` that content hashes are taken over (strict JSON: NaN and
+    infinities are spelled null)."""
+    return json.dumps(strict_json(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def content_key(obj) -> str:
@@ -91,21 +95,43 @@ class FitCache:
 
     def get(self, key: str) -> dict | None:
         path = self._path(key)
-        if self.refresh or not path.is_file():
+        if self.refresh or not (path.exists() or path.is_symlink()):
             return None
         try:
-            entry = json.loads(path.read_text())
+            if not path.is_file():
+                raise ValueError("not a file")
+            if path.stat().st_size > MAX_ENTRY_BYTES:
+                raise ValueError(f"larger than {MAX_ENTRY_BYTES} bytes")
+            entry = json.loads(path.read_text(encoding="utf-8"))
             record = entry["record"]
             if entry["key"] != key or entry["checksum"] != content_key(record):
                 raise ValueError("checksum mismatch")
             return record
+        except RecursionError:
+            self._discard(path, "nested too deeply")
         except (OSError, ValueError, KeyError, TypeError) as err:
-            warnings.warn(f"cache entry {path} is corrupt ({err}); fitting it again",
-                          LoccheckWarning, stacklevel=2)
+            self._discard(path, str(err))
+        return None
+
+    def discard(self, key: str, why: str) -> None:
+        """Report and remove an entry that is intact but not what its key promises (a record
+        of another layout, a score that is not a number)."""
+        self._discard(self._path(key), why)
+
+    @staticmethod
+    def _discard(path: Path, why: str) -> None:
+        """A corrupt entry is reported and removed (so the refit can take its place), never
+        trusted and never left to fail the next run."""
+        from loccheck.errors import printable
+
+        warnings.warn(f"cache entry {printable(str(path))} is corrupt ({printable(why)}); computing it again",
+                      LoccheckWarning, stacklevel=3)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             path.unlink(missing_ok=True)
-            return None
 
     def put(self, key: str, record: dict) -> None:
-        entry = {"key": key, "checksum": content_key(record), "record": record}
-        write_bytes_atomic((json.dumps(entry, sort_keys=True, allow_nan=True) + "\n").encode(),
+        entry = {"key": key, "checksum": content_key(record), "record": strict_json(record)}
+        write_bytes_atomic((json.dumps(entry, sort_keys=True, allow_nan=False) + "\n").encode(),
                            self._path(key))

@@ -184,7 +184,7 @@ class Claim(Section):
                     f"one of: {', '.join(METRICS)}.")
     random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
     verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
-    expect: Literal["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "UNDERPOWERED"] | None = Field(
+    expect: Literal["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"] | None = Field(
         None, description="Verdict this claim file is expected to get (checked by the pytest plugin).")
 
     _path: Path | None = PrivateAttr(None)

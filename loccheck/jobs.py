@@ -10,6 +10,7 @@ draw equal to another claim's location reuses its fit.
 from __future__ import annotations
 
 import base64
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from loccheck.cache import content_key
+from loccheck.errors import LoccheckError
 from loccheck.locations import format_location
 
 ROLES = ("claim", "ceiling", "random")
@@ -89,12 +91,21 @@ class EditOutcome:
     n_scored: int                # metrics scored by this run (not from the cache)
     seconds: float
 
+    @property
+    def diverged(self) -> bool:
+        """Its training blew up, or a score is not finite: it has no optimum to compare."""
+        return diverged(self.info, self.metrics)
+
     def record(self, base: dict[str, float]) -> dict:
         """The edit's entry in result.json."""
         return {"method": self.job.method, "role": self.job.role, "index": self.job.index,
                 "location": self.job.location_text, "n_params": self.n_params,
                 "metrics": self.metrics, "gains": {m: v - base[m] for m, v in self.metrics.items()},
-                **self.info}
+                **self.info, "diverged": self.diverged}
+
+
+def diverged(info: dict, metrics: dict[str, float]) -> bool:
+    return info.get("stopped") == "diverged" or not all(math.isfinite(v) for v in metrics.values())
 
 
 class JobRunner:
@@ -117,20 +128,26 @@ class JobRunner:
 
 
 def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
-    """Fit `job` unless its fit is cached, then score every metric not cached for it."""
+    """Fit `job` unless its fit is cached, then score every metric not cached for it. A
+    diverged fit and a score that is not finite are never cached: they are reported as such,
+    and fitted again by the next run rather than trusted."""
     from loccheck.edits import EDIT_METHODS
 
     method = EDIT_METHODS[job.method]
     start = time.monotonic()
-    record = _record_or_none(cache.get(job.key))
+    stored = cache.get(job.key)
+    record = _record_or_none(stored, job)
+    if stored is not None and record is None:
+        cache.discard(job.key, f"not a fit of {job.label} at {job.location_text}")
     edit, fitted = None, record is None
     if fitted:
         made = method.fit(bench, job.settings, job.location)
         edit = made.edit
         record = FitRecord(job.method, job.location_text, edit.n_params, made.info, edit.state())
-        cache.put(job.key, record.to_json())
-    scores = {m: cache.get(job.score_key(m)) for m in metrics}
-    missing = [m for m, v in scores.items() if not isinstance(v, dict) or "value" not in v]
+        if not diverged(made.info, {}):
+            cache.put(job.key, record.to_json())
+    scores = _cached_scores(cache, {m: job.score_key(m) for m in metrics})
+    missing = [m for m, v in scores.items() if v is None]
     if missing:
         if edit is None:
             edit = method.restore(bench, job.settings, job.location, record.state)
@@ -138,29 +155,55 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
             fresh = bench.score(missing, on_batch=edit.on_batch)
         for m in missing:
             scores[m] = {"value": fresh[m]}
+            if diverged(record.info, {}) or not math.isfinite(fresh[m]):
+                continue
             cache.put(job.score_key(m), scores[m])
     return EditOutcome(job, record.n_params, record.info, {m: scores[m]["value"] for m in metrics},
                        fitted=fitted, n_scored=len(missing), seconds=time.monotonic() - start)
 
 
-def _record_or_none(stored) -> FitRecord | None:
+def _cached_scores(cache, keys: dict[str, str]) -> dict[str, dict | None]:
+    """{metric: {"value": float} or None (not cached)}; an entry that is not a finite number is
+    reported and scored again."""
+    out = {}
+    for metric, key in keys.items():
+        entry = cache.get(key)
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if isinstance(value, float) and math.isfinite(value):
+            out[metric] = entry
+        else:
+            if entry is not None:
+                cache.discard(key, f"{metric} is not a finite number")
+            out[metric] = None
+    return out
+
+
+def _record_or_none(stored, job: Job) -> FitRecord | None:
+    """The stored fit, if it is one of this job's edit (anything else is fitted again)."""
     if stored is None:
         return None
     try:
-        return FitRecord.from_json(stored)
-    except (KeyError, TypeError, ValueError):   # an entry of another layout: fit again
+        record = FitRecord.from_json(stored)
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
+    if record.method != job.method or record.location != job.location_text or diverged(record.info, {}):
+        return None
+    return record
 
 
 def unedited_scores(bench, cache, metrics: Sequence[str]) -> dict[str, float]:
     """The unedited model's test metrics, cached per metric like an edit's."""
     keys = {m: content_key({"what": "unedited score", "bench": bench.key, "metric": m, "split": "test"})
             for m in metrics}
-    scores = {m: cache.get(k) for m, k in keys.items()}
-    missing = [m for m, v in scores.items() if not isinstance(v, dict) or "value" not in v]
+    scores = _cached_scores(cache, keys)
+    missing = [m for m, v in scores.items() if v is None]
     if missing:
         fresh = bench.score(missing)
         for m in missing:
+            if not math.isfinite(fresh[m]):
+                raise LoccheckError(f"the unedited model's {m} on the test questions is {fresh[m]}: the "
+                                    f"model's outputs are not finite in {bench.loaded.info['dtype']} "
+                                    "(try model.dtype: float32)", key="model.dtype")
             scores[m] = {"value": fresh[m]}
             cache.put(keys[m], scores[m])
     return {m: scores[m]["value"] for m in metrics}

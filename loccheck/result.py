@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loccheck import __version__
+from loccheck.files import strict_json
 
 SCHEMA_VERSION = 2
 
@@ -34,12 +35,13 @@ class VerifyResult:
 
     verdict = property(lambda self: self.test["verdict"])
     verdict_reason = property(lambda self: self.test["verdict_reason"])
-    p_value = property(lambda self: self.test["p_value"])
-    claim_gain = property(lambda self: self.test["claim_gain"])
-    ceiling_gain = property(lambda self: self.test["ceiling_gain"])
-    null_gains = property(lambda self: self.test["null_gains"])
-    null_mean = property(lambda self: self.test["null_mean"])
-    optimality_ratio = property(lambda self: self.test["optimality_ratio"])
+    # Numbers as floats: result.json's null (not finite, or not defined) reads back as nan.
+    p_value = property(lambda self: _number(self.test["p_value"]))
+    claim_gain = property(lambda self: _number(self.test["claim_gain"]))
+    ceiling_gain = property(lambda self: _number(self.test["ceiling_gain"]))
+    null_gains = property(lambda self: [_number(g) for g in self.test["null_gains"]])
+    null_mean = property(lambda self: _number(self.test["null_mean"]))
+    optimality_ratio = property(lambda self: _number(self.test["optimality_ratio"]))
     n_null = property(lambda self: self.payload["n_null"])
     n_null_fitted = property(lambda self: self.test["n_null_fitted"])
     metric = property(lambda self: self.payload["metric"])
@@ -50,6 +52,10 @@ class VerifyResult:
     tests = property(lambda self: self.payload["tests"])
     edits = property(lambda self: self.payload["edits"])
     location = property(lambda self: self.payload["location"])
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def build_result(claim, bench, location, proposal, nulls, base, outcomes, executor: str) -> VerifyResult:
@@ -93,7 +99,9 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
                   "random_locations": rs.seed, "split": bs.split.seed},
         "executor": executor,
     }
-    return VerifyResult(payload, n_fitted=sum(o.fitted for o in outcomes),
+    # Strict JSON in memory too: the report rendered now and one re-rendered from result.json
+    # read the same values (null where a number is not finite).
+    return VerifyResult(strict_json(payload), n_fitted=sum(o.fitted for o in outcomes),
                         n_scored=sum(o.n_scored for o in outcomes), outcomes=list(outcomes))
 
 
@@ -114,7 +122,10 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
                                  [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
                                  rho=vs.rho, location_size=len(location), site=location[0].kind,
                                  n_null=claim.random_locations.n,
-                                 stop=claim.random_locations.stop).to_json()
+                                 stop=claim.random_locations.stop,
+                                 null_diverged=[r["diverged"] for r in randoms],
+                                 claim_diverged=claim_r["diverged"],
+                                 ceiling_diverged=ceiling_r["diverged"]).to_json()
         randoms = randoms[:tests[m]["n_null_fitted"]]   # the null the test used
         summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
                                "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},

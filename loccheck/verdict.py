@@ -3,15 +3,24 @@
 Rules (METHOD.md, "Statistics and the verdict"), checked in this order:
 
 1. UNDERPOWERED when ``1 / (n_null + 1) > alpha``: no outcome of the null could reject;
-2. FALSIFIED when ``p > alpha``: random locations of the same size edit as well;
-3. SUPPORTED when ``claim_gain / ceiling_gain >= rho`` (needs ``ceiling_gain > 0``);
-4. SPECIFIC_BUT_WEAK otherwise: beats random locations, falls short of the whole model.
+2. NO_EFFECT when the whole-model edit does not improve the behaviour (gain <= 0) or diverged:
+   there is no effect to localize, so the experiment cannot test the claim;
+3. FALSIFIED when ``p > alpha`` (random locations of the same size edit as well), or when the
+   claimed location's edit did not improve the behaviour (gain <= 0) or diverged: a location
+   that does not move the behaviour is never "specific";
+4. SUPPORTED when ``claim_gain / ceiling_gain >= rho``;
+5. SPECIFIC_BUT_WEAK otherwise: beats random locations, falls short of the whole model.
+
+A diverged edit (its training blew up, or a score is not finite) has no optimum to compare, and
+is treated so that it can only count against the claim: a diverged random location counts as
+editing at least as well as the claim (`test_location`), a diverged claim is FALSIFIED, a
+diverged ceiling is NO_EFFECT. None of them can make a claim SUPPORTED.
 """
 from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 
@@ -21,6 +30,7 @@ class Verdict(str, Enum):
     SUPPORTED = "SUPPORTED"
     SPECIFIC_BUT_WEAK = "SPECIFIC_BUT_WEAK"
     FALSIFIED = "FALSIFIED"
+    NO_EFFECT = "NO_EFFECT"
     UNDERPOWERED = "UNDERPOWERED"
 
 
@@ -141,6 +151,8 @@ def decide_verdict(
     rho: float,
     location_size: int | None = None,
     site: str = "head",
+    claim_diverged: bool = False,
+    ceiling_diverged: bool = False,
 ) -> VerdictResult:
     """Decide the verdict on a localization claim.
 
@@ -161,17 +173,20 @@ def decide_verdict(
         Number of sites in the location; only used to word the reason.
     site : str
         The sites' kind ("head"), to word the reason.
+    claim_diverged, ceiling_diverged : bool
+        Whether the claim's or the whole model's edit diverged (its gain is then not used).
 
     Returns
     -------
     VerdictResult
         UNDERPOWERED exactly when ``1 / (n_null + 1) > alpha`` (checked first); else
-        FALSIFIED when ``pvalue > alpha``; else SUPPORTED when the optimality ratio is finite
-        and ``>= rho``; else SPECIFIC_BUT_WEAK.
+        NO_EFFECT when the ceiling diverged or ``ceiling_gain <= 0``; else FALSIFIED when the
+        claim diverged, ``claim_gain <= 0`` or ``pvalue > alpha``; else SUPPORTED when
+        ``claim_gain / ceiling_gain >= rho``; else SPECIFIC_BUT_WEAK.
     """
     pvalue, n_null, alpha, rho, location_size = _iv_decide(pvalue, n_null, alpha, rho, location_size)
     min_p = 1.0 / (n_null + 1)
-    ratio = optimality_ratio(claim_gain, ceiling_gain)
+    ratio = float("nan") if claim_diverged or ceiling_diverged else optimality_ratio(claim_gain, ceiling_gain)
 
     what = f"random {location_size}-{site} locations" if location_size else "random locations of the same size"
     k = max(0, round(pvalue * (n_null + 1)) - 1)   # null draws at least as good as the claim
@@ -183,22 +198,42 @@ def decide_verdict(
             f"With {n_null} random locations the smallest reachable p-value is "
             f"1/{n_null + 1} = {min_p:.3g} > alpha = {alpha:g}, so the test cannot reject: "
             f"alpha = {alpha:g} needs at least {need} random locations."), ratio)
+    no_gain = _without_gain(claim_gain, ceiling_gain, claim_diverged, ceiling_diverged, site, ratio)
+    if no_gain is not None:
+        return no_gain
     if pvalue > alpha:
         return VerdictResult(Verdict.FALSIFIED, (
             f"p = {pvalue:.3g} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
             f"at least as well as the claimed {site}s."), ratio)
     beats = (f"p = {pvalue:.3g} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
              f"behaviour at least as well)")
-    if math.isfinite(ratio) and ratio >= rho:
+    if ratio >= rho:
         return VerdictResult(Verdict.SUPPORTED, (
             f"{beats} and the claimed {site}s reach {ratio:.1%} of the whole-model gain "
             f"(rho = {rho:g}): the location is specific and effective."), ratio)
-    if not math.isfinite(ratio):
-        tail = (f"but the whole-model edit did not improve the metric (gain = {ceiling_gain:.3g}), "
-                f"so there is no ceiling to call the claimed {site}s effective against.")
-    else:
-        tail = f"but the claimed {site}s reach only {ratio:.1%} of the whole-model gain (rho = {rho:g})."
-    return VerdictResult(Verdict.SPECIFIC_BUT_WEAK, f"{beats}, {tail}", ratio)
+    return VerdictResult(Verdict.SPECIFIC_BUT_WEAK, (
+        f"{beats}, but the claimed {site}s reach only {ratio:.1%} of the whole-model gain "
+        f"(rho = {rho:g})."), ratio)
+
+
+def _without_gain(claim_gain: float, ceiling_gain: float, claim_diverged: bool,
+                  ceiling_diverged: bool, site: str, ratio: float) -> VerdictResult | None:
+    """NO_EFFECT when the whole model gains nothing; FALSIFIED when the claimed location gains
+    nothing, whatever the null did; None when both edits improved the behaviour."""
+    if ceiling_diverged or ceiling_gain <= 0:
+        what_happened = ("diverged" if ceiling_diverged else
+                         f"did not improve the behaviour (gain = {ceiling_gain:.3g})")
+        return VerdictResult(Verdict.NO_EFFECT, (
+            f"The whole-model edit {what_happened}, so there is no effect to localize: the "
+            f"experiment cannot test whether the claimed {site}s carry the behaviour."), ratio)
+    if claim_diverged or claim_gain <= 0:
+        what_happened = ("diverged, so it has no optimum to compare" if claim_diverged else
+                         f"did not improve the behaviour (gain = {claim_gain:.3g} <= 0)")
+        return VerdictResult(Verdict.FALSIFIED, (
+            f"The edit at the claimed {site}s {what_happened}, while the whole-model edit "
+            f"gains {ceiling_gain:.3g}: editing the location does not show the behaviour lives "
+            f"there."), ratio)
+    return None
 
 
 def count_effective(null_gains, ceiling_gain: float, rho: float) -> int | None:
@@ -237,7 +272,7 @@ class LocationTest:
     min_null_size: int
     claim_gain: float
     ceiling_gain: float
-    null_gains: tuple[float, ...]
+    null_gains: tuple[float | None, ...]   # in draw order; None where the draw's edit diverged
     null_mean: float
     null_std: float
     null_min: float
@@ -249,6 +284,9 @@ class LocationTest:
     n_null_fitted: int                # null locations the test used (fewer when stopped early)
     stop: str                         # "full", or "sequential" (Besag-Clifford)
     stopped_early: bool
+    n_null_diverged: int = 0          # counted as ties with the claim, not in null_gains
+    claim_diverged: bool = False
+    ceiling_diverged: bool = False
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict.value, "verdict_reason": self.reason,
@@ -261,12 +299,14 @@ class LocationTest:
                 "optimality_ratio": self.optimality_ratio,
                 "n_null_effective": self.n_null_effective, "ceiling_short": self.ceiling_short,
                 "n_null_fitted": self.n_null_fitted, "stop": self.stop,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "n_null_diverged": self.n_null_diverged,
+                "claim_diverged": self.claim_diverged, "ceiling_diverged": self.ceiling_diverged}
 
 
 def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: float, rho: float,
                   location_size: int | None = None, site: str = "head", n_null: int | None = None,
-                  stop: str = "full") -> LocationTest:
+                  stop: str = "full", null_diverged=None, claim_diverged: bool = False,
+                  ceiling_diverged: bool = False) -> LocationTest:
     """Test the claim's gain against the null's and decide the verdict.
 
     `null_gains` are the null's gains in draw order, `n_null` the planned null size (default:
@@ -275,10 +315,21 @@ def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: 
     above the claim's is among them (h from `stats.sequential_stop_count`), the test uses the
     first l of them and p = h / l (Besag and Clifford 1991), which is above alpha, as the full
     null's p-value would be: the verdict is FALSIFIED either way. Otherwise all n_null are needed
-    and the test is the full one."""
+    and the test is the full one.
+
+    Diverged edits (flags `null_diverged`, one per null gain, `claim_diverged`,
+    `ceiling_diverged`) can only count against the claim: a diverged random location counts as
+    a tie with the claim (ties count against it) and is left out of the null's mean and spread;
+    a diverged claim or ceiling decides the verdict as `decide_verdict` says."""
     from loccheck.stats import describe, null_test, sequential_pvalue, sequential_stop_count
 
     n_null = len(null_gains) if n_null is None else n_null
+    diverged = [False] * len(null_gains) if null_diverged is None else [bool(d) for d in null_diverged]
+    if len(diverged) != len(null_gains):
+        raise ValueError(f"`null_diverged` has {len(diverged)} flags for {len(null_gains)} null gains")
+    claim_gain = claim_gain if math.isfinite(claim_gain) else 0.0
+    ceiling_gain = ceiling_gain if math.isfinite(ceiling_gain) else 0.0
+    null_gains = [claim_gain if d else g for g, d in zip(null_gains, diverged)]
     seq = None
     if stop == "sequential" and n_null >= min_null_size(alpha):
         seq = sequential_pvalue(claim_gain, null_gains, n_max=n_null,
@@ -290,7 +341,8 @@ def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: 
     pvalue = seq.pvalue if seq is not None else test.pvalue
     decision = decide_verdict(pvalue=max(pvalue, 1 / (n_null + 1)), n_null=n_null, alpha=alpha,
                               claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
-                              location_size=location_size, site=site)
+                              location_size=location_size, site=site,
+                              claim_diverged=claim_diverged, ceiling_diverged=ceiling_diverged)
     reason = decision.reason
     if seq is not None and seq.stopped_early:
         what = f"random {location_size}-{site} locations" if location_size else "random locations"
@@ -298,16 +350,22 @@ def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: 
                   f"{seq.h} of the first {seq.n_drawn} of {n_null} {what} edit the behaviour at least "
                   f"as well as the claimed {site}s, which decides the test: whatever the other "
                   f"{n_null - seq.n_drawn} would give, the full null's p-value would be above alpha.")
-    spread = describe(test.null_distribution)
+    used = test.null_distribution
+    kept = [g for g, d in zip(used, diverged) if not d]   # the diverged draws have no gain to describe
+    spread = describe(kept)
+    if claim_diverged:   # beaten by every draw
+        pvalue, test = 1.0, replace(test, n_at_least=test.n_null)
     return LocationTest(
         verdict=decision.verdict, reason=reason, pvalue=pvalue, n_null=n_null,
         n_at_least=seq.n_at_least if seq is not None else test.n_at_least,
         min_pvalue=1 / (n_null + 1), min_null_size=min_null_size(alpha),
         claim_gain=float(claim_gain), ceiling_gain=float(ceiling_gain),
-        null_gains=tuple(float(g) for g in test.null_distribution), null_mean=test.null_mean,
-        null_std=test.null_std, null_min=spread.min, null_max=spread.max,
+        null_gains=tuple(None if d else float(g) for g, d in zip(used, diverged)), null_mean=spread.mean,
+        null_std=spread.std, null_min=spread.min, null_max=spread.max,
         claim_percentile=test.percentile, optimality_ratio=decision.optimality_ratio,
-        n_null_effective=count_effective(test.null_distribution, ceiling_gain, rho),
-        ceiling_short=ceiling_short(claim_gain, ceiling_gain, spread.std),
+        n_null_effective=None if ceiling_diverged else count_effective(kept, ceiling_gain, rho),
+        ceiling_short=not (claim_diverged or ceiling_diverged) and ceiling_short(claim_gain, ceiling_gain, spread.std),
+        n_null_diverged=sum(diverged[:test.n_null]), claim_diverged=claim_diverged,
+        ceiling_diverged=ceiling_diverged,
         n_null_fitted=test.n_null, stop="sequential" if seq is not None else "full",
         stopped_early=bool(seq is not None and seq.stopped_early))

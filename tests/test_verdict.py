@@ -1,9 +1,12 @@
 import math
 
+import numpy as np
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loccheck import verdict
 from loccheck.verdict import Verdict, VerdictResult, decide_verdict, min_null_size, optimality_ratio
 
 BASE = dict(pvalue=0.01, n_null=99, alpha=0.05, claim_gain=0.95, ceiling_gain=1.0, rho=0.9)
@@ -14,7 +17,7 @@ def decide(**kw):
 
 
 def test_verdict_values_equal_names():
-    assert [v.value for v in Verdict] == ["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "UNDERPOWERED"]
+    assert [v.value for v in Verdict] == ["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"]
     assert Verdict("FALSIFIED") is Verdict.FALSIFIED
     assert Verdict.SUPPORTED == "SUPPORTED"
 
@@ -98,12 +101,45 @@ def test_specific_but_weak_short_of_ceiling():
 
 
 @pytest.mark.parametrize("ceiling_gain", [0.0, -0.2])
-def test_specific_but_weak_when_whole_model_does_not_improve(ceiling_gain):
-    res = decide(claim_gain=0.4, ceiling_gain=ceiling_gain)
-    assert res.verdict is Verdict.SPECIFIC_BUT_WEAK
+def test_no_effect_when_whole_model_does_not_improve(ceiling_gain):
+    # checked before p: with no effect to localize, beating random locations means nothing
+    for pvalue in (0.05, 1.0):
+        res = decide(pvalue=pvalue, claim_gain=0.4, ceiling_gain=ceiling_gain)
+        assert res.verdict is Verdict.NO_EFFECT
+        assert math.isnan(res.optimality_ratio)
+        assert f"did not improve the behaviour (gain = {ceiling_gain:.3g})" in res.reason
+
+
+@pytest.mark.parametrize("claim_gain", [0.0, -0.3])
+def test_a_location_that_does_not_improve_is_never_specific(claim_gain):
+    # every random location did worse (p at its minimum), yet the claim did not move the behaviour
+    res = decide(pvalue=1 / 20, claim_gain=claim_gain, ceiling_gain=1.0)
+    assert res.verdict is Verdict.FALSIFIED
+    assert "did not improve the behaviour" in res.reason and "<= 0" in res.reason
+
+
+def test_diverged_edits_never_support_the_claim():
+    res = decide(pvalue=1 / 20, claim_gain=1.0, ceiling_gain=1.0, ceiling_diverged=True)
+    assert res.verdict is Verdict.NO_EFFECT and "whole-model edit diverged" in res.reason
+    res = decide(pvalue=1 / 20, claim_gain=1.0, ceiling_gain=1.0, claim_diverged=True)
+    assert res.verdict is Verdict.FALSIFIED and "claimed heads diverged" in res.reason
     assert math.isnan(res.optimality_ratio)
-    assert "the whole-model edit did not improve the metric" in res.reason
-    assert "reach only" not in res.reason
+
+
+def test_a_diverged_random_location_counts_against_the_claim():
+    # 19 draws below the claim: p = 1/20. One of them diverged: it counts as a tie, p = 2/20,
+    # and its gain leaves the null's summary.
+    gains = [0.1 * i for i in range(19)]
+    clean = verdict.test_location(2.0, 2.0, gains, alpha=0.05, rho=0.9)
+    assert clean.verdict is Verdict.SUPPORTED and clean.pvalue == pytest.approx(1 / 20)
+    flags = [i == 3 for i in range(19)]
+    hit = verdict.test_location(2.0, 2.0, gains, alpha=0.05, rho=0.9, null_diverged=flags)
+    assert hit.verdict is Verdict.FALSIFIED and hit.pvalue == pytest.approx(2 / 20)
+    assert hit.n_at_least == 1 and hit.n_null_diverged == 1
+    assert hit.null_gains[3] is None and hit.null_mean == pytest.approx(np.mean(gains[:3] + gains[4:]))
+    claim_hit = verdict.test_location(2.0, 2.0, gains, alpha=0.05, rho=0.9, claim_diverged=True)
+    assert claim_hit.verdict is Verdict.FALSIFIED and claim_hit.pvalue == 1.0
+    assert claim_hit.n_at_least == 19 and claim_hit.claim_diverged
 
 
 def test_underpowered_is_checked_first_and_says_what_is_needed():
@@ -140,9 +176,11 @@ def test_underpowered_exactly_when_min_pvalue_above_alpha(n_null, alpha):
 def test_verdict_follows_the_rules(pvalue, n_null, claim, full):
     pvalue = max(pvalue, 1 / (n_null + 1))
     res = decide(pvalue=pvalue, n_null=n_null, claim_gain=claim, ceiling_gain=full)
-    if pvalue > 0.05:
+    if full <= 0:
+        expected = Verdict.NO_EFFECT
+    elif pvalue > 0.05 or claim <= 0:
         expected = Verdict.FALSIFIED
-    elif full > 0 and claim / full >= 0.9:
+    elif claim / full >= 0.9:
         expected = Verdict.SUPPORTED
     else:
         expected = Verdict.SPECIFIC_BUT_WEAK
@@ -172,3 +210,13 @@ def test_input_validation_types():
         decide(n_null=19.5)
     with pytest.raises(TypeError):
         decide_verdict(0.01, 99, 0.05, 1.0, 1.0, 0.9)   # keyword-only
+
+
+def test_a_claim_can_expect_every_verdict():
+    import typing
+
+    from loccheck.claim import Claim
+
+    expect = Claim.model_fields["expect"].annotation
+    literal = next(a for a in typing.get_args(expect) if a is not type(None))
+    assert list(typing.get_args(literal)) == [v.value for v in Verdict]

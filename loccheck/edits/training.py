@@ -202,6 +202,8 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
         if reason is not None:
             stopped = reason
             break
+    if stopped == "capped" and not math.isfinite(curve[-1]):
+        stopped = "diverged"        # its last epochs blew up, however many it had left
     with torch.no_grad():
         for p, b in zip(params, best):
             p.copy_(b)

@@ -72,7 +72,21 @@ def _interpretation(r: dict) -> str:
     scope = (f"The test uses `{metric}` only; other metrics in the tables are descriptive, and "
              "nothing here speaks to other behaviours, datasets or models.")
     what, them = f"random {size}-{kind} locations", f"the claimed {kind}s"
-    if v == "FALSIFIED":
+    claim_gain = t.get("claim_gain")
+    if v == "NO_EFFECT":
+        happened = ("diverged" if t.get("ceiling_diverged") else
+                    f"did not improve `{metric}` (gain {fmt(t.get('ceiling_gain'))})")
+        text = (f"The whole-model edit {happened}, so there is no effect of editing to localize: "
+                f"this experiment can neither support nor falsify the claim. Check that the data "
+                "express the behaviour and that the edits' training worked (the convergence "
+                "table below), then rerun.")
+    elif v == "FALSIFIED" and (t.get("claim_diverged") or claim_gain is None or claim_gain <= 0):
+        happened = ("diverged, so it has no optimum to compare" if t.get("claim_diverged") else
+                    f"did not improve `{metric}` (gain {fmt(claim_gain)})")
+        text = (f"The optimal edit of {them} {happened}, while the whole-model edit gains "
+                f"{fmt(t.get('ceiling_gain'))}. Whatever random locations did, editing {them} does "
+                "not move the behaviour, so it gives no evidence that the behaviour lives in them.")
+    elif v == "FALSIFIED":
         text = (f"{beaten} {n} {what} reached a `{metric}` gain at least as large as {them} "
                 f"(p = {p} > alpha = {alpha}); {them} reach {pct} of the whole-model effect. "
                 f"Random {kind} sets of the same size edit the behaviour as well, so success at "

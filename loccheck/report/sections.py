@@ -45,6 +45,13 @@ def _optimal_lines(r: dict) -> list[str]:
         note = (f"All {len(edits)} edits converged: each stopped when an epoch improved its "
                 "whole-training-set objective by at most `convergence_tol` of the improvement made "
                 "so far, or came within that share of the objective's optimum.")
+    diverged = [edit_name(e) for e in edits if e.get("diverged")]
+    if diverged:
+        note += (f" **{len(diverged)} diverged** ({', '.join(diverged)}): a diverged edit has no "
+                 "optimum to compare, so the test counts a diverged random location as editing at "
+                 "least as well as the claim, a diverged claim as beaten by every random location "
+                 "(FALSIFIED) and a diverged whole-model edit as no effect to localize (NO_EFFECT); "
+                 "none of them is cached, so the next run fits them again.")
     headers = ["edit", "location", "params", "learning rate", "epochs", "steps",
                "objective (start -> end)", "share of attainable", "converged?"]
     return ["## Convergence of the optimal edits", "",
