@@ -45,9 +45,20 @@ def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[S
         on_batch(positions.to(device))
     hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (n_tok, d)
-    logp = model.get_output_embeddings()(picked).float().log_softmax(-1)                   # (n_tok, vocab)
+    logp = float32_logits(model.get_output_embeddings(), picked).log_softmax(-1)          # (n_tok, vocab)
     token_logp = logp.gather(-1, torch.tensor(targets, device=device)[:, None]).squeeze(-1)
     return torch.zeros(len(seqs), device=device).index_add(0, torch.tensor(rows, device=device), token_logp)
+
+
+def float32_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The vocabulary projection in float32 whatever the weights' dtype: in bfloat16 a
+    log-probability near -20 has a resolution of 0.125, as large as the effects compared."""
+    weight = head.weight
+    bias = getattr(head, "bias", None)
+    if weight.dtype == torch.float32 and hidden.dtype == torch.float32:
+        return head(hidden)
+    return torch.nn.functional.linear(hidden.float(), weight.float(),
+                                      None if bias is None else bias.float())
 
 
 def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,

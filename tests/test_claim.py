@@ -422,15 +422,23 @@ def test_seed_bounds_are_accepted(field):
                 "normal float32 is 1.175e-38)"),
 ])
 def test_floats_must_fit_float32(tmp_path, value, expected):
-    message, path = load_error(tmp_path, MINIMAL + f"edits: [{{learning_rate: {value}}}]\n")
-    assert message == f"{path}:3:25: edits[0].learning_rate: {expected}"
+    message, path = load_error(tmp_path, MINIMAL + f"edits: [{{tau: {value}}}]\n")
+    assert message == f"{path}:3:15: edits[0].tau: {expected}"
     message, path = load_error(tmp_path, MINIMAL + f"edits: [{{method: iti, alphas: [1, {value}]}}]\n")
     assert message == f"{path}:3:35: edits[0].alphas[1]: {expected}"
 
 
 def test_floats_at_float32_limits_load():
-    claim = parse_claim(MINIMAL + "edits: [{learning_rate: 3.4e+38, tau: 1.2e-38, weight_decay: 0}]\n")
-    assert claim.edits[0].learning_rate == 3.4e38 and claim.edits[0].weight_decay == 0
+    claim = parse_claim(MINIMAL + "edits: [{beta: 3.4e+38, tau: 1.2e-38, weight_decay: 0}]\n")
+    assert claim.edits[0].beta == 3.4e38 and claim.edits[0].weight_decay == 0
+
+
+def test_learning_rates_beyond_what_adamw_can_step_are_refused(tmp_path):
+    # 1e37 is a float32, but AdamW's first step (rate / (1 - beta1)) would overflow
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{learning_rate: 1.0e+37}]\n")
+    assert message == (f"{path}:3:25: edits[0].learning_rate: 1e+37 is more than 1e+06: AdamW moves each "
+                       "parameter by about the rate per step, so a rate this large only overflows float32")
+    assert parse_claim(MINIMAL + "edits: [{learning_rate: 1.0e+6}]\n").edits[0].learning_rate == 1e6
 
 
 def test_random_locations_n_at_most_10000(tmp_path):

@@ -15,14 +15,24 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import fields
-from typing import Iterator, Literal, Sequence
+from typing import Annotated, Iterator, Literal, Sequence
 
 import numpy as np
-from pydantic import Field, StrictInt
+from pydantic import AfterValidator, Field, StrictInt
 
 from loccheck.edits import EditMethod, Fitted, register_edit_method
 from loccheck.locations import HeadLoc
 from loccheck.schema import Number, Section, Seed
+
+
+MAX_LEARNING_RATE = 1e6
+
+
+def _adamw_rate(value: float) -> float:
+    if value > MAX_LEARNING_RATE:
+        raise ValueError(f"{value:g} is more than {MAX_LEARNING_RATE:g}: AdamW moves each parameter by "
+                         "about the rate per step, so a rate this large only overflows float32")
+    return value
 
 
 class OptimalEditSection(Section):
@@ -34,8 +44,9 @@ class OptimalEditSection(Section):
     tau: Number = Field(0.1, gt=0, description="IPO regularization strength.")
     beta: Number = Field(0.1, gt=0, description="DPO inverse temperature.")
     batch_size: StrictInt = Field(4, ge=1, description="Preference pairs per step.")
-    learning_rate: Number = Field(5e-4, gt=0, description="Learning rate of edits at locations of the "
-                                                          "claim's size (the claim and the null).")
+    learning_rate: Annotated[Number, AfterValidator(_adamw_rate)] = Field(
+        5e-4, gt=0, description="Learning rate of edits at locations of the claim's size (the claim "
+                                "and the null); at most 1e6.")
     lr_size_exponent: Number = Field(
         0.5, ge=0, le=2, description="The learning rate grows as the location shrinks, by one rule for "
                                      "every location: lr(n sites) = learning_rate * (claim size / n) ** "

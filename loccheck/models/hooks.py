@@ -24,7 +24,9 @@ def displaced_inputs(adapter, layers: Sequence[int], displacement: Callable):
     def hook_for(row: int, layer: int):
         def pre_hook(module, args):
             o = args[0]                                                # (batch, pos, H * D)
-            return (o + displacement(row, o).to(o.dtype),) + tuple(args[1:])
+            # Added in float32 and rounded once: a small edit rounded to bfloat16 on its own
+            # before the sum would lose most of its bits.
+            return ((o.float() + displacement(row, o)).to(o.dtype),) + tuple(args[1:])
         return pre_hook
     return _input_hooks(adapter, layers, hook_for)
 
