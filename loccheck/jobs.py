@@ -124,7 +124,17 @@ class JobRunner:
     def __call__(self, job: Job) -> EditOutcome:
         if self.bench is None:
             self.bench = self.bench_factory()
+        if self.bench.key != job.bench_key:   # another model, code or device than the driver's
+            raise LoccheckError(f"this worker's bench ({_bench_summary(self.bench)}) is not the one "
+                                f"{job.label} was planned on: install the same loccheck and libraries, "
+                                "give it the same model files, and set model.device explicitly",
+                                key="executor")
         return run_job(self.bench, self.cache, job, self.metrics)
+
+
+def _bench_summary(bench) -> str:
+    info = bench.loaded.info
+    return f"{info['name']} on {info['device']} in {info['dtype']}"
 
 
 def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:

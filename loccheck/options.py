@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-EXECUTORS = ("serial",)   # loccheck.executors.EXECUTORS; the choices are listed here so that
+EXECUTORS = ("serial", "ray")   # loccheck.executors.EXECUTORS; the choices are listed here so that
                           # option parsing imports nothing
 DEFAULT_REPORT_DIR = "reports"
 
@@ -57,7 +58,7 @@ class Option:
     the ini file sets it; None means "the claim file (or the environment) decides"."""
     name: str
     help: str
-    kind: Literal["path", "int", "choice", "flag"]
+    kind: Literal["path", "int", "choice", "text", "flag"]
     default: Any = None
     choices: tuple[str, ...] = ()
     cli_aliases: tuple[str, ...] = ()
@@ -75,13 +76,13 @@ class Option:
 
     @property
     def ini_type(self) -> str:
-        return {"path": "string", "int": "int", "choice": "string", "flag": "bool"}[self.kind]
+        return {"path": "string", "int": "int", "choice": "string", "text": "string", "flag": "bool"}[self.kind]
 
     def argparse_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of argparse's add_argument (pytest's addoption takes the same)."""
         if self.kind == "flag":
             return {"action": "store_true", "default": None, "help": self.help}
-        convert: Callable = {"path": Path, "int": self._int, "choice": str}[self.kind]
+        convert: Callable = {"path": Path, "int": self._int, "choice": str, "text": str}[self.kind]
         kw = {"type": convert, "default": None, "help": self.help, "metavar": self.metavar}
         if self.choices:
             kw["choices"] = self.choices
@@ -111,8 +112,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("n-null", "number of random locations in the null (overrides the claim's "
            f"random_locations.n; at most {MAX_N_NULL})", "int", metavar="N", maximum=MAX_N_NULL,
            why=MAX_N_NULL_WHY),
-    Option("executor", "where edits are fitted: serial (in this process)", "choice",
+    Option("executor", "where edits are fitted: serial (in this process) or ray (one worker per GPU, "
+           "or per CPU on a CPU cluster; needs the loccheck[ray] extra)", "choice",
            default="serial", choices=EXECUTORS),
+    Option("ray-address", "the Ray cluster to join with --executor ray (default: $RAY_ADDRESS, else a "
+           "local cluster started for the run)", "text", metavar="ADDRESS"),
     Option("refresh", "ignore cached fits and fit every edit again (the cache is rewritten)",
            "flag", default=False),
 )
@@ -125,6 +129,7 @@ class Settings:
     cache_dir: Path | None      # None: LOCCHECK_CACHE_DIR, XDG_CACHE_HOME, ~/.cache (cache.cache_dir)
     n_null: int | None          # None: the claim file's random_locations.n
     executor: str
+    ray_address: str | None
     refresh: bool
 
     def overrides(self) -> dict[str, Any]:
@@ -133,7 +138,15 @@ class Settings:
 
     def verify_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `verify`."""
-        return {"cache_dir": self.cache_dir, "refresh": self.refresh, "executor": self.executor}
+        return {"cache_dir": self.cache_dir, "refresh": self.refresh, "executor": self.executor_instance}
+
+    @cached_property
+    def executor_instance(self):
+        """One executor for the whole run: a Ray cluster is joined once, and each claim's
+        workers replace the previous claim's."""
+        from loccheck.executors import get_executor
+
+        return get_executor(self.executor, **({"address": self.ray_address} if self.executor == "ray" else {}))
 
     def claim_report_dir(self, claim_name: str) -> Path:
         return self.report_dir / claim_name

@@ -3,6 +3,7 @@ The CLI and the pytest plugin are thin layers on `verify`."""
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,17 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     if inputs is None:
         inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir)
     executor = get_executor(executor)
-    cache = FitCache(resolve_cache(cache_dir), refresh=refresh)
-    bench = prepare_bench(claim, resolve_cache(cache_dir), inputs)
+    cache_root = resolve_cache(cache_dir).absolute()     # workers elsewhere resolve it the same
+    cache = FitCache(cache_root, refresh=refresh)
+    bench = prepare_bench(claim, cache_root, inputs)
     proposal = _propose(claim, bench)                     # the heuristic: no test questions
     location = proposal.top(claim.heuristic.top_k) if claim.location.from_heuristic else claim.location.parsed
     nulls = _draw_null(claim, bench, location)
     metrics = claim.all_metrics
     base = unedited_scores(bench, cache, metrics)
     jobs = edit_jobs(claim, bench.key, location, nulls, len(bench.adapter.sites(claim.site_kind)))
-    outcomes = _run(claim, jobs, JobRunner(bench, cache, metrics), executor, bench, base,
+    runner = JobRunner(bench, cache, metrics, bench_factory=partial(prepare_bench, claim, cache_root))
+    outcomes = _run(claim, jobs, runner, executor, bench, base,
                     _progress(claim, len(jobs), progress, base, write_line))
     result = build_result(claim, bench, location, proposal, nulls, base, outcomes, executor.name)
     if not write_report:

@@ -140,7 +140,7 @@ def test_init_writes_a_template_that_loads_and_never_overwrites(tmp_path, monkey
 
 @pytest.mark.parametrize("args", [
     ["verify", "x.yaml", "--n-null", "0"],
-    ["verify", "x.yaml", "--executor", "ray"],
+    ["verify", "x.yaml", "--executor", "dask"],
     ["init"],
     ["nonsense"],
 ])
@@ -200,5 +200,5 @@ def test_progress_is_one_plain_line_per_edit_without_a_terminal(known_llama, tmp
 
 def test_unknown_executor_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["verify", str(tmp_path / "x.yaml"), "--executor", "ray"])
-    assert info.value.code == 2 and "invalid choice: 'ray'" in capsys.readouterr().err
+        main(["verify", str(tmp_path / "x.yaml"), "--executor", "dask"])
+    assert info.value.code == 2 and "invalid choice: 'dask'" in capsys.readouterr().err

@@ -67,8 +67,8 @@ def test_serial_executor_yields_in_job_order():
     assert isinstance(ex, SerialExecutor) and ex.name == "serial" and ex.width == 1
     assert list(ex.imap(lambda x: x * x, [3, 1, 2])) == [(0, 9), (1, 1), (2, 4)]
     assert get_executor(ex) is ex
-    with pytest.raises(LoccheckError, match="unknown executor 'ray'") as info:
-        get_executor("ray")
+    with pytest.raises(LoccheckError, match="unknown executor 'dask'") as info:
+        get_executor("dask")
     assert info.value.key == "executor"
 
 

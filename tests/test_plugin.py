@@ -215,9 +215,9 @@ def test_flag_beats_ini_and_paths_resolve_where_they_were_given(project, monkeyp
 
 
 @pytest.mark.parametrize("ini, flag, message", [
-    ("loccheck_executor = ray", [], "*ini option loccheck_executor: must be one of serial, got 'ray'*"),
+    ("loccheck_executor = dask", [], "*ini option loccheck_executor: must be one of serial, ray, got 'dask'*"),
     ("loccheck_n_null = 0", [], "*ini option loccheck_n_null: must be at least 1, got 0*"),
-    ("", ["--loccheck-executor", "ray"], "*--loccheck-executor: invalid choice: 'ray'*"),
+    ("", ["--loccheck-executor", "dask"], "*--loccheck-executor: invalid choice: 'dask'*"),
     ("", ["--loccheck-n-null", "none"], "*--loccheck-n-null: expected a whole number, got 'none'*"),
 ])
 @pytest.mark.slow
