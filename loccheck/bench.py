@@ -21,6 +21,7 @@ class Bench:
     validation: Sequence
     test: Sequence
     prompt_format: str                 # "qa" or "chat", resolved
+    system_prompt: str | None
     identity: dict                     # everything besides edit and location that fixes a fit
     cache_root: Path
     memo: dict = field(default_factory=dict)        # per-bench results of edit methods (ITI's directions)
@@ -66,11 +67,28 @@ class Bench:
         return compute_metrics(names, inputs)
 
     def _inputs(self, need: str, split: str, on_batch):
-        from loccheck.scoring import all_pair_logprobs
+        from loccheck.scoring import all_choice_logprobs, all_pair_logprobs
 
         if need == "pair_logprobs":
             return all_pair_logprobs(self.model, getattr(self, split), self.pad_id, on_batch=on_batch).numpy()
+        if need == "choice_logprobs":
+            return all_choice_logprobs(self.model, self.choices(split), self.pad_id, on_batch=on_batch)
         raise ValueError(f"the bench cannot compute metric input {need!r}")
+
+    def choices(self, split: str) -> list:
+        """Every true and false answer of each question of `split`, tokenized (once)."""
+        from loccheck.prompts import tokenize_choices
+
+        key = ("choices", split)
+        if key not in self.memo:
+            groups = self.data.groups[split]
+            questions = [self.data.answers[g] for g in groups if g in self.data.answers]
+            self.memo[key] = tokenize_choices(self.tokenizer, questions, self.prompt_format,
+                                              self.system_prompt)
+            if not self.memo[key]:
+                raise DataError(f"{self.data.source}: no {split} question has a true and a false answer, "
+                                "so multiple-choice metrics cannot be computed", key="metrics")
+        return self.memo[key]
 
 
 def check_location_size(claim, adapter) -> None:
@@ -170,4 +188,4 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
                          "prompt_format": inputs.prompt_format, "system_prompt": bs.system_prompt}}
     splits = inputs.splits
     return Bench(loaded, data, splits["train"], splits["validation"], splits["test"],
-                 inputs.prompt_format, identity, Path(cache_root))
+                 inputs.prompt_format, bs.system_prompt, identity, Path(cache_root))

@@ -77,6 +77,31 @@ def tokenize_pairs(tokenizer, pairs: Sequence, prompt_format: str,
     return out
 
 
+@dataclass(frozen=True)
+class TokenizedChoices:
+    """One question's prompt and every answer to it, true ones first (the first is the best)."""
+    prompt: tuple[int, ...]
+    true: tuple[tuple[int, ...], ...]
+    false: tuple[tuple[int, ...], ...]
+
+
+def tokenize_choices(tokenizer, questions: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                     prompt_format: str, system_prompt: str | None = None) -> list[TokenizedChoices]:
+    """(prompt, true answers, false answers) -> token ids, tokenized as the pairs are. A question
+    left without a true or a false answer that tokenizes to something is dropped."""
+    lead = " " if prompt_format == "qa" else ""
+    out = []
+    for question, true, false in questions:
+        text = format_prompt(tokenizer, question, prompt_format, system_prompt)
+        prompt = tuple(tokenizer(text, add_special_tokens=prompt_format == "qa").input_ids)
+        ids = [[tuple(tokenizer(lead + a, add_special_tokens=False).input_ids) for a in answers]
+               for answers in (true, false)]
+        ok, bad = ([a for a in group if a] for group in ids)
+        if prompt and ok and bad and ids[0][0]:   # MC1 needs the best (first) true answer itself
+            out.append(TokenizedChoices(prompt, tuple(ok), tuple(bad)))
+    return out
+
+
 def _too_long(source: str, pair, size: str, max_tokens: int) -> DataError:
     group = pair.group if len(pair.group) <= 60 else pair.group[:57] + "..."
     return DataError(f"{source}: question {group!r} is {size} long with its longer answer; "

@@ -130,9 +130,25 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
         summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
                                "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},
                                "null_value": describe([r["metrics"][name] for r in randoms]).to_json(),
-                               "null_gain": describe([r["gains"][name] for r in randoms]).to_json()}
+                               "null_gain": describe([r["gains"][name] for r in randoms]).to_json(),
+                               "p_value": _metric_pvalue(name, claim_r, randoms)}
                         for name in claim.all_metrics}
     return tests, summaries
+
+
+def _metric_pvalue(name: str, claim_r: dict, randoms: list[dict]) -> float | None:
+    """The claim's p-value on metric `name` against the null's draws the test used, by the same
+    convention (ties and diverged draws count against the claim): whether the verdict would
+    depend on the metric. Descriptive when the sequential null stopped early on another metric."""
+    from loccheck.metrics import METRICS
+    from loccheck.stats import null_test
+
+    if not randoms or claim_r["diverged"]:
+        return None if not randoms else 1.0
+    better = METRICS[name].improvement
+    claim_gain = better(claim_r["gains"][name])
+    null = [claim_gain if r["diverged"] else better(r["gains"][name]) for r in randoms]
+    return null_test(claim_gain, null).pvalue
 
 
 def _data_record(dataset: str, summary: dict, fmt: str, example: str, n_tokenized: dict[str, int]) -> dict:

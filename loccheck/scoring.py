@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from loccheck.prompts import TokenizedPair
@@ -85,4 +86,27 @@ def all_pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int,
         idx = order[start:start + batch_size]
         out[idx] = pair_logprobs(model, [pairs[i] for i in idx], pad_id,
                                  on_batch=on_batch).double().cpu()
+    return out
+
+
+@torch.no_grad()
+def all_choice_logprobs(model, questions: Sequence, pad_id: int, batch_size: int = 16, *,
+                        on_batch: OnBatch | None = None) -> list[tuple]:
+    """For each question (`prompts.TokenizedChoices`), (log-probs of its true answers, of its
+    false answers) as float64 numpy arrays; answers batched across questions."""
+    items = [(q, kind, j) for q, c in enumerate(questions) for kind, answers in ((0, c.true), (1, c.false))
+             for j in range(len(answers))]
+
+    def seq(item):   # (prompt ids, answer ids) of (question, 0 true | 1 false, answer index)
+        q, kind, j = item
+        return questions[q].prompt, (questions[q].true, questions[q].false)[kind][j]
+
+    items.sort(key=lambda item: sum(map(len, seq(item))))     # length-sorted: little padding
+    out = [(np.empty(len(c.true)), np.empty(len(c.false))) for c in questions]
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        prompts, answers = zip(*(seq(it) for it in batch))
+        lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch).double().cpu().numpy()
+        for (q, kind, j), value in zip(batch, lp):
+            out[q][kind][j] = value
     return out

@@ -9,8 +9,8 @@ from loccheck.claim import parse_claim
 from loccheck.testing import claim_text
 from loccheck.verification import verify
 
-pytestmark = [pytest.mark.slow, pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = pytest.mark.slow   # CUDA and tiny torch models
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 # Kernels differ between devices (reduction order, TF32 off by default for matmuls in float32),
 # so gains agree to a tolerance, not bit for bit.
@@ -25,6 +25,8 @@ def _verify(known_llama, tmp_path, device: str, dtype: str = "float32"):
     return verify(claim, write_report=False, cache_dir=tmp_path / "cache", progress=False)
 
 
+@pytest.mark.gpu
+@cuda
 def test_cuda_gives_the_cpu_verdict_and_gains(known_llama, tmp_path):
     cpu, cuda = _verify(known_llama, tmp_path, "cpu"), _verify(known_llama, tmp_path, "cuda")
     assert cuda.payload["model"]["device"].startswith("cuda")
@@ -33,6 +35,8 @@ def test_cuda_gives_the_cpu_verdict_and_gains(known_llama, tmp_path):
     assert cuda.ceiling_gain == pytest.approx(cpu.ceiling_gain, rel=CPU_CUDA_RTOL)
 
 
+@pytest.mark.gpu
+@cuda
 def test_bfloat16_on_cuda_scores_like_float32(known_llama, tmp_path):
     full, half = _verify(known_llama, tmp_path, "cuda"), _verify(known_llama, tmp_path, "cuda", "bfloat16")
     assert half.payload["model"]["dtype"] == "bfloat16"

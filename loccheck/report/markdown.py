@@ -165,6 +165,9 @@ def _stats_lines(r: dict) -> list[str]:
     rows.append(["random locations (null): mean ± std [min, max]",
                  *[c for m in metrics for c in (spread(summaries[m]["null_value"]),
                                                 spread(summaries[m]["null_gain"]))]])
+    if len(metrics) > 1:   # does the verdict depend on the metric?
+        rows.append(["claim vs null on this metric: p", *[c for m in metrics for c in (
+            "", fmt(summaries[m].get("p_value")))]])
     n, k = t.get("n_null"), t.get("n_at_least")
     if t.get("stopped_early"):
         l = t["n_null_fitted"]
