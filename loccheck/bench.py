@@ -24,6 +24,8 @@ class Bench:
     system_prompt: str | None
     identity: dict                     # everything besides edit and location that fixes a fit
     cache_root: Path
+    side: tuple | None = None                       # token ids of the side-effect texts (if a metric needs them)
+    side_identity: dict | None = None
     memo: dict = field(default_factory=dict)        # per-bench results of edit methods (ITI's directions)
     on_step: Callable | None = None                 # (step, n_steps, loss) while a fit runs here
     _reference: Any = None
@@ -73,7 +75,17 @@ class Bench:
             return all_pair_logprobs(self.model, getattr(self, split), self.pad_id, on_batch=on_batch).numpy()
         if need == "choice_logprobs":
             return all_choice_logprobs(self.model, self.choices(split), self.pad_id, on_batch=on_batch)
+        if need == "side_texts":
+            from loccheck.scoring import side_effects
+
+            if self.side is None:
+                raise ValueError("this bench has no side-effect texts: its claim lists no metric that needs them")
+            return side_effects(self.model, self.side, self.pad_id, on_batch=on_batch)
         raise ValueError(f"the bench cannot compute metric input {need!r}")
+
+    def input_identity(self, need: str) -> dict | None:
+        """What a metric input depends on beyond the bench's identity (the side-effect texts)."""
+        return self.side_identity if need == "side_texts" else None
 
     def choices(self, split: str) -> list:
         """Every true and false answer of each question of `split`, tokenized (once)."""
@@ -122,6 +134,8 @@ class ClaimInputs:
     splits: dict                       # split name -> tokenized pairs
     device: str
     dtype: str
+    side: tuple | None = None          # tokenized side-effect texts, when a metric needs them
+    side_identity: dict | None = None
 
 
 def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
@@ -165,7 +179,32 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
         if not splits[name]:
             raise claim.error("behavior.split", f"{data.source}: the {name} split has no usable "
                               "preference pairs after tokenization (behavior.max_questions / behavior.split)")
-    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype)
+    side, side_identity = _side_texts(claim, source.tokenizer, context)
+    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
+
+
+MAX_SIDE_TOKENS = 256   # side-effect texts are sentences; a longer one is cut here
+
+
+def _side_texts(claim, tokenizer, context: int | None):
+    """The side-effect texts, tokenized, if a listed metric needs them (else (None, None))."""
+    from loccheck.data import load_side_texts
+    from loccheck.metrics import METRICS
+
+    if not any(METRICS[m].needs == "side_texts" for m in claim.all_metrics):
+        return None, None
+    spec = claim.side_effects
+    try:
+        texts = load_side_texts(spec.path, base_dir=claim.path.parent if claim.path is not None else None,
+                                n_texts=spec.n_texts)
+    except DataError as err:
+        raise claim.error(err.key or "side_effects.path", err.msg) from None
+    cap = min(MAX_SIDE_TOKENS, context or MAX_SIDE_TOKENS)
+    ids = [tuple(tokenizer(t).input_ids[:cap]) for t in texts.texts]
+    ids = tuple(t for t in ids if len(t) >= 2)           # a text must predict at least one token
+    if not ids:
+        raise claim.error("side_effects.path", f"{texts.source}: no text has two or more tokens")
+    return ids, {"sha256": texts.sha256, "n_texts": len(ids), "max_tokens": cap}
 
 
 def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) -> Bench:
@@ -188,4 +227,5 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
                          "prompt_format": inputs.prompt_format, "system_prompt": bs.system_prompt}}
     splits = inputs.splits
     return Bench(loaded, data, splits["train"], splits["validation"], splits["test"],
-                 inputs.prompt_format, bs.system_prompt, identity, Path(cache_root))
+                 inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
+                 side=inputs.side, side_identity=inputs.side_identity)

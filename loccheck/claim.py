@@ -109,6 +109,14 @@ class BehaviorSpec(Section):
         return self
 
 
+class SideEffectsSpec(Section):
+    path: str | None = Field(None, description="Texts unrelated to the behaviour for the side-effect "
+                                               "metrics (kl, log_likelihood): ROME's known_1000.json, a "
+                                               "JSONL file of {\"text\": ...}, or one text per line; "
+                                               "default: $LOCCHECK_DATA_DIR/known_1000.json.")
+    n_texts: StrictInt = Field(100, ge=1, le=10000, description="Use the first this many texts.")
+
+
 class LocationSpec(Section):
     sites: tuple[Annotated[str, AfterValidator(_site)], ...] = Field(
         (), description="Claimed sites, all of one kind: heads as 'L{layer}H{head}', 0-based, "
@@ -182,6 +190,8 @@ class Claim(Section):
         ("preference_margin", "preference_accuracy"),
         description="Metrics reported for every edit (the verdict's metric is always computed); "
                     f"one of: {', '.join(METRICS)}.")
+    side_effects: SideEffectsSpec = Field(default_factory=SideEffectsSpec,
+                                          description="Texts the side-effect metrics are measured on.")
     random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
     verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
     expect: Literal["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"] | None = Field(

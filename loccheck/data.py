@@ -435,3 +435,83 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
     return BehaviorData(**out, groups=groups, source=source, sha256=sha,
                         n_questions_read=len(questions), n_questions_dropped=len(questions) - len(usable),
                         answers=answers)
+
+
+# ---------------------------------------------------------------- texts for side effects
+
+KNOWN_FACTS_FILE = "known_1000.json"
+
+
+@dataclass(frozen=True)
+class SideTexts:
+    """Texts unrelated to the behaviour, on which an edit's side effects are measured."""
+    texts: tuple[str, ...]
+    source: str
+    sha256: str                    # of the texts used (not of the whole file)
+
+
+def load_side_texts(path: str | None, *, base_dir: Path | None, n_texts: int) -> SideTexts:
+    """The first `n_texts` texts of `path` (relative to the claim's folder), else of
+    $LOCCHECK_DATA_DIR/known_1000.json. A .json file is ROME's known facts (each fact's
+    sentence, template filled with its subject, and the continuation after it) or a list of
+    strings; a .jsonl file holds one {"text": ...} per line; any other file, one text per line."""
+    file = _find_side_texts(path, base_dir)
+    text, _ = _read_text(file)
+    if file.suffix == ".json":
+        texts = _json_texts(file, text)
+    elif file.suffix == ".jsonl":
+        texts = [_jsonl_text(file, i, line) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+    else:
+        texts = [line.strip() for line in text.splitlines() if line.strip()]
+    texts = [t for t in texts if t][:n_texts]
+    if not texts:
+        raise DataError(f"{file}: no texts for side effects", key="side_effects.path")
+    sha = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    return SideTexts(tuple(texts), str(file), sha)
+
+
+def _find_side_texts(path: str | None, base_dir: Path | None) -> Path:
+    if path is not None:
+        for c in _candidates(path, base_dir):
+            if _kind(c) == "file":
+                return c
+        raise DataError(f"side-effect texts {path!r} not found", key="side_effects.path")
+    env = os.environ.get("LOCCHECK_DATA_DIR")
+    if env and _kind(expand_user(env, key="side_effects.path") / KNOWN_FACTS_FILE) == "file":
+        return expand_user(env) / KNOWN_FACTS_FILE
+    raise DataError(f"side-effect metrics need texts: set side_effects.path, or LOCCHECK_DATA_DIR to a "
+                    f"folder holding {KNOWN_FACTS_FILE}" + ("" if env else " (it is not set)"),
+                    key="side_effects.path")
+
+
+def _json_texts(file: Path, text: str) -> list[str]:
+    try:
+        records = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"{file}: invalid JSON: {err if isinstance(err, ValueError) else 'nested too deeply'}",
+                        key="side_effects.path") from None
+    if not isinstance(records, list):
+        raise DataError(f"{file}: expected a JSON list of facts or strings", key="side_effects.path")
+    out = []
+    for i, r in enumerate(records):
+        if isinstance(r, str):
+            out.append(r.strip())
+        elif isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("template", "subject", "prediction")):
+            # the template filled with the subject, then the continuation (GPT-2's end token dropped);
+            # `prompt` sometimes already holds the continuation's first word
+            sentence = r["template"].format(r["subject"]) + r["prediction"].replace("<|endoftext|>", "")
+            out.append(sentence.strip())
+        else:
+            raise DataError(f"{file}: item {i} is neither a string nor a fact with template, subject "
+                            "and prediction", key="side_effects.path")
+    return out
+
+
+def _jsonl_text(file: Path, line_no: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        raise DataError(f"{file}:{line_no}: invalid JSON", key="side_effects.path") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise DataError(f"{file}:{line_no}: expected an object with a string 'text'", key="side_effects.path")
+    return record["text"].strip()

@@ -42,8 +42,10 @@ class Job:
         return content_key({"what": "fit", "bench": self.bench_key, "method": self.method,
                             "settings": self.settings, "location": self.location_text})
 
-    def score_key(self, metric: str) -> str:
-        return content_key({"what": "score", "fit": self.key, "metric": metric, "split": "test"})
+    def score_key(self, metric: str, inputs: dict | None = None) -> str:
+        """`inputs`: what the metric's input depends on beyond the bench (`Bench.input_identity`)."""
+        what = {"what": "score", "fit": self.key, "metric": metric, "split": "test"}
+        return content_key(what if inputs is None else {**what, "inputs": inputs})
 
     @property
     def label(self) -> str:
@@ -142,6 +144,7 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
     diverged fit and a score that is not finite are never cached: they are reported as such,
     and fitted again by the next run rather than trusted."""
     from loccheck.edits import EDIT_METHODS
+    from loccheck.metrics import METRICS
 
     method = EDIT_METHODS[job.method]
     start = time.monotonic()
@@ -156,7 +159,8 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
         record = FitRecord(job.method, job.location_text, edit.n_params, made.info, edit.state())
         if not diverged(made.info, {}):
             cache.put(job.key, record.to_json())
-    scores = _cached_scores(cache, {m: job.score_key(m) for m in metrics})
+    keys = {m: job.score_key(m, bench.input_identity(METRICS[m].needs)) for m in metrics}
+    scores = _cached_scores(cache, keys)
     missing = [m for m, v in scores.items() if v is None]
     if missing:
         if edit is None:
@@ -167,7 +171,7 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
             scores[m] = {"value": fresh[m]}
             if diverged(record.info, {}) or not math.isfinite(fresh[m]):
                 continue
-            cache.put(job.score_key(m), scores[m])
+            cache.put(keys[m], scores[m])
     return EditOutcome(job, record.n_params, record.info, {m: scores[m]["value"] for m in metrics},
                        fitted=fitted, n_scored=len(missing), seconds=time.monotonic() - start)
 
@@ -203,7 +207,10 @@ def _record_or_none(stored, job: Job) -> FitRecord | None:
 
 def unedited_scores(bench, cache, metrics: Sequence[str]) -> dict[str, float]:
     """The unedited model's test metrics, cached per metric like an edit's."""
-    keys = {m: content_key({"what": "unedited score", "bench": bench.key, "metric": m, "split": "test"})
+    from loccheck.metrics import METRICS
+
+    keys = {m: content_key({"what": "unedited score", "bench": bench.key, "metric": m, "split": "test",
+                            **({"inputs": i} if (i := bench.input_identity(METRICS[m].needs)) else {})})
             for m in metrics}
     scores = _cached_scores(cache, keys)
     missing = [m for m, v in scores.items() if v is None]

@@ -110,3 +110,42 @@ def all_choice_logprobs(model, questions: Sequence, pad_id: int, batch_size: int
         for (q, kind, j), value in zip(batch, lp):
             out[q][kind][j] = value
     return out
+
+
+@torch.no_grad()
+def side_effects(model, texts: Sequence[Sequence[int]], pad_id: int, batch_size: int = 8, *,
+                 on_batch: OnBatch | None = None) -> dict[str, float]:
+    """On texts unrelated to the behaviour, with whatever edit is attached to `model`:
+    {"kl": the mean over predicted tokens of KL(unedited || edited) of the next-token
+    distribution, "log_likelihood": the mean log-probability of each text's next token}. The
+    unedited distribution is computed in the same pass with the edit's hooks suspended
+    (`hooks.unedited`), so nothing vocabulary-sized is stored. float32 throughout."""
+    from loccheck.models.hooks import unedited
+
+    device = next(model.parameters()).device
+    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
+    kl_sum, ll_sum, n = 0.0, 0.0, 0
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        batch = [texts[i] for i in order[start:start + batch_size]]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, t in enumerate(batch):
+            ids[i, :len(t)], mask[i, :len(t)] = torch.tensor(t), 1
+        ids, mask = ids.to(device), mask.to(device)
+        predicts = mask[:, 1:].bool()                     # position t predicts token t + 1
+        if on_batch is not None:
+            on_batch(mask.bool())                         # a position-dependent edit acts everywhere
+
+        def logp():
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][predicts]
+            return float32_logits(head, hidden).log_softmax(-1)      # (n_predicted, vocab)
+
+        with unedited():
+            base = logp()
+        edited = logp()
+        kl_sum += float((base.exp() * (base - edited)).sum())
+        ll_sum += float(edited.gather(-1, ids[:, 1:][predicts][:, None]).sum())
+        n += int(predicts.sum())
+    return {"kl": kl_sum / n, "log_likelihood": ll_sum / n}

@@ -24,7 +24,10 @@ def bench(known_llama, tmp_path_factory):
     model_dir, pairs = known_llama
     edits = "[" + ", ".join(f"{{method: {name}}}" for name in EDIT_METHODS) + "]"
     root = tmp_path_factory.mktemp("contracts")
-    claim = parse_claim(claim_text(model_dir, pairs, ["L1H2", "L0H0"], n=2, edits=edits),
+    texts = root / "texts.txt"                       # for the side-effect metrics
+    texts.write_text("the river runs to the sea\nan apple fell down\n")
+    every_metric = f"metrics: [{', '.join(METRICS)}]\nside_effects: {{path: '{texts}'}}\n"
+    claim = parse_claim(claim_text(model_dir, pairs, ["L1H2", "L0H0"], n=2, edits=edits, extra=every_metric),
                         path=root / "contracts.yaml")
     return claim, prepare_bench(claim, root / "cache")
 

@@ -537,3 +537,12 @@ def test_a_data_error_in_a_later_claim_stops_the_run_before_any_fit(env, capsys)
     assert not (env["tmp"] / "out").exists()
     cache = env["tmp"] / "cache"
     assert not cache.exists() or not list((cache / "fits").rglob("*"))
+
+
+def test_side_effect_metric_without_texts(env, capsys, monkeypatch):
+    monkeypatch.delenv("LOCCHECK_DATA_DIR", raising=False)
+    path = write_claim(env, env["text"] + "metrics: [preference_margin, kl]\n")
+    line = run_bad(env, capsys, path)
+    assert f"{path}:" in line and "side_effects.path" in line and "LOCCHECK_DATA_DIR" in line
+    missing = write_claim(env, env["text"] + "metrics: [kl]\nside_effects: {path: nowhere.txt}\n", "missing.yaml")
+    assert "side-effect texts 'nowhere.txt' not found" in run_bad(env, capsys, missing)

@@ -3,7 +3,22 @@ context exits, also on error, so a model is left exactly as it was found."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Callable, Sequence
+
+# While set, displacement hooks leave their inputs alone: the unedited model's outputs with an
+# edit attached (what a side-effect metric compares the edited outputs against).
+_UNEDITED = contextvars.ContextVar("loccheck_unedited", default=False)
+
+
+@contextlib.contextmanager
+def unedited():
+    """The model as it was, inside an attached edit's context: every displacement is skipped."""
+    token = _UNEDITED.set(True)
+    try:
+        yield
+    finally:
+        _UNEDITED.reset(token)
 
 
 @contextlib.contextmanager
@@ -23,6 +38,8 @@ def displaced_inputs(adapter, layers: Sequence[int], displacement: Callable):
     (row indexes `layers`), while the context is open."""
     def hook_for(row: int, layer: int):
         def pre_hook(module, args):
+            if _UNEDITED.get():
+                return None
             o = args[0]                                                # (batch, pos, H * D)
             # Added in float32 and rounded once: a small edit rounded to bfloat16 on its own
             # before the sum would lose most of its bits.

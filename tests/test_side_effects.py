@@ -1,0 +1,98 @@
+"""Side effects on unrelated texts: KL is exactly 0 for the identity edit, positive for a fitted
+one and equal to a direct computation from full logits; the texts are found and read as the
+claim says, and are part of every side-effect score's cache key."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loccheck.data import load_side_texts
+from loccheck.errors import DataError
+
+TEXTS = ["the river runs to the sea", "a stone in the garden", "clouds over the maple tree",
+         "an apple fell down", "x"]
+
+
+def test_texts_from_each_kind_of_file(tmp_path, monkeypatch):
+    plain = tmp_path / "texts.txt"
+    plain.write_text("\n".join(TEXTS) + "\n\n")
+    assert load_side_texts(str(plain), base_dir=None, n_texts=2).texts == tuple(TEXTS[:2])
+    lines = tmp_path / "texts.jsonl"
+    lines.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    assert load_side_texts("texts.jsonl", base_dir=tmp_path, n_texts=99).texts == tuple(TEXTS)
+    facts = tmp_path / "known_1000.json"
+    facts.write_text(json.dumps([{"template": "{} is located in the continent", "subject": "Vinson Massif",
+                                  "prediction": " of Antarctica.<|endoftext|>", "prompt": "ignored"}]))
+    monkeypatch.setenv("LOCCHECK_DATA_DIR", str(tmp_path))
+    got = load_side_texts(None, base_dir=None, n_texts=5)
+    assert got.texts == ("Vinson Massif is located in the continent of Antarctica.",)
+    assert got.source == str(facts) and len(got.sha256) == 64
+
+
+def test_missing_texts_name_the_field(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCCHECK_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="set side_effects.path") as err:
+        load_side_texts(None, base_dir=None, n_texts=5)
+    assert err.value.key == "side_effects.path"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "no"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: expected an object with a string 'text'"):
+        load_side_texts(str(bad), base_dir=None, n_texts=5)
+
+
+def test_the_shared_known_facts_load(data_dir, monkeypatch):
+    monkeypatch.setenv("LOCCHECK_DATA_DIR", str(data_dir))
+    got = load_side_texts(None, base_dir=None, n_texts=100)
+    assert len(got.texts) == 100 and all(t and "<|endoftext|>" not in t for t in got.texts)
+
+
+@pytest.mark.slow
+def test_kl_is_zero_for_the_identity_and_matches_full_logits(known_llama, tmp_path):
+    import torch
+
+    from loccheck.bench import prepare_bench
+    from loccheck.claim import parse_claim
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.testing import claim_text
+    from loccheck.verification import edit_jobs
+
+    model_dir, pairs = known_llama
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS))
+    text = claim_text(model_dir, pairs, ["L1H2"], n=19) + (
+        f"side_effects: {{path: '{texts}'}}\nmetrics: [preference_margin, kl, log_likelihood]\n")
+    claim = parse_claim(text, path=tmp_path / "c.yaml")
+    bench = prepare_bench(claim, tmp_path / "cache")
+    assert len(bench.side) == 4                                  # "x" is a single token
+    method = EDIT_METHODS["optimal"]
+    job = edit_jobs(claim, bench.key, claim.location.parsed, [], 8)[0]
+    base = bench.score(["kl", "log_likelihood"])
+    assert base["kl"] == 0.0
+    with method.initial(bench, job.settings, job.location).attached(bench.model):
+        same = bench.score(["kl", "log_likelihood"])
+    assert same == base                                          # the identity edit, bit for bit
+    fitted = method.fit(bench, job.settings, job.location).edit
+    with fitted.attached(bench.model):
+        moved = bench.score(["kl", "log_likelihood"])
+    assert moved["kl"] > 1e-3
+
+    kl, n = 0.0, 0                                               # one text at a time, full logits
+    with torch.no_grad():
+        for ids in bench.side:
+            x = torch.tensor([ids])
+            p = bench.model(x).logits[0, :-1].float().log_softmax(-1)
+            with fitted.attached(bench.model):
+                q = bench.model(x).logits[0, :-1].float().log_softmax(-1)
+            kl += float((p.exp() * (p - q)).sum())
+            n += len(ids) - 1
+    assert moved["kl"] == pytest.approx(kl / n, rel=1e-4)
+
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(reversed(TEXTS)))
+    elsewhere = prepare_bench(parse_claim(text.replace(str(texts), str(other)), path=tmp_path / "c.yaml"),
+                              tmp_path / "cache")
+    assert elsewhere.key == bench.key                            # the same fits...
+    assert elsewhere.input_identity("side_texts") != bench.input_identity("side_texts")   # ...other scores
+    assert job.score_key("kl", bench.input_identity("side_texts")) != job.score_key(
+        "kl", elsewhere.input_identity("side_texts"))
