@@ -116,6 +116,7 @@ def test_minimal_claim_fills_defaults():
                    "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "max_epochs": 10,
                    "convergence_tol": 0.02, "seed": 0}],
         "metrics": ["preference_margin", "preference_accuracy"],
+        "side_effects": {"path": None, "n_texts": 100},
         "random_locations": {"n": 100, "stop": "sequential", "match_layers": False, "seed": 0},
         "verdict": {"metric": "preference_margin", "alpha": 0.05, "rho": 0.9},
         "expect": None,
