@@ -24,6 +24,7 @@ class Bench:
     system_prompt: str | None
     identity: dict                     # everything besides edit and location that fixes a fit
     cache_root: Path
+    generation: Any = None                          # claim.GenerationSpec (generation metrics)
     side: tuple | None = None                       # token ids of the side-effect texts (if a metric needs them)
     side_identity: dict | None = None
     memo: dict = field(default_factory=dict)        # per-bench results of edit methods (ITI's directions)
@@ -81,11 +82,54 @@ class Bench:
             if self.side is None:
                 raise ValueError("this bench has no side-effect texts: its claim lists no metric that needs them")
             return side_effects(self.model, self.side, self.pad_id, on_batch=on_batch)
+        if need == "generations":
+            return self._judged_answers(split, on_batch)
         raise ValueError(f"the bench cannot compute metric input {need!r}")
 
     def input_identity(self, need: str) -> dict | None:
-        """What a metric input depends on beyond the bench's identity (the side-effect texts)."""
-        return self.side_identity if need == "side_texts" else None
+        """What a metric input depends on beyond the bench's identity (the side-effect texts;
+        the generation settings and the judge)."""
+        if need == "side_texts":
+            return self.side_identity
+        if need == "generations":
+            return {"max_new_tokens": self.generation.max_new_tokens, **self.judge.identity}
+        return None
+
+    @property
+    def judge(self):
+        from loccheck.judges import JUDGES
+
+        if "judge" not in self.memo:
+            device = str(next(self.model.parameters()).device)
+            self.memo["judge"] = JUDGES[self.generation.judge](self.cache_root, device=device)
+        return self.memo["judge"]
+
+    def answers_to_generate(self, split: str) -> list[tuple]:
+        """(prompt ids, true references, false references) per question of `split` with both."""
+        key = ("to generate", split)
+        if key not in self.memo:
+            from loccheck.prompts import format_prompt
+
+            out = []
+            for g in self.data.groups[split]:
+                question, ok, bad = self.data.answers.get(g, ("", (), ()))
+                if question and ok and bad:
+                    text = format_prompt(self.tokenizer, question, self.prompt_format, self.system_prompt)
+                    ids = self.tokenizer(text, add_special_tokens=self.prompt_format == "qa").input_ids
+                    out.append((tuple(ids), ok, bad))
+            self.memo[key] = out
+        return self.memo[key]
+
+    def _judged_answers(self, split: str, on_batch):
+        from loccheck.scoring import greedy_answers
+
+        todo = self.answers_to_generate(split)
+        tokens = greedy_answers(self.model, [p for p, _, _ in todo], self.pad_id,
+                                self.tokenizer.eos_token_id, self.generation.max_new_tokens,
+                                on_batch=on_batch)
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip().split("\n")[0].strip()
+                 for t in tokens]
+        return self.judge.judge(texts, [ok for _, ok, _ in todo], [bad for _, _, bad in todo])
 
     def choices(self, split: str) -> list:
         """Every true and false answer of each question of `split`, tokenized (once)."""
@@ -180,7 +224,20 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
             raise claim.error("behavior.split", f"{data.source}: the {name} split has no usable "
                               "preference pairs after tokenization (behavior.max_questions / behavior.split)")
     side, side_identity = _side_texts(claim, source.tokenizer, context)
+    _check_judge(claim, cache_root)
     return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
+
+
+def _check_judge(claim, cache_root: Path) -> None:
+    """A generation metric needs its judge; a missing one is found before anything is fitted."""
+    from loccheck.judges import minilm_folder
+    from loccheck.metrics import METRICS
+
+    if any(METRICS[m].needs == "generations" for m in claim.all_metrics):
+        try:
+            minilm_folder(cache_root)
+        except LoccheckError as err:
+            raise claim.error("generation.judge", err.msg) from None
 
 
 MAX_SIDE_TOKENS = 256   # side-effect texts are sentences; a longer one is cut here
@@ -228,4 +285,4 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
     splits = inputs.splits
     return Bench(loaded, data, splits["train"], splits["validation"], splits["test"],
                  inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
-                 side=inputs.side, side_identity=inputs.side_identity)
+                 generation=claim.generation, side=inputs.side, side_identity=inputs.side_identity)

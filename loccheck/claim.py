@@ -117,6 +117,14 @@ class SideEffectsSpec(Section):
     n_texts: StrictInt = Field(100, ge=1, le=10000, description="Use the first this many texts.")
 
 
+class GenerationSpec(Section):
+    max_new_tokens: StrictInt = Field(32, ge=1, le=512, description="Length cap of each greedy answer "
+                                                                    "(the generation metrics: truth, info, truth_info).")
+    judge: Literal["offline"] = Field("offline", description="Who judges the answers: 'offline', "
+                                                             "sentence embeddings against TruthfulQA's "
+                                                             "reference answers (no network).")
+
+
 class LocationSpec(Section):
     sites: tuple[Annotated[str, AfterValidator(_site)], ...] = Field(
         (), description="Claimed sites, all of one kind: heads as 'L{layer}H{head}', 0-based, "
@@ -192,6 +200,8 @@ class Claim(Section):
                     f"one of: {', '.join(METRICS)}.")
     side_effects: SideEffectsSpec = Field(default_factory=SideEffectsSpec,
                                           description="Texts the side-effect metrics are measured on.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec,
+                                       description="Generated answers and their judge (generation metrics).")
     random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
     verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
     expect: Literal["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"] | None = Field(

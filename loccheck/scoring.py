@@ -149,3 +149,49 @@ def side_effects(model, texts: Sequence[Sequence[int]], pad_id: int, batch_size:
         ll_sum += float(edited.gather(-1, ids[:, 1:][predicts][:, None]).sum())
         n += int(predicts.sum())
     return {"kl": kl_sum / n, "log_likelihood": ll_sum / n}
+
+
+@torch.no_grad()
+def greedy_answers(model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id: int | None,
+                   max_new_tokens: int, *, on_batch: OnBatch | None = None) -> list[list[int]]:
+    """The greedy continuation of each prompt, at most `max_new_tokens` tokens, stopping at
+    `eos_id`. Every step recomputes the whole sequence (no key-value cache), so an attached
+    edit acts at every generated position exactly as it does when answers are scored:
+    `on_batch` marks, in each row, the last prompt token and every generated one."""
+    device = next(model.parameters()).device
+    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
+    n = len(prompts)
+    lengths = [len(p) for p in prompts]
+    width = max(lengths) + max_new_tokens
+    ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p, device=device)
+    out: list[list[int]] = [[] for _ in range(n)]
+    live = list(range(n))
+    for _ in range(max_new_tokens):
+        if not live:
+            break
+        rows = torch.tensor(live, device=device)
+        cur = max(lengths[i] for i in live)
+        mask = torch.zeros((len(live), cur), dtype=torch.long, device=device)
+        for r, i in enumerate(live):
+            mask[r, :lengths[i]] = 1
+        if on_batch is not None:
+            marked = torch.zeros((len(live), cur), dtype=torch.bool, device=device)
+            for r, i in enumerate(live):
+                marked[r, len(prompts[i]) - 1:lengths[i]] = True
+            on_batch(marked)
+        hidden = body(input_ids=ids[rows, :cur], attention_mask=mask).last_hidden_state
+        last = torch.tensor([lengths[i] - 1 for i in live], device=device)
+        nxt = float32_logits(head, hidden[torch.arange(len(live), device=device), last]).argmax(-1)
+        still = []
+        for r, i in enumerate(live):
+            token = int(nxt[r])
+            if token == eos_id:
+                continue
+            ids[i, lengths[i]] = token
+            lengths[i] += 1
+            out[i].append(token)
+            still.append(i)
+        live = still
+    return out

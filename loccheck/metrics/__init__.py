@@ -3,7 +3,8 @@
 A metric declares what it is computed from (`needs`: "pair_logprobs", the (n_pairs, 2)
 log-probabilities of the chosen and rejected answers of the test pairs; "choice_logprobs", for
 each test question the log-probabilities of all its true and all its false answers;
-"side_texts", the edit's effect on texts unrelated to the behaviour) and its direction.
+"side_texts", the edit's effect on texts unrelated to the behaviour; "generations", judged
+greedy answers to the test questions) and its direction.
 Each edit's score is its metric minus the unedited model's (the gain); the test against the
 null compares *improvements*, the gain signed by the direction, so "larger is better" holds
 for every metric. Scores are cached per (fitted edit, metric): adding a metric to a claim
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 from loccheck.registry import Registry
 
-NEEDS = ("pair_logprobs", "choice_logprobs", "side_texts")   # inputs a metric can declare (the bench makes each)
+NEEDS = ("pair_logprobs", "choice_logprobs", "side_texts", "generations")   # what the bench can make
 
 
 @dataclass(frozen=True)
@@ -56,4 +57,4 @@ def gains(edited: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     return {name: edited[name] - base[name] for name in edited}
 
 
-from loccheck.metrics import preference, side_effects, truthfulqa_mc  # noqa: E402,F401  (the built-ins)
+from loccheck.metrics import generation, preference, side_effects, truthfulqa_mc  # noqa: E402,F401
