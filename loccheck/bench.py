@@ -4,6 +4,7 @@ identity of all of it (the part of every cache key that is not the edit or the l
 Prepared once per claim (and once per worker when fits run elsewhere)."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -100,12 +101,14 @@ class Bench:
         from loccheck.judges import JUDGES
 
         if "judge" not in self.memo:
+            g = self.generation
+            options = {"model": g.judge_model, "base_url": g.judge_base_url} if g.judge == "openai" else {}
             device = str(next(self.model.parameters()).device)
-            self.memo["judge"] = JUDGES[self.generation.judge](self.cache_root, device=device)
+            self.memo["judge"] = JUDGES[g.judge](self.cache_root, device=device, **options)
         return self.memo["judge"]
 
     def answers_to_generate(self, split: str) -> list[tuple]:
-        """(prompt ids, true references, false references) per question of `split` with both."""
+        """(prompt ids, question, true references, false references) per question of `split`."""
         key = ("to generate", split)
         if key not in self.memo:
             from loccheck.prompts import format_prompt
@@ -116,7 +119,7 @@ class Bench:
                 if question and ok and bad:
                     text = format_prompt(self.tokenizer, question, self.prompt_format, self.system_prompt)
                     ids = self.tokenizer(text, add_special_tokens=self.prompt_format == "qa").input_ids
-                    out.append((tuple(ids), ok, bad))
+                    out.append((tuple(ids), question, ok, bad))
             self.memo[key] = out
         return self.memo[key]
 
@@ -124,12 +127,13 @@ class Bench:
         from loccheck.scoring import greedy_answers
 
         todo = self.answers_to_generate(split)
-        tokens = greedy_answers(self.model, [p for p, _, _ in todo], self.pad_id,
+        tokens = greedy_answers(self.model, [p for p, _, _, _ in todo], self.pad_id,
                                 self.tokenizer.eos_token_id, self.generation.max_new_tokens,
                                 on_batch=on_batch)
         texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip().split("\n")[0].strip()
                  for t in tokens]
-        return self.judge.judge(texts, [ok for _, ok, _ in todo], [bad for _, _, bad in todo])
+        return self.judge.judge(texts, [ok for _, _, ok, _ in todo], [bad for _, _, _, bad in todo],
+                                questions=[q for _, q, _, _ in todo])
 
     def choices(self, split: str) -> list:
         """Every true and false answer of each question of `split`, tokenized (once)."""
@@ -233,11 +237,16 @@ def _check_judge(claim, cache_root: Path) -> None:
     from loccheck.judges import minilm_folder
     from loccheck.metrics import METRICS
 
-    if any(METRICS[m].needs == "generations" for m in claim.all_metrics):
-        try:
-            minilm_folder(cache_root)
-        except LoccheckError as err:
-            raise claim.error("generation.judge", err.msg) from None
+    if not any(METRICS[m].needs == "generations" for m in claim.all_metrics):
+        return
+    if claim.generation.judge == "openai":
+        if importlib.util.find_spec("openai") is None:
+            raise claim.error("generation.judge", "judge: openai needs the openai package: pip install 'loccheck[judge]'")
+        return
+    try:
+        minilm_folder(cache_root)
+    except LoccheckError as err:
+        raise claim.error("generation.judge", err.msg) from None
 
 
 MAX_SIDE_TOKENS = 256   # side-effect texts are sentences; a longer one is cut here

@@ -120,9 +120,20 @@ class SideEffectsSpec(Section):
 class GenerationSpec(Section):
     max_new_tokens: StrictInt = Field(32, ge=1, le=512, description="Length cap of each greedy answer "
                                                                     "(the generation metrics: truth, info, truth_info).")
-    judge: Literal["offline"] = Field("offline", description="Who judges the answers: 'offline', "
-                                                             "sentence embeddings against TruthfulQA's "
-                                                             "reference answers (no network).")
+    judge: Literal["offline", "openai"] = Field(
+        "offline", description="Who judges the answers: 'offline', sentence embeddings against the "
+                               "reference answers (no network); 'openai', any OpenAI-compatible "
+                               "chat-completions endpoint (key from LOCCHECK_JUDGE_API_KEY or "
+                               "OPENAI_API_KEY).")
+    judge_model: str | None = Field(None, description="The judge's model name (judge: openai).")
+    judge_base_url: str | None = Field(None, description="The judge's base URL (default: "
+                                                         "LOCCHECK_JUDGE_BASE_URL, then OPENAI_BASE_URL).")
+
+    @model_validator(mode="after")
+    def _judge_model(self) -> "GenerationSpec":
+        if self.judge == "openai" and not self.judge_model:
+            raise fail("judge: openai needs judge_model (the endpoint's model name)", ("judge_model",))
+        return self
 
 
 class LocationSpec(Section):

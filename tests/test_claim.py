@@ -117,7 +117,7 @@ def test_minimal_claim_fills_defaults():
                    "convergence_tol": 0.02, "seed": 0}],
         "metrics": ["preference_margin", "preference_accuracy"],
         "side_effects": {"path": None, "n_texts": 100},
-        "generation": {"max_new_tokens": 32, "judge": "offline"},
+        "generation": {"max_new_tokens": 32, "judge": "offline", "judge_model": None, "judge_base_url": None},
         "random_locations": {"n": 100, "stop": "sequential", "match_layers": False, "seed": 0},
         "verdict": {"metric": "preference_margin", "alpha": 0.05, "rho": 0.9},
         "expect": None,
