@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -92,6 +92,7 @@ class EditOutcome:
     fitted: bool                 # fitted by this run (False: the fit came from the cache)
     n_scored: int                # metrics scored by this run (not from the cache)
     seconds: float
+    score_seconds: dict = field(default_factory=dict)   # metric -> seconds this run spent scoring it
 
     @property
     def diverged(self) -> bool:
@@ -160,20 +161,28 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
         if not diverged(made.info, {}):
             cache.put(job.key, record.to_json())
     keys = {m: job.score_key(m, bench.input_identity(METRICS[m].needs)) for m in metrics}
+    score_seconds: dict[str, float] = {}
     scores = _cached_scores(cache, keys)
     missing = [m for m, v in scores.items() if v is None]
     if missing:
         if edit is None:
             edit = method.restore(bench, job.settings, job.location, record.state)
+        fresh = {}
         with edit.attached(bench.model):
-            fresh = bench.score(missing, on_batch=edit.on_batch)
+            for need in dict.fromkeys(METRICS[m].needs for m in missing):   # timed per input
+                group = [m for m in missing if METRICS[m].needs == need]
+                began = time.monotonic()
+                fresh.update(bench.score(group, on_batch=edit.on_batch))
+                seconds = time.monotonic() - began
+                score_seconds.update({m: seconds / len(group) for m in group})
         for m in missing:
             scores[m] = {"value": fresh[m]}
             if diverged(record.info, {}) or not math.isfinite(fresh[m]):
                 continue
             cache.put(keys[m], scores[m])
     return EditOutcome(job, record.n_params, record.info, {m: scores[m]["value"] for m in metrics},
-                       fitted=fitted, n_scored=len(missing), seconds=time.monotonic() - start)
+                       fitted=fitted, n_scored=len(missing), seconds=time.monotonic() - start,
+                       score_seconds=score_seconds)
 
 
 def _cached_scores(cache, keys: dict[str, str]) -> dict[str, dict | None]:

@@ -64,8 +64,23 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     from loccheck.report import render_report
 
     render_report(result.payload, out)
+    # What this run spent (not in result.json or report.md, which stay reproducible byte for byte)
+    write_json_atomic(run_costs(outcomes), out / "timings.json")
     write_json_atomic(result.payload, out / "result.json")   # last: its presence means a complete report
     return replace(result, report_dir=str(out))
+
+
+def run_costs(outcomes) -> dict:
+    """Seconds this run spent: fitting (per role) and scoring (per metric; 0 when cached)."""
+    fitting: dict[str, float] = {}
+    scoring: dict[str, float] = {}
+    for o in outcomes:
+        if o.fitted:
+            fitting[o.job.role] = fitting.get(o.job.role, 0.0) + o.seconds - sum(o.score_seconds.values())
+        for m, seconds in o.score_seconds.items():
+            scoring[m] = scoring.get(m, 0.0) + seconds
+    return {"fitting_seconds": fitting, "scoring_seconds": scoring,
+            "n_fitted": sum(o.fitted for o in outcomes), "n_scored": sum(o.n_scored for o in outcomes)}
 
 
 def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None):

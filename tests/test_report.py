@@ -17,7 +17,7 @@ from loccheck.report import plots, render_markdown, render_report, upgrade
 from loccheck.report.format import P_CONVENTION
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FILES = {"report.md", "null_hist.png", "loss_curves.png"}
+FILES = {"report.md", "null_hist.png", "null_hist_preference_accuracy.png", "loss_curves.png"}
 
 
 def _loss_curve(rng, start, floor, steps=16):
@@ -182,10 +182,11 @@ def test_all_converged_message():
 
 def test_figures_linked_relatively_with_alt_text(rendered):
     links = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", rendered[1])
-    assert [target for _, target in links] == ["null_hist.png", "loss_curves.png"]
+    assert [target for _, target in links] == ["null_hist.png", "null_hist_preference_accuracy.png", "loss_curves.png"]
     assert links[0][0].startswith("Null distribution of preference_margin gain at 19 random "
                                   "16-head locations")
-    assert all(len(alt) > 40 for alt, _ in links)
+    assert links[1][0] == "Null distribution of preference_accuracy gain (descriptive)"
+    assert all(len(alt) > 40 for alt, _ in links[::2])
 
 
 def test_long_locations_abbreviated(result, rendered):

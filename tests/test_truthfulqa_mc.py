@@ -69,4 +69,9 @@ def test_a_claim_can_be_judged_on_mc2_and_reports_each_metrics_p_value(known_lla
     claim_gain = summaries["preference_margin"]["claim"]["gain"]
     assert summaries["preference_margin"]["p_value"] == (1 + sum(g >= claim_gain for g in gains)) / 20
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "claim vs null on this metric: p" in report
+    assert "claim vs null on this metric: p" in report and "null_hist_mc1.png" in report
+    assert (tmp_path / "out" / "null_hist_preference_margin.png").read_bytes()[:4] == b"\x89PNG"
+    import json
+    costs = json.loads((tmp_path / "out" / "timings.json").read_text())   # what each metric cost
+    assert set(costs["scoring_seconds"]) == {"mc2", "preference_margin", "mc1"}
+    assert all(v >= 0 for v in costs["scoring_seconds"].values()) and costs["n_fitted"] == result.n_fitted

@@ -17,7 +17,8 @@ from loccheck.files import write_text_atomic
 from loccheck.report.format import edits_of
 from loccheck.report.index import render_index
 from loccheck.report.markdown import (LOSS_CURVES_NAME, METHODS_NAME, NULL_HIST_NAME,
-                                      PROBE_HEATMAP_NAME, REPORT_NAME, primary, render_markdown)
+                                      PROBE_HEATMAP_NAME, REPORT_NAME, metric_hist_name,
+                                      other_metrics, primary, render_markdown)
 from loccheck.report.upgrade import upgrade
 
 __all__ = ["render_report", "render_markdown", "render_index", "upgrade"]
@@ -36,6 +37,13 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     plot_null_histogram(t["null_gains"], t["claim_gain"], t["ceiling_gain"], result["metric"],
                         out_dir / NULL_HIST_NAME, location_size=len(result.get("location") or []),
                         site=site)
+    randoms = [e for e in edits_of(result, result["primary_method"]) if e.get("role") == "random"]
+    randoms = randoms[:t.get("n_null_fitted", len(randoms))]
+    for m in other_metrics(result):
+        s = result["metric_summaries"][result["primary_method"]][m]
+        plot_null_histogram([e["gains"].get(m) for e in randoms], s["claim"]["gain"], s["ceiling"]["gain"],
+                            m, out_dir / metric_hist_name(m), location_size=len(result.get("location") or []),
+                            site=site)
     if edits_of(result, "optimal"):
         plot_loss_curves(edits_of(result, "optimal"), out_dir / LOSS_CURVES_NAME, site=site)
     if len(result["tests"]) > 1:

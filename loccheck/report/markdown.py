@@ -200,11 +200,22 @@ def _stats_lines(r: dict) -> list[str]:
             f"{P_CONVENTION}. ± is the sample standard deviation (ddof = 1).{sequential}"]
 
 
+def other_metrics(r: dict) -> list[str]:
+    """The listed metrics besides the verdict's, in claim order."""
+    return [m for m in r.get("metrics") or [] if m != r["metric"]]
+
+
+def metric_hist_name(metric: str) -> str:
+    return f"null_hist_{metric}.png"
+
+
 def _figure_lines(r: dict) -> list[str]:
     n, size, kind = r.get("n_null"), len(r.get("location") or []), r.get("site_kind", "head")
     lines = ["## Figures", "",
              f"![Null distribution of {r['metric']} gain at {n} random {size}-{kind} locations, "
              f"with the claimed {kind}s and the whole-model edit marked]({NULL_HIST_NAME})"]
+    for m in other_metrics(r):
+        lines += ["", f"![Null distribution of {m} gain (descriptive)]({metric_hist_name(m)})"]
     if edits_of(r, "optimal"):
         lines += ["", f"![Training loss per step of the claimed-location edit, the whole-model edit "
                   f"and the {n} random-location edits]({LOSS_CURVES_NAME})"]
