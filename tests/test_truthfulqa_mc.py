@@ -61,7 +61,8 @@ def test_a_claim_can_be_judged_on_mc2_and_reports_each_metrics_p_value(known_lla
     model_dir, pairs = known_llama
     text = claim_text(model_dir, pairs, ["L1H2"], n=19, stop="full").replace(
         "verdict: {alpha: 0.05", "metrics: [preference_margin, mc1, mc2]\nverdict: {alpha: 0.05, metric: mc2")
-    result = verify(parse_claim(text, path=tmp_path / "mc.yaml"), out_dir=tmp_path / "out", progress=False)
+    result = verify(parse_claim(text, path=tmp_path / "mc.yaml"), out_dir=tmp_path / "out", progress=False,
+                    cache_dir=tmp_path / "cache")                # its own cache: every score is computed here
     summaries = result.payload["metric_summaries"]["optimal"]
     assert result.metric == "mc2" and set(summaries) == {"mc2", "preference_margin", "mc1"}
     assert summaries["mc2"]["p_value"] == result.p_value                 # the verdict's own test
