@@ -94,11 +94,22 @@ EDITS = {  # id: (old, new, substrings the error line must contain besides the f
 @pytest.mark.parametrize("case", list(EDITS))
 def test_bad_claim(env, capsys, case):
     if case == "top-level-list":
-        text, must = "- claim: x\n- location: {sites: [L1H2]}\n", ["mapping"]
+        _refused(env, capsys, "- claim: x\n- location: {sites: [L1H2]}\n", ["mapping"])
     else:
         old, new, must = EDITS[case]
-        assert old in env["text"]
-        text = env["text"].replace(old, new, 1)
+        _refused(env, capsys, _edited(env, old, new), must)
+
+
+def _edited(env, old: str | None, new: str) -> str:
+    """The valid claim with `old` replaced by `new` (`new` appended when `old` is None)."""
+    if old is None:
+        return env["text"] + new
+    assert old in env["text"]
+    return env["text"].replace(old, new, 1)
+
+
+def _refused(env, capsys, text: str, must) -> None:
+    """The claim is refused with one line naming its file and holding every part of `must`."""
     path = write_claim(env, text)
     line = run_bad(env, capsys, path)
     assert f"{path}:" in line
@@ -203,16 +214,7 @@ HOSTILE = {  # id: (old, new, substrings the error line must contain besides the
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_claim(env, capsys, case):
     old, new, must = HOSTILE[case]
-    if old is None:
-        text = env["text"] + new
-    else:
-        assert old in env["text"]
-        text = env["text"].replace(old, new, 1)
-    path = write_claim(env, text)
-    line = run_bad(env, capsys, path)
-    assert f"{path}:" in line
-    for part in must:
-        assert part in line, line
+    _refused(env, capsys, _edited(env, old, new), must)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
