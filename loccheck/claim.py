@@ -1,8 +1,8 @@
 """Claim files: the pydantic schema and `load_claim`, which maps every error to file:line:col.
 
-Line numbers come from the YAML parser, not from pydantic: we compose the YAML once, walk the
-node tree into a `{path_tuple: (line, col)}` map (1-based), then validate the plain data and
-look each pydantic `loc` up in that map. No torch here: the pytest plugin imports this module.
+The YAML is read into plain data and a `{path_tuple: (line, col)}` map by `claim_yaml`; the data
+is validated here and each pydantic `loc` looked up in that map. No torch here: the pytest
+plugin imports this module.
 
 The `edits:` list and the `heuristic:` section are chosen by their `method:`; each method
 declares its section next to its code (loccheck/edits/, loccheck/heuristics/), and this module
@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (AfterValidator, BaseModel, Discriminator, Field, PrivateAttr, StrictBool,
                       StrictInt, Tag, ValidationError, model_validator)
 
 from loccheck.edits import EDIT_METHODS
+from loccheck.claim_yaml import Loc, Pos, dotted, read_yaml
 from loccheck.errors import ClaimError, printable
 from loccheck.heuristics import HEURISTICS
 from loccheck.locations import parse_location, parse_site
@@ -29,8 +29,6 @@ from loccheck.options import MAX_N_NULL, MAX_N_NULL_WHY
 from loccheck.schema import Number, Section, Seed, fail
 from loccheck.userfiles import read_regular_file
 
-Loc = tuple[str | int, ...]
-Pos = tuple[int, int]  # (line, col), 1-based
 _fail = fail
 
 
@@ -269,7 +267,7 @@ class Claim(Section):
         its value in the YAML, or at the nearest parent present there."""
         loc = _parse_key(key) if isinstance(key, str) else tuple(key)
         line, col = _lookup(self._values, loc)
-        return ClaimError(self._path, line, col, _dotted(loc), msg)
+        return ClaimError(self._path, line, col, dotted(loc), msg)
 
     def with_overrides(self, updates: dict[str, object]) -> "Claim":
         """A new validated Claim with dotted keys replaced ({'random_locations.n': 5}).
@@ -326,125 +324,10 @@ def parse_claim(text: str, path: str | os.PathLike | None = None) -> Claim:
         _check_name(path)
     if not text.strip():
         raise ClaimError(path, None, None, "", "claim file is empty")
-    values: dict[Loc, Pos] = {}
-    keys: dict[Loc, Pos] = {}
-    loader = None
-    try:
-        loader = _Loader(text)  # the reader rejects control characters here
-        root = loader.get_single_node()
-        if root is None:
-            raise ClaimError(path, None, None, "", "claim file is empty")
-        _walk(root, (), values, keys, path, {})  # before constructing: it bounds what aliases expand to
-        data = loader.construct_document(root)
-    except RecursionError:   # the composer and constructor recurse once per level of nesting
-        line = loader.get_mark().line + 1 if loader is not None else None
-        raise ClaimError(path, line, None, "", "YAML nested too deeply (claims need a few levels)") from None
-    except yaml.MarkedYAMLError as err:
-        raise _yaml_error(err, path) from None
-    except yaml.reader.ReaderError as err:
-        msg = f"control character U+{err.character:04X} is not allowed in YAML"
-        raise ClaimError(path, text[: err.position].count("\n") + 1, None, "", msg) from None
-    except yaml.YAMLError as err:
-        raise ClaimError(path, None, None, "", f"invalid YAML: {' '.join(str(err).split())}") from None
-    except (ValueError, TypeError, AttributeError) as err:  # e.g. `!!int abc`, which PyYAML lets escape
-        raise ClaimError(path, None, None, "", f"invalid YAML value: {' '.join(str(err).split())}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+    data, values, keys = read_yaml(text, path)
     if not isinstance(data, dict):
         raise ClaimError(path, *values[()], "", f"claim file must be a mapping (key: value lines), got {_kind(data)}")
     return _validate(data, path, values, keys)
-
-
-# --- YAML: parsing and the position map --------------------------------------------------------
-
-# A claim has a few dozen values. More are refused while composing (a 1 MiB flow list would
-# take seconds to compose) and, counting each alias in full, before constructing: aliases
-# repeat their anchor's whole value, and merge keys (`<<: [*a, *a]`) copy it, so nine levels
-# of ten make 10**9 values out of a few lines.
-MAX_YAML_VALUES = 100_000
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader (no Python tags) that also reads '1e-4' as a float, as YAML 1.2 does, and
-    stops composing past MAX_YAML_VALUES nodes."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.n_nodes = 0
-
-    def compose_node(self, parent, index):
-        self.n_nodes += 1
-        if self.n_nodes > MAX_YAML_VALUES:
-            raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_VALUES} YAML values; a "
-                                              "claim needs a few dozen", self.peek_event().start_mark)
-        return super().compose_node(parent, index)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-_STR_TAG = "tag:yaml.org,2002:str"
-
-
-def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None, sizes: dict) -> int:
-    """Record where each value starts; refuse non-string keys, duplicate keys, unknown tags,
-    lone surrogates and aliases that expand too far. Return how many values `node` expands to,
-    each alias counted in full; `sizes` memoises that per node (None while inside it)."""
-    values[loc] = _pos(node)
-    if id(node) in sizes:  # an alias: checked already; not descending keeps "billion laughs" linear
-        if sizes[id(node)] is None:
-            raise ClaimError(path, *values[loc], _dotted(loc), "recursive YAML alias: the anchor's value "
-                             "contains an alias of itself")
-        return sizes[id(node)]
-    sizes[id(node)] = None
-    if node.tag not in _Loader.yaml_constructors:  # refuse !!python/... before anything is constructed
-        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-        raise ClaimError(path, *values[loc], _dotted(loc), f"YAML tag {tag!r} is not allowed; use plain values")
-    size = 1
-    if isinstance(node, yaml.ScalarNode):
-        _check_unicode(node, loc, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            size += _walk(item, loc + (i,), values, keys, path, sizes)
-    elif isinstance(node, yaml.MappingNode):
-        for knode, vnode in node.value:
-            kloc = _record_key(knode, loc, keys, path)
-            size += 1 + _walk(vnode, kloc, values, keys, path, sizes)
-    if size > MAX_YAML_VALUES:
-        raise ClaimError(path, *values[loc], _dotted(loc), f"YAML aliases expand this value to more than "
-                         f"{MAX_YAML_VALUES} values (each alias repeats its anchor's whole value); a "
-                         "claim needs a few dozen")
-    sizes[id(node)] = size
-    return size
-
-
-def _record_key(knode: yaml.Node, loc: Loc, keys: dict, path: Path | None) -> Loc:
-    """The loc of a mapping key, recorded in `keys`; refuse non-string and duplicate keys."""
-    kpos = _pos(knode)
-    if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (_STR_TAG, "tag:yaml.org,2002:merge"):
-        kind = knode.tag.rsplit(":", 1)[-1]
-        raise ClaimError(path, *kpos, _dotted(loc), f"key {knode.value!r} is read as a {kind}, not a "
-                         "string; quote it")
-    _check_unicode(knode, loc, path)
-    kloc = loc + (knode.value,)
-    if kloc in keys:
-        raise ClaimError(path, *kpos, _dotted(kloc), f"duplicate key {knode.value!r} (first on line {keys[kloc][0]})")
-    keys[kloc] = kpos
-    return kloc
-
-
-def _check_unicode(node: yaml.ScalarNode, loc: Loc, path: Path | None) -> None:
-    # a "\ud800" escape yields a lone surrogate, which no tokenizer, file or terminal takes
-    try:
-        node.value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ClaimError(path, *_pos(node), _dotted(loc), f"lone surrogate U+{ord(node.value[err.start]):04X} "
-                         "(from an escape such as \"\\ud800\") is not text; write the character itself") from None
-
-
-def _pos(node: yaml.Node) -> Pos:
-    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 def _check_name(path: Path) -> None:
@@ -456,17 +339,6 @@ def _check_name(path: Path) -> None:
                          "the extension) names its report folder, so it must not be empty, start "
                          "with '.' or hold control characters; rename the file")
 
-
-def _yaml_error(err: yaml.MarkedYAMLError, path: Path | None) -> ClaimError:
-    mark = err.problem_mark or err.context_mark
-    msg = err.problem or err.context or "invalid YAML"
-    if err.context and err.problem and err.context_mark is not None:
-        msg += f" ({err.context} at line {err.context_mark.line + 1})"
-    msg = " ".join(msg.split())
-    if isinstance(err, yaml.constructor.ConstructorError):
-        msg += "; claim files may only use plain YAML values"
-    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
-    return ClaimError(path, line, col, "", msg)
 
 
 # --- pydantic errors → ClaimError ---------------------------------------------------------------
@@ -533,7 +405,7 @@ def _convert(err: dict, data, path: Path | None, values: dict, keys: dict, overr
         line, col = _lookup(values, loc)
     if any(loc[: len(o)] == o for o in overridden):  # the bad value came from an override, not the file
         line, col, msg = None, None, msg + " (set by an override)"
-    return ClaimError(path, line, col, _dotted(loc), msg)
+    return ClaimError(path, line, col, dotted(loc), msg)
 
 
 def _section_at(loc: Loc, data) -> Any:
@@ -597,13 +469,6 @@ def _parse_key(key: str) -> Loc:
     if _KEY.fullmatch(key) is None:
         raise ValueError(f"`key` must look like 'edits[0].learning_rate' or 'location.sites[1]', got {key!r}")
     return tuple(m[1] if m[1] is not None else int(m[2]) for m in _PART.finditer(key))
-
-
-def _dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _lookup(positions: dict[Loc, Pos], loc: Loc) -> tuple[int | None, int | None]:

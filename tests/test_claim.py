@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import loccheck.claim as claim_module
+import loccheck.claim_yaml as claim_yaml
 from loccheck.claim import Claim, claim_json_schema, load_claim, parse_claim
 from loccheck.errors import ClaimError, printable
 from loccheck.locations import HeadLoc
@@ -348,7 +349,7 @@ def test_merge_key_bomb_is_refused_before_it_is_expanded(tmp_path):
 
 
 def test_many_plain_values_are_refused_while_composing(tmp_path, monkeypatch):
-    monkeypatch.setattr(claim_module, "MAX_YAML_VALUES", 50)   # the real bound is 100000
+    monkeypatch.setattr(claim_yaml, "MAX_YAML_VALUES", 50)   # the real bound is 100000
     message, path = load_error(tmp_path, MINIMAL + "x: [" + ", ".join(["1"] * 60) + "]\n")
     assert message.startswith(f"{path}:3:") and "more than 50 YAML values" in message
 
@@ -356,10 +357,10 @@ def test_many_plain_values_are_refused_while_composing(tmp_path, monkeypatch):
 def test_aliases_count_in_full(tmp_path, monkeypatch):
     # MINIMAL is 8 values and keys; a: 1 key + 4 values; b: 1 key + its list + a's 4 again = 19
     text = MINIMAL + "a: &a [1, 2, 3]\nb: [*a]\n"
-    monkeypatch.setattr(claim_module, "MAX_YAML_VALUES", 19)
+    monkeypatch.setattr(claim_yaml, "MAX_YAML_VALUES", 19)
     message, _ = load_error(tmp_path, text)
     assert "unknown key 'a'" in message   # past the size checks, on to the schema
-    monkeypatch.setattr(claim_module, "MAX_YAML_VALUES", 18)
+    monkeypatch.setattr(claim_yaml, "MAX_YAML_VALUES", 18)
     message, path = load_error(tmp_path, text)
     assert message.startswith(f"{path}:1:1: YAML aliases expand this value to more than 18 values")
 
