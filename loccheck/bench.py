@@ -111,15 +111,14 @@ class Bench:
         """(prompt ids, question, true references, false references) per question of `split`."""
         key = ("to generate", split)
         if key not in self.memo:
-            from loccheck.prompts import format_prompt
+            from loccheck.prompts import prompt_ids
 
             out = []
             for g in self.data.groups[split]:
                 question, ok, bad = self.data.answers.get(g, ("", (), ()))
                 if question and ok and bad:
-                    text = format_prompt(self.tokenizer, question, self.prompt_format, self.system_prompt)
-                    ids = self.tokenizer(text, add_special_tokens=self.prompt_format == "qa").input_ids
-                    out.append((tuple(ids), question, ok, bad))
+                    ids = prompt_ids(self.tokenizer, question, self.prompt_format, self.system_prompt)
+                    out.append((ids, question, ok, bad))
             self.memo[key] = out
         return self.memo[key]
 

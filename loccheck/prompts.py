@@ -48,6 +48,19 @@ def format_prompt(tokenizer, question: str, prompt_format: str, system_prompt: s
                         "fix the template or use prompt_format: qa", key="behavior.prompt_format") from None
 
 
+def prompt_ids(tokenizer, question: str, prompt_format: str, system_prompt: str | None) -> tuple[int, ...]:
+    """A question's prompt as token ids. A chat template already writes its special tokens;
+    plain text gets the tokenizer's BOS."""
+    text = format_prompt(tokenizer, question, prompt_format, system_prompt)
+    return tuple(tokenizer(text, add_special_tokens=prompt_format == "qa").input_ids)
+
+
+def answer_ids(tokenizer, answer: str, prompt_format: str) -> tuple[int, ...]:
+    """An answer as token ids, as it follows its prompt ("Q: ... A:" then " answer")."""
+    lead = " " if prompt_format == "qa" else ""
+    return tuple(tokenizer(lead + answer, add_special_tokens=False).input_ids)
+
+
 def tokenize_pairs(tokenizer, pairs: Sequence, prompt_format: str,
                    system_prompt: str | None = None, *, max_tokens: int | None = None,
                    source: str = "the data") -> list[TokenizedPair]:
@@ -62,18 +75,15 @@ def tokenize_pairs(tokenizer, pairs: Sequence, prompt_format: str,
             chars = len(pair.prompt) + max(len(pair.chosen), len(pair.rejected))
             if chars > MAX_CHARS_PER_TOKEN * max_tokens:
                 raise _too_long(source, pair, f"{chars} characters", max_tokens)
-        text = format_prompt(tokenizer, pair.prompt, prompt_format, system_prompt)
-        # A chat template already writes its special tokens; plain text gets the tokenizer's BOS.
-        prompt = tokenizer(text, add_special_tokens=prompt_format == "qa").input_ids
-        lead = " " if prompt_format == "qa" else ""
-        chosen = tokenizer(lead + pair.chosen, add_special_tokens=False).input_ids
-        rejected = tokenizer(lead + pair.rejected, add_special_tokens=False).input_ids
+        prompt = prompt_ids(tokenizer, pair.prompt, prompt_format, system_prompt)
+        chosen = answer_ids(tokenizer, pair.chosen, prompt_format)
+        rejected = answer_ids(tokenizer, pair.rejected, prompt_format)
         if not prompt or not chosen or not rejected:
             continue  # an answer that tokenizes to nothing has no log-probability to compare
         n_tokens = len(prompt) + max(len(chosen), len(rejected))
         if max_tokens is not None and n_tokens > max_tokens:
             raise _too_long(source, pair, f"{n_tokens} tokens", max_tokens)
-        out.append(TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected)))
+        out.append(TokenizedPair(prompt, chosen, rejected))
     return out
 
 
@@ -89,13 +99,10 @@ def tokenize_choices(tokenizer, questions: Sequence[tuple[str, Sequence[str], Se
                      prompt_format: str, system_prompt: str | None = None) -> list[TokenizedChoices]:
     """(prompt, true answers, false answers) -> token ids, tokenized as the pairs are. A question
     left without a true or a false answer that tokenizes to something is dropped."""
-    lead = " " if prompt_format == "qa" else ""
     out = []
     for question, true, false in questions:
-        text = format_prompt(tokenizer, question, prompt_format, system_prompt)
-        prompt = tuple(tokenizer(text, add_special_tokens=prompt_format == "qa").input_ids)
-        ids = [[tuple(tokenizer(lead + a, add_special_tokens=False).input_ids) for a in answers]
-               for answers in (true, false)]
+        prompt = prompt_ids(tokenizer, question, prompt_format, system_prompt)
+        ids = [[answer_ids(tokenizer, a, prompt_format) for a in answers] for answers in (true, false)]
         ok, bad = ([a for a in group if a] for group in ids)
         if prompt and ok and bad and ids[0][0]:   # MC1 needs the best (first) true answer itself
             out.append(TokenizedChoices(prompt, tuple(ok), tuple(bad)))
