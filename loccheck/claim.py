@@ -150,8 +150,8 @@ class LocationSpec(Section):
         kinds = [parse_site(s).kind for s in self.sites]
         for i, kind in enumerate(kinds):
             if kind != kinds[0]:
-                raise fail(f"a location holds sites of one kind: {self.sites[i]} is a {kind}, "
-                           f"{self.sites[0]} a {kinds[0]}", at=("sites", i))
+                raise fail(f"a location holds sites of one kind: {self.sites[i]} is a {kind} site, "
+                           f"{self.sites[0]} a {kinds[0]} site", at=("sites", i))
         if self.sites and self.from_heuristic:
             raise fail("give either sites or from_heuristic: true, not both", at=("from_heuristic",))
         if not self.sites and not self.from_heuristic:
@@ -228,6 +228,11 @@ class Claim(Section):
                 raise fail(f"edit method {edit.method!r} is listed twice (also edits[{seen[edit.method]}])",
                            ("edits", i, "method"))
             seen[edit.method] = i
+        for i, edit in enumerate(self.edits):
+            kinds = EDIT_METHODS[edit.method].site_kinds
+            if self.site_kind is not None and self.site_kind not in kinds:
+                raise fail(f"edit method {edit.method!r} edits {' or '.join(k + ' sites' for k in kinds)}, "
+                           f"not the claim's {self.site_kind} sites", ("edits", i, "method"))
         kind = HEURISTICS[self.heuristic.method].kind
         if self.location.from_heuristic:
             if kind is None:

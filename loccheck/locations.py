@@ -1,7 +1,8 @@
 """Sites and locations (torch-free).
 
-A *site* is one place an edit can act: today an attention head, `L{layer}H{head}` (0-based),
-whose value is its slice of the input of the layer's output projection. A *location* is a
+A *site* is one place an edit can act: an attention head, `L{layer}H{head}` (0-based), whose
+value is its slice of the input of the layer's attention output projection, or a layer's MLP,
+`L{layer}M`, whose value is the MLP's output where it enters the residual stream. A *location* is a
 sorted tuple of distinct sites of one kind. Site kinds register here with their spelling; an
 adapter (loccheck.models) says which sites a model has and where each one is hooked, and the
 null draws from those sites, so nothing below assumes heads.
@@ -34,6 +35,7 @@ class HeadLoc:
     head: int
 
     kind: ClassVar[str] = "head"
+    noun: ClassVar[str] = "head"         # what prose calls it
     pattern: ClassVar[re.Pattern] = re.compile(r"L(\d+)H(\d+)")
     example: ClassVar[str] = "L12H3"
 
@@ -49,6 +51,40 @@ class HeadLoc:
 
 
 SITE_KINDS.register("head", HeadLoc)
+
+
+@dataclass(frozen=True, order=True)
+class MlpLoc:
+    """The MLP of layer `layer`: its output (the down projection's), as it enters the residual stream."""
+    layer: int
+
+    kind: ClassVar[str] = "mlp"
+    noun: ClassVar[str] = "MLP layer"
+    pattern: ClassVar[re.Pattern] = re.compile(r"L(\d+)M")
+    example: ClassVar[str] = "L12M"
+
+    @classmethod
+    def parse(cls, text: str) -> "MlpLoc":
+        m = cls.pattern.fullmatch(text.strip()) if isinstance(text, str) else None
+        if m is None:
+            raise ValueError(f"an MLP site must look like 'L12M' (0-based layer), got {text!r}")
+        return cls(int(m[1]))
+
+    def __str__(self) -> str:
+        return f"L{self.layer}M"
+
+
+SITE_KINDS.register("mlp", MlpLoc)
+
+
+def site_noun(kind: str) -> str:
+    """What prose calls a site of `kind` ("head", "MLP layer")."""
+    return SITE_KINDS[kind].noun if kind in SITE_KINDS else kind
+
+
+def mlp_sites(n_layers: int) -> tuple[MlpLoc, ...]:
+    """Every MLP site of an n_layers model, in layer order."""
+    return tuple(MlpLoc(l) for l in range(n_layers))
 
 
 def head_sites(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:

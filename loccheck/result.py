@@ -120,7 +120,7 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
         claim_r, ceiling_r, *randoms = [r for r in records if r["method"] == m]
         tests[m] = test_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
                                  [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
-                                 rho=vs.rho, location_size=len(location), site=location[0].kind,
+                                 rho=vs.rho, location_size=len(location), site=location[0].noun,
                                  n_null=claim.random_locations.n,
                                  stop=claim.random_locations.stop,
                                  null_diverged=[r["diverged"] for r in randoms],

@@ -17,15 +17,16 @@ from typing import Iterable
 
 import numpy as np
 
-from loccheck.locations import HeadLoc
+from loccheck.locations import HeadLoc, MlpLoc
 
 FAMILIES = ["llama", "gpt2", "gpt_neox"]
 VOCAB = 100   # room for the character tokenizer of tests/known_models.py
 INIT = 0.5
 
 
-def tiny_model(family: str, seed: int = 0):
-    """A 2-layer, 4-head, width-32 causal LM with random weights, in eval mode and frozen.
+def tiny_model(family: str, seed: int = 0, n_layers: int = 2):
+    """A 2-layer (or `n_layers`), 4-head, width-32 causal LM with random weights, in eval mode
+    and frozen.
 
     The weights are drawn wider than the default (std 0.5, not 0.02): a default-initialised
     tiny model predicts almost the same distribution whatever its hidden state, so no edit
@@ -37,15 +38,15 @@ def tiny_model(family: str, seed: int = 0):
     torch.manual_seed(seed)
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
             num_attention_heads=4, num_key_value_heads=2, initializer_range=INIT, bos_token_id=1, eos_token_id=2,
             pad_token_id=0))
     elif family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, initializer_range=INIT,
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=n_layers, n_head=4, initializer_range=INIT,
                                            bos_token_id=1, eos_token_id=2, pad_token_id=0))
     elif family == "gpt_neox":
         model = GPTNeoXForCausalLM(GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
             num_attention_heads=4, initializer_range=INIT, bos_token_id=1, eos_token_id=2, pad_token_id=0))
     else:
         raise ValueError(family)
@@ -90,9 +91,37 @@ def known_model(family: str, live: Iterable[HeadLoc], seed: int = 0):
     return model
 
 
-def write_model_dir(path: Path, family: str, live: Iterable[HeadLoc], seed: int = 0) -> Path:
+def known_mlp_model(family: str, live: Iterable[MlpLoc], n_layers: int, seed: int = 0):
+    """A tiny model of `n_layers` in which only the `live` layers' MLPs reach the residual
+    stream: every parameter of every other layer's MLP is zero, so its hidden activation is
+    zero (act(0) = 0 in all three families) and so is its output. An edit of a dead MLP's down
+    projection, which reads that hidden activation, is then exactly the identity."""
+    import torch
+
+    from loccheck.models import get_adapter
+
+    model = tiny_model(family, seed=seed, n_layers=n_layers)
+    adapter = get_adapter(model)
+    live = set(live)
+    with torch.no_grad():
+        for site in adapter.sites("mlp"):
+            if site not in live:
+                mlp = model.get_submodule(adapter.mlp_names[site.layer].rsplit(".", 1)[0])
+                for param in mlp.parameters():
+                    param.zero_()
+    return model
+
+
+def write_model_dir(path: Path, family: str, live: Iterable, seed: int = 0, n_layers: int = 2) -> Path:
+    """A known-answer model saved with its tokenizer: live heads (HeadLoc), or live MLP layers
+    (MlpLoc) in an `n_layers` model."""
     path.mkdir(parents=True, exist_ok=True)
-    known_model(family, live, seed).save_pretrained(path)
+    live = list(live)
+    if live and live[0].kind == "mlp":
+        model = known_mlp_model(family, live, n_layers, seed)
+    else:
+        model = known_model(family, live, seed)
+    model.save_pretrained(path)
     char_tokenizer().save_pretrained(path)
     return path
 

@@ -109,8 +109,10 @@ def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple],
     for section in claim.edits:
         method = EDIT_METHODS[section.method]
         size, metric = len(location), claim.verdict.metric
-        local = method.settings(section, size=size, claim_size=size, verdict_metric=metric)
-        ceiling = method.settings(section, size=n_sites, claim_size=size, verdict_metric=metric)
+        kind = location[0].kind
+        local = method.settings(section, size=size, claim_size=size, verdict_metric=metric, site_kind=kind)
+        ceiling = method.settings(section, size=n_sites, claim_size=size, verdict_metric=metric,
+                                  site_kind=kind)
         jobs += [Job(section.method, local, location, "claim", None, bench_key),
                  Job(section.method, ceiling, None, "ceiling", None, bench_key)]
         jobs += [Job(section.method, local, loc, "random", i, bench_key) for i, loc in enumerate(nulls)]

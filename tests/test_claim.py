@@ -512,3 +512,17 @@ def test_json_schema_has_descriptions():
 def test_keys_of_old_claim_files_say_what_replaced_them(tmp_path, text, hint):
     message, _ = load_error(tmp_path, MINIMAL + text)
     assert "unknown key" in message and hint in message
+
+
+def test_mlp_sites_claim(tmp_path):
+    claim = parse_claim("claim: x\nlocation: {sites: [L7M, L3M]}\n")
+    assert claim.site_kind == "mlp" and [str(s) for s in claim.location.parsed] == ["L3M", "L7M"]
+    text = "claim: x\nlocation: {sites: [L3M]}\nedits:\n  - method: optimal\n  - method: iti\n"
+    message, path = load_error(tmp_path, text)
+    assert message == (f"{path}:5:13: edits[1].method: edit method 'iti' edits head sites, "
+                       "not the claim's mlp sites")
+    message, path = load_error(tmp_path, "claim: x\nlocation: {sites: [L3M, L4H0]}\n")
+    assert message == (f"{path}:2:25: location.sites[1]: a location holds sites of one kind: "
+                       "L4H0 is a head site, L3M a mlp site")
+    message, path = load_error(tmp_path, "claim: x\nlocation: {sites: [L3M]}\nheuristic: {method: probe}\n")
+    assert "heuristic 'probe' proposes head sites, but the location holds mlp sites" in message

@@ -4,8 +4,9 @@ random location (a registry).
 An edit method is one module in this folder holding its claim section (`method: <name>` in a
 claim's `edits:` list), its edit, its fit and its ceiling, registered as an `EditMethod`:
 
-- `settings(section, size=, claim_size=, verdict_metric=)`: the JSON settings that determine one
-  fit at a location of `size` sites (the ceiling: every site), the same procedure for every
+- `settings(section, size=, claim_size=, verdict_metric=, site_kind=)`: the JSON settings that
+  determine one fit at a location of `size` sites of `site_kind` (the ceiling: every site of
+  the kind), the same procedure for every
   location; they and the location make its cache key, so two claims that fit the same edit
   share it;
 - `fit(bench, settings, location)`: a `Fitted` edit; `location` None is the whole model;
@@ -46,6 +47,7 @@ class EditMethod:
     initial: Callable[..., Any]
     description: str = ""
     uses_validation: bool = False                    # its fit reads the validation pairs
+    site_kinds: tuple[str, ...] = ("head",)          # the kinds of location it can edit
 
 
 EDIT_METHODS: Registry[EditMethod] = Registry("edit method")

@@ -256,7 +256,8 @@ def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[To
     return min((a for a in finite if sign * table[a] == best), key=lambda a: (abs(a), a)), table
 
 
-def _settings(section: ITIEditSection, *, size: int, claim_size: int, verdict_metric: str) -> dict:
+def _settings(section: ITIEditSection, *, size: int, claim_size: int, verdict_metric: str,
+              site_kind: str = "head") -> dict:
     # alpha is chosen by the verdict's metric on the validation questions: part of the fit
     return {"alphas": list(section.alphas), "positions": section.positions, "metric": verdict_metric}
 

@@ -1,5 +1,8 @@
 """`method: optimal`: the optimal localized edit (METHOD.md), fitted by preference optimisation.
 
+At a location of MLP sites it is rank-1 LoRA on each site's down projection (`MlpEdit`), and
+its ceiling the same on every layer.
+
 At a location of heads it is the rank-1 LoRA reparameterized so it can be restricted to those
 heads: o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), m^l masking the
 location's heads in layer l. Its ceiling, the whole-model edit, is the same edit with every
@@ -21,7 +24,7 @@ import numpy as np
 from pydantic import AfterValidator, Field, StrictInt
 
 from loccheck.edits import EditMethod, Fitted, register_edit_method
-from loccheck.locations import HeadLoc
+from loccheck.locations import HeadLoc, MlpLoc
 from loccheck.schema import Number, Section, Seed
 
 
@@ -65,35 +68,57 @@ class OptimalEditSection(Section):
     seed: Seed = Field(0, description="Seed of edit initialization and batch order.")
 
 
-def _settings(section: OptimalEditSection, *, size: int, claim_size: int, verdict_metric: str) -> dict:
+def _settings(section: OptimalEditSection, *, size: int, claim_size: int, verdict_metric: str,
+              site_kind: str = "head") -> dict:
     """One procedure for every location: the same settings, the learning rate by size."""
     from loccheck.edits.training import TrainConfig
 
     train = {f.name: getattr(section, f.name) for f in fields(TrainConfig) if f.name != "learning_rate"}
     lr = section.learning_rate * (claim_size / size) ** section.lr_size_exponent
-    return {**train, "learning_rate": lr, "read": section.read, "init_std": section.init_std}
+    return {**train, "learning_rate": lr, "read": section.read, "init_std": section.init_std,
+            "site_kind": site_kind}
 
 
-def initial_read_vectors(adapter, seed: int, init_std: float):
-    """(n_layers, n_heads * head_dim) initial a^l; row l is the same whatever else is edited."""
+def initial_read_vectors(adapter, seed: int, init_std: float, kind: str = "head"):
+    """(n_layers, read width) initial a^l, the read width being all heads' (n_heads * head_dim)
+    or the MLP's hidden size; row l is the same whatever else is edited."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(adapter.n_layers, adapter.width, generator=gen) * init_std
+    width = adapter.width if kind == "head" else adapter.mlp_width
+    return torch.randn(adapter.n_layers, width, generator=gen) * init_std
 
 
 def _device(adapter):
     return adapter.out_proj(0).weight.device
 
 
-class HeadEdit:
+class _RankOneEdit:
+    """Parameters a (read) and b (write), one row per edited layer."""
+    on_batch = None
+
+    def trainable(self) -> list:
+        return [self.a, self.b]
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"a": self.a.detach().cpu().numpy(), "b": self.b.detach().cpu().numpy()}
+
+    def load_state(self, state: dict):
+        import torch
+
+        with torch.no_grad():
+            self.a.copy_(torch.from_numpy(state["a"]))
+            self.b.copy_(torch.from_numpy(state["b"]))
+        return self
+
+
+class HeadEdit(_RankOneEdit):
     """o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), for each edited layer l.
 
     m^l masks the coordinates of the heads of the location in layer l, so b_h^l is zero for
     every head outside it; W^l b^l is then exactly the reparameterized LoRA's write vector.
     With `read="location"`, a^l is masked the same way (it reads only the location's heads).
     """
-    on_batch = None
 
     def __init__(self, adapter, heads: Sequence[HeadLoc] | None, a_init, read: str = "all"):
         import torch
@@ -130,19 +155,36 @@ class HeadEdit:
         with displaced_inputs(self.adapter, self.layers, self.delta):
             yield self
 
-    def trainable(self) -> list:
-        return [self.a, self.b]
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {"a": self.a.detach().cpu().numpy(), "b": self.b.detach().cpu().numpy()}
+class MlpEdit(_RankOneEdit):
+    """y^l <- y^l + <a^l, x^l> b^l, where y^l = W^l x^l is the output of layer l's MLP down
+    projection: rank-1 LoRA on W^l (W^l + b^l a^l^T), for each layer of the location. The whole
+    model's edit is the same on every layer. b starts at zero (the identity)."""
 
-    def load_state(self, state: dict) -> "HeadEdit":
+    def __init__(self, adapter, sites: Sequence[MlpLoc] | None, a_init):
         import torch
 
-        with torch.no_grad():
-            self.a.copy_(torch.from_numpy(state["a"]))
-            self.b.copy_(torch.from_numpy(state["b"]))
-        return self
+        sites = adapter.sites("mlp") if sites is None else sorted(sites)
+        adapter.check_inside(sites)
+        self.adapter = adapter
+        self.layers = [s.layer for s in sites]
+        device = adapter.mlp_out(0).weight.device
+        self.a = torch.nn.Parameter(a_init[self.layers].clone().to(device))
+        self.b = torch.nn.Parameter(torch.zeros(len(self.layers), adapter.model_width, device=device))
+
+    @property
+    def n_params(self) -> int:
+        return int(self.a.numel() + self.b.numel())
+
+    def delta(self, row: int, x, y):
+        return (x.float() @ self.a[row])[..., None] * self.b[row]      # (batch, pos, d_model)
+
+    @contextlib.contextmanager
+    def attached(self, model) -> Iterator["MlpEdit"]:
+        from loccheck.models.hooks import displaced_outputs
+
+        with displaced_outputs([self.adapter.mlp_out(l) for l in self.layers], self.delta):
+            yield self
 
 
 class FullLoraEdit:
@@ -209,10 +251,13 @@ class FullLoraEdit:
         return self
 
 
-def _make(bench, settings: dict, location) -> HeadEdit:
-    """The edit before training (the identity); `location` None is the whole model, every head
-    unmasked: the same parameterization as at a location, so the ceiling is a fair one."""
-    a_init = initial_read_vectors(bench.adapter, settings["seed"], settings["init_std"])
+def _make(bench, settings: dict, location):
+    """The edit before training (the identity); `location` None is the whole model, every site
+    of the kind unmasked: the same parameterization as at a location, so the ceiling is a fair one."""
+    kind = settings.get("site_kind", "head")
+    a_init = initial_read_vectors(bench.adapter, settings["seed"], settings["init_std"], kind)
+    if kind == "mlp":
+        return MlpEdit(bench.adapter, location, a_init)
     return HeadEdit(bench.adapter, location, a_init, read=settings["read"])
 
 
@@ -238,4 +283,5 @@ def _restore(bench, settings: dict, location, state: dict):
 
 
 register_edit_method(EditMethod("optimal", OptimalEditSection, _settings, _fit, _restore, _make,
-                                "rank-1 edit restricted to the location, fitted by IPO/DPO"))
+                                "rank-1 edit restricted to the location, fitted by IPO/DPO",
+                                site_kinds=("head", "mlp")))

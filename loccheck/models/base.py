@@ -2,8 +2,11 @@
 
 Head sites: head h of layer l is the slice [h*head_dim, (h+1)*head_dim) of the input of layer
 l's output projection (Llama `self_attn.o_proj`, GPT-2 `attn.c_proj`, GPT-NeoX
-`attention.dense`). An adapter finds those modules; edits and probes hook their inputs
-through `loccheck.models.hooks`. A new site kind adds its sites and hook point here.
+`attention.dense`). MLP sites: the MLP of layer l is the output of its down projection (Llama
+`mlp.down_proj`, GPT-2 `mlp.c_proj`, GPT-NeoX `mlp.dense_4h_to_h`), which each of these
+architectures adds to the residual stream as it is. An adapter finds those modules; edits,
+probes and tracing hook them through `loccheck.models.hooks`. A new site kind adds its sites
+and hook point here.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from loccheck.errors import AdapterError
-from loccheck.locations import HeadLoc, head_sites, outside
+from loccheck.locations import HeadLoc, head_sites, mlp_sites, outside
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Adapter:
     proj_names: tuple[str, ...]      # full module name of each layer's output projection
     fan_in_fan_out: bool             # weight stored (in, out), as GPT-2's Conv1D (peft needs to know)
     projections: tuple[nn.Module, ...]
+    mlp_names: tuple[str, ...] = ()  # full module name of each layer's MLP down projection
+    mlp_projections: tuple[nn.Module, ...] = ()
 
     @property
     def width(self) -> int:
@@ -34,14 +39,16 @@ class Adapter:
         """Every site of `kind` in the model, sorted (layer-major)."""
         if kind == "head":
             return head_sites(self.n_layers, self.n_heads)
+        if kind == "mlp" and self.mlp_projections:
+            return mlp_sites(self.n_layers)
         raise AdapterError(f"a {self.family} adapter has no sites of kind {kind!r}")
 
     def check_inside(self, location) -> None:
         """AdapterError naming the first site of `location` the model does not have."""
         bad = outside(location, self.sites(location[0].kind)) if location else []
         if bad:
-            raise AdapterError(f"{bad[0]} is outside the model: it has {self.n_layers} layers x "
-                               f"{self.n_heads} heads (0-based)")
+            shape = f" x {self.n_heads} heads" if bad[0].kind == "head" else ""
+            raise AdapterError(f"{bad[0]} is outside the model: it has {self.n_layers} layers{shape} (0-based)")
 
     # --- head sites: where they are hooked ---
     def out_proj(self, layer: int) -> nn.Module:
@@ -53,6 +60,23 @@ class Adapter:
 
     def all_heads(self) -> tuple[HeadLoc, ...]:
         return self.sites("head")
+
+    # --- MLP sites: where they are hooked ---
+    def mlp_out(self, layer: int) -> nn.Module:
+        """The module whose output is layer `layer`'s MLP output (its down projection)."""
+        return self.mlp_projections[layer]
+
+    @property
+    def mlp_width(self) -> int:
+        """Width of the down projection's input: the MLP's hidden (intermediate) size."""
+        weight = self.mlp_projections[0].weight
+        return weight.shape[0] if self.fan_in_fan_out else weight.shape[1]
+
+    @property
+    def model_width(self) -> int:
+        """Width of the residual stream: the down projection's output."""
+        weight = self.mlp_projections[0].weight
+        return weight.shape[1] if self.fan_in_fan_out else weight.shape[0]
 
     def describe(self) -> dict:
         return {"architecture": self.family, "n_layers": self.n_layers, "n_heads": self.n_heads,

@@ -56,3 +56,35 @@ def read_inputs(adapter, layers: Sequence[int], read: Callable):
             read(layer, args[0])
         return pre_hook
     return _input_hooks(adapter, list(layers), hook_for)
+
+
+@contextlib.contextmanager
+def _output_hooks(modules: Sequence, hook_for: Callable[[int], Callable]):
+    """A forward hook `hook_for(row)` on each listed module (row indexes `modules`)."""
+    handles = [module.register_forward_hook(hook_for(row)) for row, module in enumerate(modules)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def displaced_outputs(modules: Sequence, displacement: Callable):
+    """Add `displacement(row, x, y)` to y, the output of each listed module given its input x
+    (row indexes `modules`), while the context is open: the MLP sites' edit point."""
+    def hook_for(row: int):
+        def hook(module, args, y):
+            if _UNEDITED.get():
+                return None
+            return (y.float() + displacement(row, args[0], y)).to(y.dtype)   # float32, as above
+        return hook
+    return _output_hooks(modules, hook_for)
+
+
+def replaced_outputs(modules: Sequence, replace: Callable):
+    """Replace y, the output of each listed module, by `replace(row, y)` (None leaves it)."""
+    def hook_for(row: int):
+        def hook(module, args, y):
+            return replace(row, y)
+        return hook
+    return _output_hooks(modules, hook_for)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from loccheck.files import write_text_atomic
-from loccheck.report.format import edits_of
+from loccheck.report.format import edits_of, site_noun
 from loccheck.report.index import render_index
 from loccheck.report.markdown import (LOSS_CURVES_NAME, METHODS_NAME, NULL_HIST_NAME,
                                       PROBE_HEATMAP_NAME, REPORT_NAME, metric_hist_name,
@@ -33,7 +33,7 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     result = upgrade(result)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t, site = primary(result), result.get("site_kind", "head")
+    t, site = primary(result), site_noun(result)
     plot_null_histogram(t["null_gains"], t["claim_gain"], t["ceiling_gain"], result["metric"],
                         out_dir / NULL_HIST_NAME, location_size=len(result.get("location") or []),
                         site=site)

@@ -67,6 +67,13 @@ def value(v) -> str:
     return json.dumps(v, sort_keys=True)
 
 
+def site_noun(r: dict) -> str:
+    """What a result's sites are called in prose: "head", "MLP layer"."""
+    from loccheck.locations import site_noun as noun
+
+    return noun(r.get("site_kind", "head"))
+
+
 def sites(location, limit: int = 4, kind: str = "head") -> str:
     """First `limit` sites, then "… (16 heads)"; the whole-model edit's "all" as "all heads"."""
     if isinstance(location, str):

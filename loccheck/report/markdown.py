@@ -11,7 +11,7 @@ import math
 
 import yaml
 
-from loccheck.report.format import (P_CONVENTION, canonical, edits_of, fence, fmt, ordered,
+from loccheck.report.format import (P_CONVENTION, canonical, edits_of, fence, fmt, ordered, site_noun,
                                     spread, table, value)
 
 REPORT_NAME, NULL_HIST_NAME, LOSS_CURVES_NAME = "report.md", "null_hist.png", "loss_curves.png"
@@ -50,7 +50,7 @@ def _claim_lines(r: dict) -> list[str]:
     if heur.get("citation"):
         found += f" ({heur['citation']})"
     lines = ["## Claim", "", quote, "", f"- Claim file: `{r.get('claim_file')}`",
-             f"- Location ({len(loc)} {r.get('site_kind', 'head')}s): " + ", ".join(f"`{h}`" for h in loc),
+             f"- Location ({len(loc)} {site_noun(r)}s): " + ", ".join(f"`{h}`" for h in loc),
              f"- Found by: {found}"]
     extra = [k for k in ordered(heur) if k not in ("method", "citation") and heur[k] is not None]
     lines += [f"  - {k}: {value(heur[k])}" for k in extra]
@@ -61,7 +61,7 @@ def _interpretation(r: dict) -> str:
     t, metric, n = primary(r), r["metric"], r.get("n_null")
     if t.get("stopped_early"):   # the sequential null: say how many were fitted
         n = f"the first {t['n_null_fitted']} (of {n} planned)"
-    v, kind, size = t["verdict"], r.get("site_kind", "head"), len(r.get("location") or [])
+    v, kind, size = t["verdict"], site_noun(r), len(r.get("location") or [])
     p, alpha, rho, ratio = fmt(t.get("p_value")), fmt(r.get("alpha")), fmt(r.get("rho")), \
         t.get("optimality_ratio")
     pct = "n/a" if ratio is None or not math.isfinite(ratio) else f"{ratio:.0%}"
@@ -142,7 +142,7 @@ def effective_sentence(r: dict, method: str) -> str:
     k, n = r["tests"][method].get("n_null_effective"), r.get("n_null")
     if k is None:
         return ""
-    kind, size = r.get("site_kind", "head"), len(r.get("location") or [])
+    kind, size = site_noun(r), len(r.get("location") or [])
     what = f"random single {kind}s" if size == 1 else f"random {size}-{kind} locations"
     text = f"{k} of {n} {what} reach rho = {fmt(r.get('rho'))} of the whole-model gain (`{method}` edit)."
     if size == 1:
@@ -210,7 +210,7 @@ def metric_hist_name(metric: str) -> str:
 
 
 def _figure_lines(r: dict) -> list[str]:
-    n, size, kind = r.get("n_null"), len(r.get("location") or []), r.get("site_kind", "head")
+    n, size, kind = r.get("n_null"), len(r.get("location") or []), site_noun(r)
     lines = ["## Figures", "",
              f"![Null distribution of {r['metric']} gain at {n} random {size}-{kind} locations, "
              f"with the claimed {kind}s and the whole-model edit marked]({NULL_HIST_NAME})"]

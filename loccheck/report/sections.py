@@ -2,7 +2,7 @@
 table of several edit methods. A new method or heuristic adds its section here (optional)."""
 from __future__ import annotations
 
-from loccheck.report.format import edit_name, edits_of, fmt, sites, table
+from loccheck.report.format import edit_name, edits_of, fmt, site_noun, sites, table
 from loccheck.report.markdown import METHODS_NAME, PROBE_HEATMAP_NAME, method_order
 
 
@@ -16,7 +16,7 @@ def methods_lines(r: dict) -> list[str]:
         rows.append([m, fmt(t.get("claim_gain")), fmt(t.get("ceiling_gain")),
                      f"{fmt(t.get('null_mean'))} ± {fmt(t.get('null_std'))}",
                      fmt(t.get("p_value")), fmt(t.get("n_null_effective")), t.get("verdict")])
-    kind = r.get("site_kind", "head")
+    kind = site_noun(r)
     return [f"## The same {kind}s under each edit", "",
             f"Each row tests the same claimed {kind}s against the same random locations; only the "
             f"edit differs, and the verdict follows `{r['primary_method']}`. A location that looks "
@@ -30,7 +30,7 @@ def methods_lines(r: dict) -> list[str]:
 
 def _optimal_lines(r: dict) -> list[str]:
     edits = edits_of(r, "optimal")
-    kind = r.get("site_kind", "head")
+    kind = site_noun(r)
     rows = [[edit_name(e), sites(e.get("location") or [], kind=kind), fmt(e.get("n_params")),
              fmt(e.get("learning_rate")), fmt(e.get("epochs")), fmt(e.get("steps")),
              f"{fmt(e.get('initial_objective'))} -> {fmt(e.get('final_objective'))}",
@@ -65,7 +65,7 @@ def _iti_lines(r: dict) -> list[str]:
     iti = edits_of(r, "iti")
     by_role = {e.get("role"): e for e in iti}
     alphas = [e.get("alpha") for e in iti if e.get("role") == "random"]
-    kind = r.get("site_kind", "head")
+    kind = site_noun(r)
     return ["## The ITI edits", "",
             f"`iti` adds alpha * sigma * u (ITI's mass-mean-shift direction, sigma the spread of "
             f"the activations along it) to each {kind}, at the last prompt token and every answer "
