@@ -187,22 +187,11 @@ class ClaimInputs:
 
 def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     """Load the claim's data, open its model (not the weights), check the location, tokenize."""
-    from loccheck.data import load_behavior
-    from loccheck.edits import EDIT_METHODS
     from loccheck.models.loading import open_model, resolve_device, resolve_dtype
-    from loccheck.prompts import resolve_format, tokenize_pairs
+    from loccheck.prompts import resolve_format
 
     ms, bs = claim.model, claim.behavior
-    data_key = "behavior.path" if bs.path else "behavior.dataset"
-    # Data first: a bad data path should fail before a model is opened.
-    try:
-        data = load_behavior(dataset=bs.dataset, path=bs.path,
-                             base_dir=claim.path.parent if claim.path is not None else None,
-                             split=(bs.split.train, bs.split.validation, bs.split.test),
-                             split_seed=bs.split.seed, max_questions=bs.max_questions,
-                             max_pairs_per_question=bs.max_pairs_per_question)
-    except DataError as err:
-        raise claim.error(err.key or data_key, err.msg) from None
+    data = _load_data(claim)            # data first: a bad data path fails before a model is opened
     try:
         device = resolve_device(ms.device)
         dtype = str(resolve_dtype(ms.dtype, device)).removeprefix("torch.")
@@ -212,23 +201,73 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     except LoccheckError as err:
         raise claim.error(err.key or "model.name", err.msg) from None
     check_location_size(claim, adapter)
-    context = getattr(source.config, "max_position_embeddings", None)
     try:
-        fmt = resolve_format(source.tokenizer, bs.prompt_format, bs.system_prompt)
-        splits = {name: tokenize_pairs(source.tokenizer, getattr(data, name), fmt, bs.system_prompt,
+        fmt = ("text" if bs.dataset == "known_facts" and bs.prompt_format == "auto" else
+               resolve_format(source.tokenizer, bs.prompt_format, bs.system_prompt))
+    except DataError as err:
+        raise claim.error(err.key or _data_key(claim), err.msg) from None
+    splits = _tokenized_splits(claim, data, source.tokenizer, fmt, _context(source.config))
+    side, side_identity = _side_texts(claim, source.tokenizer, _context(source.config))
+    _check_judge(claim, cache_root)
+    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
+
+
+def _data_key(claim) -> str:
+    return "behavior.path" if claim.behavior.path else "behavior.dataset"
+
+
+def _context(config) -> int | None:
+    return getattr(config, "max_position_embeddings", None)
+
+
+def _load_data(claim, keep=None, keep_rule: str = ""):
+    from loccheck.data import load_behavior
+
+    bs = claim.behavior
+    try:
+        return load_behavior(dataset=bs.dataset, path=bs.path,
+                             base_dir=claim.path.parent if claim.path is not None else None,
+                             split=(bs.split.train, bs.split.validation, bs.split.test),
+                             split_seed=bs.split.seed, max_questions=bs.max_questions,
+                             max_pairs_per_question=bs.max_pairs_per_question, keep=keep,
+                             keep_rule=keep_rule)
+    except DataError as err:
+        raise claim.error(err.key or _data_key(claim), err.msg) from None
+
+
+def _tokenized_splits(claim, data, tokenizer, fmt: str, context: int | None) -> dict:
+    """The splits' pairs as token ids, each checked against the model's context."""
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.prompts import tokenize_pairs
+
+    bs = claim.behavior
+    try:
+        splits = {name: tokenize_pairs(tokenizer, getattr(data, name), fmt, bs.system_prompt,
                                        max_tokens=context, source=data.source)
                   for name in ("train", "validation", "test")}
     except DataError as err:
-        raise claim.error(err.key or data_key, err.msg) from None
+        raise claim.error(err.key or _data_key(claim), err.msg) from None
     needed = ["train", "test"] + (["validation"] if any(
         EDIT_METHODS[e.method].uses_validation for e in claim.edits) else [])
     for name in needed:
         if not splits[name]:
             raise claim.error("behavior.split", f"{data.source}: the {name} split has no usable "
                               "preference pairs after tokenization (behavior.max_questions / behavior.split)")
-    side, side_identity = _side_texts(claim, source.tokenizer, context)
-    _check_judge(claim, cache_root)
-    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
+    return splits
+
+
+def _known_facts(claim, inputs: ClaimInputs, loaded, cache_root: Path):
+    """For `dataset: known_facts`, the data again with only the facts this model completes
+    correctly (which needs its weights), and its splits tokenized."""
+    from loccheck.cache import FitCache
+    from loccheck.facts import KNOWN_RULE, known_filter
+
+    identity = {"weights": loaded.weights_id, "dtype": loaded.info["dtype"], "code": code_identity(),
+                "data": inputs.data.sha256, "prompt_format": inputs.prompt_format}
+    keep = known_filter(loaded, inputs.prompt_format, FitCache(cache_root), identity)
+    data = _load_data(claim, keep=keep, keep_rule=KNOWN_RULE)
+    return data, _tokenized_splits(claim, data, loaded.tokenizer, inputs.prompt_format,
+                                   _context(loaded.model.config))
 
 
 def _check_judge(claim, cache_root: Path) -> None:
@@ -281,7 +320,9 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
         loaded = load_weights(inputs.source, device=inputs.device, dtype=inputs.dtype)
     except LoccheckError as err:
         raise claim.error(err.key or "model.name", err.msg) from None
-    bs, data = claim.behavior, inputs.data
+    bs, data, splits = claim.behavior, inputs.data, inputs.splits
+    if bs.dataset == "known_facts":
+        data, splits = _known_facts(claim, inputs, loaded, cache_root)
     identity = {"loccheck": __version__, "code": code_identity(),
                 "model": {"weights": loaded.weights_id, "commit": loaded.info["commit"],
                           "dtype": loaded.info["dtype"], "device": loaded.info["device"].split(":")[0]},
@@ -289,8 +330,8 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
                          "split": claim.effective_config()["behavior"]["split"],
                          "max_questions": bs.max_questions,
                          "max_pairs_per_question": bs.max_pairs_per_question,
-                         "prompt_format": inputs.prompt_format, "system_prompt": bs.system_prompt}}
-    splits = inputs.splits
+                         "prompt_format": inputs.prompt_format, "system_prompt": bs.system_prompt,
+                         **({"kept": data.kept["rule"]} if data.kept else {})}}
     return Bench(loaded, data, splits["train"], splits["validation"], splits["test"],
                  inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
                  generation=claim.generation, side=inputs.side, side_identity=inputs.side_identity)

@@ -92,9 +92,16 @@ class SplitSpec(Section):
 
 
 class BehaviorSpec(Section):
-    dataset: Literal["truthfulqa", "jsonl"] = Field("truthfulqa", description="Source of preference pairs.")
-    path: str | None = Field(None, description="Path of the JSONL file (required when dataset is 'jsonl').")
-    prompt_format: Literal["auto", "chat", "qa"] = Field("auto", description="How questions are turned into prompts.")
+    dataset: Literal["truthfulqa", "jsonl", "known_facts"] = Field(
+        "truthfulqa", description="Source of preference pairs: TruthfulQA, a JSONL file of pairs, or "
+                                  "ROME's known facts (known_1000.json; a counterfactual target over "
+                                  "the true attribute, for the facts the model completes correctly).")
+    path: str | None = Field(None, description="Path of the data file (required when dataset is 'jsonl'; "
+                                               "else found in $LOCCHECK_DATA_DIR).")
+    prompt_format: Literal["auto", "chat", "qa", "text"] = Field(
+        "auto", description="How questions are turned into prompts: 'qa' (\"Q: ... A:\"), 'chat' (the "
+                            "chat template), 'text' (as written: facts to complete); 'auto' is "
+                            "'text' for known_facts, else 'chat' when the model has a template, else 'qa'.")
     system_prompt: str | None = Field(None, description="System prompt for chat-formatted prompts.")
     max_questions: StrictInt | None = Field(None, ge=1, description="Use at most this many questions.")
     max_pairs_per_question: StrictInt | None = Field(None, ge=1, description="At most this many pairs per question.")

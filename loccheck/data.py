@@ -17,6 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -58,6 +59,8 @@ class BehaviorData:
     n_questions_read: int = 0      # groups in the source, before dropping and max_questions
     n_questions_dropped: int = 0   # groups left without a usable pair
     answers: Answers = field(default_factory=dict)
+    kept: dict | None = None       # {"rule", "checked", "kept"}: pairs a filter checked and kept
+    facts: dict = field(default_factory=dict)   # prompt -> facts.Fact (dataset known_facts)
 
     def labelled(self, split: str) -> list[tuple[str, str, str, int]]:
         """(group, prompt, answer, label) for every answer of the split's questions.
@@ -80,17 +83,19 @@ class BehaviorData:
     def without_test(self) -> "HeuristicData":
         """The data a heuristic may see: the train and validation questions, no test split."""
         keep = set(self.groups["train"]) | set(self.groups["validation"])
+        prompts = {p.prompt for p in self.train + self.validation}
         return HeuristicData(train=self.train, validation=self.validation,
                              groups={s: self.groups[s] for s in ("train", "validation")},
                              source=self.source, sha256=self.sha256,
-                             answers={g: a for g, a in self.answers.items() if g in keep})
+                             answers={g: a for g, a in self.answers.items() if g in keep},
+                             facts={p: f for p, f in self.facts.items() if p in prompts})
 
     def summary(self) -> dict:
         splits = {s: {"n_questions": len(self.groups[s]), "n_pairs": len(getattr(self, s))}
                   for s in SPLITS}
         return {"source": self.source, "sha256": self.sha256, "splits": splits,
                 "n_questions_read": self.n_questions_read,
-                "n_questions_dropped": self.n_questions_dropped}
+                "n_questions_dropped": self.n_questions_dropped, "kept": self.kept}
 
 
 # ---------------------------------------------------------------- locating and reading files
@@ -106,6 +111,7 @@ class HeuristicData:
     source: str
     sha256: str
     answers: Answers = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
 
     def labelled(self, split: str) -> list[tuple[str, str, str, int]]:
         if split not in ("train", "validation"):
@@ -134,40 +140,41 @@ def _kind(p: Path) -> str:
         return "file"
 
 
-def _find_truthfulqa(path: str | None, base_dir: Path | None) -> tuple[Path | None, list[str]]:
-    """First existing TruthfulQA CSV, and why each earlier place failed."""
+def _find_data_file(name: str, path: str | None, base_dir: Path | None) -> tuple[Path | None, list[str]]:
+    """First existing data file: `path` (a file, or a folder holding `name`), then
+    $LOCCHECK_DATA_DIR/`name`; and why each earlier place failed."""
     tried: list[str] = []
     if path is not None:
         for c in _candidates(path, base_dir):
-            if _kind(c) == "folder" and _kind(c / TRUTHFULQA_FILE) == "file":
-                return c / TRUTHFULQA_FILE, tried   # a data folder is fine too
+            if _kind(c) == "folder" and _kind(c / name) == "file":
+                return c / name, tried   # a data folder is fine too
             if _kind(c) == "file":
                 return c, tried
         where = " or ".join(f"'{c}'" for c in _candidates(path, base_dir))
         tried.append(f"behavior.path {path!r} does not exist (looked for {where})")
-    return _env_truthfulqa(tried), tried
+    return _env_file(name, tried), tried
 
 
-def _env_truthfulqa(tried: list[str]) -> Path | None:
-    """$LOCCHECK_DATA_DIR/TruthfulQA.csv if it is there; if not, say why in `tried`."""
+def _env_file(name: str, tried: list[str]) -> Path | None:
+    """$LOCCHECK_DATA_DIR/`name` if it is there; if not, say why in `tried`."""
     env = os.environ.get("LOCCHECK_DATA_DIR")
     if not env:
         tried.append("LOCCHECK_DATA_DIR is not set")
         return None
     try:
-        csv_path = expand_user(env) / TRUTHFULQA_FILE
+        file = expand_user(env) / name
     except LoccheckError as err:
         tried.append(f"LOCCHECK_DATA_DIR: {err.msg}")
         return None
-    if _kind(csv_path) == "file":
-        return csv_path
-    tried.append(f"LOCCHECK_DATA_DIR={env!r} has no {TRUTHFULQA_FILE}")
+    if _kind(file) == "file":
+        return file
+    tried.append(f"LOCCHECK_DATA_DIR={env!r} has no {name}")
     return None
 
 
 def resolve_truthfulqa(path: str | None, *, base_dir: Path | None) -> Path | None:
     """The TruthfulQA CSV to use: `path`, then $LOCCHECK_DATA_DIR/TruthfulQA.csv; None if neither."""
-    return _find_truthfulqa(path, base_dir)[0]
+    return _find_data_file(TRUTHFULQA_FILE, path, base_dir)[0]
 
 
 def _read_text(path: Path) -> tuple[str, str]:
@@ -376,7 +383,8 @@ def _check_args(split, split_seed, max_questions, max_pairs_per_question, pair_s
 
 def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
                   split=(0.6, 0.2, 0.2), split_seed: int = 0, max_questions: int | None = None,
-                  max_pairs_per_question: int | None = None, pair_seed: int | None = None) -> BehaviorData:
+                  max_pairs_per_question: int | None = None, pair_seed: int | None = None,
+                  keep: Callable | None = None, keep_rule: str = "") -> BehaviorData:
     """Load preference pairs and split them by question.
 
     Groups with at least one usable pair, in order of first appearance, are permuted with
@@ -385,11 +393,17 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
     `max_pairs_per_question` keeps a random subset (natural order kept) drawn from
     ``default_rng([seed, position of the group in the file])`` (seed = pair_seed if given, else
     split_seed), so a question's subset does not depend on the split, max_questions or others.
+
+    `keep(pairs) -> [bool]` filters pairs before `max_questions` (the known-facts filter needs
+    the model): questions are checked in their shuffled order, each keeps the pairs `keep`
+    accepts, and one left with none is skipped, until `max_questions` are kept. `keep_rule`
+    says in words what it keeps.
     """
     split = tuple(split)
     _check_args(split, split_seed, max_questions, max_pairs_per_question, pair_seed)
+    facts: dict = {}
     if dataset == "truthfulqa":
-        csv_path, tried = _find_truthfulqa(path, base_dir)
+        csv_path, tried = _find_data_file(TRUTHFULQA_FILE, path, base_dir)
         if csv_path is None:
             questions, source, sha = _read_truthfulqa_hub(tried)
         else:
@@ -399,15 +413,20 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
         _check_unique_questions(questions, source)
     elif dataset == "jsonl":
         questions, source, sha = _read_jsonl(path, base_dir)
+    elif dataset == "known_facts":
+        questions, source, sha, facts = _read_known_facts(path, base_dir, seed=split_seed)
     else:
-        raise ValueError(f"`dataset` must be 'truthfulqa' or 'jsonl', got {dataset!r}")
+        raise ValueError(f"`dataset` must be 'truthfulqa', 'jsonl' or 'known_facts', got {dataset!r}")
 
     # position = index in the file, so a question's pair subset is independent of the others
     usable = [(pos, g, pairs) for pos, (g, pairs, _) in enumerate(questions) if pairs]
     if not usable:
         raise DataError(f"{source} yields no usable preference pairs")
     order = np.random.default_rng(split_seed).permutation(len(usable))
-    kept = [usable[i] for i in order][:max_questions]
+    ranked = [usable[i] for i in order]
+    kept, filtered = (ranked[:max_questions], None) if keep is None else _keep(ranked, keep, max_questions)
+    if filtered is not None and not kept:
+        raise DataError(f"{source}: none of {filtered['checked']} pairs is kept ({keep_rule})")
     n = len(kept)
     if not _cut_ok(n, split):
         need = next((m for m in range(n + 1, 100_000) if _cut_ok(m, split)), "more")
@@ -430,11 +449,46 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
         dup = sorted({g for g in seen if seen.count(g) > 1})[:3]
         raise DataError(f"{source}: group(s) {dup} would appear in two splits")
     out = {s: tuple(p for pos, _, pairs in parts[s] for p in capped(pos, pairs)) for s in SPLITS}
-    # every answer of every kept question, independent of max_pairs_per_question
-    answers = {g: questions[pos][2] for s in SPLITS for pos, g, _ in parts[s]}
+    # every answer of every kept question, independent of max_pairs_per_question (after a
+    # filter: of its kept pairs)
+    answers = {g: questions[pos][2] if keep is None else _jsonl_answers(pairs)
+               for s in SPLITS for pos, g, pairs in parts[s]}
     return BehaviorData(**out, groups=groups, source=source, sha256=sha,
                         n_questions_read=len(questions), n_questions_dropped=len(questions) - len(usable),
-                        answers=answers)
+                        answers=answers, kept=filtered and {"rule": keep_rule, **filtered},
+                        facts={p.prompt: facts[p.prompt] for s in SPLITS for p in out[s] if p.prompt in facts})
+
+
+KEEP_CHUNK = 64   # questions handed to a filter at once
+
+
+def _keep(ranked: list, keep: Callable, limit: int | None) -> tuple[list, dict]:
+    """The first `limit` questions of `ranked` with a pair `keep` accepts, each with only those
+    pairs, and how many pairs were checked and kept."""
+    out, checked, kept = [], 0, 0
+    for start in range(0, len(ranked), KEEP_CHUNK):
+        chunk = ranked[start:start + KEEP_CHUNK]
+        flags = iter(keep([p for _, _, pairs in chunk for p in pairs]))
+        for pos, g, pairs in chunk:
+            mine = [p for p in pairs if next(flags)]
+            checked, kept = checked + len(pairs), kept + len(mine)
+            if mine:
+                out.append((pos, g, mine))
+            if limit is not None and len(out) == limit:
+                return out, {"checked": checked, "kept": kept}
+    return out, {"checked": checked, "kept": kept}
+
+
+def _read_known_facts(path: str | None, base_dir: Path | None, *, seed: int):
+    """ROME's known facts as questions (one per subject): `path`, else $LOCCHECK_DATA_DIR."""
+    from loccheck.facts import fact_questions, read_known_facts
+
+    file, tried = _find_data_file(KNOWN_FACTS_FILE, path, base_dir)
+    if file is None:
+        raise DataError(f"known facts ({KNOWN_FACTS_FILE}) not found: " + "; ".join(tried))
+    text, sha = _read_text(file)
+    facts = read_known_facts(file, text, seed=seed)
+    return fact_questions(facts), str(file), sha, {f.prompt: f for f in facts}
 
 
 # ---------------------------------------------------------------- texts for side effects

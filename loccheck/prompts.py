@@ -35,8 +35,12 @@ def resolve_format(tokenizer, prompt_format: str, system_prompt: str | None = No
 
 
 def format_prompt(tokenizer, question: str, prompt_format: str, system_prompt: str | None) -> str:
+    """"qa": "Q: {question} A:"; "text": the prompt as it is (a fact to complete); "chat": the
+    model's chat template."""
     if prompt_format == "qa":
         return QA_TEMPLATE.format(question=question)
+    if prompt_format == "text":
+        return question
     messages = [{"role": "user", "content": question}]
     if system_prompt is not None:  # None keeps the template's own default system prompt
         messages.insert(0, {"role": "system", "content": system_prompt})
@@ -52,12 +56,12 @@ def prompt_ids(tokenizer, question: str, prompt_format: str, system_prompt: str 
     """A question's prompt as token ids. A chat template already writes its special tokens;
     plain text gets the tokenizer's BOS."""
     text = format_prompt(tokenizer, question, prompt_format, system_prompt)
-    return tuple(tokenizer(text, add_special_tokens=prompt_format == "qa").input_ids)
+    return tuple(tokenizer(text, add_special_tokens=prompt_format != "chat").input_ids)
 
 
 def answer_ids(tokenizer, answer: str, prompt_format: str) -> tuple[int, ...]:
     """An answer as token ids, as it follows its prompt ("Q: ... A:" then " answer")."""
-    lead = " " if prompt_format == "qa" else ""
+    lead = "" if prompt_format == "chat" else " "
     return tuple(tokenizer(lead + answer, add_special_tokens=False).input_ids)
 
 

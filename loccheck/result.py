@@ -159,7 +159,9 @@ def _data_record(dataset: str, summary: dict, fmt: str, example: str, n_tokenize
             "n_questions": {k: v["n_questions"] for k, v in splits.items()},
             "n_pairs": {k: v["n_pairs"] for k, v in splits.items()},
             "n_pairs_tokenized": n_tokenized,
-            "prompt_format": fmt, "example_prompt": example}
+            "prompt_format": fmt, "example_prompt": example,
+            **({"kept": summary["kept"]["rule"], "n_pairs_checked": summary["kept"]["checked"],
+                "n_pairs_kept": summary["kept"]["kept"]} if summary.get("kept") else {})}
 
 
 def _versions() -> dict[str, str]:

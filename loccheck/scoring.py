@@ -26,6 +26,15 @@ def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[S
     Padding is never marked. (Position-dependent edits such as ITI use it; see `loccheck.iti`.)
     """
     device = next(model.parameters()).device
+    rows, logits, targets = _answer_logits(model, prompts, answers, pad_id, on_batch)
+    token_logp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    return torch.zeros(len(prompts), device=device).index_add(0, rows, token_logp)
+
+
+def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None):
+    """One right-padded forward of prompt + answer sequences: (row of each answer token,
+    float32 logits at the position that predicts it (n_tok, vocab), the token)."""
+    device = next(model.parameters()).device
     seqs = [list(p) + list(a) for p, a in zip(prompts, answers)]
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -45,10 +54,25 @@ def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[S
     if on_batch is not None:
         on_batch(positions.to(device))
     hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-    picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (n_tok, d)
-    logp = float32_logits(model.get_output_embeddings(), picked).log_softmax(-1)          # (n_tok, vocab)
-    token_logp = logp.gather(-1, torch.tensor(targets, device=device)[:, None]).squeeze(-1)
-    return torch.zeros(len(seqs), device=device).index_add(0, torch.tensor(rows, device=device), token_logp)
+    rows_t = torch.tensor(rows, device=device)
+    picked = hidden[rows_t, torch.tensor(cols, device=device)]                           # (n_tok, d)
+    return rows_t, float32_logits(model.get_output_embeddings(), picked), torch.tensor(targets, device=device)
+
+
+@torch.no_grad()
+def greedy_matches(model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+                   pad_id: int, batch_size: int = 32) -> list[bool]:
+    """Whether greedy decoding from each prompt produces its answer's tokens first: every
+    answer token is the argmax given the prompt and the answer tokens before it (one teacher-
+    forced forward instead of a decoding loop; the same thing)."""
+    out: list[bool] = []
+    for start in range(0, len(prompts), batch_size):
+        p, a = prompts[start:start + batch_size], answers[start:start + batch_size]
+        rows, logits, targets = _answer_logits(model, p, a, pad_id)
+        wrong = torch.zeros(len(p), dtype=torch.long, device=rows.device).index_add(
+            0, rows, (logits.argmax(-1) != targets).long())
+        out += (wrong == 0).tolist()
+    return out
 
 
 def float32_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -437,7 +437,7 @@ def test_too_few_questions_for_the_split(tmp_path):
 
 def test_input_validation(tmp_path):
     f = _write(tmp_path, [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)])
-    with pytest.raises(ValueError, match="`dataset` must be 'truthfulqa' or 'jsonl', got 'csv'"):
+    with pytest.raises(ValueError, match="`dataset` must be 'truthfulqa', 'jsonl' or 'known_facts', got 'csv'"):
         load_behavior(dataset="csv", path=str(f), base_dir=None)
     with pytest.raises(ValueError, match="`split` fractions must sum to 1"):
         jsonl(f, split=(0.6, 0.2, 0.1))

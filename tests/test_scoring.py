@@ -80,3 +80,20 @@ def test_a_bfloat16_model_gains_what_float32_gains(known_llama, tmp_path):
     g32, g16 = gain(full), gain(half)
     assert g32 > 1
     assert g16 == pytest.approx(g32, rel=0.01)
+
+
+def test_greedy_matches_is_greedy_decoding(family_model):
+    """A teacher-forced argmax check agrees with greedy decoding by `generate`: the model's own
+    greedy continuation matches, and the same with its last token changed does not."""
+    from loccheck.scoring import greedy_matches
+
+    _, model = family_model
+    prompts = [(1, 5, 6, 7), (1, 9), (1, 4, 4, 4, 4, 4), (1, 30, 31)]
+    greedy = []
+    for p in prompts:
+        out = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             max_new_tokens=3, do_sample=False, pad_token_id=0)
+        greedy.append(tuple(out[0, len(p):].tolist()))
+    wrong = [g[:-1] + ((g[-1] + 1) % 100,) for g in greedy]
+    got = greedy_matches(model, prompts * 2, greedy + wrong, pad_id=0, batch_size=3)
+    assert got == [True] * 4 + [False] * 4
