@@ -241,6 +241,10 @@ class Claim(Section):
                 raise fail(f"edit method {edit.method!r} edits {' or '.join(k + ' sites' for k in kinds)}, "
                            f"not the claim's {self.site_kind} sites", ("edits", i, "method"))
         kind = HEURISTICS[self.heuristic.method].kind
+        datasets = HEURISTICS[self.heuristic.method].datasets
+        if datasets is not None and self.behavior.dataset not in datasets:
+            raise fail(f"heuristic {self.heuristic.method!r} needs behavior.dataset: {' or '.join(datasets)}, "
+                       f"not {self.behavior.dataset}", ("heuristic", "method"))
         if self.location.from_heuristic:
             if kind is None:
                 raise fail("location.from_heuristic: true needs a heuristic that proposes sites "

@@ -109,6 +109,7 @@ def _localize(args) -> int:
 
     from loccheck.claim import load_claim
     from loccheck.files import write_text_atomic
+    from loccheck.heuristics import HEURISTICS
     from loccheck.verification import propose_location
 
     claim = load_claim(args.claim)
@@ -116,12 +117,10 @@ def _localize(args) -> int:
                                                cache_dir=settings_from_cli(args).cache_dir)
     config = claim.effective_config()
     config["location"] = {"sites": [str(s) for s in sites], "from_heuristic": False}
-    config["heuristic"] = {**config["heuristic"], "top_k": len(sites), "probe_accuracies": scores}
+    pinned, why = HEURISTICS[claim.heuristic.method].pinned(proposal, sites, scores)
+    config["heuristic"] = {**config["heuristic"], "top_k": len(sites), **pinned}
     out = args.out or args.claim.with_name(f"{args.claim.stem}_localized.yaml")
-    probe = proposal.raw
-    header = (f"# Written by `loccheck localize {args.claim}`: the {len(sites)} heads with the best\n"
-              f"# validation accuracy of per-head logistic probes ({probe.n_train} train and\n"
-              f"# {probe.n_val} validation answers; test questions unseen), pinned.\n")
+    header = f"# Written by `loccheck localize {args.claim}`: {why}\n"
     write_text_atomic(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), out)
     load_claim(out)  # what we wrote must be a valid claim
     print(f"{out}: " + ", ".join(f"{s} ({scores[str(s)]:.3f})" for s in sites))

@@ -175,3 +175,36 @@ def head_grid(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
     from loccheck.locations import head_sites
 
     return head_sites(n_layers, n_heads)
+
+
+def write_known_facts(path: Path, model, n_facts: int = 24, n_relations: int = 3, seed: int = 0) -> Path:
+    """A known_1000.json of facts this tiny model knows (with `char_tokenizer`): prompts
+    "{subject} {xy}", a four-letter subject and a two-letter word, whose greedy continuation is a
+    space and then a letter, which becomes the attribute. Relations take turns, so each has
+    facts to flip to and attributes to draw counterfactuals from."""
+    import torch
+
+    tok = char_tokenizer()
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    ids_of = {c: tok.convert_tokens_to_ids(c) for c in letters + [" "]}
+    letter_of = {i: c for c, i in ids_of.items() if c != " "}
+    records: list[dict] = []
+    seen: set[str] = set()
+    for _ in range(100):
+        subjects = ["".join(rng.choice(letters, 4)).capitalize() for _ in range(1024)]
+        prompts = [f"{s} {''.join(rng.choice(letters, 2))}" for s in subjects]
+        ids = torch.tensor([tok(p).input_ids for p in prompts])
+        with torch.no_grad():
+            first = model(ids).logits[:, -1].argmax(-1)
+            second = model(torch.cat([ids, first[:, None]], 1)).logits[:, -1].argmax(-1)
+        for s, p, a, b in zip(subjects, prompts, first.tolist(), second.tolist()):
+            if a == ids_of[" "] and b in letter_of and s not in seen:
+                seen.add(s)
+                records.append({"known_id": len(records), "subject": s, "attribute": letter_of[b],
+                                "template": "{}" + p[len(s):], "prediction": " " + letter_of[b],
+                                "prompt": p, "relation_id": f"P{len(records) % n_relations}"})
+                if len(records) == n_facts:
+                    path.write_text(json.dumps(records, indent=1))
+                    return path
+    raise ValueError(f"found only {len(records)} facts this model knows")

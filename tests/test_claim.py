@@ -228,7 +228,7 @@ def test_from_heuristic_needs_probe(tmp_path):
     assert message == f"{path}:4:3: heuristic.top_k: location.from_heuristic: true needs heuristic.top_k"
     message, path = load_error(tmp_path, "claim: x\nlocation: {from_heuristic: true}\nheuristic: {citation: x}\n")
     assert message.startswith(f"{path}:3:12: heuristic.method: location.from_heuristic: true needs a "
-                              "heuristic that proposes sites (method: probe)")
+                              "heuristic that proposes sites (method: causal_tracing, probe)")
 
 
 def test_random_locations_n_zero(tmp_path):
@@ -526,3 +526,17 @@ def test_mlp_sites_claim(tmp_path):
                        "L4H0 is a head site, L3M a mlp site")
     message, path = load_error(tmp_path, "claim: x\nlocation: {sites: [L3M]}\nheuristic: {method: probe}\n")
     assert "heuristic 'probe' proposes head sites, but the location holds mlp sites" in message
+
+
+def test_causal_tracing_needs_facts_and_mlp_sites(tmp_path):
+    text = "claim: x\nlocation: {sites: [L3M]}\nheuristic: {method: causal_tracing}\n"
+    message, path = load_error(tmp_path, text)
+    assert message == (f"{path}:3:21: heuristic.method: heuristic 'causal_tracing' needs "
+                       "behavior.dataset: known_facts, not truthfulqa")
+    text = ("claim: x\nbehavior: {dataset: known_facts}\nlocation: {sites: [L3H1]}\n"
+            "heuristic: {method: causal_tracing}\n")
+    message, path = load_error(tmp_path, text)
+    assert "heuristic 'causal_tracing' proposes mlp sites, but the location holds head sites" in message
+    claim = parse_claim("claim: x\nbehavior: {dataset: known_facts}\nlocation: {from_heuristic: true}\n"
+                        "heuristic: {method: causal_tracing, top_k: 2, corruption: subject_flip}\n")
+    assert claim.site_kind == "mlp" and claim.heuristic.window == 10 and claim.heuristic.samples == 10

@@ -112,7 +112,7 @@ def test_schema_is_json_with_descriptions(capsys):
     assert {ref["$ref"] for ref in edits["items"]["oneOf"]} == {
         "#/$defs/OptimalEditSection", "#/$defs/ITIEditSection"}
     assert {ref["$ref"] for ref in schema["properties"]["heuristic"]["oneOf"]} == {
-        "#/$defs/ManualHeuristicSection", "#/$defs/ProbeHeuristicSection"}
+        "#/$defs/ManualHeuristicSection", "#/$defs/ProbeHeuristicSection", "#/$defs/CausalTracingSection"}
     assert "sites" in schema["$defs"]["LocationSpec"]["properties"]
 
 

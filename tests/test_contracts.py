@@ -79,9 +79,28 @@ def test_edit_starts_as_the_identity_and_detaches_cleanly(bench, name, where):
     assert all(a.dtype == np.float32 for a in fitted.edit.state().values())
 
 
+@pytest.fixture(scope="module")
+def facts_bench(tmp_path_factory):
+    """A bench of facts a tiny model knows (dataset: known_facts), for heuristics that need facts."""
+    from loccheck.bench import prepare_bench
+    from loccheck.claim import parse_claim
+    from loccheck.locations import MlpLoc
+    from loccheck.models.loading import load_model
+    from loccheck.testing import write_known_facts, write_model_dir
+
+    root = tmp_path_factory.mktemp("contracts-facts")
+    folder = write_model_dir(root / "m", "gpt_neox", [MlpLoc(1)], n_layers=3)
+    facts = write_known_facts(root / "known_1000.json", load_model(str(folder), device="cpu").model, n_facts=8)
+    claim = parse_claim(f"claim: x\nmodel: {{name: '{folder}', device: cpu}}\n"
+                        f"behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, "
+                        "validation: 0.0, test: 0.5}}\nlocation: {sites: [L1M]}\n", path=root / "facts.yaml")
+    return claim, prepare_bench(claim, root / "cache")
+
+
 @pytest.mark.parametrize("name", list(HEURISTICS))
-def test_heuristic_refuses_data_with_a_test_split(bench, name):
-    claim, bench = bench
+def test_heuristic_refuses_data_with_a_test_split(bench, facts_bench, name):
+    datasets = HEURISTICS[name].datasets
+    claim, bench = facts_bench if datasets is not None and "jsonl" not in datasets else bench
     section = HEURISTICS[name].section(method=name)
     with pytest.raises(TypeError, match="never see the test questions"):
         HEURISTICS[name].propose(section, bench.loaded, bench.data, bench.cache_root)

@@ -7,7 +7,7 @@ without its test split), so "the heuristic never sees the test questions" holds 
 construction, and `Heuristic.propose` refuses anything else.
 
 To add a heuristic: a module in this folder with its claim section (`method: <name>`), a
-`propose` and an `evidence` function, registered with `register_heuristic` and imported below.
+`run`, an `evidence` and a `pinned` function, registered with `register_heuristic` and imported below.
 """
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ class Heuristic:
     kind: str | None                # the site kind it ranks; None: it ranks nothing (manual)
     run: Callable[..., Proposal] | None = None         # (section, model, data, cache, seed)
     evidence: Callable[..., dict] | None = None        # (section, proposal, location, pinned) -> JSON
+    # (proposal, sites, {site: score}) -> (what `loccheck localize` writes into the heuristic
+    # section, the comment above the written claim)
+    pinned: Callable[..., tuple[dict, str]] | None = None
+    datasets: tuple[str, ...] | None = None           # the behaviour datasets it can read (None: any)
 
     def propose(self, section, model, data, cache: Path, seed: int = 0) -> Proposal | None:
         """Rank the model's sites from `data`, which must be HeuristicData (no test split);
@@ -61,4 +65,4 @@ def register_heuristic(heuristic: Heuristic) -> Heuristic:
     return HEURISTICS.register(heuristic.name, heuristic)
 
 
-from loccheck.heuristics import manual, probe  # noqa: E402,F401  (register the built-ins)
+from loccheck.heuristics import causal_tracing, manual, probe  # noqa: E402,F401  (register the built-ins)

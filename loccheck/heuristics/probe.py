@@ -173,4 +173,12 @@ def _evidence(section, proposal: Proposal, location, pinned: bool) -> dict:
     return record
 
 
-register_heuristic(Heuristic("probe", ProbeHeuristicSection, kind="head", run=_run, evidence=_evidence))
+def _pinned(proposal: Proposal, sites, scores: dict) -> tuple[dict, str]:
+    probe: ProbeResult = proposal.raw
+    return ({"probe_accuracies": scores},
+            f"the {len(sites)} heads with the best\n# validation accuracy of per-head logistic probes "
+            f"({probe.n_train} train and\n# {probe.n_val} validation answers; test questions unseen), pinned.")
+
+
+register_heuristic(Heuristic("probe", ProbeHeuristicSection, kind="head", run=_run, evidence=_evidence,
+                             pinned=_pinned))

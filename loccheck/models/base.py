@@ -29,6 +29,7 @@ class Adapter:
     projections: tuple[nn.Module, ...]
     mlp_names: tuple[str, ...] = ()  # full module name of each layer's MLP down projection
     mlp_projections: tuple[nn.Module, ...] = ()
+    blocks: tuple[nn.Module, ...] = ()  # the decoder layers (their output: the residual stream)
 
     @property
     def width(self) -> int:

@@ -17,7 +17,7 @@ from loccheck.files import write_text_atomic
 from loccheck.report.format import edits_of, site_noun
 from loccheck.report.index import render_index
 from loccheck.report.markdown import (LOSS_CURVES_NAME, METHODS_NAME, NULL_HIST_NAME,
-                                      PROBE_HEATMAP_NAME, REPORT_NAME, metric_hist_name,
+                                      PROBE_HEATMAP_NAME, REPORT_NAME, TRACING_HEATMAP_NAME, metric_hist_name,
                                       other_metrics, primary, render_markdown)
 from loccheck.report.upgrade import upgrade
 
@@ -28,7 +28,7 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     """Write report.md, null_hist.png and the other figures into `out_dir`; return report.md's
     path. `result` is the content of result.json (any schema version this loccheck reads)."""
     from loccheck.report.plots import (plot_loss_curves, plot_methods, plot_null_histogram,
-                                       plot_probe_heatmap)
+                                       plot_probe_heatmap, plot_tracing_heatmap)
 
     result = upgrade(result)
     out_dir = Path(out_dir)
@@ -54,4 +54,12 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
         plot_probe_heatmap(np.asarray(result["heuristic_evidence"]["val_accuracy"]),
                            [HeadLoc.parse(h) for h in result.get("location") or []],
                            out_dir / PROBE_HEATMAP_NAME)
+    if (result.get("heuristic") or {}).get("method") == "causal_tracing" and result.get("heuristic_evidence"):
+        from loccheck.locations import MlpLoc
+
+        ev = result["heuristic_evidence"]
+        effects = np.array([[np.nan if v is None else v for v in row] for row in ev["effects"]], dtype=float)
+        plot_tracing_heatmap(effects, ev["groups"], [MlpLoc.parse(s).layer for s in result.get("location") or []],
+                             out_dir / TRACING_HEATMAP_NAME,
+                             title=f"Causal tracing ({ev['corruption']}), {ev['n_facts']} train facts")
     return write_text_atomic(render_markdown(result), out_dir / REPORT_NAME)

@@ -16,6 +16,7 @@ from loccheck.report.format import (P_CONVENTION, canonical, edits_of, fence, fm
 
 REPORT_NAME, NULL_HIST_NAME, LOSS_CURVES_NAME = "report.md", "null_hist.png", "loss_curves.png"
 METHODS_NAME, PROBE_HEATMAP_NAME = "methods.png", "probe_heatmap.png"
+TRACING_HEATMAP_NAME = "tracing_heatmap.png"
 # Claim-file section order; json.dumps(sort_keys=True) loses it, so we restore it here.
 _CONFIG_ORDER = ("model", "behavior", "location", "heuristic", "edits", "metrics",
                  "random_locations", "verdict", "expect")

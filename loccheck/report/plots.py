@@ -212,3 +212,35 @@ def plot_methods(methods: dict, metric: str, path: str | os.PathLike, *, site: s
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
         return _save(fig, path)
+
+
+def plot_tracing_heatmap(effects, groups: Sequence[str], claimed_layers: Sequence[int],
+                         path: str | os.PathLike, *, title: str) -> Path:
+    """Mean indirect effect per (layer, token group), layer 0 at the bottom, the claimed layers'
+    rows outlined; a diverging scale centred on 0 (restoring can also lower the answer's
+    probability); empty groups grey."""
+    import matplotlib.patches as mpatches
+    from matplotlib import patheffects
+
+    eff = np.asarray(effects, dtype=float)
+    if eff.ndim != 2 or eff.shape[1] != len(groups) or 0 in eff.shape:
+        raise ValueError(f"`effects` must be a non-empty (n_layers, {len(groups)}) array, got shape {eff.shape}")
+    n_layers = eff.shape[0]
+    finite = eff[np.isfinite(eff)]
+    limit = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-6)
+    cell = min(0.32, 9.0 / n_layers)
+    outline = [patheffects.withStroke(linewidth=4.0, foreground="white")]
+    with plt.style.context("default"), plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(6.0, max(3.0, n_layers * cell + 1.8)), layout="constrained")
+        im = ax.imshow(np.ma.masked_invalid(eff), origin="lower", aspect="auto", interpolation="nearest",
+                       cmap=plt.get_cmap("RdBu_r").with_extremes(bad="0.75"), vmin=-limit, vmax=limit)
+        for layer in sorted(set(claimed_layers)):
+            ax.add_patch(mpatches.Rectangle((-0.46, layer - 0.44), len(groups) - 0.08, 0.88, fill=False,
+                                            edgecolor=CLAIM_COLOR, lw=2.0, path_effects=outline,
+                                            zorder=3, clip_on=False))
+        fig.colorbar(im, ax=ax).set_label("mean indirect effect")
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=min(n_layers, 20), integer=True))
+        ax.set_ylabel("MLP layer (0 = first)")
+        ax.set_title(title)
+        return _save(fig, path)

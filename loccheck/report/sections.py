@@ -3,7 +3,7 @@ table of several edit methods. A new method or heuristic adds its section here (
 from __future__ import annotations
 
 from loccheck.report.format import edit_name, edits_of, fmt, site_noun, sites, table
-from loccheck.report.markdown import METHODS_NAME, PROBE_HEATMAP_NAME, method_order
+from loccheck.report.markdown import METHODS_NAME, PROBE_HEATMAP_NAME, TRACING_HEATMAP_NAME, method_order
 
 
 def methods_lines(r: dict) -> list[str]:
@@ -96,5 +96,35 @@ def _probe_lines(r: dict) -> list[str]:
     return lines
 
 
+def _tracing_lines(r: dict) -> list[str]:
+    ev = r["heuristic_evidence"]
+    groups, effects = ev.get("groups") or [], ev.get("effects") or []
+    how = ("Gaussian noise of {:g} x the spread of the subject tokens' embeddings on the subject "
+           "tokens, {} samples".format(ev.get("noise_scale"), ev.get("samples"))
+           if ev.get("corruption") == "noise" else
+           f"the subject replaced by another traced subject of the same relation with as many tokens "
+           f"(up to {ev.get('samples')} per fact; {ev.get('n_skipped')} facts had none and were skipped)")
+    rows = [[f"L{layer}M", *(fmt(v) for v in row)] for layer, row in enumerate(effects)]
+    lines = ["## The heuristic: causal tracing", "",
+             f"Each of {ev.get('n_facts')} train facts (never the validation or test facts) is run clean, then "
+             f"corrupted ({how}); then, for every MLP layer and token, corrupted again with the outputs of "
+             f"the {ev.get('window')} MLP layers around it set to their clean values at that token. The "
+             "indirect effect is the answer's restored probability minus its corrupted probability; "
+             f"mean clean probability {fmt(ev.get('p_clean'))}, corrupted {fmt(ev.get('p_corrupt'))} "
+             f"(total effect {fmt(ev.get('total_effect'))}).", "",
+             f"The claimed location is defined by this aggregate: the top {ev.get('top_k')} layer(s) by "
+             f"the mean indirect effect at the **{str(ev.get('aggregate')).replace('_', ' ')}**. "
+             f"The peak is {ev.get('peak')}.", "",
+             f"![Mean indirect effect of restoring each MLP layer at each token group, claimed layers "
+             f"outlined]({TRACING_HEATMAP_NAME})", "",
+             table(rows, ["layer", *groups])]
+    if ev.get("pinned_layers_reselected") is False:
+        lines += ["", f"**Note:** the claim pins its layers, and tracing on this data now selects "
+                  f"others: {', '.join(ev.get('selected') or [])}."]
+    elif ev.get("pinned_layers_reselected"):
+        lines += ["", "Tracing on this data selects exactly the pinned layers."]
+    return lines
+
+
 EDIT_SECTIONS = {"optimal": _optimal_lines, "iti": _iti_lines}
-HEURISTIC_SECTIONS = {"probe": _probe_lines}
+HEURISTIC_SECTIONS = {"probe": _probe_lines, "causal_tracing": _tracing_lines}

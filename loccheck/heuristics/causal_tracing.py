@@ -1,0 +1,189 @@
+"""`heuristic: {method: causal_tracing}`: the MLP layers where restoring a clean state brings a
+corrupted fact back (ROME's causal tracing; `corruption: subject_flip` is Reber's variant).
+
+It traces the train facts only (never validation or test), every MLP layer at every token
+(loccheck.tracing), and ranks layers by the claim's `aggregate`: the mean indirect effect over
+facts at one of ROME's token groups (by default the last subject token, where ROME finds its
+MLP peak). The top `top_k` layers are the location it proposes. The report shows the heatmap
+(layers by token groups) averaged over facts, with the claimed layers outlined.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import AfterValidator, Field, StrictInt
+
+from loccheck.errors import LoccheckError
+from loccheck.heuristics import Heuristic, Proposal, register_heuristic
+from loccheck.locations import MlpLoc, format_location
+from loccheck.schema import Number, Section, Seed
+
+AGGREGATES = {"last_subject_token": 2, "first_subsequent_token": 3, "last_token": 5}
+
+
+def _mlp(text: str) -> str:
+    return str(MlpLoc.parse(text))
+
+
+class CausalTracingSection(Section):
+    method: Literal["causal_tracing"] = Field(description="Causal tracing of MLP layers (ROME).")
+    citation: str | None = Field(None, description="Where the localization claim was published.")
+    notes: str | None = Field(None, description="Free-text notes.")
+    top_k: StrictInt | None = Field(None, ge=1, description="Number of MLP layers the heuristic proposes.")
+    corruption: Literal["noise", "subject_flip"] = Field(
+        "noise", description="'noise': Gaussian noise on the subject tokens' embeddings (ROME); "
+                             "'subject_flip': another subject of the same relation with as many "
+                             "tokens (Reber).")
+    noise_scale: Number = Field(3.0, ge=0, description="Noise std in units of the subject embeddings' std (ROME: 3).")
+    samples: StrictInt = Field(10, ge=1, le=100, description="Noise samples, or flip partners, per fact.")
+    window: StrictInt = Field(10, ge=1, description="MLP layers restored together around each layer (ROME: 10).")
+    aggregate: Literal[tuple(AGGREGATES)] = Field(
+        "last_subject_token", description="What ranks a layer: its mean indirect effect over the "
+                                          "traced facts at this token group.")
+    max_facts: StrictInt = Field(50, ge=1, description="Trace at most this many train facts (in split order).")
+    seed: Seed = Field(0, description="Seed of the noise and of the flip partners.")
+    layer_effects: dict[Annotated[str, AfterValidator(_mlp)], Number] | None = Field(
+        None, description="Mean indirect effect of each pinned layer (written by `loccheck localize`).")
+
+
+def trace_inputs(loaded, data, max_facts: int):
+    """(facts, TraceInputs) of the train facts the tracing can use: the subject's tokens are
+    found in the prompt; the answer is the attribute's first token."""
+    from loccheck.prompts import answer_ids, prompt_ids
+    from loccheck.tracing import TraceInput, subject_span
+
+    tok = loaded.tokenizer
+    facts, items = [], []
+    for pair in data.train:
+        fact = data.facts.get(pair.prompt)
+        if fact is None:
+            continue
+        ids = prompt_ids(tok, fact.prompt, "text", None)
+        span = subject_span(tok, fact.prompt, fact.subject, ids)
+        answer = answer_ids(tok, fact.attribute, "text")
+        if span is None or not answer:
+            continue
+        facts.append(fact)
+        items.append(TraceInput(ids, span, answer[0]))
+        if len(items) == max_facts:
+            break
+    return facts, items
+
+
+def flip_partners(loaded, facts, items, i: int, n: int, seed: int) -> list[tuple[int, ...]]:
+    """Up to `n` corrupted prompts for fact i: its subject replaced by another traced subject of
+    the same relation, kept only when the subject takes as many tokens and every other token
+    stays as it was (so every position means what it meant)."""
+    from loccheck.prompts import prompt_ids
+
+    fact, item = facts[i], items[i]
+    s, e = item.span
+    others = sorted({f.subject for f in facts if f.relation == fact.relation and f.subject != fact.subject})
+    order = np.random.default_rng([seed, i]).permutation(len(others))
+    out = []
+    at = fact.prompt.find(fact.subject)
+    for j in order:
+        text = fact.prompt[:at] + others[j] + fact.prompt[at + len(fact.subject):]
+        ids = prompt_ids(loaded.tokenizer, text, "text", None)
+        if len(ids) == len(item.ids) and ids[:s] == item.ids[:s] and ids[e:] == item.ids[e:] \
+                and ids[s:e] != item.ids[s:e]:
+            out.append(ids)
+            if len(out) == n:
+                break
+    return out
+
+
+def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
+    """Every usable train fact traced; the raw record the proposal and the report use."""
+    import torch
+
+    from loccheck.tracing import embedding_spread, grouped, noise_for, trace_fact
+
+    facts, items = trace_inputs(loaded, data, section.max_facts)
+    if not items:
+        raise LoccheckError("causal tracing found no train fact whose subject it can locate in the "
+                            "prompt's tokens (dataset: known_facts, with a tokenizer that gives offsets)",
+                            key="heuristic.method")
+    spread = embedding_spread(loaded.model, items)
+    width = loaded.model.get_input_embeddings().weight.shape[1]
+    grids, totals, cleans, corrupts, skipped = [], [], [], [], 0
+    for i, item in enumerate(items):
+        if section.corruption == "noise":
+            ids = [item.ids] * section.samples
+            noise = noise_for(item, section.samples, section.noise_scale, spread, width,
+                              seed=[section.seed, i])
+        else:
+            ids, noise = flip_partners(loaded, facts, items, i, section.samples, section.seed), None
+            if not ids:
+                skipped += 1
+                continue
+        trace = trace_fact(loaded.model, loaded.adapter, item, torch.tensor(ids), noise,
+                           window=section.window)
+        grids.append(grouped(trace.effects, item.span))
+        totals.append(trace.total_effect)
+        cleans.append(trace.p_clean)
+        corrupts.append(trace.p_corrupt)
+    if not grids:
+        raise LoccheckError(f"subject_flip tracing found no flip partner for any of {len(items)} train "
+                            "facts (another subject of the same relation with as many tokens)",
+                            key="heuristic.corruption")
+    stack = np.stack(grids)                                   # (n_facts, n_layers, n_groups)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(stack, axis=0)
+    return {"effects": mean, "n_facts": len(grids), "n_skipped": skipped,
+            "p_clean": float(np.mean(cleans)), "p_corrupt": float(np.mean(corrupts)),
+            "total_effect": float(np.mean(totals)), "spread": spread}
+
+
+def _run(section: CausalTracingSection, loaded, data, cache: Path, seed: int = 0) -> Proposal:
+    raw = _cached_trace(section, loaded, data, cache)
+    column = np.nan_to_num(raw["effects"][:, AGGREGATES[section.aggregate]], nan=-np.inf)
+    order = sorted(range(len(column)), key=lambda l: (-column[l], l))
+    return Proposal(tuple((MlpLoc(l), float(column[l])) for l in order), raw=raw)
+
+
+def _cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> dict:
+    """The trace of these facts by this model and these settings, computed once."""
+    from loccheck.cache import FitCache, code_identity, content_key
+
+    settings = section.model_dump(mode="json", exclude={"citation", "notes", "top_k", "layer_effects",
+                                                        "aggregate"})
+    key = content_key({"what": "causal tracing", "weights": loaded.weights_id, "dtype": loaded.info["dtype"],
+                       "code": code_identity(), "settings": settings, "data": data.sha256,
+                       "prompts": [p.prompt for p in data.train]})
+    store = FitCache(cache)
+    record = store.get(key)
+    if record is None:
+        record = trace_facts(section, loaded, data)
+        store.put(key, {**record, "effects": record["effects"].tolist()})
+    return {**record, "effects": np.asarray(record["effects"], dtype=float)}
+
+
+def _evidence(section: CausalTracingSection, proposal: Proposal, location, pinned: bool) -> dict:
+    from loccheck.tracing import GROUPS
+
+    raw, k = proposal.raw, len(location)
+    selected = format_location(proposal.top(k))
+    record = {"corruption": section.corruption, "aggregate": section.aggregate, "window": section.window,
+              "samples": section.samples, "noise_scale": section.noise_scale, "groups": list(GROUPS),
+              "effects": np.where(np.isnan(raw["effects"]), None, raw["effects"]).tolist(),
+              "n_facts": raw["n_facts"], "n_skipped": raw["n_skipped"], "p_clean": raw["p_clean"],
+              "p_corrupt": raw["p_corrupt"], "total_effect": raw["total_effect"], "top_k": k,
+              "selected": selected, "peak": str(proposal.ranked[0][0]),
+              "claimed_effects": {str(s): proposal.score(s) for s in location}}
+    if pinned:
+        record["pinned_layers_reselected"] = selected == format_location(location)
+    return record
+
+
+def _pinned(proposal: Proposal, sites, scores: dict) -> tuple[dict, str]:
+    raw = proposal.raw
+    return ({"layer_effects": scores},
+            f"the {len(sites)} MLP layers with the largest mean indirect effect of causal tracing\n"
+            f"# ({raw['n_facts']} train facts traced; validation and test facts unseen), pinned.")
+
+
+register_heuristic(Heuristic("causal_tracing", CausalTracingSection, kind="mlp", run=_run,
+                             evidence=_evidence, pinned=_pinned, datasets=("known_facts",)))
