@@ -201,6 +201,7 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     except LoccheckError as err:
         raise claim.error(err.key or "model.name", err.msg) from None
     check_location_size(claim, adapter)
+    _check_edit_settings(claim, len(adapter.sites(claim.site_kind)))
     try:
         fmt = ("text" if bs.dataset == "known_facts" and bs.prompt_format == "auto" else
                resolve_format(source.tokenizer, bs.prompt_format, bs.system_prompt))
@@ -210,6 +211,19 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     side, side_identity = _side_texts(claim, source.tokenizer, _context(source.config))
     _check_judge(claim, cache_root)
     return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
+
+
+def _check_edit_settings(claim, n_sites: int) -> None:
+    """Each edit method's settings can be made (a method may read a file for them)."""
+    from loccheck.edits import EDIT_METHODS
+
+    size = len(claim.location.sites) or getattr(claim.heuristic, "top_k", None) or 1
+    for i, section in enumerate(claim.edits):
+        try:
+            EDIT_METHODS[section.method].settings(section, size=size, claim_size=size, site_kind=claim.site_kind,
+                                                  verdict_metric=claim.verdict.metric)
+        except LoccheckError as err:
+            raise claim.error(f"edits[{i}]", err.msg) from None
 
 
 def _data_key(claim) -> str:

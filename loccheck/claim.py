@@ -236,10 +236,13 @@ class Claim(Section):
                            ("edits", i, "method"))
             seen[edit.method] = i
         for i, edit in enumerate(self.edits):
-            kinds = EDIT_METHODS[edit.method].site_kinds
+            kinds, datasets = EDIT_METHODS[edit.method].site_kinds, EDIT_METHODS[edit.method].datasets
             if self.site_kind is not None and self.site_kind not in kinds:
                 raise fail(f"edit method {edit.method!r} edits {' or '.join(k + ' sites' for k in kinds)}, "
                            f"not the claim's {self.site_kind} sites", ("edits", i, "method"))
+            if datasets is not None and self.behavior.dataset not in datasets:
+                raise fail(f"edit method {edit.method!r} needs behavior.dataset: {' or '.join(datasets)}, "
+                           f"not {self.behavior.dataset}", ("edits", i, "method"))
         kind = HEURISTICS[self.heuristic.method].kind
         datasets = HEURISTICS[self.heuristic.method].datasets
         if datasets is not None and self.behavior.dataset not in datasets:

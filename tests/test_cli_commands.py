@@ -110,7 +110,7 @@ def test_schema_is_json_with_descriptions(capsys):
     edits = schema["properties"]["edits"]
     assert edits["type"] == "array" and edits["minItems"] == 1
     assert {ref["$ref"] for ref in edits["items"]["oneOf"]} == {
-        "#/$defs/OptimalEditSection", "#/$defs/ITIEditSection"}
+        "#/$defs/OptimalEditSection", "#/$defs/ITIEditSection", "#/$defs/RomeEditSection"}
     assert {ref["$ref"] for ref in schema["properties"]["heuristic"]["oneOf"]} == {
         "#/$defs/ManualHeuristicSection", "#/$defs/ProbeHeuristicSection", "#/$defs/CausalTracingSection"}
     assert "sites" in schema["$defs"]["LocationSpec"]["properties"]

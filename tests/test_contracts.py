@@ -16,13 +16,14 @@ pytestmark = pytest.mark.slow   # they fit real edits on a tiny model (torch)
 
 @pytest.fixture(scope="module")
 def bench(known_llama, tmp_path_factory):
-    """The bench of a known-answer claim that lists every registered edit method."""
+    """The bench of a known-answer claim that lists every edit method that edits heads on any data."""
     from loccheck.bench import prepare_bench
     from loccheck.claim import parse_claim
     from loccheck.testing import claim_text
 
     model_dir, pairs = known_llama
-    edits = "[" + ", ".join(f"{{method: {name}}}" for name in EDIT_METHODS) + "]"
+    edits = "[" + ", ".join(f"{{method: {name}}}" for name, m in EDIT_METHODS.items()
+                            if "head" in m.site_kinds and m.datasets is None) + "]"
     root = tmp_path_factory.mktemp("contracts")
     texts = root / "texts.txt"                       # for the side-effect metrics
     texts.write_text("the river runs to the sea\nan apple fell down\n")
@@ -48,20 +49,20 @@ def _outputs(bench):
     return _logprobs(bench), logits.numpy()
 
 
-def _settings(claim, name, ceiling=False):
+def _settings(claim, bench, name, ceiling=False):
     section = next(e for e in claim.edits if e.method == name)
-    size = len(claim.location.parsed)
-    return EDIT_METHODS[name].settings(section, size=8 if ceiling else size, claim_size=size,
-                                       verdict_metric=claim.verdict.metric)
+    size, kind = len(claim.location.parsed), claim.site_kind
+    return EDIT_METHODS[name].settings(section, size=len(bench.adapter.sites(kind)) if ceiling else size,
+                                       claim_size=size, verdict_metric=claim.verdict.metric, site_kind=kind)
 
 
 @pytest.mark.parametrize("name", list(EDIT_METHODS))
 @pytest.mark.parametrize("where", ["location", "ceiling"])
-def test_edit_starts_as_the_identity_and_detaches_cleanly(bench, name, where):
-    claim, bench = bench
+def test_edit_starts_as_the_identity_and_detaches_cleanly(bench, facts_bench, name, where):
     method = EDIT_METHODS[name]
+    claim, bench = _bench_for(method, bench, facts_bench)
     location = claim.location.parsed if where == "location" else None
-    settings = _settings(claim, name, ceiling=where == "ceiling")
+    settings = _settings(claim, bench, name, ceiling=where == "ceiling")
     before = _outputs(bench)
     edit = method.initial(bench, settings, location)
     with edit.attached(bench.model):
@@ -81,7 +82,8 @@ def test_edit_starts_as_the_identity_and_detaches_cleanly(bench, name, where):
 
 @pytest.fixture(scope="module")
 def facts_bench(tmp_path_factory):
-    """A bench of facts a tiny model knows (dataset: known_facts), for heuristics that need facts."""
+    """A bench of facts a tiny model knows (dataset: known_facts) at an MLP location, listing every
+    edit method that edits MLP sites: for the methods and heuristics that need facts."""
     from loccheck.bench import prepare_bench
     from loccheck.claim import parse_claim
     from loccheck.locations import MlpLoc
@@ -91,10 +93,23 @@ def facts_bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("contracts-facts")
     folder = write_model_dir(root / "m", "gpt_neox", [MlpLoc(1)], n_layers=3)
     facts = write_known_facts(root / "known_1000.json", load_model(str(folder), device="cpu").model, n_facts=8)
+    texts = root / "texts.txt"                       # side effects, and rome's key statistics
+    texts.write_text("\n".join(f"the river {i} runs to the sea {i * 7}" for i in range(40)))
+    edits = ", ".join(f"{{method: {name}" + (f", stats_path: '{texts}'" if name == "rome" else "") + "}"
+                      for name, m in EDIT_METHODS.items() if "mlp" in m.site_kinds)
     claim = parse_claim(f"claim: x\nmodel: {{name: '{folder}', device: cpu}}\n"
                         f"behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, "
-                        "validation: 0.0, test: 0.5}}\nlocation: {sites: [L1M]}\n", path=root / "facts.yaml")
+                        "validation: 0.0, test: 0.5}}\nlocation: {sites: [L1M]}\n"
+                        f"edits: [{edits}]\nmetrics: [{', '.join(METRICS)}]\n"
+                        f"side_effects: {{path: '{texts}'}}\n", path=root / "facts.yaml")
     return claim, prepare_bench(claim, root / "cache")
+
+
+def _bench_for(method, bench, facts_bench):
+    """The head bench for methods that edit heads on any data, else the facts bench."""
+    if "head" in method.site_kinds and method.datasets is None:
+        return bench
+    return facts_bench
 
 
 @pytest.mark.parametrize("name", list(HEURISTICS))

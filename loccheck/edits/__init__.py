@@ -48,6 +48,7 @@ class EditMethod:
     description: str = ""
     uses_validation: bool = False                    # its fit reads the validation pairs
     site_kinds: tuple[str, ...] = ("head",)          # the kinds of location it can edit
+    datasets: tuple[str, ...] | None = None          # the behaviour datasets it can read (None: any)
 
 
 EDIT_METHODS: Registry[EditMethod] = Registry("edit method")
@@ -57,4 +58,4 @@ def register_edit_method(method: EditMethod) -> EditMethod:
     return EDIT_METHODS.register(method.name, method)
 
 
-from loccheck.edits import iti, optimal  # noqa: E402,F401  (register the built-ins)
+from loccheck.edits import iti, optimal, rome  # noqa: E402,F401  (register the built-ins)

@@ -88,3 +88,13 @@ def replaced_outputs(modules: Sequence, replace: Callable):
             return replace(row, y)
         return hook
     return _output_hooks(modules, hook_for)
+
+
+def read_outputs(modules: Sequence, read: Callable):
+    """Call `read(row, x, y)` with the input x and output y of each listed module at every
+    forward while the context is open; nothing is changed."""
+    def hook_for(row: int):
+        def hook(module, args, y):
+            read(row, args[0], y)
+        return hook
+    return _output_hooks(modules, hook_for)

@@ -126,5 +126,18 @@ def _tracing_lines(r: dict) -> list[str]:
     return lines
 
 
-EDIT_SECTIONS = {"optimal": _optimal_lines, "iti": _iti_lines}
+def _rome_lines(r: dict) -> list[str]:
+    rome = edits_of(r, "rome")
+    claim = next((e for e in rome if e.get("role") == "claim"), {})
+    return ["## The ROME edits", "",
+            f"`rome` applies ROME's closed-form rank-one update (Meng et al. 2022) for each of the "
+            f"{fmt(claim.get('n_facts_edited'))} train facts in turn, at every location alike: the key is "
+            "the down projection's input at the subject's last token, the value is optimised to make the "
+            "counterfactual target likely, and the update is weighted by the inverse of the keys' second "
+            f"moment over {fmt(claim.get('stats_tokens'))} tokens of the stated text sample. At a location "
+            "of several layers the value is split in equal shares, one rank-one update per layer "
+            "(MEMIT's spreading); the whole-model edit spreads over every layer."]
+
+
+EDIT_SECTIONS = {"optimal": _optimal_lines, "iti": _iti_lines, "rome": _rome_lines}
 HEURISTIC_SECTIONS = {"probe": _probe_lines, "causal_tracing": _tracing_lines}

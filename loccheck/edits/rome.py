@@ -1,0 +1,291 @@
+"""`method: rome`: ROME's closed-form rank-one edit (Meng et al. 2022), the heuristic edit of MLP
+claims (the role ITI plays for heads), applied to every train fact in turn.
+
+For one fact at MLP layer l: the key k* is the down projection's input at the subject's last
+token (from the prompt itself; ROME also averages over random prefixes, loccheck does not);
+the value v* = v0 + delta, where delta, added to the layer's MLP output at that token, is
+optimised by Adam to make the counterfactual target likely (its mean token NLL, plus
+`v_weight_decay` * |delta|^2 / |v0|^2; ROME's KL term on "{subject} is a" is left out); then
+W <- W + (v* - W k*) (C^-1 k*)^T / (k*^T C^-1 k*), with C = E[k k^T] the uncentered second
+moment of the layer's keys over a stated text sample: the questions and answers of TruthfulQA
+(`stats_path`, default $LOCCHECK_DATA_DIR/TruthfulQA.csv; the first `stats_tokens` tokens),
+which ship with the data and share no text with the facts. That update changes the layer's
+output at k* by exactly v* - W k*, and as little as it can elsewhere in the C^-1 metric.
+
+Facts are edited one after another, each on the model with the earlier edits (sequential
+ROME). At a location of several layers, delta is optimised at the last of them and split in
+equal shares, one rank-one update per layer (MEMIT's spreading); at one layer it is ROME
+exactly. The whole-model edit spreads over every layer. The edit is stored as its rank-one
+factors: per layer, u_i (d_ff) and r_i (d_model) for each fact i.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+from pydantic import Field, StrictInt
+
+from loccheck.edits import EditMethod, Fitted, register_edit_method
+from loccheck.errors import LoccheckError
+from loccheck.schema import Number, Section
+
+STATS_FILE = "TruthfulQA.csv"
+STATS_PIECE = 128          # tokens per text piece the key statistics are collected over
+
+
+class RomeEditSection(Section):
+    method: Literal["rome"] = Field("rome", description="ROME's closed-form rank-one edit of each "
+                                                        "train fact, in turn (MLP locations, known facts).")
+    v_steps: StrictInt = Field(25, ge=1, le=1000, description="Adam steps optimising each fact's value.")
+    v_lr: Number = Field(0.5, gt=0, le=100, description="Adam learning rate of the value (ROME: 0.5).")
+    v_weight_decay: Number = Field(0.5, ge=0, description="Weight of |delta|^2 / |v0|^2 (ROME: 0.5).")
+    stats_path: str | None = Field(None, description="Text sample of the key statistics (default: "
+                                                     "$LOCCHECK_DATA_DIR/TruthfulQA.csv, its questions "
+                                                     "and answers).")
+    stats_tokens: StrictInt = Field(20000, ge=100, le=10_000_000, description="Tokens of the sample used.")
+    ridge: Number = Field(1e-3, ge=0, description="Added to C's diagonal, as a share of its mean diagonal.")
+
+
+def stats_file(path: str | None) -> Path:
+    import os
+
+    from loccheck.errors import DataError
+    from loccheck.userfiles import expand_user
+
+    if path is not None:
+        return expand_user(path, key="edits")
+    env = os.environ.get("LOCCHECK_DATA_DIR")
+    if not env:
+        raise DataError(f"rome needs a text sample for its key statistics: set stats_path, or "
+                        f"LOCCHECK_DATA_DIR to a folder holding {STATS_FILE}", key="edits")
+    return expand_user(env) / STATS_FILE
+
+
+def stats_texts(file: Path) -> list[str]:
+    """The sample's texts: a TruthfulQA-style CSV's questions and answers, else one text per line."""
+    import csv
+    import io
+
+    from loccheck.data import _read_text
+
+    text, _ = _read_text(file)
+    if file.suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        cells = [r.get(c) or "" for r in rows for c in ("Question", "Best Answer", "Correct Answers",
+                                                        "Incorrect Answers")]
+        return [t.strip() for cell in cells for t in cell.split(";") if t.strip()]
+    return [t.strip() for t in text.splitlines() if t.strip()]
+
+
+def _settings(section: RomeEditSection, *, size: int, claim_size: int, verdict_metric: str,
+              site_kind: str = "mlp") -> dict:
+    from loccheck.cache import file_sha256
+
+    from loccheck.errors import DataError
+
+    file = stats_file(section.stats_path)
+    if not file.is_file():
+        raise DataError(f"{file} is not a file: rome reads its key statistics from it (set stats_path)",
+                        key="edits")
+    return {"v_steps": section.v_steps, "v_lr": section.v_lr, "v_weight_decay": section.v_weight_decay,
+            "stats": {"path": str(file.resolve()), "sha256": file_sha256(file), "tokens": section.stats_tokens},
+            "ridge": section.ridge}
+
+
+def key_statistics(bench, stats: dict, layers) -> dict[int, np.ndarray]:
+    """{layer: C} = E[k k^T] of each layer's down-projection inputs over the sample's tokens
+    (computed once per bench and layer set)."""
+    import torch
+
+    from loccheck.models.hooks import read_outputs
+
+    memo = bench.memo.setdefault("rome_stats", {})
+    missing = [l for l in layers if l not in memo]
+    if missing:
+        file = Path(stats["path"])
+        if not file.is_file():
+            raise LoccheckError(f"{file}: the text sample of rome's key statistics is not a file", key="edits")
+        tok, model = bench.tokenizer, bench.model
+        ids = [t for text in stats_texts(file) for t in tok(" " + text, add_special_tokens=False).input_ids]
+        ids = ids[:stats["tokens"]]
+        width = bench.adapter.mlp_width
+        acc = {l: torch.zeros(width, width, dtype=torch.float64) for l in missing}
+        device = next(model.parameters()).device
+
+        def collect(row, x, y):
+            k = x.detach().reshape(-1, width).double().cpu()
+            acc[missing[row]] += k.T @ k
+        with torch.no_grad(), read_outputs([bench.adapter.mlp_out(l) for l in missing], collect):
+            for start in range(0, len(ids), STATS_PIECE * 8):
+                chunk = ids[start:start + STATS_PIECE * 8]
+                rows = [chunk[i:i + STATS_PIECE] for i in range(0, len(chunk), STATS_PIECE)]
+                for row in rows:      # a short last piece goes alone: no padding among the keys
+                    if len(row) != STATS_PIECE:
+                        model(torch.tensor([row], device=device))
+                full = [r for r in rows if len(r) == STATS_PIECE]
+                if full:
+                    model(torch.tensor(full, device=device))
+        n = max(1, len(ids))
+        for l in missing:
+            memo[l] = (acc[l] / n).numpy()
+        memo.setdefault("_tokens", len(ids))
+    return {l: memo[l] for l in layers}
+
+
+class RomeEdit:
+    """The sum of rank-one updates of each edited layer's down projection: its output gains
+    sum_i (u_i . x) r_i, with x the down projection's input."""
+    on_batch = None
+
+    def __init__(self, adapter, sites, U=None, R=None):
+        import torch
+
+        sites = adapter.sites("mlp") if sites is None else sorted(sites)
+        adapter.check_inside(sites)
+        self.adapter, self.layers = adapter, [s.layer for s in sites]
+        k = len(self.layers)
+        device = adapter.mlp_out(0).weight.device
+        self.U = torch.zeros(k, 0, adapter.mlp_width, device=device) if U is None else U.to(device)
+        self.R = torch.zeros(k, 0, adapter.model_width, device=device) if R is None else R.to(device)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.U.numel() + self.R.numel())
+
+    def delta(self, row: int, x, y):
+        return (x.float() @ self.U[row].T) @ self.R[row]
+
+    @contextlib.contextmanager
+    def attached(self, model) -> Iterator["RomeEdit"]:
+        from loccheck.models.hooks import displaced_outputs
+
+        with displaced_outputs([self.adapter.mlp_out(l) for l in self.layers], self.delta):
+            yield self
+
+    def add(self, u, r) -> None:
+        """One more rank-one update per layer: u (k, d_ff), r (k, d_model)."""
+        import torch
+
+        self.U = torch.cat([self.U, u[:, None].to(self.U)], 1)
+        self.R = torch.cat([self.R, r[:, None].to(self.R)], 1)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"U": self.U.detach().cpu().float().numpy(), "R": self.R.detach().cpu().float().numpy()}
+
+    def load_state(self, state: dict) -> "RomeEdit":
+        import torch
+
+        return RomeEdit(self.adapter, [self._site(l) for l in self.layers],
+                        torch.from_numpy(state["U"]), torch.from_numpy(state["R"]))
+
+    @staticmethod
+    def _site(layer: int):
+        from loccheck.locations import MlpLoc
+
+        return MlpLoc(layer)
+
+
+def _fact_items(bench):
+    """(prompt ids, subject's last token, target ids) of each train fact the edit can use."""
+    from loccheck.prompts import answer_ids, prompt_ids
+    from loccheck.tracing import subject_span
+
+    out = []
+    for pair in bench.data.train:
+        fact = bench.data.facts.get(pair.prompt)
+        if fact is None:
+            continue
+        ids = prompt_ids(bench.tokenizer, pair.prompt, bench.prompt_format, bench.system_prompt)
+        span = subject_span(bench.tokenizer, pair.prompt, fact.subject, ids)
+        target = answer_ids(bench.tokenizer, pair.chosen, bench.prompt_format)
+        if span is not None and target:
+            out.append((ids, span[1] - 1, target))
+    return out
+
+
+def _inputs_at(bench, layers, ids, position: int) -> dict:
+    """{layer: (the down projection's input, its output)} at `position` of one prompt."""
+    import torch
+
+    from loccheck.models.hooks import read_outputs
+
+    seen = {}
+
+    def read(row, x, y):
+        seen[layers[row]] = (x[0, position].detach(), y[0, position].detach())
+    with torch.no_grad(), read_outputs([bench.adapter.mlp_out(l) for l in layers], read):
+        bench.model(torch.tensor([ids], device=next(bench.model.parameters()).device))
+    return seen
+
+
+def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: dict):
+    """delta at `layer`'s MLP output, subject's last token, that makes `target` likely."""
+    import torch
+
+    from loccheck.models.hooks import displaced_outputs
+    from loccheck.scoring import answer_logprobs
+
+    delta = torch.zeros_like(v0, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=settings["v_lr"])
+    norm = float(v0.float().norm()) ** 2 or 1.0
+
+    def add(row, x, y):
+        out = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
+        out[:, position] = delta
+        return out
+    with displaced_outputs([bench.adapter.mlp_out(layer)], add):
+        for _ in range(settings["v_steps"]):
+            nll = -answer_logprobs(bench.model, [ids], [target], bench.pad_id)[0] / len(target)
+            loss = nll + settings["v_weight_decay"] * delta.pow(2).sum() / norm
+            if nll.item() < 0.05:                                # ROME stops once the target is likely
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return delta.detach()
+
+
+def _fit(bench, settings: dict, location) -> Fitted:
+    import torch
+
+    edit = RomeEdit(bench.adapter, location)
+    layers = edit.layers
+    stats = key_statistics(bench, settings["stats"], layers)
+    inverse = {}
+    for l in layers:
+        C = torch.from_numpy(stats[l])
+        scale = float(C.diagonal().mean()) or 1.0          # a dead MLP's keys are all zero
+        C = C + settings["ridge"] * scale * torch.eye(C.shape[0], dtype=C.dtype)
+        inverse[l] = torch.linalg.inv(C).float()
+    items = _fact_items(bench)
+    for n, (ids, position, target) in enumerate(items):
+        if bench.on_step is not None:
+            bench.on_step(n + 1, len(items), None)
+        with edit.attached(bench.model):
+            seen = _inputs_at(bench, layers, ids, position)
+            delta = _value_delta(bench, layers[-1], ids, position, target, seen[layers[-1]][1], settings)
+        us, rs = [], []
+        for l in layers:                                         # equal shares of delta, rank one each
+            k = seen[l][0].float().cpu()
+            c_inv_k = inverse[l] @ k
+            norm = float(k @ c_inv_k)
+            # a layer whose key is zero (a dead MLP) cannot be written at this token: no update
+            us.append(c_inv_k / norm if norm > 0 else torch.zeros_like(k))
+            rs.append(delta.cpu() / len(layers) if norm > 0 else torch.zeros_like(delta.cpu()))
+        edit.add(torch.stack(us), torch.stack(rs))
+    return Fitted(edit, {"n_facts_edited": len(items), "stats_tokens": bench.memo["rome_stats"]["_tokens"]})
+
+
+def _initial(bench, settings: dict, location) -> RomeEdit:
+    return RomeEdit(bench.adapter, location)
+
+
+def _restore(bench, settings: dict, location, state: dict) -> RomeEdit:
+    return _initial(bench, settings, location).load_state(state)
+
+
+register_edit_method(EditMethod("rome", RomeEditSection, _settings, _fit, _restore, _initial,
+                                "ROME's closed-form rank-one edit of each train fact in turn",
+                                site_kinds=("mlp",), datasets=("known_facts",)))
