@@ -96,13 +96,14 @@ def _settings(section: RomeEditSection, *, size: int, claim_size: int, verdict_m
 
 def key_statistics(bench, stats: dict, layers) -> dict[int, np.ndarray]:
     """{layer: C} = E[k k^T] of each layer's down-projection inputs over the sample's tokens
-    (computed once per bench and layer set)."""
+    (computed for every layer in one pass, once per bench)."""
     import torch
 
     from loccheck.models.hooks import read_outputs
 
     memo = bench.memo.setdefault("rome_stats", {})
-    missing = [l for l in layers if l not in memo]
+    # every layer in one pass over the sample, the first time any is asked for
+    missing = [l for l in range(bench.adapter.n_layers) if l not in memo] if any(l not in memo for l in layers) else []
     if missing:
         file = Path(stats["path"])
         if not file.is_file():
