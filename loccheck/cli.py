@@ -4,7 +4,8 @@
     loccheck report RESULT_JSON         re-render report.md and figures (no model, no torch)
     loccheck schema                     print the claim files' JSON Schema
     loccheck init NAME                  write claims/NAME.yaml, a commented claim template
-    loccheck localize CLAIM             pin the heads the probing heuristic selects
+    loccheck localize CLAIM             pin the sites the claim's heuristic selects
+    loccheck trace-vs-edit CLAIM        tracing effect against one-fact edit success per layer
 
 Exit codes: 0 when every verdict is the one its claim expects (SUPPORTED when it states none),
 or the command succeeded; 1 when some verdict is not; 2 on bad input (one line on stderr).
@@ -55,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_options(localize, only=("cache_dir",))
     localize.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    tve = sub.add_parser("trace-vs-edit", help="does localization inform editing: tracing effects and "
+                                               "one-fact edit success at every layer, regressed (Hase et al.)")
+    tve.add_argument("claim", type=Path, metavar="CLAIM", help="a claim of MLP layers found by causal tracing")
+    tve.add_argument("--corruption", nargs="+", choices=("noise", "subject_flip"), default=None,
+                     help="tracing corruption(s), side by side (default: the claim's)")
+    tve.add_argument("--layers", nargs="+", type=int, default=None, metavar="L",
+                     help="layers to edit and trace (default: every layer)")
+    tve.add_argument("--out", type=Path, default=None,
+                     help="report folder (default: reports/<claim>_trace_vs_edit)")
+    add_cli_options(tve, only=("cache_dir", "executor", "ray_address"))
+    tve.add_argument("--debug", action="store_true", help="show tracebacks")
+
     report = sub.add_parser("report", help="re-render report.md and the figures from a stored "
                                            "result.json (no model needed)")
     report.add_argument("result", type=Path, metavar="RESULT_JSON", help="a result.json written by verify")
@@ -87,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     commands = {"verify": _verify, "localize": _localize, "report": _report, "schema": _schema,
-                "init": _init}
+                "init": _init, "trace-vs-edit": _trace_vs_edit}
     try:
         return commands[args.command](args)
     except LoccheckError as err:
@@ -155,6 +168,22 @@ def _verify(args) -> int:
               f"report: {Path(result.report_dir) / 'report.md'}")
         status = max(status, 0 if result.matches_expectation else 1)
     return status
+
+
+def _trace_vs_edit(args) -> int:
+    from loccheck.claim import load_claim
+    from loccheck.trace_vs_edit import trace_vs_edit
+
+    claim = load_claim(args.claim)
+    settings = settings_from_cli(args)
+    out = args.out or Path("reports") / f"{claim.name}_trace_vs_edit"
+    result = trace_vs_edit(claim, corruptions=args.corruption, out_dir=out, cache_dir=settings.cache_dir,
+                           executor=settings.executor_instance, layers=args.layers)
+    for c, a in result["analyses"].items():
+        print(f"{claim.path} ({c} tracing): R^2 layer {a['r2']['layer']:.3f}, tracing {a['r2']['tracing']:.3f}, "
+              f"layer + tracing {a['r2']['layer + tracing']:.3f}, F-test p = {a['f_test']['p']:.3g}")
+    print(f"report: {out / 'report.md'}")
+    return 0
 
 
 # Keys a result.json of any schema version has.

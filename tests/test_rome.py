@@ -112,3 +112,19 @@ def test_a_facts_claim_reports_the_optimal_and_the_rome_edit(tmp_path):
     again = verify(parse_claim(_claim_text(tmp_path, edits=edits), path=tmp_path / "facts.yaml"),
                    write_report=False, progress=False, cache_dir=tmp_path / "cache")
     assert again.n_fitted == 0 and again.payload["tests"] == result.payload["tests"]   # from the cache
+
+
+def test_bad_inputs_are_one_line_claim_errors(tmp_path):
+    from loccheck.errors import ClaimError
+    from loccheck.verification import inspect
+
+    _bench(tmp_path)
+    text = _claim_text(tmp_path).replace(str(tmp_path / "stats.txt"), str(tmp_path / "missing.txt"))
+    with pytest.raises(ClaimError, match=r"edits\[0\]: .*missing.txt is not a file: rome reads its key "
+                                         r"statistics from it \(set stats_path\)"):
+        inspect(parse_claim(text, path=tmp_path / "c.yaml"), out_dir=None, cache_dir=tmp_path / "cache")
+    # facts the model does not know: none is kept, and the claim says so at its dataset
+    (tmp_path / "known_1000.json").write_text((tmp_path / "known_1000.json").read_text()
+                                              .replace('"attribute": "', '"attribute": "Q'))
+    with pytest.raises(ClaimError, match=r"behavior.path: .*none of 16 pairs is kept \(the model's greedy"):
+        prepare_bench(parse_claim(_claim_text(tmp_path), path=tmp_path / "c.yaml"), tmp_path / "cache")

@@ -66,13 +66,13 @@ def test_tracing_peaks_at_the_live_mlp(family):
                        window=1)
     effects = trace.effects
     assert trace.p_corrupt != trace.p_clean
-    for layer in (0, 1, 3):
-        assert np.all(effects[layer] == 0.0), layer          # a dead MLP restores nothing
+    for layer in (0, 1, 3):       # a dead MLP restores nothing (to the rounding of another batch size)
+        assert np.abs(effects[layer]).max() < 1e-6, layer
     assert np.abs(effects[LIVE.layer]).max() > 1e-3
     # wider windows hold the live layer for every centre within reach
     wide = trace_fact(model, get_adapter(model), item, torch.tensor([item.ids] * 4), _noise(model, item),
                       window=3)
-    assert np.allclose(wide.effects[1], effects[2], atol=1e-6) and np.all(wide.effects[0] == 0.0)
+    assert np.allclose(wide.effects[1], effects[2], atol=1e-6) and np.abs(wide.effects[0]).max() < 1e-6
 
 
 def test_zero_noise_restores_everything(family_model):
@@ -140,7 +140,8 @@ def test_the_heuristic_proposes_the_live_mlp_and_reports_its_trace(tmp_path, cor
     assert evidence["corruption"] == corruption and evidence["peak"] == "L2M"
     assert evidence["n_facts"] + evidence["n_skipped"] == 12 and evidence["groups"] == list(GROUPS)
     effects = np.array(evidence["effects"], dtype=float)                  # (layers, groups)
-    assert effects.shape == (4, 6) and np.all(effects[[0, 1, 3]][~np.isnan(effects[[0, 1, 3]])] == 0.0)
+    dead = effects[[0, 1, 3]]
+    assert effects.shape == (4, 6) and np.abs(dead[~np.isnan(dead)]).max() < 1e-6
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## The heuristic: causal tracing" in report
     assert json.loads((tmp_path / "report" / "result.json").read_text())["data"]["n_pairs_kept"] == 24

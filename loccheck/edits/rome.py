@@ -188,22 +188,26 @@ class RomeEdit:
         return MlpLoc(layer)
 
 
-def _fact_items(bench):
-    """(prompt ids, subject's last token, target ids) of each train fact the edit can use."""
+def fact_item(bench, pair):
+    """(prompt ids, the subject's last token, target ids, true attribute ids) of a fact's pair,
+    or None when its subject cannot be found among the prompt's tokens."""
     from loccheck.prompts import answer_ids, prompt_ids
     from loccheck.tracing import subject_span
 
-    out = []
-    for pair in bench.data.train:
-        fact = bench.data.facts.get(pair.prompt)
-        if fact is None:
-            continue
-        ids = prompt_ids(bench.tokenizer, pair.prompt, bench.prompt_format, bench.system_prompt)
-        span = subject_span(bench.tokenizer, pair.prompt, fact.subject, ids)
-        target = answer_ids(bench.tokenizer, pair.chosen, bench.prompt_format)
-        if span is not None and target:
-            out.append((ids, span[1] - 1, target))
-    return out
+    fact = bench.data.facts.get(pair.prompt)
+    if fact is None:
+        return None
+    ids = prompt_ids(bench.tokenizer, pair.prompt, bench.prompt_format, bench.system_prompt)
+    span = subject_span(bench.tokenizer, pair.prompt, fact.subject, ids)
+    target = answer_ids(bench.tokenizer, pair.chosen, bench.prompt_format)
+    true = answer_ids(bench.tokenizer, pair.rejected, bench.prompt_format)
+    return (ids, span[1] - 1, target, true) if span is not None and target and true else None
+
+
+def _fact_items(bench):
+    """(prompt ids, subject's last token, target ids) of each train fact the edit can use."""
+    items = (fact_item(bench, pair) for pair in bench.data.train)
+    return [item[:3] for item in items if item is not None]
 
 
 def _inputs_at(bench, layers, ids, position: int) -> dict:
@@ -248,11 +252,10 @@ def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: di
     return delta.detach()
 
 
-def _fit(bench, settings: dict, location) -> Fitted:
+def inverse_statistics(bench, settings: dict, layers) -> dict:
+    """{layer: (C + ridge)^-1} in float32."""
     import torch
 
-    edit = RomeEdit(bench.adapter, location)
-    layers = edit.layers
     stats = key_statistics(bench, settings["stats"], layers)
     inverse = {}
     for l in layers:
@@ -260,22 +263,36 @@ def _fit(bench, settings: dict, location) -> Fitted:
         scale = float(C.diagonal().mean()) or 1.0          # a dead MLP's keys are all zero
         C = C + settings["ridge"] * scale * torch.eye(C.shape[0], dtype=C.dtype)
         inverse[l] = torch.linalg.inv(C).float()
+    return inverse
+
+
+def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, settings: dict) -> None:
+    """ROME's update for one fact, added to `edit` (computed with the edit as it is)."""
+    import torch
+
+    layers = edit.layers
+    with edit.attached(bench.model):
+        seen = _inputs_at(bench, layers, ids, position)
+        delta = _value_delta(bench, layers[-1], ids, position, target, seen[layers[-1]][1], settings)
+    us, rs = [], []
+    for l in layers:                                         # equal shares of delta, rank one each
+        k = seen[l][0].float().cpu()
+        c_inv_k = inverse[l] @ k
+        norm = float(k @ c_inv_k)
+        # a layer whose key is zero (a dead MLP) cannot be written at this token: no update
+        us.append(c_inv_k / norm if norm > 0 else torch.zeros_like(k))
+        rs.append(delta.cpu() / len(layers) if norm > 0 else torch.zeros_like(delta.cpu()))
+    edit.add(torch.stack(us), torch.stack(rs))
+
+
+def _fit(bench, settings: dict, location) -> Fitted:
+    edit = RomeEdit(bench.adapter, location)
+    inverse = inverse_statistics(bench, settings, edit.layers)
     items = _fact_items(bench)
     for n, (ids, position, target) in enumerate(items):
         if bench.on_step is not None:
             bench.on_step(n + 1, len(items), None)
-        with edit.attached(bench.model):
-            seen = _inputs_at(bench, layers, ids, position)
-            delta = _value_delta(bench, layers[-1], ids, position, target, seen[layers[-1]][1], settings)
-        us, rs = [], []
-        for l in layers:                                         # equal shares of delta, rank one each
-            k = seen[l][0].float().cpu()
-            c_inv_k = inverse[l] @ k
-            norm = float(k @ c_inv_k)
-            # a layer whose key is zero (a dead MLP) cannot be written at this token: no update
-            us.append(c_inv_k / norm if norm > 0 else torch.zeros_like(k))
-            rs.append(delta.cpu() / len(layers) if norm > 0 else torch.zeros_like(delta.cpu()))
-        edit.add(torch.stack(us), torch.stack(rs))
+        edit_fact(bench, edit, inverse, ids, position, target, settings)
     return Fitted(edit, {"n_facts_edited": len(items), "stats_tokens": bench.memo["rome_stats"]["_tokens"]})
 
 

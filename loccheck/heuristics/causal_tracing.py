@@ -9,6 +9,8 @@ MLP peak). The top `top_k` layers are the location it proposes. The report shows
 """
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +22,7 @@ from loccheck.heuristics import Heuristic, Proposal, register_heuristic
 from loccheck.locations import MlpLoc, format_location
 from loccheck.schema import Number, Section, Seed
 
+PROGRESS_EVERY_S = 30
 AGGREGATES = {"last_subject_token": 2, "first_subsequent_token": 3, "last_token": 5}
 
 
@@ -108,8 +111,13 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
                             key="heuristic.method")
     spread = embedding_spread(loaded.model, items)
     width = loaded.model.get_input_embeddings().weight.shape[1]
-    grids, totals, cleans, corrupts, skipped = [], [], [], [], 0
+    grids, totals, cleans, corrupts, traced, skipped = [], [], [], [], [], 0
+    start = last = time.monotonic()
     for i, item in enumerate(items):
+        if time.monotonic() - last > PROGRESS_EVERY_S:       # a line now and then, for CI logs too
+            last = time.monotonic()
+            print(f"loccheck: causal tracing ({section.corruption}): {i} of {len(items)} facts traced, "
+                  f"{last - start:.0f} s", file=sys.stderr, flush=True)
         if section.corruption == "noise":
             ids = [item.ids] * section.samples
             noise = noise_for(item, section.samples, section.noise_scale, spread, width,
@@ -121,6 +129,7 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
                 continue
         trace = trace_fact(loaded.model, loaded.adapter, item, torch.tensor(ids), noise,
                            window=section.window)
+        traced.append(facts[i].prompt)
         grids.append(grouped(trace.effects, item.span))
         totals.append(trace.total_effect)
         cleans.append(trace.p_clean)
@@ -132,8 +141,8 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
     stack = np.stack(grids)                                   # (n_facts, n_layers, n_groups)
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(stack, axis=0)
-    return {"effects": mean, "n_facts": len(grids), "n_skipped": skipped,
-            "p_clean": float(np.mean(cleans)), "p_corrupt": float(np.mean(corrupts)),
+    return {"effects": mean, "per_fact": stack, "prompts": traced, "n_facts": len(grids),
+            "n_skipped": skipped, "p_clean": float(np.mean(cleans)), "p_corrupt": float(np.mean(corrupts)),
             "total_effect": float(np.mean(totals)), "spread": spread}
 
 
@@ -157,8 +166,13 @@ def _cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> d
     record = store.get(key)
     if record is None:
         record = trace_facts(section, loaded, data)
-        store.put(key, {**record, "effects": record["effects"].tolist()})
-    return {**record, "effects": np.asarray(record["effects"], dtype=float)}
+        store.put(key, {**record, "effects": record["effects"].tolist(), "per_fact": record["per_fact"].tolist()})
+    return {**record, "effects": _floats(record["effects"]), "per_fact": _floats(record["per_fact"])}
+
+
+def _floats(values) -> np.ndarray:
+    """A stored array back (strict JSON spells NaN as null)."""
+    return np.array(values, dtype=object).astype(float) if values is not None else None
 
 
 def _evidence(section: CausalTracingSection, proposal: Proposal, location, pinned: bool) -> dict:

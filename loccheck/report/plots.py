@@ -44,7 +44,7 @@ def _legend(fig) -> None:
     fig.legend(loc="outside lower center", ncols=1, frameon=False)
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
     """Render `fig` to PNG bytes, close it, and write the bytes atomically."""
     try:
         buf = io.BytesIO()
@@ -84,7 +84,7 @@ def plot_null_histogram(null_gains: Sequence[float], claim_gain: float, full_gai
         ax.set_ylabel("number of random locations")
         ax.yaxis.get_major_locator().set_params(integer=True)  # counts, not fractions
         _legend(fig)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike, *, site: str = "head") -> Path:
@@ -128,7 +128,7 @@ def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike, *, site: st
             _legend(fig)
         else:
             ax.text(0.5, 0.5, "no loss curves recorded", transform=ax.transAxes, ha="center")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_probe_heatmap(val_accuracy, claimed: Sequence, path: str | os.PathLike, *,
@@ -184,7 +184,7 @@ def plot_probe_heatmap(val_accuracy, claimed: Sequence, path: str | os.PathLike,
             fig.legend(handles=[mpatches.Patch(fill=False, edgecolor=CLAIM_COLOR, lw=2.0,
                                                label=f"claimed heads ({len(claimed)})")],
                        loc="outside lower center", frameon=False)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_methods(methods: dict, metric: str, path: str | os.PathLike, *, site: str = "head") -> Path:
@@ -211,7 +211,7 @@ def plot_methods(methods: dict, metric: str, path: str | os.PathLike, *, site: s
             ax.set_ylabel(f"{metric} gain")
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def plot_tracing_heatmap(effects, groups: Sequence[str], claimed_layers: Sequence[int],
@@ -243,4 +243,4 @@ def plot_tracing_heatmap(effects, groups: Sequence[str], claimed_layers: Sequenc
         ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=min(n_layers, 20), integer=True))
         ax.set_ylabel("MLP layer (0 = first)")
         ax.set_title(title)
-        return _save(fig, path)
+        return save_figure(fig, path)

@@ -1,0 +1,84 @@
+"""`loccheck trace-vs-edit`: the regressions on rows planted by construction, and the command end
+to end on a tiny model whose only live MLP is layer 2 of 4."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from loccheck.analysis import regress
+from loccheck.cli import main
+from loccheck.locations import MlpLoc
+from loccheck.models.loading import load_model
+from loccheck.testing import write_known_facts, write_model_dir
+
+pytestmark = pytest.mark.slow   # the command edits a tiny torch model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Tiny models run one torch thread (see conftest.one_torch_thread)."""
+
+
+def test_success_planted_on_the_layer_is_explained_by_the_layer():
+    rng = np.random.default_rng(0)
+    layers = np.repeat(np.arange(6), 20)
+    tracing = rng.normal(size=layers.size)                       # unrelated to success
+    success = 0.5 * layers + rng.normal(scale=0.1, size=layers.size)
+    r = regress(layers, tracing, success)
+    assert r["r2"]["layer"] > 0.98 and r["r2"]["tracing"] < 0.05
+    assert r["r2"]["layer + tracing"] - r["r2"]["layer"] < 0.01 and r["f_test"]["p"] > 0.05
+
+
+def test_success_planted_on_the_tracing_effect_is_explained_by_tracing():
+    rng = np.random.default_rng(1)
+    layers = np.repeat(np.arange(6), 20)
+    tracing = rng.normal(size=layers.size)
+    success = 2.0 * tracing + rng.normal(scale=0.1, size=layers.size)
+    r = regress(layers, tracing, success)
+    assert r["r2"]["tracing"] > 0.98 and r["r2"]["layer"] < 0.2
+    assert r["f_test"]["p"] < 1e-10 and abs(r["tracing_coefficient"] - 2.0) < 0.05
+    assert all(v["r"] > 0.95 for v in r["per_layer"].values())
+
+
+def test_the_command_on_a_model_with_one_live_mlp(tmp_path, capsys, monkeypatch):
+    folder = write_model_dir(tmp_path / "m", "gpt_neox", [MlpLoc(2)], n_layers=4)
+    facts = write_known_facts(tmp_path / "known_1000.json", load_model(str(folder), device="cpu").model,
+                              n_facts=16)
+    (tmp_path / "stats.txt").write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
+    claim = tmp_path / "tracing.yaml"
+    claim.write_text(f"""\
+claim: "The facts live in the MLP that tracing picks."
+model: {{name: '{folder}', device: cpu}}
+behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
+location: {{sites: [L2M]}}
+heuristic: {{method: causal_tracing, samples: 2, window: 1, aggregate: last_token}}
+edits: [{{method: optimal}}, {{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
+""")
+    out = tmp_path / "tve"
+    args = ["trace-vs-edit", str(claim), "--corruption", "noise", "subject_flip", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "(noise tracing): R^2 layer" in printed and "(subject_flip tracing)" in printed
+    result = json.loads((out / "result.json").read_text())
+    layers, success = np.array(result["row_layers"]), np.array(result["success"])
+    assert result["n_facts"] >= 4 and len(success) == 4 * result["n_facts"]
+    # a dead MLP's key is zero: ROME writes nothing there, and restoring it restores nothing
+    assert np.all(success[layers != 2] == 0.0) and success[layers == 2].mean() > 0.1
+    for row in result["rows"]:     # (to float rounding: restored and corrupted runs batch differently)
+        tracing = np.array(row["tracing"])
+        assert np.abs(tracing[layers != 2]).max() < 1e-6
+    # success varies only within layer 2 (every dead layer's is exactly 0), so what the layer model
+    # leaves unexplained is layer 2's spread: R^2 = 1 - SS(layer 2) / SS(all)
+    live = success[layers == 2]
+    expected = 1 - ((live - live.mean()) ** 2).sum() / ((success - success.mean()) ** 2).sum()
+    for a in result["analyses"].values():
+        assert a["r2"]["layer"] == pytest.approx(expected, rel=1e-9)
+    report = (out / "report.md").read_text()
+    assert "## Regressions" in report and "Hase et al., GPT-J" in report
+    assert (out / "r2.png").is_file() and (out / "success_vs_tracing.png").is_file()
+    # again: every one-fact edit and every trace comes from the cache
+    assert main(args) == 0
+    assert json.loads((out / "result.json").read_text())["success"] == result["success"]
