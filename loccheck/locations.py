@@ -28,6 +28,14 @@ Location = tuple  # tuple[Site, ...], sorted, distinct, one kind
 SITE_KINDS: Registry[type] = Registry("site kind")
 
 
+def _parse(cls, text, expected: str):
+    """The site of kind `cls` that `text` spells (its pattern's groups are its integer fields)."""
+    m = cls.pattern.fullmatch(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{expected}, got {text!r}")
+    return cls(*(int(g) for g in m.groups()))
+
+
 @dataclass(frozen=True, order=True)
 class HeadLoc:
     """Attention head `head` of layer `layer` (query heads in grouped-query models)."""
@@ -41,10 +49,7 @@ class HeadLoc:
 
     @classmethod
     def parse(cls, text: str) -> "HeadLoc":
-        m = cls.pattern.fullmatch(text.strip()) if isinstance(text, str) else None
-        if m is None:
-            raise ValueError(f"a head must look like 'L12H3' (0-based layer and head), got {text!r}")
-        return cls(int(m[1]), int(m[2]))
+        return _parse(cls, text, "a head must look like 'L12H3' (0-based layer and head)")
 
     def __str__(self) -> str:
         return f"L{self.layer}H{self.head}"
@@ -65,10 +70,7 @@ class MlpLoc:
 
     @classmethod
     def parse(cls, text: str) -> "MlpLoc":
-        m = cls.pattern.fullmatch(text.strip()) if isinstance(text, str) else None
-        if m is None:
-            raise ValueError(f"an MLP site must look like 'L12M' (0-based layer), got {text!r}")
-        return cls(int(m[1]))
+        return _parse(cls, text, "an MLP site must look like 'L12M' (0-based layer)")
 
     def __str__(self) -> str:
         return f"L{self.layer}M"

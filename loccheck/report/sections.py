@@ -88,12 +88,15 @@ def _probe_lines(r: dict) -> list[str]:
              f"![Validation accuracy of the probe of every head (layers by heads), claimed heads "
              f"outlined]({PROBE_HEATMAP_NAME})", "",
              table(rows, ["claimed head", "probe validation accuracy"])]
-    if probe.get("pinned_heads_reselected") is False:
-        lines += ["", f"**Note:** the claim pins its heads, and probing on this data now selects "
-                  f"others: {', '.join(probe.get('selected') or [])}."]
-    elif probe.get("pinned_heads_reselected"):
-        lines += ["", "Probing on this data selects exactly the pinned heads."]
-    return lines
+    return lines + _reselected(probe.get("pinned_heads_reselected"), probe.get("selected"), "Probing", "heads")
+
+
+def _reselected(again: bool | None, selected, who: str, what: str) -> list[str]:
+    """Whether the heuristic, re-run, selects the sites the claim pins."""
+    if again is False:
+        return ["", f"**Note:** the claim pins its {what}, and {who.lower()} on this data now selects "
+                    f"others: {', '.join(selected or [])}."]
+    return ["", f"{who} on this data selects exactly the pinned {what}."] if again else []
 
 
 def _tracing_lines(r: dict) -> list[str]:
@@ -118,12 +121,7 @@ def _tracing_lines(r: dict) -> list[str]:
              f"![Mean indirect effect of restoring each MLP layer at each token group, claimed layers "
              f"outlined]({TRACING_HEATMAP_NAME})", "",
              table(rows, ["layer", *groups])]
-    if ev.get("pinned_layers_reselected") is False:
-        lines += ["", f"**Note:** the claim pins its layers, and tracing on this data now selects "
-                  f"others: {', '.join(ev.get('selected') or [])}."]
-    elif ev.get("pinned_layers_reselected"):
-        lines += ["", "Tracing on this data selects exactly the pinned layers."]
-    return lines
+    return lines + _reselected(ev.get("pinned_layers_reselected"), ev.get("selected"), "Tracing", "layers")
 
 
 def _rome_lines(r: dict) -> list[str]:
