@@ -75,15 +75,16 @@ def trace_inputs(loaded, data, max_facts: int):
     return facts, items
 
 
-def flip_partners(loaded, facts, items, i: int, n: int, seed: int) -> list[tuple[int, ...]]:
-    """Up to `n` corrupted prompts for fact i: its subject replaced by another traced subject of
-    the same relation, kept only when the subject takes as many tokens and every other token
-    stays as it was (so every position means what it meant)."""
+def flip_partners(loaded, facts, items, i: int, n: int, seed: int, pool=None) -> list[tuple[int, ...]]:
+    """Up to `n` corrupted prompts for fact i: its subject replaced by another subject of the
+    same relation among `pool` (train facts; default: the traced ones), kept only when it takes
+    as many tokens and every other token stays as it was (so every position means what it meant)."""
     from loccheck.prompts import prompt_ids
 
     fact, item = facts[i], items[i]
     s, e = item.span
-    others = sorted({f.subject for f in facts if f.relation == fact.relation and f.subject != fact.subject})
+    others = sorted({f.subject for f in (facts if pool is None else pool)
+                     if f.relation == fact.relation and f.subject != fact.subject})
     order = np.random.default_rng([seed, i]).permutation(len(others))
     out = []
     at = fact.prompt.find(fact.subject)
@@ -123,7 +124,9 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
             noise = noise_for(item, section.samples, section.noise_scale, spread, width,
                               seed=[section.seed, i])
         else:
-            ids, noise = flip_partners(loaded, facts, items, i, section.samples, section.seed), None
+            # partners from every train fact of the relation, traced or not (more have the length)
+            pool = [data.facts[p.prompt] for p in data.train if p.prompt in data.facts]
+            ids, noise = flip_partners(loaded, facts, items, i, section.samples, section.seed, pool), None
             if not ids:
                 skipped += 1
                 continue

@@ -105,7 +105,7 @@ def _tracing_lines(r: dict) -> list[str]:
     how = ("Gaussian noise of {:g} x the spread of the subject tokens' embeddings on the subject "
            "tokens, {} samples".format(ev.get("noise_scale"), ev.get("samples"))
            if ev.get("corruption") == "noise" else
-           f"the subject replaced by another traced subject of the same relation with as many tokens "
+           f"the subject replaced by another train subject of the same relation with as many tokens "
            f"(up to {ev.get('samples')} per fact; {ev.get('n_skipped')} facts had none and were skipped)")
     rows = [[f"L{layer}M", *(fmt(v) for v in row)] for layer, row in enumerate(effects)]
     lines = ["## The heuristic: causal tracing", "",
