@@ -109,6 +109,8 @@ def test_a_facts_claim_reports_the_optimal_and_the_rome_edit(tmp_path):
     rome = [e for e in result.edits if e["method"] == "rome"]
     assert len(rome) == 5 and all(e["n_facts_edited"] == 8 for e in rome)
     assert rome[1]["location"] == "all" and rome[1]["n_params"] == 4 * 8 * (64 + 32)
+    # the whole-model edit's value is optimised where it can reach the prediction: it moves it
+    assert rome[1]["gains"]["preference_margin"] != 0.0
     again = verify(parse_claim(_claim_text(tmp_path, edits=edits), path=tmp_path / "facts.yaml"),
                    write_report=False, progress=False, cache_dir=tmp_path / "cache")
     assert again.n_fitted == 0 and again.payload["tests"] == result.payload["tests"]   # from the cache

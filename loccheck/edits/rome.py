@@ -13,9 +13,10 @@ which ship with the data and share no text with the facts. That update changes t
 output at k* by exactly v* - W k*, and as little as it can elsewhere in the C^-1 metric.
 
 Facts are edited one after another, each on the model with the earlier edits (sequential
-ROME). At a location of several layers, delta is optimised at the last of them and split in
-equal shares, one rank-one update per layer (MEMIT's spreading); at one layer it is ROME
-exactly. The whole-model edit spreads over every layer. The edit is stored as its rank-one
+ROME). At a location of several layers, delta is optimised at the first of them (from there it
+can reach the prediction through every later layer; the model's last MLP at the subject's
+token feeds nothing) and split in equal shares, one rank-one update per layer (after MEMIT's
+spreading); at one layer it is ROME exactly. The whole-model edit spreads over every layer. The edit is stored as its rank-one
 factors: per layer, u_i (d_ff) and r_i (d_model) for each fact i.
 """
 from __future__ import annotations
@@ -273,7 +274,9 @@ def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, 
     layers = edit.layers
     with edit.attached(bench.model):
         seen = _inputs_at(bench, layers, ids, position)
-        delta = _value_delta(bench, layers[-1], ids, position, target, seen[layers[-1]][1], settings)
+        # optimised at the first layer: the last one may be too late to reach the prediction (the
+        # model's final MLP at the subject's token feeds nothing)
+        delta = _value_delta(bench, layers[0], ids, position, target, seen[layers[0]][1], settings)
     us, rs = [], []
     for l in layers:                                         # equal shares of delta, rank one each
         k = seen[l][0].float().cpu()
