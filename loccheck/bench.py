@@ -201,7 +201,7 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     except LoccheckError as err:
         raise claim.error(err.key or "model.name", err.msg) from None
     check_location_size(claim, adapter)
-    _check_edit_settings(claim, len(adapter.sites(claim.site_kind)))
+    _check_edit_settings(claim)
     try:
         fmt = ("text" if bs.dataset == "known_facts" and bs.prompt_format == "auto" else
                resolve_format(source.tokenizer, bs.prompt_format, bs.system_prompt))
@@ -213,7 +213,7 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
 
 
-def _check_edit_settings(claim, n_sites: int) -> None:
+def _check_edit_settings(claim) -> None:
     """Each edit method's settings can be made (a method may read a file for them)."""
     from loccheck.edits import EDIT_METHODS
 

@@ -112,6 +112,8 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
                             key="heuristic.method")
     spread = embedding_spread(loaded.model, items)
     width = loaded.model.get_input_embeddings().weight.shape[1]
+    # flip partners come from every train fact of the relation, traced or not (more have the length)
+    pool = [data.facts[p.prompt] for p in data.train if p.prompt in data.facts]
     grids, totals, cleans, corrupts, traced, skipped = [], [], [], [], [], 0
     start = last = time.monotonic()
     for i, item in enumerate(items):
@@ -124,8 +126,6 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
             noise = noise_for(item, section.samples, section.noise_scale, spread, width,
                               seed=[section.seed, i])
         else:
-            # partners from every train fact of the relation, traced or not (more have the length)
-            pool = [data.facts[p.prompt] for p in data.train if p.prompt in data.facts]
             ids, noise = flip_partners(loaded, facts, items, i, section.samples, section.seed, pool), None
             if not ids:
                 skipped += 1
