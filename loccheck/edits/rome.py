@@ -102,7 +102,7 @@ def key_statistics(bench, stats: dict, layers) -> dict[int, np.ndarray]:
 
     from loccheck.models.hooks import read_outputs
 
-    memo = bench.memo.setdefault("rome_stats", {})
+    memo = bench.memo.setdefault(("rome_stats", stats["sha256"], stats["tokens"]), {})
     # every layer in one pass over the sample, the first time any is asked for
     missing = [l for l in range(bench.adapter.n_layers) if l not in memo] if any(l not in memo for l in layers) else []
     if missing:
@@ -296,7 +296,8 @@ def _fit(bench, settings: dict, location) -> Fitted:
         if bench.on_step is not None:
             bench.on_step(n + 1, len(items), None)
         edit_fact(bench, edit, inverse, ids, position, target, settings)
-    return Fitted(edit, {"n_facts_edited": len(items), "stats_tokens": bench.memo["rome_stats"]["_tokens"]})
+    tokens = bench.memo[("rome_stats", settings["stats"]["sha256"], settings["stats"]["tokens"])]["_tokens"]
+    return Fitted(edit, {"n_facts_edited": len(items), "stats_tokens": tokens})
 
 
 def _initial(bench, settings: dict, location) -> RomeEdit:
