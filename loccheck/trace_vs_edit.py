@@ -118,6 +118,9 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
     traces = {c: _cached_trace(claim.heuristic.model_copy(update={"corruption": c}), bench.loaded, data, root)
               for c in corruptions}
     prompts = [p for p in traces[corruptions[0]]["prompts"] if all(p in t["prompts"] for t in traces.values())]
+    if not prompts:
+        raise claim.error("heuristic.corruption", f"no train fact was traced by every corruption asked for "
+                          f"({', '.join(corruptions)}): nothing to compare")
     settings = rome_settings(claim)
     jobs = [FactEditJob(p, l, settings, bench.key, i * len(layers) + j)
             for i, p in enumerate(prompts) for j, l in enumerate(layers)]

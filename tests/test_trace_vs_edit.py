@@ -82,3 +82,4 @@ edits: [{{method: optimal}}, {{method: rome, stats_path: '{tmp_path / "stats.txt
     # again: every one-fact edit and every trace comes from the cache
     assert main(args) == 0
     assert json.loads((out / "result.json").read_text())["success"] == result["success"]
+
