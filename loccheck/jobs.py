@@ -111,20 +111,20 @@ def diverged(info: dict, metrics: dict[str, float]) -> bool:
     return info.get("stopped") == "diverged" or not all(math.isfinite(v) for v in metrics.values())
 
 
-class JobRunner:
-    """Runs jobs against one bench: a callable an executor maps over jobs.
+class BenchRunner:
+    """A callable an executor maps over jobs, against one bench.
 
     The bench (a loaded model) is not pickled: an executor in another process gives the
     runner a bench of its own there (`bench_factory`)."""
 
-    def __init__(self, bench, cache, metrics: Sequence[str], bench_factory=None):
-        self.bench, self.cache, self.metrics = bench, cache, tuple(metrics)
-        self.bench_factory = bench_factory
+    def __init__(self, bench, cache, bench_factory=None):
+        self.bench, self.cache, self.bench_factory = bench, cache, bench_factory
 
     def __getstate__(self):
         return {**self.__dict__, "bench": None}
 
-    def __call__(self, job: Job) -> EditOutcome:
+    def bench_for(self, job):
+        """This process's bench, which must be the one `job` was planned on."""
         if self.bench is None:
             self.bench = self.bench_factory()
         if self.bench.key != job.bench_key:   # another model, code or device than the driver's
@@ -132,7 +132,18 @@ class JobRunner:
                                 f"{job.label} was planned on: install the same loccheck and libraries, "
                                 "give it the same model files, and set model.device explicitly",
                                 key="executor")
-        return run_job(self.bench, self.cache, job, self.metrics)
+        return self.bench
+
+
+class JobRunner(BenchRunner):
+    """Runs edit jobs: fits (or finds) each and scores it on `metrics`."""
+
+    def __init__(self, bench, cache, metrics: Sequence[str], bench_factory=None):
+        super().__init__(bench, cache, bench_factory)
+        self.metrics = tuple(metrics)
+
+    def __call__(self, job: Job) -> EditOutcome:
+        return run_job(self.bench_for(job), self.cache, job, self.metrics)
 
 
 def _bench_summary(bench) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from loccheck.cache import content_key
-from loccheck.errors import LoccheckError
+from loccheck.jobs import BenchRunner
 from loccheck.locations import MlpLoc
 
 
@@ -38,14 +38,8 @@ class FactEditJob:
         return f"fact {self.prompt!r} at L{self.layer}M"
 
 
-class FactEditRunner:
-    """Edits one fact at one layer; picklable without its bench, like jobs.JobRunner."""
-
-    def __init__(self, bench, cache, bench_factory=None):
-        self.bench, self.cache, self.bench_factory = bench, cache, bench_factory
-
-    def __getstate__(self):
-        return {**self.__dict__, "bench": None}
+class FactEditRunner(BenchRunner):
+    """Edits one fact at one layer (or finds the result in the cache)."""
 
     def __call__(self, job: FactEditJob) -> dict:
         import math
@@ -53,11 +47,7 @@ class FactEditRunner:
         stored = self.cache.get(job.key)
         if isinstance(stored, dict) and all(isinstance(stored.get(k), float) for k in ("before", "after")):
             return stored
-        if self.bench is None:
-            self.bench = self.bench_factory()
-        if self.bench.key != job.bench_key:
-            raise LoccheckError(f"this worker's bench is not the one {job.label} was planned on", key="executor")
-        record = edit_one_fact(self.bench, job.prompt, job.layer, job.settings)
+        record = edit_one_fact(self.bench_for(job), job.prompt, job.layer, job.settings)
         if all(math.isfinite(v) for v in record.values()):
             self.cache.put(job.key, record)
         return record

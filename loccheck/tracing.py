@@ -21,6 +21,7 @@ run exactly). Tokens are summarised in ROME's six groups (`GROUPS`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -145,7 +146,7 @@ def trace_fact(model, adapter, item: TraceInput, corrupted_ids, embedding_noise=
 
     def corrupt(rows: torch.Tensor):                                  # which sample each row is
         if embedding_noise is None:
-            return replaced_outputs([], lambda row, y: None)
+            return contextlib.nullcontext()
         noise = torch.as_tensor(embedding_noise, device=device)[rows]
         return replaced_outputs([embed], lambda row, y: (y.float() + noise).to(y.dtype))
 

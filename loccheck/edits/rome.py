@@ -50,18 +50,18 @@ class RomeEditSection(Section):
 
 
 def stats_file(path: str | None) -> Path:
-    import os
-
+    """`stats_path`, else $LOCCHECK_DATA_DIR/TruthfulQA.csv (found as every data file is)."""
+    from loccheck.data import _find_data_file
     from loccheck.errors import DataError
     from loccheck.userfiles import expand_user
 
     if path is not None:
         return expand_user(path, key="edits")
-    env = os.environ.get("LOCCHECK_DATA_DIR")
-    if not env:
-        raise DataError(f"rome needs a text sample for its key statistics: set stats_path, or "
-                        f"LOCCHECK_DATA_DIR to a folder holding {STATS_FILE}", key="edits")
-    return expand_user(env) / STATS_FILE
+    file, tried = _find_data_file(STATS_FILE, None, None)
+    if file is None:
+        raise DataError("rome needs a text sample for its key statistics (set stats_path, or "
+                        f"LOCCHECK_DATA_DIR to a folder holding {STATS_FILE}): " + "; ".join(tried), key="edits")
+    return file
 
 
 def stats_texts(file: Path) -> list[str]:
@@ -254,17 +254,19 @@ def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: di
 
 
 def inverse_statistics(bench, settings: dict, layers) -> dict:
-    """{layer: (C + ridge)^-1} in float32."""
+    """{layer: (C + ridge)^-1} in float32, each inverted once per bench."""
     import torch
 
     stats = key_statistics(bench, settings["stats"], layers)
-    inverse = {}
+    memo = bench.memo.setdefault(("rome_inverse", settings["stats"]["sha256"], settings["stats"]["tokens"],
+                                  settings["ridge"]), {})
     for l in layers:
-        C = torch.from_numpy(stats[l])
-        scale = float(C.diagonal().mean()) or 1.0          # a dead MLP's keys are all zero
-        C = C + settings["ridge"] * scale * torch.eye(C.shape[0], dtype=C.dtype)
-        inverse[l] = torch.linalg.inv(C).float()
-    return inverse
+        if l not in memo:
+            C = torch.from_numpy(stats[l])
+            scale = float(C.diagonal().mean()) or 1.0          # a dead MLP's keys are all zero
+            C = C + settings["ridge"] * scale * torch.eye(C.shape[0], dtype=C.dtype)
+            memo[l] = torch.linalg.inv(C).float()
+    return {l: memo[l] for l in layers}
 
 
 def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, settings: dict) -> None:
