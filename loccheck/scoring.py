@@ -1,6 +1,7 @@
 """Log-probabilities of answers given prompts, summed over the answer tokens only."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ OnBatch = Callable[[torch.Tensor], None]
 
 
 def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-                    pad_id: int, *, on_batch: OnBatch | None = None) -> torch.Tensor:
+                    pad_id: int, *, on_batch: OnBatch | None = None, prefix=None) -> torch.Tensor:
     """log pi(answer | prompt) for each sequence, shape (batch,). Differentiable.
 
     The vocabulary projection runs only at positions that predict an answer token: for a
@@ -24,27 +25,36 @@ def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[S
     [len(prompt_i) - 1, len(prompt_i) + len(answer_i)): the last prompt token, then every answer
     token. All but the final one predict an answer token; the final one's logits are dropped.
     Padding is never marked. (Position-dependent edits such as ITI use it; see `loccheck.iti`.)
+
+    `prefix` (a `models.prefix.FrozenPrefix` holding every prompt + answer sequence) runs only
+    the blocks above it: the same numbers, to float rounding, for an edit hooked above it.
     """
     device = next(model.parameters()).device
-    rows, logits, targets = _answer_logits(model, prompts, answers, pad_id, on_batch)
+    rows, logits, targets = _answer_logits(model, prompts, answers, pad_id, on_batch, prefix)
     token_logp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     return torch.zeros(len(prompts), device=device).index_add(0, rows, token_logp)
 
 
-def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None):
+def padded(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input ids, attention mask), each (len(seqs), longest)."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, :len(seq)], mask[i, :len(seq)] = torch.tensor(list(seq), dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None, prefix=None):
     """One right-padded forward of prompt + answer sequences: (row of each answer token,
     float32 logits at the position that predicts it (n_tok, vocab), the token)."""
     device = next(model.parameters()).device
     seqs = [list(p) + list(a) for p, a in zip(prompts, answers)]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    positions = torch.zeros((len(seqs), width), dtype=torch.bool) if on_batch is not None else None
+    ids, mask = padded(seqs, pad_id, device)
+    positions = torch.zeros(ids.shape, dtype=torch.bool) if on_batch is not None else None
     rows, cols, targets = [], [], []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         n = len(p) + len(a)
-        ids[i, :n] = torch.tensor(seqs[i])
-        mask[i, :n] = 1
         if positions is not None:
             positions[i, len(p) - 1:n] = True
         rows += [i] * len(a)
@@ -53,7 +63,8 @@ def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | Non
     body = getattr(model, model.base_model_prefix)
     if on_batch is not None:
         on_batch(positions.to(device))
-    hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    with prefix.feeding(seqs) if prefix is not None else contextlib.nullcontext():
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
     rows_t = torch.tensor(rows, device=device)
     picked = hidden[rows_t, torch.tensor(cols, device=device)]                           # (n_tok, d)
     return rows_t, float32_logits(model.get_output_embeddings(), picked), torch.tensor(targets, device=device)
@@ -87,29 +98,30 @@ def float32_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
-                  on_batch: OnBatch | None = None) -> torch.Tensor:
+                  on_batch: OnBatch | None = None, prefix=None) -> torch.Tensor:
     """(batch, 2) log-probabilities of the chosen and the rejected answer of each pair.
 
-    One forward over 2 * batch sequences (chosen answers first); `on_batch` as in `answer_logprobs`."""
+    One forward over 2 * batch sequences (chosen answers first); `on_batch` and `prefix` as in
+    `answer_logprobs`."""
     prompts = [p.prompt for p in pairs] * 2
     answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch)
+    lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch, prefix=prefix)
     return torch.stack([lp[: len(pairs)], lp[len(pairs):]], dim=1)
 
 
 @torch.no_grad()
 def all_pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int,
-                      batch_size: int = 8, *, on_batch: OnBatch | None = None) -> torch.Tensor:
+                      batch_size: int = 8, *, on_batch: OnBatch | None = None, prefix=None) -> torch.Tensor:
     """(n_pairs, 2) log-probabilities without gradients, batched by length to limit padding.
 
-    `on_batch` is called once per forward, as in `answer_logprobs`."""
+    `on_batch` is called once per forward, and `prefix` used, as in `answer_logprobs`."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen)
                    + len(pairs[i].rejected))
     out = torch.empty(len(pairs), 2, dtype=torch.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         out[idx] = pair_logprobs(model, [pairs[i] for i in idx], pad_id,
-                                 on_batch=on_batch).double().cpu()
+                                 on_batch=on_batch, prefix=prefix).double().cpu()
     return out
 
 
@@ -152,12 +164,7 @@ def side_effects(model, texts: Sequence[Sequence[int]], pad_id: int, batch_size:
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
         batch = [texts[i] for i in order[start:start + batch_size]]
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, t in enumerate(batch):
-            ids[i, :len(t)], mask[i, :len(t)] = torch.tensor(t), 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = padded(batch, pad_id, device)
         predicts = mask[:, 1:].bool()                     # position t predicts token t + 1
         if on_batch is not None:
             on_batch(mask.bool())                         # a position-dependent edit acts everywhere

@@ -108,9 +108,9 @@ def epoch_batches(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[
 
 
 def whole_objective(model, pairs: Sequence[TokenizedPair], reference: torch.Tensor,
-                    cfg: TrainConfig, pad_id: int) -> float:
+                    cfg: TrainConfig, pad_id: int, prefix=None) -> float:
     """The objective on every training pair at the current parameters (no gradients)."""
-    policy = all_pair_logprobs(model, pairs, pad_id).to(reference.device)   # (n, 2) float64
+    policy = all_pair_logprobs(model, pairs, pad_id, prefix=prefix).to(reference.device)   # (n, 2) float64
     h = preference_logratio(policy, reference.double())
     return float(preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta))
 
@@ -148,10 +148,20 @@ MAX_BACKTRACKS = 3
 
 
 def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Tensor, cfg: TrainConfig,
-               pad_id: int, on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
+               pad_id: int, on_step: Callable[[int, int, float], None] | None = None, *,
+               freeze_prefix: bool = True) -> TrainResult:
     """Train `edit` (already attached to `model`, starting as the identity) on `pairs` until it
     converges or reaches `cfg.max_epochs`; `reference` holds pi0's (n, 2) log-probabilities,
-    computed once for all edits. The edit is left with its best epoch's parameters."""
+    computed once for all edits. The edit is left with its best epoch's parameters.
+
+    With `freeze_prefix`, the blocks below the edit's lowest one run once for every training
+    sequence, not at every step (`models.prefix`; the same numbers to float rounding)."""
+    from loccheck.models.prefix import frozen_prefix
+
+    prefix = None
+    if freeze_prefix:
+        prefix = frozen_prefix(model, edit, (list(p.prompt) + list(a) for p in pairs
+                                             for a in (p.chosen, p.rejected)), pad_id)
     params = edit.trainable()
     per_epoch = cfg.steps_per_epoch(len(pairs))
     warmup = round(cfg.warmup_ratio * per_epoch)
@@ -170,7 +180,7 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
         for idx in epoch_batches(lengths, cfg, epoch):
             for group in optimizer.param_groups:   # linear warmup over the first steps
                 group["lr"] = lr * min(1.0, (len(losses) + 1) / warmup) if warmup else lr
-            policy = pair_logprobs(model, [pairs[i] for i in idx], pad_id)      # (batch, 2)
+            policy = pair_logprobs(model, [pairs[i] for i in idx], pad_id, prefix=prefix)  # (batch, 2)
             h = preference_logratio(policy.double(), reference[idx].to(device))
             loss = preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta)
             optimizer.zero_grad(set_to_none=True)
@@ -179,7 +189,7 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
             losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(len(losses), total, losses[-1])
-        curve.append(whole_objective(model, pairs, reference, cfg, pad_id))
+        curve.append(whole_objective(model, pairs, reference, cfg, pad_id, prefix))
         if not (curve[-1] <= min(curve[:-1])):          # worse than its best, or not finite
             if backtracks == MAX_BACKTRACKS:
                 # it cannot improve on its best even at a fraction of the rate: that is its

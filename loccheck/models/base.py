@@ -30,6 +30,7 @@ class Adapter:
     mlp_names: tuple[str, ...] = ()  # full module name of each layer's MLP down projection
     mlp_projections: tuple[nn.Module, ...] = ()
     blocks: tuple[nn.Module, ...] = ()  # the decoder layers (their output: the residual stream)
+    blocks_path: str = ""            # full module name of the list of decoder layers
 
     @property
     def width(self) -> int:

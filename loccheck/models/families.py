@@ -20,7 +20,7 @@ def _build(model: nn.Module, family: str, layers_path: str, proj_path: str, mlp_
     mlp_names = tuple(f"{layers_path}.{i}.{mlp_path}" for i in range(len(layers)))
     mlps = tuple(model.get_submodule(n) for n in mlp_names)
     return Adapter(family, len(layers), n_heads, head_dim, names, fan_in_fan_out, projections,
-                   mlp_names, mlps, tuple(layers))
+                   mlp_names, mlps, tuple(layers), layers_path)
 
 
 def llama_adapter(model: nn.Module) -> Adapter:

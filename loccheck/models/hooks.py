@@ -98,3 +98,47 @@ def read_outputs(modules: Sequence, read: Callable):
             read(row, args[0], y)
         return hook
     return _output_hooks(modules, hook_for)
+
+
+
+class StopForward(Exception):
+    """Raised by `stopped_at`'s hook once it has read what it came for: the blocks above need
+    not run. The caller of the model's forward catches it."""
+
+
+@contextlib.contextmanager
+def stopped_at(block, read: Callable):
+    """At every forward while the context is open, call `read(hidden)` with the residual stream
+    entering `block`, then raise StopForward: what the blocks above would compute is not wanted."""
+    def pre_hook(module, args, kwargs):
+        read(args[0] if args else kwargs["hidden_states"])
+        raise StopForward
+
+    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def started_at(owner, name: str, first: int, hidden: Callable):
+    """Run only blocks `first`, `first` + 1, ... of the decoder layers (the module list
+    `owner.<name>`), the residual stream entering block `first` being `hidden()` instead of what
+    the blocks below would compute (`models.prefix`: a frozen prefix computed once). The list is
+    put back when the context exits, also on error."""
+    blocks = getattr(owner, name)
+    start = blocks[first]
+
+    def pre_hook(module, args, kwargs):
+        if args:
+            return (hidden(),) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden()}
+
+    handle = start.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    setattr(owner, name, type(blocks)(list(blocks)[first:]))
+    try:
+        yield
+    finally:
+        setattr(owner, name, blocks)
+        handle.remove()
