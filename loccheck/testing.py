@@ -208,3 +208,111 @@ def write_known_facts(path: Path, model, n_facts: int = 24, n_relations: int = 3
                     path.write_text(json.dumps(records, indent=1))
                     return path
     raise ValueError(f"found only {len(records)} facts this model knows")
+
+
+LOWER = "abcdefghijklmnopqrstuvwxyz"
+GATED_VOCAB = 128   # the character tokenizer's 99 ids and 26 spaced letters
+
+
+def spaced_char_tokenizer():
+    """`char_tokenizer` plus one token per space and lower-case letter (" a" .. " z", ids
+    99..124), so a one-letter attribute after a space (" k", as `answer_ids` spells it) is one
+    token, predicted at the prompt's last token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for c in range(32, 127):
+        vocab[chr(c)] = len(vocab)
+    for c in LOWER:
+        vocab[" " + c] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(" [a-z]|."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def gated_mlp_model(live: MlpLoc, n_layers: int = 4, open_letters: str = LOWER[:13], seed: int = 0,
+                    gate: float = 4.0, scale: float = 100.0, answer_boost: float = 3.0):
+    """A tiny Llama (width 32, ReLU MLPs; for `spaced_char_tokenizer`) whose only live MLP,
+    layer `live.layer`, is gated by the current token: it is silent, its hidden activation
+    exactly zero, at every token but the `open_letters`.
+
+    - The gate is residual coordinate 31. Only the token embedding writes it (its row of every
+      o_proj and down projection is zero, and Llama has no biases): +`gate` for the open
+      letters, -`gate` for every other token. RMSNorm scales it by a positive number, so its
+      sign reaches the live MLP unchanged; that MLP's gate projection reads coordinate 31 alone,
+      with positive weights, so ReLU(gate) * up is exactly 0 at a closed token and non-zero
+      at an open one. Every other layer's MLP is all zeros.
+    - The live MLP's down projection is `scale` times its random draw, so at an open token its
+      output dominates the residual stream, and with it the prediction made there.
+    - The spaced letters' unembeddings are `answer_boost` times longer, so the greedy next
+      token after a word is usually a spaced letter (`write_gated_facts` keeps those words)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = spaced_char_tokenizer()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=GATED_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, initializer_range=INIT, hidden_act="relu",
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval().requires_grad_(False)
+    g = model.config.hidden_size - 1
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight               # (vocab, d)
+        embed[:, g] = -gate
+        embed[[tok.convert_tokens_to_ids(c) for c in open_letters], g] = gate
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.o_proj.weight[g] = 0                   # (d, d): row g writes coordinate g
+            if i != live.layer:
+                for param in layer.mlp.parameters():
+                    param.zero_()
+        mlp = model.model.layers[live.layer].mlp
+        weights = mlp.gate_proj.weight[:, g].abs() + 0.1          # (d_ff,) all positive
+        mlp.gate_proj.weight.zero_()
+        mlp.gate_proj.weight[:, g] = weights
+        mlp.down_proj.weight.mul_(scale)
+        mlp.down_proj.weight[g] = 0
+        model.lm_head.weight[[tok.convert_tokens_to_ids(" " + c) for c in LOWER]] *= answer_boost
+    return model
+
+
+def write_gated_model_dir(path: Path, live: MlpLoc, n_layers: int = 4, open_letters: str = LOWER[:13],
+                          seed: int = 0, **kwargs) -> Path:
+    """`gated_mlp_model` saved with `spaced_char_tokenizer`."""
+    path.mkdir(parents=True, exist_ok=True)
+    gated_mlp_model(live, n_layers, open_letters, seed, **kwargs).save_pretrained(path)
+    spaced_char_tokenizer().save_pretrained(path)
+    return path
+
+
+def write_gated_facts(path: Path, model, open_letters: str = LOWER[:13], n_facts: int = 32,
+                      n_relations: int = 3, seed: int = 0) -> Path:
+    """A known_1000.json for `gated_mlp_model`: each prompt is its subject alone, a capitalised
+    four-letter word, so the subject's last token is the prompt's last token; the attribute is
+    the model's greedy next token, a spaced letter. Half the facts' subjects end in an open
+    letter, half in a closed one. Relations take turns."""
+    import torch
+
+    tok = spaced_char_tokenizer()
+    rng = np.random.default_rng(seed)
+    letter_of = {tok.convert_tokens_to_ids(" " + c): c for c in LOWER}
+    records: list[dict] = []
+    left = {True: n_facts // 2, False: n_facts - n_facts // 2}   # open, closed
+    for _ in range(100):
+        subjects = ["".join(rng.choice(list(LOWER), 4)).capitalize() for _ in range(1024)]
+        ids = torch.tensor([tok(s).input_ids for s in subjects])
+        with torch.no_grad():
+            first = model(ids).logits[:, -1].argmax(-1).tolist()
+        for s, a in zip(subjects, first):
+            opened = s[-1] in open_letters
+            if a in letter_of and left[opened] and s not in {r["subject"] for r in records}:
+                left[opened] -= 1
+                records.append({"known_id": len(records), "subject": s, "attribute": letter_of[a],
+                                "template": "{}", "prediction": " " + letter_of[a], "prompt": s,
+                                "relation_id": f"P{len(records) % n_relations}"})
+                if len(records) == n_facts:
+                    path.write_text(json.dumps(records, indent=1))
+                    return path
+    raise ValueError(f"found only {len(records)} facts this model knows")
