@@ -1,5 +1,6 @@
 """`loccheck trace-vs-edit`: the regressions on rows planted by construction, and the command end
-to end on a tiny model whose only live MLP is layer 2 of 4."""
+to end on two tiny models whose only live MLP is layer 2 of 4: one where edit success depends
+on the layer only, one where it tracks a planted tracing effect."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ from loccheck.analysis import regress
 from loccheck.cli import main
 from loccheck.locations import MlpLoc
 from loccheck.models.loading import load_model
-from loccheck.testing import write_known_facts, write_model_dir
+from loccheck.testing import (write_gated_facts, write_gated_model_dir, write_known_facts,
+                              write_model_dir)
 
 pytestmark = pytest.mark.slow   # the command edits a tiny torch model
 
@@ -83,3 +85,68 @@ edits: [{{method: optimal}}, {{method: rome, stats_path: '{tmp_path / "stats.txt
     assert main(args) == 0
     assert json.loads((out / "result.json").read_text())["success"] == result["success"]
 
+
+def test_the_command_on_a_model_whose_live_mlp_is_gated_by_the_subject(tmp_path):
+    """Edit success tracks a planted tracing effect: adding tracing to the layer explains it.
+
+    The model (`loccheck.testing.gated_mlp_model`): 4 layers, only layer 2's MLP is live, and it
+    is gated by the current token. Residual coordinate 31 is written by the token embedding
+    alone (+4 for a-m, -4 for every other token); RMSNorm keeps its sign, and the live MLP's
+    ReLU gate reads it alone with positive weights, so at a subject ending in n-z that MLP's
+    hidden activation (ROME's key) is exactly 0. Each prompt is its subject alone and the
+    answer is one token (a spaced letter), so the subject's last token is where the answer is
+    read. The live MLP's down projection is 100x its random draw: at an open subject its output
+    dominates the residual stream there, and so the prediction.
+
+    So, by construction:
+    - dead layers (0, 1, 3), and layer 2 at a closed subject: the key is 0, ROME writes nothing
+      (success exactly 0), and the MLP's output is 0 in the clean and the corrupted run alike
+      (tracing 0, to float rounding). The noise (`noise_scale` 0.5, ~0.43 here) would need a
+      ~9-sigma draw on coordinate 31 to open a closed gate.
+    - layer 2 at an open subject: restoring the MLP's clean output restores the clean
+      prediction, while its corrupted output (computed from noisy inputs) does not: the tracing
+      effect is large (measured: 0.08 to 1.0, mean 0.68); ROME writes its value there: success
+      is positive (0.92 to 1.57).
+    Within layer 2 success is non-zero exactly where tracing is, so the layer leaves layer 2's
+    spread unexplained and tracing explains most of it: measured R^2 layer 0.30, tracing 0.81,
+    layer + tracing 0.83, F-test p 2e-19 (16 facts, 6 open). Subject-flip tracing is not run: a
+    partner of a closed subject may be open, so its zeros are not planted.
+    """
+    from loccheck.bench import prepare_bench
+    from loccheck.claim import load_claim
+
+    live = MlpLoc(2)
+    folder = write_gated_model_dir(tmp_path / "m", live, n_layers=4)
+    facts = write_gated_facts(tmp_path / "known_1000.json", load_model(str(folder), device="cpu").model)
+    (tmp_path / "stats.txt").write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
+    claim = tmp_path / "gated.yaml"
+    claim.write_text(f"""\
+claim: "The facts live in the MLP that tracing picks."
+model: {{name: '{folder}', device: cpu}}
+behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
+location: {{sites: [L2M]}}
+heuristic: {{method: causal_tracing, samples: 2, window: 1, noise_scale: 0.5, aggregate: last_subject_token}}
+edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
+""")
+    out = tmp_path / "tve"
+    assert main(["trace-vs-edit", str(claim), "--corruption", "noise", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    result = json.loads((out / "result.json").read_text())
+    layers, success = np.array(result["row_layers"]), np.array(result["success"])
+    tracing = np.array(result["rows"][0]["tracing"])
+    # rows are (fact, layer), facts in train order: which facts' subjects open the gate
+    train = prepare_bench(load_claim(claim), tmp_path / "cache").data.train
+    opened = np.repeat([p.prompt[-1] in "abcdefghijklm" for p in train], 4)
+    assert result["n_facts"] == len(train) == 16 and 0 < opened.sum() // 4 < 16    # both kinds
+    shut = ~(opened & (layers == 2))
+    assert np.all(success[shut] == 0.0) and np.abs(tracing[shut]).max() < 1e-6
+    on = opened & (layers == 2)
+    assert success[on].min() > 0.5 and tracing[on].mean() > 0.3
+    a = result["analyses"]["noise"]
+    # success varies only within layer 2, so the layer model leaves layer 2's spread unexplained
+    live_rows = success[layers == 2]
+    expected = 1 - ((live_rows - live_rows.mean()) ** 2).sum() / ((success - success.mean()) ** 2).sum()
+    assert a["r2"]["layer"] == pytest.approx(expected, rel=1e-9)
+    assert a["f_test"]["p"] < 1e-6 and a["tracing_coefficient"] > 0
+    assert a["r2"]["tracing"] > 0.6 and a["r2"]["layer + tracing"] - a["r2"]["layer"] > 0.3
+    assert a["per_layer"]["2"]["r"] > 0.7
