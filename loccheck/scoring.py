@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ OnBatch = Callable[[torch.Tensor], None]
 
 
 def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-                    pad_id: int, *, on_batch: OnBatch | None = None, prefix=None) -> torch.Tensor:
+                    pad_id: int, *, on_batch: OnBatch | None = None) -> torch.Tensor:
     """log pi(answer | prompt) for each sequence, shape (batch,). Differentiable.
 
     The vocabulary projection runs only at positions that predict an answer token: for a
@@ -25,12 +26,9 @@ def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[S
     [len(prompt_i) - 1, len(prompt_i) + len(answer_i)): the last prompt token, then every answer
     token. All but the final one predict an answer token; the final one's logits are dropped.
     Padding is never marked. (Position-dependent edits such as ITI use it; see `loccheck.iti`.)
-
-    `prefix` (a `models.prefix.FrozenPrefix` holding every prompt + answer sequence) runs only
-    the blocks above it: the same numbers, to float rounding, for an edit hooked above it.
     """
     device = next(model.parameters()).device
-    rows, logits, targets = _answer_logits(model, prompts, answers, pad_id, on_batch, prefix)
+    rows, logits, targets = _answer_logits(model, prompts, answers, pad_id, on_batch)
     token_logp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     return torch.zeros(len(prompts), device=device).index_add(0, rows, token_logp)
 
@@ -45,7 +43,7 @@ def padded(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
-def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None, prefix=None):
+def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None):
     """One right-padded forward of prompt + answer sequences: (row of each answer token,
     float32 logits at the position that predicts it (n_tok, vocab), the token)."""
     device = next(model.parameters()).device
@@ -63,8 +61,7 @@ def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | Non
     body = getattr(model, model.base_model_prefix)
     if on_batch is not None:
         on_batch(positions.to(device))
-    with prefix.feeding(seqs) if prefix is not None else contextlib.nullcontext():
-        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
     rows_t = torch.tensor(rows, device=device)
     picked = hidden[rows_t, torch.tensor(cols, device=device)]                           # (n_tok, d)
     return rows_t, float32_logits(model.get_output_embeddings(), picked), torch.tensor(targets, device=device)
@@ -98,30 +95,92 @@ def float32_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
-                  on_batch: OnBatch | None = None, prefix=None) -> torch.Tensor:
+                  on_batch: OnBatch | None = None, prefix=None, packed: bool = True) -> torch.Tensor:
     """(batch, 2) log-probabilities of the chosen and the rejected answer of each pair.
 
-    One forward over 2 * batch sequences (chosen answers first); `on_batch` and `prefix` as in
-    `answer_logprobs`."""
-    prompts = [p.prompt for p in pairs] * 2
-    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch, prefix=prefix)
-    return torch.stack([lp[: len(pairs)], lp[len(pairs):]], dim=1)
+    One forward of the pairs packed (`packed_pairs`: each prompt once, both answers after it).
+    With `on_batch`, whose positions are defined for one answer per row (`answer_logprobs`), or
+    `packed=False`, one forward over 2 * batch plain sequences instead (chosen answers first):
+    the same numbers to float rounding. `prefix` (a `models.prefix.FrozenPrefix` of packed pairs
+    holding these) runs only the blocks above it."""
+    if on_batch is not None or not packed:
+        if prefix is not None:
+            raise ValueError("a frozen prefix holds packed pairs; these are scored unpacked")
+        prompts = [p.prompt for p in pairs] * 2
+        answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch)
+        return torch.stack([lp[: len(pairs)], lp[len(pairs):]], dim=1)
+    device = next(model.parameters()).device
+    packed = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device)
+    body = getattr(model, model.base_model_prefix)
+    with prefix.feeding(pairs) if prefix is not None else contextlib.nullcontext():
+        hidden = body(**packed.inputs).last_hidden_state
+    logits = float32_logits(model.get_output_embeddings(), hidden[packed.rows, packed.cols])
+    token_logp = logits.log_softmax(-1).gather(-1, packed.targets[:, None]).squeeze(-1)
+    return torch.zeros(len(pairs), 2, device=device).index_put((packed.rows, packed.answer), token_logp,
+                                                               accumulate=True)
+
+
+@dataclass(frozen=True)
+class PackedPairs:
+    inputs: dict             # the body's input_ids, attention_mask (4-D) and position_ids
+    rows: torch.Tensor       # for each answer token: its pair,
+    cols: torch.Tensor       # the position whose output predicts it,
+    targets: torch.Tensor    # the token,
+    answer: torch.Tensor     # 0 chosen, 1 rejected
+
+
+def pair_length(pair: TokenizedPair) -> int:
+    return len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
+
+
+def packed_pairs(pairs: Sequence[TokenizedPair], pad_id: int, dtype=torch.float32, device=None) -> PackedPairs:
+    """Each pair as one row: prompt, chosen, rejected, right-padded. The rejected answer's
+    tokens take the positions right after the prompt (as the chosen ones do) and attend to the
+    prompt and to each other, never to the chosen answer, so every answer token sees exactly
+    what it sees in its own sequence: the same log-probabilities as two sequences, with the
+    prompt computed once (most of a pair's tokens) and no second pass. The first token of both
+    answers is predicted by the prompt's last position. The mask is additive (0 or the dtype's
+    minimum), which every attention implementation takes; a pad row attends to its first token,
+    so no row is empty."""
+    width = max(map(pair_length, pairs))
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(pairs), width), dtype=torch.long)
+    allowed = torch.zeros((len(pairs), width, width), dtype=torch.bool)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    rows, cols, targets, answer = [], [], [], []
+    for i, pair in enumerate(pairs):
+        p, c, n = len(pair.prompt), len(pair.chosen), pair_length(pair)
+        ids[i, :n] = torch.tensor([*pair.prompt, *pair.chosen, *pair.rejected], dtype=torch.long)
+        positions[i, :p + c] = torch.arange(p + c)
+        positions[i, p + c:n] = torch.arange(p, n - c)
+        allowed[i, :n, :n] = causal[:n, :n]
+        allowed[i, p + c:n, p:p + c] = False          # the rejected answer does not see the chosen
+        allowed[i, n:, 0] = True
+        rows += [i] * (n - p)
+        cols += list(range(p - 1, p + c - 1)) + ([p - 1] + list(range(p + c, n - 1)))[:n - p - c]
+        targets += list(pair.chosen) + list(pair.rejected)
+        answer += [0] * c + [1] * (n - p - c)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)   # noqa: E731
+    return PackedPairs({"input_ids": ids.to(device), "attention_mask": mask[:, None].to(device),
+                        "position_ids": positions.to(device)},
+                       as_tensor(rows), as_tensor(cols), as_tensor(targets), as_tensor(answer))
 
 
 @torch.no_grad()
 def all_pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int,
-                      batch_size: int = 8, *, on_batch: OnBatch | None = None, prefix=None) -> torch.Tensor:
+                      batch_size: int = 8, *, on_batch: OnBatch | None = None, prefix=None,
+                      packed: bool = True) -> torch.Tensor:
     """(n_pairs, 2) log-probabilities without gradients, batched by length to limit padding.
 
-    `on_batch` is called once per forward, and `prefix` used, as in `answer_logprobs`."""
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen)
-                   + len(pairs[i].rejected))
+    `on_batch`, `prefix` and `packed` as in `pair_logprobs`."""
+    order = sorted(range(len(pairs)), key=lambda i: pair_length(pairs[i]))
     out = torch.empty(len(pairs), 2, dtype=torch.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         out[idx] = pair_logprobs(model, [pairs[i] for i in idx], pad_id,
-                                 on_batch=on_batch, prefix=prefix).double().cpu()
+                                 on_batch=on_batch, prefix=prefix, packed=packed).double().cpu()
     return out
 
 

@@ -316,3 +316,30 @@ def write_gated_facts(path: Path, model, open_letters: str = LOWER[:13], n_facts
                     path.write_text(json.dumps(records, indent=1))
                     return path
     raise ValueError(f"found only {len(records)} facts this model knows")
+
+
+def write_tracing_claim(folder: Path, live: Iterable[MlpLoc] = (MlpLoc(2),), n_layers: int = 4,
+                        n_facts: int = 16) -> Path:
+    """A causal-tracing claim of `live` in `folder`: `write_model_dir`'s GPT-NeoX of `n_layers`
+    whose only live MLPs are `live`, `n_facts` facts it knows (`write_known_facts`, split half
+    train, half test), a text sample for ROME's key statistics, tracing with 2 samples, window
+    1 and the last token's aggregate, and a short ROME edit (10 value steps). Returns the
+    claim's path."""
+    from loccheck.models.loading import load_model
+
+    live = list(live)
+    model_dir = write_model_dir(folder / "model", "gpt_neox", live, n_layers=n_layers)
+    facts = write_known_facts(folder / "known_1000.json", load_model(str(model_dir), device="cpu").model,
+                              n_facts=n_facts)
+    stats = folder / "stats.txt"
+    stats.write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
+    claim = folder / "tracing.yaml"
+    claim.write_text(f"""\
+claim: "The facts live in the MLP that tracing picks."
+model: {{name: '{model_dir}', device: cpu}}
+behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
+location: {{sites: [{', '.join(str(s) for s in live)}]}}
+heuristic: {{method: causal_tracing, samples: 2, window: 1, aggregate: last_token}}
+edits: [{{method: optimal}}, {{method: rome, stats_path: '{stats}', v_steps: 10}}]
+""")
+    return claim

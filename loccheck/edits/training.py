@@ -108,9 +108,9 @@ def epoch_batches(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[
 
 
 def whole_objective(model, pairs: Sequence[TokenizedPair], reference: torch.Tensor,
-                    cfg: TrainConfig, pad_id: int, prefix=None) -> float:
+                    cfg: TrainConfig, pad_id: int, prefix=None, packed: bool = True) -> float:
     """The objective on every training pair at the current parameters (no gradients)."""
-    policy = all_pair_logprobs(model, pairs, pad_id, prefix=prefix).to(reference.device)   # (n, 2) float64
+    policy = all_pair_logprobs(model, pairs, pad_id, prefix=prefix, packed=packed).to(reference.device)
     h = preference_logratio(policy, reference.double())
     return float(preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta))
 
@@ -149,23 +149,27 @@ MAX_BACKTRACKS = 3
 
 def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Tensor, cfg: TrainConfig,
                pad_id: int, on_step: Callable[[int, int, float], None] | None = None, *,
-               freeze_prefix: bool = True) -> TrainResult:
+               freeze_prefix: bool = True, packed: bool = True) -> TrainResult:
     """Train `edit` (already attached to `model`, starting as the identity) on `pairs` until it
     converges or reaches `cfg.max_epochs`; `reference` holds pi0's (n, 2) log-probabilities,
     computed once for all edits. The edit is left with its best epoch's parameters.
 
-    With `freeze_prefix`, the blocks below the edit's lowest one run once for every training
-    sequence, not at every step (`models.prefix`; the same numbers to float rounding)."""
+    Two ways of computing less, each giving the same numbers to float rounding: `packed` pairs
+    (each prompt computed once for both answers, `scoring.packed_pairs`), and with them
+    `freeze_prefix`: the blocks below the edit's lowest one run once for every training pair,
+    not at every step (`models.prefix`). Both can be turned off to measure what they save."""
     from loccheck.models.prefix import frozen_prefix
+    from loccheck.scoring import packed_pairs, pair_length
 
+    device = reference.device
     prefix = None
-    if freeze_prefix:
-        prefix = frozen_prefix(model, edit, (list(p.prompt) + list(a) for p in pairs
-                                             for a in (p.chosen, p.rejected)), pad_id)
+    if freeze_prefix and packed:
+        weight = next(model.parameters())
+        prefix = frozen_prefix(model, edit, pairs, lambda batch: packed_pairs(
+            batch, pad_id, weight.dtype, weight.device).inputs, pair_length)
     params = edit.trainable()
     per_epoch = cfg.steps_per_epoch(len(pairs))
     warmup = round(cfg.warmup_ratio * per_epoch)
-    device = reference.device
     optimum = objective_optimum(cfg.objective)
     # The edit starts as the identity, so every log-ratio is 0: the starting objective is exact.
     start = float(preference_loss(cfg.objective, torch.zeros(1, dtype=torch.float64), tau=cfg.tau,
@@ -175,12 +179,12 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
     losses, curve, n_flat = [], [start], 0
     best = [p.detach().clone() for p in params]
     stopped, total = "capped", per_epoch * cfg.max_epochs
-    lengths = [len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs]
+    lengths = [pair_length(p) for p in pairs]
     for epoch in range(cfg.max_epochs):
         for idx in epoch_batches(lengths, cfg, epoch):
             for group in optimizer.param_groups:   # linear warmup over the first steps
                 group["lr"] = lr * min(1.0, (len(losses) + 1) / warmup) if warmup else lr
-            policy = pair_logprobs(model, [pairs[i] for i in idx], pad_id, prefix=prefix)  # (batch, 2)
+            policy = pair_logprobs(model, [pairs[i] for i in idx], pad_id, prefix=prefix, packed=packed)
             h = preference_logratio(policy.double(), reference[idx].to(device))
             loss = preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta)
             optimizer.zero_grad(set_to_none=True)
@@ -189,7 +193,7 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
             losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(len(losses), total, losses[-1])
-        curve.append(whole_objective(model, pairs, reference, cfg, pad_id, prefix))
+        curve.append(whole_objective(model, pairs, reference, cfg, pad_id, prefix, packed))
         if not (curve[-1] <= min(curve[:-1])):          # worse than its best, or not finite
             if backtracks == MAX_BACKTRACKS:
                 # it cannot improve on its best even at a fraction of the rate: that is its
