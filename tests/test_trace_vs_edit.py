@@ -12,8 +12,7 @@ from loccheck.analysis import regress
 from loccheck.cli import main
 from loccheck.locations import MlpLoc
 from loccheck.models.loading import load_model
-from loccheck.testing import (write_gated_facts, write_gated_model_dir, write_known_facts,
-                              write_model_dir)
+from loccheck.testing import write_gated_facts, write_gated_model_dir, write_tracing_claim
 
 pytestmark = pytest.mark.slow   # the command edits a tiny torch model
 
@@ -44,20 +43,8 @@ def test_success_planted_on_the_tracing_effect_is_explained_by_tracing():
     assert all(v["r"] > 0.95 for v in r["per_layer"].values())
 
 
-def test_the_command_on_a_model_with_one_live_mlp(tmp_path, capsys, monkeypatch):
-    folder = write_model_dir(tmp_path / "m", "gpt_neox", [MlpLoc(2)], n_layers=4)
-    facts = write_known_facts(tmp_path / "known_1000.json", load_model(str(folder), device="cpu").model,
-                              n_facts=16)
-    (tmp_path / "stats.txt").write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
-    claim = tmp_path / "tracing.yaml"
-    claim.write_text(f"""\
-claim: "The facts live in the MLP that tracing picks."
-model: {{name: '{folder}', device: cpu}}
-behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
-location: {{sites: [L2M]}}
-heuristic: {{method: causal_tracing, samples: 2, window: 1, aggregate: last_token}}
-edits: [{{method: optimal}}, {{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
-""")
+def test_the_command_on_a_model_with_one_live_mlp(tmp_path, capsys):
+    claim = write_tracing_claim(tmp_path, [MlpLoc(2)], n_layers=4)
     out = tmp_path / "tve"
     args = ["trace-vs-edit", str(claim), "--corruption", "noise", "subject_flip", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache")]
