@@ -1,6 +1,6 @@
 """The Ray executor against a local Ray cluster started here (2 CPUs): the same numbers as the
-serial executor, a killed worker costs only its unfinished fit, an impossible request fails at
-once."""
+serial executor (a verification's fits, and trace-vs-edit's one-fact edits), a killed worker
+costs only its unfinished fit, an impossible request fails at once."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,8 @@ ray = pytest.importorskip("ray")
 from loccheck.claim import parse_claim  # noqa: E402
 from loccheck.errors import LoccheckError  # noqa: E402
 from loccheck.executors import RayExecutor  # noqa: E402
-from loccheck.testing import claim_text  # noqa: E402
+from loccheck.locations import MlpLoc  # noqa: E402
+from loccheck.testing import claim_text, write_tracing_claim  # noqa: E402
 from loccheck.verification import verify  # noqa: E402
 
 pytestmark = pytest.mark.slow   # a Ray cluster and tiny torch models
@@ -47,6 +48,24 @@ def test_ray_gives_the_serial_numbers(cluster, known_llama, tmp_path, one_torch_
     assert spread.n_fitted == serial.n_fitted > 2
     assert spread.payload["executor"] == "ray"
     assert {**spread.payload, "executor": "serial"} == serial.payload    # every number, in job order
+
+
+def test_trace_vs_edit_on_ray_gives_the_serial_numbers(cluster, tmp_path, one_torch_thread):
+    from loccheck.claim import load_claim
+    from loccheck.trace_vs_edit import trace_vs_edit
+
+    claim = load_claim(write_tracing_claim(tmp_path, [MlpLoc(2)], n_layers=4))
+    run = dict(corruptions=["noise", "subject_flip"], write_line=lambda line: None)
+    serial = trace_vs_edit(claim, out_dir=tmp_path / "serial", cache_dir=tmp_path / "serial-cache", **run)
+    executor = RayExecutor(cpus_per_worker=1)
+    spread = trace_vs_edit(claim, out_dir=tmp_path / "ray", cache_dir=tmp_path / "ray-cache",
+                           executor=executor, **run)
+    assert [ray.get_actor(f"loccheck-worker-{i}") for i in range(2)]   # its pool: 2 workers
+    executor.shutdown()
+    assert serial["n_facts"] >= 4 and len(spread["success"]) == 4 * serial["n_facts"]
+    assert spread["success"] == serial["success"] and spread["row_layers"] == serial["row_layers"]
+    assert spread["rows"] == serial["rows"]                  # every tracing value, in order
+    assert spread == serial                                  # and every regression
 
 
 def test_a_killed_worker_costs_only_its_unfinished_fit(cluster, known_llama, tmp_path, one_torch_thread):
