@@ -15,7 +15,7 @@ OnBatch = Callable[[torch.Tensor], None]
 
 
 def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-                    pad_id: int, *, on_batch: OnBatch | None = None) -> torch.Tensor:
+                    pad_id: int, *, on_batch: OnBatch | None = None, prefix=None) -> torch.Tensor:
     """log pi(answer | prompt) for each sequence, shape (batch,). Differentiable.
 
     The vocabulary projection runs only at positions that predict an answer token: for a
@@ -26,9 +26,12 @@ def answer_logprobs(model, prompts: Sequence[Sequence[int]], answers: Sequence[S
     [len(prompt_i) - 1, len(prompt_i) + len(answer_i)): the last prompt token, then every answer
     token. All but the final one predict an answer token; the final one's logits are dropped.
     Padding is never marked. (Position-dependent edits such as ITI use it; see `loccheck.iti`.)
+
+    `prefix` (a `models.prefix.FrozenPrefix` of the prompt + answer token tuples, `sequence_prefix`)
+    runs only the blocks above it.
     """
     device = next(model.parameters()).device
-    rows, logits, targets = _answer_logits(model, prompts, answers, pad_id, on_batch)
+    rows, logits, targets = _answer_logits(model, prompts, answers, pad_id, on_batch, prefix)
     token_logp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     return torch.zeros(len(prompts), device=device).index_add(0, rows, token_logp)
 
@@ -43,7 +46,7 @@ def padded(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
-def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None):
+def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None, prefix=None):
     """One right-padded forward of prompt + answer sequences: (row of each answer token,
     float32 logits at the position that predicts it (n_tok, vocab), the token)."""
     device = next(model.parameters()).device
@@ -61,7 +64,8 @@ def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | Non
     body = getattr(model, model.base_model_prefix)
     if on_batch is not None:
         on_batch(positions.to(device))
-    hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    with prefix.feeding([tuple(q) for q in seqs]) if prefix is not None else contextlib.nullcontext():
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
     rows_t = torch.tensor(rows, device=device)
     picked = hidden[rows_t, torch.tensor(cols, device=device)]                           # (n_tok, d)
     return rows_t, float32_logits(model.get_output_embeddings(), picked), torch.tensor(targets, device=device)

@@ -12,7 +12,7 @@ from loccheck.edits.optimal import HeadEdit, MlpEdit, initial_read_vectors
 from loccheck.edits.training import TrainConfig, train_edit
 from loccheck.locations import HeadLoc, MlpLoc
 from loccheck.models import get_adapter
-from loccheck.models.prefix import FrozenPrefix, frozen_prefix
+from loccheck.models.prefix import FrozenPrefix, frozen_prefix, sequence_prefix
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs, answer_logprobs, packed_pairs, pair_length, pair_logprobs
 from loccheck.testing import FAMILIES, tiny_model
@@ -172,3 +172,19 @@ def test_training_packed_and_with_the_prefix_fits_the_same_edit(family):
         np.testing.assert_allclose(fit.loss_curve, plain.loss_curve, rtol=1e-4)
         assert fit.stopped == plain.stopped and fit.epochs == plain.epochs
         torch.testing.assert_close(b, b_plain, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_prefix_of_plain_sequences_gives_their_logprobs_and_gradients(family):
+    """What ROME's value optimisation runs: one prompt and its target, blocks above the layer."""
+    model = tiny_model(family, n_layers=4)
+    adapter = get_adapter(model)
+    pairs = _pairs()
+    prompts, answers = [p.prompt for p in pairs], [p.chosen for p in pairs]
+    prefix = sequence_prefix(model, adapter, 2, [p + a for p, a in zip(prompts, answers)], 0)
+    assert sequence_prefix(model, adapter, 0, [prompts[0]], 0) is None
+    _, mlp = _edits(adapter)
+    plain = _logprobs_and_grads(model, mlp, lambda: answer_logprobs(model, prompts, answers, 0))
+    _close(_logprobs_and_grads(model, mlp, lambda: answer_logprobs(model, prompts, answers, 0, prefix=prefix)), plain)
+    one = _logprobs_and_grads(model, mlp, lambda: answer_logprobs(model, prompts[3:4], answers[3:4], 0, prefix=prefix))
+    torch.testing.assert_close(one[0], plain[0][3:4], rtol=1e-5, atol=1e-5)

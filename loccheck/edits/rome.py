@@ -231,8 +231,11 @@ def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: di
     import torch
 
     from loccheck.models.hooks import displaced_outputs
+    from loccheck.models.prefix import sequence_prefix
     from loccheck.scoring import answer_logprobs
 
+    # nothing below the layer changes while delta is optimised: those blocks run once
+    prefix = sequence_prefix(bench.model, bench.adapter, layer, [tuple(ids) + tuple(target)], bench.pad_id)
     delta = torch.zeros_like(v0, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=settings["v_lr"])
     norm = float(v0.float().norm()) ** 2 or 1.0
@@ -243,7 +246,7 @@ def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: di
         return out
     with displaced_outputs([bench.adapter.mlp_out(layer)], add):
         for _ in range(settings["v_steps"]):
-            nll = -answer_logprobs(bench.model, [ids], [target], bench.pad_id)[0] / len(target)
+            nll = -answer_logprobs(bench.model, [ids], [target], bench.pad_id, prefix=prefix)[0] / len(target)
             loss = nll + settings["v_weight_decay"] * delta.pow(2).sum() / norm
             if nll.item() < 0.05:                                # ROME stops once the target is likely
                 break

@@ -73,3 +73,18 @@ def frozen_prefix(model, edit, items: Sequence[Hashable], batch_inputs: Callable
     if first == 0 or adapter is None or not adapter.blocks_path:
         return None
     return FrozenPrefix(model, adapter, first, items, batch_inputs, size)
+
+
+def sequence_prefix(model, adapter, first: int, seqs, pad_id: int) -> FrozenPrefix | None:
+    """The prefix of plain token sequences (prompt + answer, as `scoring.answer_logprobs` runs
+    them) below block `first`, or None when `first` is 0."""
+    from loccheck.scoring import padded
+
+    if first == 0 or not adapter.blocks_path:
+        return None
+    device = next(model.parameters()).device
+
+    def batch_inputs(batch):
+        ids, mask = padded(batch, pad_id, device)
+        return {"input_ids": ids, "attention_mask": mask}
+    return FrozenPrefix(model, adapter, first, [tuple(s) for s in seqs], batch_inputs, len)
