@@ -115,13 +115,13 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
         lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch)
         return torch.stack([lp[: len(pairs)], lp[len(pairs):]], dim=1)
     device = next(model.parameters()).device
-    packed = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device)
+    batch = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device)
     body = getattr(model, model.base_model_prefix)
     with prefix.feeding(pairs) if prefix is not None else contextlib.nullcontext():
-        hidden = body(**packed.inputs).last_hidden_state
-    logits = float32_logits(model.get_output_embeddings(), hidden[packed.rows, packed.cols])
-    token_logp = logits.log_softmax(-1).gather(-1, packed.targets[:, None]).squeeze(-1)
-    return torch.zeros(len(pairs), 2, device=device).index_put((packed.rows, packed.answer), token_logp,
+        hidden = body(**batch.inputs).last_hidden_state
+    logits = float32_logits(model.get_output_embeddings(), hidden[batch.rows, batch.cols])
+    token_logp = logits.log_softmax(-1).gather(-1, batch.targets[:, None]).squeeze(-1)
+    return torch.zeros(len(pairs), 2, device=device).index_put((batch.rows, batch.answer), token_logp,
                                                                accumulate=True)
 
 
@@ -145,8 +145,8 @@ def packed_pairs(pairs: Sequence[TokenizedPair], pad_id: int, dtype=torch.float3
     what it sees in its own sequence: the same log-probabilities as two sequences, with the
     prompt computed once (most of a pair's tokens) and no second pass. The first token of both
     answers is predicted by the prompt's last position. The mask is additive (0 or the dtype's
-    minimum), which every attention implementation takes; a pad row attends to its first token,
-    so no row is empty."""
+    minimum), which the eager and sdpa attention implementations take; a padding position attends
+    to its row's first token, so no row of the mask is empty."""
     width = max(map(pair_length, pairs))
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(pairs), width), dtype=torch.long)
