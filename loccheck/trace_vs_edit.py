@@ -135,6 +135,7 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
         out["analyses"][c] = regress([j.layer for j in jobs], tracing, success)
         out["rows"].append({"corruption": c, "tracing": tracing})
     out["success"], out["row_layers"] = success, [j.layer for j in jobs]
+    out["row_prompts"] = [j.prompt for j in jobs]          # which fact each row is
     from loccheck.report.trace_vs_edit import write_report
 
     write_report(out, Path(out_dir))

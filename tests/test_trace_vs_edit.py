@@ -121,9 +121,11 @@ edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
     result = json.loads((out / "result.json").read_text())
     layers, success = np.array(result["row_layers"]), np.array(result["success"])
     tracing = np.array(result["rows"][0]["tracing"])
-    # rows are (fact, layer), facts in train order: which facts' subjects open the gate
+    # rows are (fact, layer), facts in train order, each row naming its fact: which facts'
+    # subjects open the gate
     train = prepare_bench(load_claim(claim), tmp_path / "cache").data.train
-    opened = np.repeat([p.prompt[-1] in "abcdefghijklm" for p in train], 4)
+    assert result["row_prompts"] == [p.prompt for p in train for _ in range(4)]
+    opened = np.array([prompt[-1] in "abcdefghijklm" for prompt in result["row_prompts"]])
     assert result["n_facts"] == len(train) == 16 and 0 < opened.sum() // 4 < 16    # both kinds
     shut = ~(opened & (layers == 2))
     assert np.all(success[shut] == 0.0) and np.abs(tracing[shut]).max() < 1e-6

@@ -9,6 +9,8 @@ MLP peak). The top `top_k` layers are the location it proposes. The report shows
 """
 from __future__ import annotations
 
+import warnings
+
 import sys
 import time
 from pathlib import Path
@@ -142,7 +144,9 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
                             "facts (another subject of the same relation with as many tokens)",
                             key="heuristic.corruption")
     stack = np.stack(grids)                                   # (n_facts, n_layers, n_groups)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        # a token group no fact has (no token after a subject that ends the prompt) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(stack, axis=0)
     return {"effects": mean, "per_fact": stack, "prompts": traced, "n_facts": len(grids),
             "n_skipped": skipped, "p_clean": float(np.mean(cleans)), "p_corrupt": float(np.mean(corrupts)),
