@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -53,16 +53,17 @@ def tiny_model(family: str, seed: int = 0, n_layers: int = 2):
     return model.eval().requires_grad_(False)
 
 
-def char_tokenizer():
-    """One token per printable ASCII character (ids 4..98); no download, no BOS."""
+def char_tokenizer(extra: Sequence[str] = (), split: str = "."):
+    """One token per printable ASCII character (ids 4..98), then one per string of `extra`
+    (ids 99, ...; `split` is the regex that cuts text into tokens); no download, no BOS."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for c in range(32, 127):
-        vocab[chr(c)] = len(vocab)
+    for token in [chr(c) for c in range(32, 127)] + list(extra):
+        vocab[token] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(split), behavior="isolated")
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>")
@@ -218,19 +219,7 @@ def spaced_char_tokenizer():
     """`char_tokenizer` plus one token per space and lower-case letter (" a" .. " z", ids
     99..124), so a one-letter attribute after a space (" k", as `answer_ids` spells it) is one
     token, predicted at the prompt's last token."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for c in range(32, 127):
-        vocab[chr(c)] = len(vocab)
-    for c in LOWER:
-        vocab[" " + c] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(" [a-z]|."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
+    return char_tokenizer([" " + c for c in LOWER], split=" [a-z]|.")
 
 
 def gated_mlp_model(live: MlpLoc, n_layers: int = 4, open_letters: str = LOWER[:13], seed: int = 0,

@@ -12,7 +12,7 @@ from loccheck.edits.optimal import HeadEdit, MlpEdit, initial_read_vectors
 from loccheck.edits.training import TrainConfig, train_edit
 from loccheck.locations import HeadLoc, MlpLoc
 from loccheck.models import get_adapter
-from loccheck.models.prefix import FrozenPrefix, frozen_prefix, sequence_prefix
+from loccheck.models.prefix import FrozenPrefix, lowest_edited_block, pair_prefix, sequence_prefix
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs, answer_logprobs, packed_pairs, pair_length, pair_logprobs
 from loccheck.testing import FAMILIES, tiny_model
@@ -44,7 +44,7 @@ def _edits(adapter):
 
 
 def _prefix(model, edit, pairs):
-    return frozen_prefix(model, edit, pairs, lambda batch: packed_pairs(batch, 0).inputs, pair_length)
+    return pair_prefix(model, getattr(edit, "adapter", None), lowest_edited_block(edit), pairs, 0)
 
 
 def _logprobs_and_grads(model, edit, score):
@@ -119,7 +119,7 @@ def test_the_blocks_below_the_prefix_do_not_run_and_the_model_is_left_as_it_was(
     adapter = get_adapter(model)
     pairs = _pairs()
     blocks_before = model.model.layers
-    prefix = FrozenPrefix(model, adapter, 3, pairs, lambda batch: packed_pairs(batch, 0).inputs, pair_length)
+    prefix = pair_prefix(model, adapter, 3, pairs, 0)
     runs = {i: 0 for i in range(4)}
     handles = [block.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
                for i, block in enumerate(adapter.blocks)]

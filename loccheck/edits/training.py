@@ -158,15 +158,13 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
     (each prompt computed once for both answers, `scoring.packed_pairs`), and with them
     `freeze_prefix`: the blocks below the edit's lowest one run once for every training pair,
     not at every step (`models.prefix`). Both can be turned off to measure what they save."""
-    from loccheck.models.prefix import frozen_prefix
-    from loccheck.scoring import packed_pairs, pair_length
+    from loccheck.models.prefix import lowest_edited_block, pair_prefix
+    from loccheck.scoring import pair_length
 
     device = reference.device
     prefix = None
     if freeze_prefix and packed:
-        weight = next(model.parameters())
-        prefix = frozen_prefix(model, edit, pairs, lambda batch: packed_pairs(
-            batch, pad_id, weight.dtype, weight.device).inputs, pair_length)
+        prefix = pair_prefix(model, getattr(edit, "adapter", None), lowest_edited_block(edit), pairs, pad_id)
     params = edit.trainable()
     per_epoch = cfg.steps_per_epoch(len(pairs))
     warmup = round(cfg.warmup_ratio * per_epoch)

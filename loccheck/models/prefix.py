@@ -65,22 +65,24 @@ def lowest_edited_block(edit) -> int:
     return min(getattr(edit, "layers", None) or [0])
 
 
-def frozen_prefix(model, edit, items: Sequence[Hashable], batch_inputs: Callable[[list], dict],
-                  size: Callable[[Hashable], int]) -> FrozenPrefix | None:
-    """The prefix below `edit`'s lowest block, or None when there is none to freeze."""
-    first = lowest_edited_block(edit)
-    adapter = getattr(edit, "adapter", None)
+def pair_prefix(model, adapter, first: int, pairs, pad_id: int) -> FrozenPrefix | None:
+    """The prefix of preference pairs packed as `scoring.pair_logprobs` runs them
+    (`scoring.packed_pairs`) below block `first`, or None when there is none to freeze."""
+    from loccheck.scoring import packed_pairs, pair_length
+
     if first == 0 or adapter is None or not adapter.blocks_path:
         return None
-    return FrozenPrefix(model, adapter, first, items, batch_inputs, size)
+    weight = next(model.parameters())
+    return FrozenPrefix(model, adapter, first, pairs,
+                        lambda batch: packed_pairs(batch, pad_id, weight.dtype, weight.device).inputs, pair_length)
 
 
 def sequence_prefix(model, adapter, first: int, seqs, pad_id: int) -> FrozenPrefix | None:
     """The prefix of plain token sequences (prompt + answer, as `scoring.answer_logprobs` runs
-    them) below block `first`, or None when `first` is 0."""
+    them) below block `first`, or None when there is none to freeze."""
     from loccheck.scoring import padded
 
-    if first == 0 or not adapter.blocks_path:
+    if first == 0 or adapter is None or not adapter.blocks_path:
         return None
     device = next(model.parameters()).device
 
