@@ -46,6 +46,11 @@ def padded(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
+def _fed(prefix, items):
+    """The forward of `items` runs from the frozen prefix when there is one."""
+    return prefix.feeding(items) if prefix is not None else contextlib.nullcontext()
+
+
 def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | None = None, prefix=None):
     """One right-padded forward of prompt + answer sequences: (row of each answer token,
     float32 logits at the position that predicts it (n_tok, vocab), the token)."""
@@ -64,7 +69,7 @@ def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | Non
     body = getattr(model, model.base_model_prefix)
     if on_batch is not None:
         on_batch(positions.to(device))
-    with prefix.feeding([tuple(q) for q in seqs]) if prefix is not None else contextlib.nullcontext():
+    with _fed(prefix, [tuple(q) for q in seqs]):
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
     rows_t = torch.tensor(rows, device=device)
     picked = hidden[rows_t, torch.tensor(cols, device=device)]                           # (n_tok, d)
@@ -117,7 +122,7 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
     device = next(model.parameters()).device
     batch = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device)
     body = getattr(model, model.base_model_prefix)
-    with prefix.feeding(pairs) if prefix is not None else contextlib.nullcontext():
+    with _fed(prefix, pairs):
         hidden = body(**batch.inputs).last_hidden_state
     logits = float32_logits(model.get_output_embeddings(), hidden[batch.rows, batch.cols])
     token_logp = logits.log_softmax(-1).gather(-1, batch.targets[:, None]).squeeze(-1)

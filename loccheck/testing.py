@@ -178,6 +178,9 @@ def head_grid(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
     return head_sites(n_layers, n_heads)
 
 
+LOWER = "abcdefghijklmnopqrstuvwxyz"
+
+
 def write_known_facts(path: Path, model, n_facts: int = 24, n_relations: int = 3, seed: int = 0) -> Path:
     """A known_1000.json of facts this tiny model knows (with `char_tokenizer`): prompts
     "{subject} {xy}", a four-letter subject and a two-letter word, whose greedy continuation is a
@@ -187,7 +190,7 @@ def write_known_facts(path: Path, model, n_facts: int = 24, n_relations: int = 3
 
     tok = char_tokenizer()
     rng = np.random.default_rng(seed)
-    letters = list("abcdefghijklmnopqrstuvwxyz")
+    letters = list(LOWER)
     ids_of = {c: tok.convert_tokens_to_ids(c) for c in letters + [" "]}
     letter_of = {i: c for c, i in ids_of.items() if c != " "}
     records: list[dict] = []
@@ -211,7 +214,6 @@ def write_known_facts(path: Path, model, n_facts: int = 24, n_relations: int = 3
     raise ValueError(f"found only {len(records)} facts this model knows")
 
 
-LOWER = "abcdefghijklmnopqrstuvwxyz"
 GATED_VOCAB = 128   # the character tokenizer's 99 ids and 26 spaced letters
 
 

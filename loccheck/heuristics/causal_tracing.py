@@ -9,10 +9,9 @@ MLP peak). The top `top_k` layers are the location it proposes. The report shows
 """
 from __future__ import annotations
 
-import warnings
-
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 

@@ -100,7 +100,6 @@ def read_outputs(modules: Sequence, read: Callable):
     return _output_hooks(modules, hook_for)
 
 
-
 class StopForward(Exception):
     """Raised by `stopped_at`'s hook once it has read what it came for: the blocks above need
     not run. The caller of the model's forward catches it."""

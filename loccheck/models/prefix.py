@@ -65,12 +65,17 @@ def lowest_edited_block(edit) -> int:
     return min(getattr(edit, "layers", None) or [0])
 
 
+def _freezable(adapter, first: int) -> bool:
+    """Whether there are blocks below `first` to freeze and the adapter knows where they are."""
+    return first > 0 and adapter is not None and bool(adapter.blocks_path)
+
+
 def pair_prefix(model, adapter, first: int, pairs, pad_id: int) -> FrozenPrefix | None:
     """The prefix of preference pairs packed as `scoring.pair_logprobs` runs them
     (`scoring.packed_pairs`) below block `first`, or None when there is none to freeze."""
     from loccheck.scoring import packed_pairs, pair_length
 
-    if first == 0 or adapter is None or not adapter.blocks_path:
+    if not _freezable(adapter, first):
         return None
     weight = next(model.parameters())
     return FrozenPrefix(model, adapter, first, pairs,
@@ -82,7 +87,7 @@ def sequence_prefix(model, adapter, first: int, seqs, pad_id: int) -> FrozenPref
     them) below block `first`, or None when there is none to freeze."""
     from loccheck.scoring import padded
 
-    if first == 0 or adapter is None or not adapter.blocks_path:
+    if not _freezable(adapter, first):
         return None
     device = next(model.parameters()).device
 
