@@ -10,7 +10,7 @@ from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter
 from loccheck.prompts import TokenizedPair
 from loccheck.scoring import all_pair_logprobs
-from loccheck.edits.training import TrainConfig, converged_by, epoch_batches, train_edit
+from loccheck.edits.training import TrainConfig, epoch_batches, stop_reason, train_edit
 
 pytestmark = pytest.mark.slow   # trains edits on tiny torch models (torch)
 
@@ -44,20 +44,43 @@ def test_batches_are_bucketed_by_length():
     assert padded - sum(lengths) < 0.5 * (plain - sum(lengths))
 
 
-@pytest.mark.parametrize("curve, expected", [
-    ([25.0], None),                                   # not judged before an epoch
-    ([25.0, 0.2], "optimum"),                         # within 2% of the start from IPO's optimum 0
-    ([25.0, 10.0, 9.9], None),                        # one flat epoch (0.1 <= 0.02 * 15.1) ...
-    ([25.0, 10.0, 9.9, 9.85], "plateau"),             # ... and a second: a plateau
-    ([25.0, 10.0, 9.9, 5.0], None),                   # a stall, then it falls again
-    ([25.0, 10.0, 9.0, 8.9], None),                   # gained 1.0 > 0.02 * 16: still improving
-    ([25.0, 25.0], None),
-    ([25.0, 25.0, 25.0], "plateau"),                  # nothing moves: a location that cannot reach
-    ([25.0, 24.9, 24.8, 24.7], None),                 # a steady crawl is never a plateau
-    ([25.0, 10.0, float("nan")], None),
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("curve, kw, expected", [
+    ([25.0], {}, None),                                   # not judged before an epoch
+    ([25.0, 0.2], {}, "optimum"),                         # within 2% of the start from IPO's optimum 0
+    ([25.0, 10.0, 9.9], {}, None),                        # one flat epoch (0.1 <= 0.02 * 15.1) ...
+    ([25.0, 10.0, 9.9, 9.85], {}, "plateau"),             # ... and a second: a plateau
+    ([25.0, 10.0, 9.9, 5.0], {}, None),                   # a stall, then it falls again
+    ([25.0, 10.0, 9.0, 8.9], {}, None),                   # gained 1.0 > 0.02 * 16: still improving
+    ([25.0, 25.0], {}, None),
+    # nothing moves, exactly: no gradient ever reached it (a location the output cannot see) ...
+    ([25.0, 25.0, 25.0], {"moved": False}, "stationary"),
+    # ... or a gradient whose steps are lost in round-off: the same curve, not converged
+    ([25.0, 25.0, 25.0], {"moved": True}, "stalled"),
+    ([25.0, 25.0 - 1e-6, 25.0 - 2e-6], {}, "stalled"),    # round-off is neither progress ...
+    ([25.0, 25.0 - 1e-6], {"capped": True}, "stalled"),   # ... nor a flat epoch's improvement
+    ([25.0, 25.0, 25.0 + 1e-6, 25.0], {"moved": False}, "stationary"),   # two flat, one undone between
+    ([25.0, 24.9, 24.8, 24.7], {}, None),                 # a steady crawl is never a plateau ...
+    ([25.0, 24.9, 24.8, 24.7], {"capped": True}, "capped"),   # ... and is capped at the budget
+    ([25.0, 10.0, NAN, NAN], {}, None),                   # blew up twice: undone, at half the rate
+    ([25.0, 10.0, 12.0, NAN, 11.0], {}, "plateau"),       # undone three times: a finite best, not "diverged"
+    ([25.0, 10.0, 11.0, 9.0, 12.0], {}, None),            # an improvement starts the count again
+    ([25.0, NAN, NAN, NAN], {}, "diverged"),              # never got anywhere but non-finite
+    ([25.0, NAN], {"capped": True}, "diverged"),
+    ([24.0, 1.0, 0.4], {"origin": 25.0}, "optimum"),      # a warm start: judged from the identity
+    ([3.0, 2.99, 2.99], {"origin": 25.0}, "plateau"),     # 0.01 <= 0.02 * 22.01: flat twice
 ])
-def test_convergence_rule(curve, expected):
-    assert converged_by(TrainConfig(convergence_tol=0.02), curve, 0.0) == expected
+def test_convergence_rule(curve, kw, expected):
+    assert stop_reason(TrainConfig(convergence_tol=0.02), curve, 0.0, **kw) == expected
+
+
+def test_dpo_trains_its_budget_and_never_converges():
+    """DPO's loss has no minimum: any plateau would be set by the learning rate."""
+    cfg = TrainConfig(objective="dpo", convergence_tol=0.02)
+    assert stop_reason(cfg, [0.69, 0.001, 0.001, 0.001], 0.0) is None
+    assert stop_reason(cfg, [0.69, 0.001, 0.001], 0.0, capped=True) == "budget"
 
 
 def _fit(model, edit, pairs, cfg):
@@ -78,7 +101,7 @@ def test_training_is_deterministic_and_converges():
     runs = [_fit(model, _head_edit(model, [HeadLoc(1, 2)]), pairs, cfg) for _ in range(2)]
     assert runs[0] == runs[1]
     run = runs[0]
-    assert run.initial_objective == run.objective_curve[0] == pytest.approx(25.0)  # (0 - 5)^2
+    assert run.initial_objective == run.objective_curve[0] == pytest.approx(25.0)  # (0 - 5)^2, computed
     assert run.converged and run.stopped in ("optimum", "plateau") and run.epochs < 30
     assert run.final_objective == min(run.objective_curve) < 0.5 * run.initial_objective
     assert run.attained == pytest.approx((25.0 - run.final_objective) / 25.0)
@@ -101,7 +124,7 @@ def test_a_learning_rate_too_small_to_move_is_capped_not_converged():
     model = tiny_model("llama")
     run = _fit(model, _head_edit(model, [HeadLoc(1, 2)]), _pairs(),
                TrainConfig(max_epochs=8, learning_rate=1e-6))
-    assert run.final_objective <= run.initial_objective
+    assert run.final_objective <= run.objective_curve[0]
     assert run.attained < 0.01                                       # it got nowhere ...
     assert not run.converged and run.stopped in ("capped", "stalled")   # ... and is not called converged
 
@@ -109,8 +132,9 @@ def test_a_learning_rate_too_small_to_move_is_capped_not_converged():
 def test_a_location_that_cannot_reach_the_output_converges_at_once():
     model = known_model("llama", [HeadLoc(1, 2)])                   # every other head is dead
     run = _fit(model, _head_edit(model, [HeadLoc(0, 1)]), _pairs(), TrainConfig(max_epochs=8))
-    assert run.objective_curve == (25.0, 25.0, 25.0)                # exactly: no gradient at all
-    assert run.converged and run.stopped == "plateau" and run.epochs == 2
+    start = run.objective_curve[0]
+    assert run.objective_curve == (start, start, start) and start == pytest.approx(25.0)  # no gradient at all
+    assert run.converged and run.stopped == "stationary" and run.epochs == 2
 
 
 def test_an_epoch_that_makes_things_worse_is_undone_at_half_the_rate():

@@ -4,28 +4,41 @@ Every location gets the same data order, batch size, learning-rate procedure, co
 and cap: a comparison of optima is only fair if the optimiser treated them alike, and only a
 comparison of *optima* if each edit got to its optimum.
 
-The rule. After each epoch the edit's objective on the whole training set, L_e, is computed
-exactly (a no-grad pass at the current parameters, not the noisy batch losses). The edit has
-converged when either
+The rule (`stop_reason`, the only place it is written). After each epoch the edit's objective on
+the whole training set, L_e, is computed exactly (a no-grad pass, not the noisy batch losses;
+the start L_0 is computed the same way, so an edit that does not move compares equal to it bit
+for bit). An epoch that makes the objective worse than the best so far (or not finite) is a step
+too far: it is undone (back to the best parameters, a fresh optimizer) and the learning rate is
+halved. An epoch is *flat* when it improved the best objective by at most tol times the
+improvement made so far, tol * (L_id - L_best), L_id being the objective of the identity edit,
+or by no more than round-off (ROUNDOFF of L_id). The edit stops
 
-- it reached the objective's optimum: L_e <= L* + tol * (L_0 - L*) (IPO's loss has minimum
-  L* = 0, reached when every pair's log-ratio is 1/(2 tau); DPO's infimum is 0 too), or
-- it stopped improving: in each of the last PATIENCE epochs, the epoch improved the best
-  objective by at most tol times the improvement made so far,
-  0 <= (L_best_before - L_e) <= tol * (L_0 - L_best). (One flat epoch is not enough: an edit
-  can stall for an epoch in a saddle and then fall again.) An edit whose gradient is exactly
-  zero (a location that cannot reach the output) is at its optimum and converges this way after
-  PATIENCE epochs; one whose loss still falls at a steady rate is never called converged
-  within the cap as long as max_epochs * tol < 1.
+- at the optimum, converged: L_best <= L* + tol * (L_id - L*) (IPO's minimum L* = 0 is
+  attained when every pair's log-ratio is 1/(2 tau));
+- when it is stuck: since the last epoch that improved it by more than that, PATIENCE flat
+  epochs (one is not enough: an edit can stall for an epoch in a saddle and then fall again) or
+  MAX_UNDONE undone ones (it cannot improve on its best even at an eighth of the rate). If it
+  had improved on the identity by more than round-off
+  (ROUNDOFF of L_id) it is at a "plateau", converged; otherwise it got nowhere, and is
+  "stationary" (converged: no gradient ever reached its parameters, so it cannot move the
+  objective at all, e.g. a location the output cannot see), "diverged" (an epoch's objective
+  was not finite and no epoch improved on the identity) or "stalled" (a gradient, but steps lost in
+  round-off: a learning rate too small to move it), neither converged;
+- at `max_epochs`: "capped" (not converged), or one of the three above if it got nowhere.
 
-An epoch that makes the objective worse is a step too far, not a plateau: the edit goes back to
-its best parameters and the learning rate is halved (a fresh optimizer state), up to
-`MAX_BACKTRACKS` times. An edit that still cannot improve on its best after that has converged
-to it ("plateau") if it had made at least tol of the attainable improvement; if it had not,
-its steps are lost in round-off (a learning rate too small to move it) and it is reported
-"stalled", not converged. Otherwise it runs until `max_epochs` and is reported "capped". The edit keeps
-the parameters of its best epoch. The learning rate is constant after a linear warmup but for
-those halvings: a decaying schedule would make any loss look flat by its end.
+An edit whose loss still falls at a steady rate is never called converged within the cap as
+long as max_epochs * tol < 1. The edit keeps the parameters of its best epoch, so an edit that
+blew up after it had improved keeps a finite best and is labelled by the rule, not "diverged".
+The learning rate is constant after a linear warmup but for the halvings: a decaying schedule
+would make any loss look flat by its end.
+
+DPO has no optimum (its loss only approaches 0 as the margin grows without bound, so a
+"plateau" would be set by the learning rate, not by the location): a DPO edit trains exactly
+`max_epochs` epochs, stopped "budget", a budget-matched comparison, never "converged".
+
+An edit can also start from another edit's parameters (`origin` is then the identity's
+objective): the whole-model ceiling continued from a location's edit that fitted better
+(`loccheck.verification`), whose curve starts at that edit's objective.
 """
 from __future__ import annotations
 
@@ -70,6 +83,12 @@ def objective_optimum(objective: str) -> float:
     return 0.0
 
 
+def identity_objective(cfg: "TrainConfig") -> float:
+    """The objective of the identity edit, whose log-ratios are all 0 (exact)."""
+    return float(preference_loss(cfg.objective, torch.zeros(1, dtype=torch.float64), tau=cfg.tau,
+                                 beta=cfg.beta))
+
+
 @dataclass(frozen=True)
 class TrainResult:
     loss_curve: tuple[float, ...]        # training loss of each step's batch
@@ -78,7 +97,8 @@ class TrainResult:
     final_objective: float               # of the parameters kept (the best epoch)
     optimum: float
     converged: bool
-    stopped: str                         # "optimum", "plateau" (converged); "capped", "stalled", "diverged"
+    stopped: str                         # "optimum", "plateau", "stationary" (converged);
+                                         # "capped", "stalled", "diverged", "budget" (DPO)
     epochs: int
     backtracks: int = 0                  # epochs undone, each halving the learning rate
 
@@ -115,44 +135,52 @@ def whole_objective(model, pairs: Sequence[TokenizedPair], reference: torch.Tens
     return float(preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta))
 
 
-PATIENCE = 2   # consecutive flat epochs that make a plateau
+PATIENCE = 2       # flat epochs that stop an edit, since the last one that improved it
+MAX_UNDONE = 3     # undone epochs that stop it: it cannot improve even at an eighth of the rate
+ROUNDOFF = 1e-5    # an improvement on the identity of at most this share of its objective is
+                   # float round-off (float32 log-probabilities), not progress
+CONVERGED = ("optimum", "plateau", "stationary")
 
 
-def flat(cfg: TrainConfig, curve: Sequence[float]) -> bool:
-    """Whether the last epoch of the curve [L_0, ..., L_e] improved the best objective by at most
-    tol times the improvement made so far (and did not make it worse)."""
-    if len(curve) < 2 or not math.isfinite(curve[-1]):
-        return False
-    best_before, best = min(curve[:-1]), min(curve)
-    return 0 <= best_before - curve[-1] <= cfg.convergence_tol * (curve[0] - best)
-
-
-def converged_by(cfg: TrainConfig, curve: Sequence[float], optimum: float,
-                 n_flat: int | None = None) -> str | None:
-    """Why the objective curve [L_0, L_1, ..., L_e] counts as converged, or None (the rule in
-    the module docstring). `n_flat` is how many epochs in a row were flat (default: counted
-    from the curve itself)."""
-    start, last = curve[0], curve[-1]
-    if not math.isfinite(last):
+def stop_reason(cfg: TrainConfig, curve: Sequence[float], optimum: float, *, origin: float | None = None,
+                moved: bool = True, capped: bool = False) -> str | None:
+    """Why training stops after the objective curve [L_0, L_1, ..., L_e] (undone epochs included,
+    at their values), or None to go on: the rule in the module docstring. `origin` is the
+    identity edit's objective (default L_0), `moved` whether any gradient reached the
+    parameters, `capped` whether the epoch budget is spent."""
+    origin = curve[0] if origin is None else origin
+    best, flat_run, undone_run = curve[0], 0, 0       # since the last epoch that improved it
+    for value in curve[1:]:
+        if not value <= best:                         # worse, or not finite: undone
+            undone_run += 1
+            continue
+        improvement, best = best - value, value
+        if improvement <= max(cfg.convergence_tol * (origin - best), ROUNDOFF * abs(origin)):
+            flat_run += 1
+        else:
+            flat_run = undone_run = 0
+    stuck = flat_run >= PATIENCE or undone_run >= MAX_UNDONE
+    if len(curve) < 2:
         return None
-    if last <= optimum + cfg.convergence_tol * (start - optimum):
+    if cfg.objective == "dpo":
+        return "budget" if capped else None
+    if best <= optimum + cfg.convergence_tol * (origin - optimum):
         return "optimum"
-    if n_flat is None:
-        n_flat = 0
-        while n_flat < len(curve) - 1 and flat(cfg, curve[:len(curve) - n_flat]):
-            n_flat += 1
-    return "plateau" if n_flat >= PATIENCE else None
-
-
-MAX_BACKTRACKS = 3
+    if not stuck and not capped:
+        return None
+    if origin - best <= ROUNDOFF * abs(origin):                  # it got nowhere
+        return ("diverged" if not all(math.isfinite(v) for v in curve) else
+                "stalled" if moved else "stationary")
+    return "plateau" if stuck else "capped"
 
 
 def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Tensor, cfg: TrainConfig,
                pad_id: int, on_step: Callable[[int, int, float], None] | None = None, *,
-               freeze_prefix: bool = True, packed: bool = True) -> TrainResult:
-    """Train `edit` (already attached to `model`, starting as the identity) on `pairs` until it
-    converges or reaches `cfg.max_epochs`; `reference` holds pi0's (n, 2) log-probabilities,
-    computed once for all edits. The edit is left with its best epoch's parameters.
+               freeze_prefix: bool = True, packed: bool = True, warm: bool = False) -> TrainResult:
+    """Train `edit` (already attached to `model`, starting as the identity, or from another
+    edit's parameters with `warm`) on `pairs` until it stops by the rule of the module docstring
+    or reaches `cfg.max_epochs`; `reference` holds pi0's (n, 2) log-probabilities, computed
+    once for all edits. The edit is left with its best epoch's parameters.
 
     Two ways of computing less, each giving the same numbers to float rounding: `packed` pairs
     (each prompt computed once for both answers, `scoring.packed_pairs`), and with them
@@ -169,13 +197,14 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
     per_epoch = cfg.steps_per_epoch(len(pairs))
     warmup = round(cfg.warmup_ratio * per_epoch)
     optimum = objective_optimum(cfg.objective)
-    # The edit starts as the identity, so every log-ratio is 0: the starting objective is exact.
-    start = float(preference_loss(cfg.objective, torch.zeros(1, dtype=torch.float64), tau=cfg.tau,
-                                  beta=cfg.beta))
-    lr, backtracks = cfg.learning_rate, 0
+    # computed, not assumed: an edit that never moves then compares equal to it bit for bit (the
+    # identity's exact objective and this one differ by round-off, which differs between CPUs)
+    curve = [whole_objective(model, pairs, reference, cfg, pad_id, prefix, packed)]
+    origin = identity_objective(cfg) if warm else curve[0]
+    lr, backtracks, moved = cfg.learning_rate, 0, False
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    losses, curve, n_flat = [], [start], 0
-    best = [p.detach().clone() for p in params]
+    losses = []
+    best, best_value = [p.detach().clone() for p in params], curve[0]
     stopped, total = "capped", per_epoch * cfg.max_epochs
     lengths = [pair_length(p) for p in pairs]
     for epoch in range(cfg.max_epochs):
@@ -187,38 +216,28 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
             loss = preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            moved = moved or any(p.grad is not None and bool(p.grad.any()) for p in params)
             optimizer.step()
             losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(len(losses), total, losses[-1])
         curve.append(whole_objective(model, pairs, reference, cfg, pad_id, prefix, packed))
-        if not (curve[-1] <= min(curve[:-1])):          # worse than its best, or not finite
-            if backtracks == MAX_BACKTRACKS:
-                # it cannot improve on its best even at a fraction of the rate: that is its
-                # optimum, unless it never got anywhere
-                progress = (start - min(curve)) / (start - optimum) if start > optimum else 0.0
-                stopped = ("diverged" if not math.isfinite(curve[-1]) else
-                           "plateau" if progress >= cfg.convergence_tol else "stalled")
-                break
-            backtracks += 1                             # back to the best, at half the rate
+        if curve[-1] <= best_value:                     # kept
+            best, best_value = [p.detach().clone() for p in params], curve[-1]
+        else:                                           # worse, or not finite: back to the best, at half the rate
+            backtracks += 1
             lr /= 2
             with torch.no_grad():
                 for p, b in zip(params, best):
                     p.copy_(b)
             optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-            n_flat = 0
-            continue
-        best = [p.detach().clone() for p in params]
-        n_flat = n_flat + 1 if flat(cfg, curve) else 0
-        reason = converged_by(cfg, curve, optimum, n_flat)
+        reason = stop_reason(cfg, curve, optimum, origin=origin, moved=moved or warm,
+                             capped=epoch + 1 == cfg.max_epochs)
         if reason is not None:
             stopped = reason
             break
-    if stopped == "capped" and not math.isfinite(curve[-1]):
-        stopped = "diverged"        # its last epochs blew up, however many it had left
     with torch.no_grad():
         for p, b in zip(params, best):
             p.copy_(b)
-    finite = [c for c in curve if math.isfinite(c)]
-    return TrainResult(tuple(losses), tuple(curve), start, min(finite), optimum,
-                       stopped in ("optimum", "plateau"), stopped, len(curve) - 1, backtracks)
+    return TrainResult(tuple(losses), tuple(curve), origin, best_value, optimum,
+                       stopped in CONVERGED, stopped, len(curve) - 1, backtracks)
