@@ -220,7 +220,7 @@ class Claim(Section):
                                        description="Generated answers and their judge (generation metrics).")
     random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
     verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
-    expect: Literal["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"] | None = Field(
+    expect: Literal["SUPPORTED", "SPECIFIC", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"] | None = Field(
         None, description="Verdict this claim file is expected to get (checked by the pytest plugin).")
 
     _path: Path | None = PrivateAttr(None)
@@ -235,6 +235,11 @@ class Claim(Section):
                 raise fail(f"edit method {edit.method!r} is listed twice (also edits[{seen[edit.method]}])",
                            ("edits", i, "method"))
             seen[edit.method] = i
+        if getattr(self.edits[0], "objective", None) == "dpo":
+            raise fail("dpo cannot give the verdict: its loss has no minimum (it only approaches 0 as the "
+                       "margin grows without bound), so where an edit stops is set by the learning rate "
+                       "and the budget, not by the location; use ipo (dpo edits may follow the first, "
+                       "as a budget-matched comparison)", ("edits", 0, "objective"))
         for i, edit in enumerate(self.edits):
             kinds, datasets = EDIT_METHODS[edit.method].site_kinds, EDIT_METHODS[edit.method].datasets
             if self.site_kind is not None and self.site_kind not in kinds:
@@ -460,8 +465,9 @@ def _unknown_key(loc: Loc, data) -> str:
         "heads": "the claimed sites are now `sites: [L12H3, ...]`",
         "epochs": "edits now train until they converge; `max_epochs` caps them",
         "max_steps": "edits now train until they converge; `max_epochs` caps them",
-        "full_model_learning_rate": "the whole model's rate now follows from `learning_rate` "
-                                    "and `lr_size_exponent`, one rule for every location"}
+        "full_model_learning_rate": "the whole model's rate is now `ceiling_learning_rate`",
+        "lr_size_exponent": "the whole model's rate is now `ceiling_learning_rate`, which no claim's "
+                            "size changes, so every claim on a model shares one ceiling"}
     if loc[-1] in renamed:
         hint = renamed[loc[-1]]
     return f"unknown key {loc[-1]!r}; {hint}"

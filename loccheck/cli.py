@@ -256,10 +256,10 @@ heuristic:
 
 edits:                           # the first one's test gives the verdict; add `- method: iti`
   - method: optimal              # for ITI's heuristic edit side by side
-    objective: ipo               # or dpo
+    objective: ipo               # dpo has no optimum, so it cannot give the verdict
     batch_size: 4
     learning_rate: 1.0e-2        # claimed and random locations alike
-    lr_size_exponent: 0.5        # the whole model's rate: learning_rate * (size / all) ** 0.5
+    ceiling_learning_rate: 1.0e-4  # the whole model's edit, the same for every claim on the model
     max_epochs: 10               # each edit trains until it converges, at most this many epochs
     convergence_tol: 0.02
     seed: 0

@@ -21,9 +21,6 @@ from loccheck.cache import content_key
 from loccheck.errors import LoccheckError
 from loccheck.locations import format_location
 
-ROLES = ("claim", "ceiling", "random")
-
-
 @dataclass(frozen=True)
 class Job:
     method: str                  # a registered edit method
@@ -32,6 +29,8 @@ class Job:
     role: str                    # "claim", "ceiling" or "random"
     index: int | None            # the draw's index for role "random"
     bench_key: str               # identity of the model and data (Bench.key)
+    # a fitted edit to start from, (settings, location, state), named in `settings` by its key
+    start: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
     def location_text(self) -> list[str] | str:
@@ -50,6 +49,8 @@ class Job:
     @property
     def label(self) -> str:
         name = {"claim": "claim", "ceiling": "whole model"}.get(self.role, f"random {self.index}")
+        if "continued_from" in self.settings:
+            name += " (continued)"
         return f"{name} [{self.method}]"
 
 
@@ -93,11 +94,14 @@ class EditOutcome:
     n_scored: int                # metrics scored by this run (not from the cache)
     seconds: float
     score_seconds: dict = field(default_factory=dict)   # metric -> seconds this run spent scoring it
+    state: dict | None = field(default=None, repr=False, compare=False)   # the fit's parameters (small)
+    superseded: tuple = ()       # earlier outcomes of the same role this one replaces (a continued ceiling)
 
     @property
     def diverged(self) -> bool:
-        """Its training blew up, or a score is not finite: it has no optimum to compare."""
-        return diverged(self.info, self.metrics)
+        """Its training blew up: it has no optimum to compare. (A score that is not finite is
+        that metric's missing value, not a diverged edit.)"""
+        return diverged(self.info)
 
     def record(self, base: dict[str, float]) -> dict:
         """The edit's entry in result.json."""
@@ -107,8 +111,13 @@ class EditOutcome:
                 **self.info, "diverged": self.diverged}
 
 
-def diverged(info: dict, metrics: dict[str, float]) -> bool:
-    return info.get("stopped") == "diverged" or not all(math.isfinite(v) for v in metrics.values())
+def every_run(outcomes) -> list[EditOutcome]:
+    """The outcomes with the ones they superseded: what a run fitted and scored."""
+    return [run for o in outcomes for run in (*o.superseded, o)]
+
+
+def diverged(info: dict) -> bool:
+    return info.get("stopped") == "diverged"
 
 
 class BenchRunner:
@@ -166,10 +175,11 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
         cache.discard(job.key, f"not a fit of {job.label} at {job.location_text}")
     edit, fitted = None, record is None
     if fitted:
-        made = method.fit(bench, job.settings, job.location)
+        made = method.fit(bench, job.settings, job.location,
+                          **({"start": job.start} if job.start is not None else {}))
         edit = made.edit
         record = FitRecord(job.method, job.location_text, edit.n_params, made.info, edit.state())
-        if not diverged(made.info, {}):
+        if not diverged(made.info):
             cache.put(job.key, record.to_json())
     keys = {m: job.score_key(m, bench.input_identity(METRICS[m].needs)) for m in metrics}
     score_seconds: dict[str, float] = {}
@@ -188,12 +198,12 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
                 score_seconds.update({m: seconds / len(group) for m in group})
         for m in missing:
             scores[m] = {"value": fresh[m]}
-            if diverged(record.info, {}) or not math.isfinite(fresh[m]):
+            if diverged(record.info) or not math.isfinite(fresh[m]):
                 continue
             cache.put(keys[m], scores[m])
     return EditOutcome(job, record.n_params, record.info, {m: scores[m]["value"] for m in metrics},
                        fitted=fitted, n_scored=len(missing), seconds=time.monotonic() - start,
-                       score_seconds=score_seconds)
+                       score_seconds=score_seconds, state=record.state)
 
 
 def _cached_scores(cache, keys: dict[str, str]) -> dict[str, dict | None]:
@@ -220,7 +230,7 @@ def _record_or_none(stored, job: Job) -> FitRecord | None:
         record = FitRecord.from_json(stored)
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if record.method != job.method or record.location != job.location_text or diverged(record.info, {}):
+    if record.method != job.method or record.location != job.location_text or diverged(record.info):
         return None
     return record
 

@@ -5,6 +5,7 @@ edit being fitted), "lines" (one plain line per finished edit, for CI logs and c
 output, where a bar would show nothing), and "off"."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Callable
@@ -23,6 +24,26 @@ def progress_mode(progress: bool | str | None) -> str:
 
 def _stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+class Phases:
+    """One line when a phase of a verification starts (what it does, on how much) and one when
+    it ends (how long it took), in every mode but "off": a CI log, where no bar shows, sees
+    what a long run is doing."""
+
+    def __init__(self, mode: str, write: Callable[[str], None] | None = None, title: str = ""):
+        self.mode, self.title = mode, title
+        self._write = write or _stderr_line
+
+    @contextlib.contextmanager
+    def __call__(self, what: str):
+        if self.mode == "off":
+            yield
+            return
+        self._write(f"loccheck: {self.title}{what} ...")
+        began = time.monotonic()
+        yield
+        self._write(f"loccheck: {self.title}{what}: done in {time.monotonic() - began:.1f} s")
 
 
 class Progress:
@@ -77,6 +98,13 @@ class Progress:
             self.outer.write(line)
         else:
             self._write(f"loccheck: {line}")
+
+    def more(self, n: int = 1) -> None:
+        """n more edits than planned (a continued ceiling)."""
+        self.total += n
+        if self.outer is not None:
+            self.outer.total += n
+            self.outer.refresh()
 
     def note(self, text: str) -> None:
         if self.mode == "off":

@@ -147,7 +147,7 @@ def write_pairs(path: Path, n_questions: int = 24, seed: int = 0) -> Path:
     return path
 
 
-DEFAULT_EDIT = "{max_epochs: 3, batch_size: 4, learning_rate: 0.05, init_std: 0.1}"
+DEFAULT_EDIT = "{max_epochs: 3, batch_size: 4, learning_rate: 0.05, ceiling_learning_rate: 0.05, init_std: 0.1}"
 DEFAULT_SPLIT = "{train: 0.5, validation: 0.25, test: 0.25, seed: 0}"
 
 

@@ -38,21 +38,33 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     from loccheck.executors import get_executor
     from loccheck.jobs import JobRunner, unedited_scores
 
+    from loccheck.progress import Phases, progress_mode
+
     claim = claim if isinstance(claim, Claim) else load_claim(claim)
     if overrides:
         claim = claim.with_overrides(overrides)
     out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
+    phase = Phases(progress_mode(progress), write_line, title=f"{claim.name} ")
     if inputs is None:
-        inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir)
+        with phase("checking the claim's inputs (data, model files, folders)"):
+            inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir)
     executor = get_executor(executor)
     cache_root = resolve_cache(cache_dir).absolute()     # workers elsewhere resolve it the same
     cache = FitCache(cache_root, refresh=refresh)
-    bench = prepare_bench(claim, cache_root, inputs)
-    proposal = _propose(claim, bench)                     # the heuristic: no test questions
+    with phase(f"loading the model ({claim.model.name}, {claim.model.dtype}) and the "
+               f"{claim.behavior.dataset} pairs"):
+        bench = prepare_bench(claim, cache_root, inputs)
+    if claim.heuristic.method == "manual":                 # nothing runs
+        proposal = _propose(claim, bench)
+    else:
+        with phase(f"running the heuristic ({claim.heuristic.method}) on the {len(bench.train)} train "
+                   f"and {len(bench.validation)} validation pairs"):
+            proposal = _propose(claim, bench)             # the heuristic: no test questions
     location = proposal.top(claim.heuristic.top_k) if claim.location.from_heuristic else claim.location.parsed
     nulls = _draw_null(claim, bench, location)
     metrics = claim.all_metrics
-    base = unedited_scores(bench, cache, metrics)
+    with phase(f"scoring the unedited model on the {len(bench.test)} test pairs ({', '.join(metrics)})"):
+        base = unedited_scores(bench, cache, metrics)
     jobs = edit_jobs(claim, bench.key, location, nulls, len(bench.adapter.sites(claim.site_kind)))
     runner = JobRunner(bench, cache, metrics, bench_factory=partial(prepare_bench, claim, cache_root))
     outcomes = _run(claim, jobs, runner, executor, bench, base,
@@ -63,17 +75,21 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     from loccheck.files import write_json_atomic
     from loccheck.report import render_report
 
-    render_report(result.payload, out)
-    # What this run spent (not in result.json or report.md, which stay reproducible byte for byte)
-    write_json_atomic(run_costs(outcomes), out / "timings.json")
-    write_json_atomic(result.payload, out / "result.json")   # last: its presence means a complete report
+    with phase(f"writing the report to {out}"):
+        render_report(result.payload, out)
+        # What this run spent (not in result.json or report.md, which stay reproducible byte for byte)
+        write_json_atomic(run_costs(outcomes), out / "timings.json")
+        write_json_atomic(result.payload, out / "result.json")   # last: its presence means a complete report
     return replace(result, report_dir=str(out))
 
 
 def run_costs(outcomes) -> dict:
     """Seconds this run spent: fitting (per role) and scoring (per metric; 0 when cached)."""
+    from loccheck.jobs import every_run
+
     fitting: dict[str, float] = {}
     scoring: dict[str, float] = {}
+    outcomes = every_run(outcomes)
     for o in outcomes:
         if o.fitted:
             fitting[o.job.role] = fitting.get(o.job.role, 0.0) + o.seconds - sum(o.score_seconds.values())
@@ -112,7 +128,7 @@ def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple],
         kind = location[0].kind
         local = method.settings(section, size=size, claim_size=size, verdict_metric=metric, site_kind=kind)
         ceiling = method.settings(section, size=n_sites, claim_size=size, verdict_metric=metric,
-                                  site_kind=kind)
+                                  site_kind=kind, ceiling=True)
         jobs += [Job(section.method, local, location, "claim", None, bench_key),
                  Job(section.method, ceiling, None, "ceiling", None, bench_key)]
         jobs += [Job(section.method, local, loc, "random", i, bench_key) for i, loc in enumerate(nulls)]
@@ -122,18 +138,21 @@ def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple],
 def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
     """The outcomes, in job order. Per edit method: the claim and the ceiling, then the null in
     waves of the executor's width; with `random_locations.stop: sequential` a method's null
-    stops at the first wave after which the test is decided (`stats.sequential_decided`)."""
+    stops at the first wave after which the test is decided (`stats.sequential_decided`, on the
+    gains `verdict.compared_gains` defines, as the test itself). Then, for a method whose
+    ceiling is an optimum, the ceiling is continued from any fitted edit that fits the training
+    pairs better (`continued_ceiling`)."""
     from loccheck.metrics import METRICS
     from loccheck.stats import sequential_decided, sequential_stop_count
-    from loccheck.verdict import min_null_size
+    from loccheck.verdict import compared_gains, min_null_size
 
     rs, vs = claim.random_locations, claim.verdict
     sequential = rs.stop == "sequential" and rs.n >= min_null_size(vs.alpha)
     h = sequential_stop_count(rs.n, vs.alpha) if sequential else None
     better = METRICS[vs.metric].improvement
 
-    def gain(o, claim_gain=0.0):   # a diverged random edit counts as a tie with the claim
-        return claim_gain if o.diverged else better(o.metrics[vs.metric] - base[vs.metric])
+    def gain(o):
+        return better(o.metrics[vs.metric] - base[vs.metric])
     outcomes = []
     bench.on_step = progress.on_step
     try:
@@ -141,22 +160,66 @@ def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
             mine = [j for j in jobs if j.method == method]
             head, null_jobs = mine[:2], mine[2:]
             head_outcomes = _fit(head, runner, executor, progress)
-            outcomes += head_outcomes
             fitted = []
             for start in range(0, len(null_jobs), executor.width):
                 fitted += _fit(null_jobs[start:start + executor.width], runner, executor, progress)
-                claim_gain = gain(head_outcomes[0])
-                if sequential and sequential_decided(claim_gain, [gain(o, claim_gain) for o in fitted],
-                                                     n_max=rs.n, h=h):
+                claim_gain, null = compared_gains(gain(head_outcomes[0]), [gain(o) for o in fitted],
+                                                  claim_diverged=head_outcomes[0].diverged,
+                                                  null_diverged=[o.diverged for o in fitted])
+                if sequential and sequential_decided(claim_gain, null, n_max=rs.n, h=h):
                     break
-            outcomes += fitted
             if len(fitted) < len(null_jobs):
                 progress.note(f"{method}: the null is decided after {len(fitted)} of {rs.n} random "
                               f"locations ({h} edit as well as the claim); {rs.n - len(fitted)} not fitted")
+            ceiling = continued_ceiling(head_outcomes[1], [head_outcomes[0], *fitted], runner, executor,
+                                        progress)
+            outcomes += [head_outcomes[0], ceiling, *fitted]
     finally:
         bench.on_step = None
         progress.close()
     return outcomes
+
+
+def continued_ceiling(ceiling, edits, runner, executor, progress):
+    """The ceiling is the optimum of the whole-model edit, and every location's edit lies in its
+    family, so its training objective can be no worse than any location's. When a fitted edit's
+    objective is lower than the ceiling's by more than the convergence rule can resolve (tol of
+    the attainable improvement), the ceiling is fitted again starting from that edit's
+    parameters (the best such edit), by the same rule; its record says what was done
+    (`continued_from`, `first_fit`). Returns the ceiling's outcome to use."""
+    from dataclasses import replace as replace_
+    from loccheck.edits import EDIT_METHODS
+
+    job = ceiling.job
+    if not EDIT_METHODS[job.method].continues_ceiling or ceiling.diverged:
+        return ceiling
+    usable = [o for o in edits if not o.diverged and _objective(o) is not None]
+    if not usable or _objective(ceiling) is None:
+        return ceiling
+    best = min(usable, key=_objective)
+    span = ceiling.info["initial_objective"] - 0.0          # both objectives' optimum is 0
+    if not _objective(best) < _objective(ceiling) - job.settings["convergence_tol"] * span:
+        return ceiling
+    progress.note(f"{job.method}: {best.job.label} fits the training pairs better than the whole-model "
+                  f"edit (objective {_objective(best):.4g} against {_objective(ceiling):.4g}): the "
+                  "whole-model edit is continued from it")
+    settings = {**job.settings, "continued_from": best.job.key}
+    again = replace_(job, settings=settings,
+                     start=(best.job.settings, best.job.location, best.state))
+    progress.more(1)
+    (outcome,) = _fit([again], runner, executor, progress)
+    first = {k: ceiling.info.get(k) for k in ("final_objective", "epochs", "stopped", "converged")}
+    info = {**outcome.info, "first_fit": {**first, "metrics": ceiling.metrics},
+            "continued_from": {"role": best.job.role, "index": best.job.index,
+                               "location": best.job.location_text, "final_objective": _objective(best)}}
+    return replace_(outcome, info=info, superseded=(ceiling,))
+
+
+def _objective(outcome) -> float | None:
+    import math
+
+    value = outcome.info.get("final_objective")
+    return value if isinstance(value, float) and math.isfinite(value) else None
 
 
 def _fit(jobs, runner, executor, progress) -> list:

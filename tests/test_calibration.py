@@ -137,7 +137,9 @@ def test_exact_rate_of_verify_null_for_a_random_claim(gains, simulated, alpha, t
     model_dir, pairs = pool_run.payload["model"]["resolved"], pool_run.payload["data"]["source"]
     text = claim_text(model_dir, pairs, [str(h) for h in best], n=N, alpha=alpha, random_seed=seed, stop="full")
     result = verify(parse_claim(text, path=tmp_path / "best.yaml"), write_report=False, progress=False)
-    assert result.n_fitted == 0
+    # nothing fitted but, perhaps, the ceiling continued from an edit of this run's that fits
+    # better than it (which edit that is depends on which were fitted; cached after the first)
+    assert result.n_fitted <= sum("continued_from" in e for e in result.edits) <= 1
     drawn = [tuple(HeadLoc.parse(h) for h in e["location"]) for e in result.edits if e["role"] == "random"]
     assert drawn == draw_null(**SHAPE, size=2, n=N, seed=seed) and best in drawn
     ties = [g for d, g in zip(drawn, result.null_gains) if d == best]

@@ -42,13 +42,13 @@ heuristic:
   probe_accuracies: {L12H3: 0.83, L1H0: 0.71}
 edits:
   - method: optimal
-    objective: dpo
+    objective: ipo
     tau: 0.2
     beta: 1
     max_epochs: 3
     batch_size: 8
     learning_rate: 1e-3
-    lr_size_exponent: 0.25
+    ceiling_learning_rate: 2.5e-4
     weight_decay: 0.01
     warmup_ratio: 0.1
     init_std: 0.02
@@ -91,7 +91,7 @@ def test_full_claim_round_trips(tmp_path):
     assert claim.location.parsed == (HeadLoc(1, 0), HeadLoc(12, 3))  # sorted
     assert claim.heuristic.probe_accuracies == {"L12H3": 0.83, "L1H0": 0.71}
     # YAML 1.1 reads `1e-3` as a string; the loader reads it as a float, as YAML 1.2 does.
-    assert claim.edits[0].learning_rate == 1e-3 and claim.edits[0].lr_size_exponent == 0.25
+    assert claim.edits[0].learning_rate == 1e-3 and claim.edits[0].ceiling_learning_rate == 2.5e-4
     assert claim.edits[0].beta == 1.0 and isinstance(claim.edits[0].beta, float)
     assert claim.expect == "SUPPORTED"
     config = claim.effective_config()
@@ -113,7 +113,7 @@ def test_minimal_claim_fills_defaults():
         "heuristic": {"method": "manual", "citation": None, "notes": None},
         "edits": [{"method": "optimal",
                    "objective": "ipo", "tau": 0.1, "beta": 0.1, "batch_size": 4,
-                   "learning_rate": 5e-4, "lr_size_exponent": 0.5, "weight_decay": 0.0,
+                   "learning_rate": 5e-4, "ceiling_learning_rate": 1e-4, "weight_decay": 0.0,
                    "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "max_epochs": 10,
                    "convergence_tol": 0.02, "seed": 0}],
         "metrics": ["preference_margin", "preference_accuracy"],
@@ -504,10 +504,19 @@ def test_json_schema_has_descriptions():
             assert spec.get("description"), f"{name}.{field} has no description"
 
 
+def test_dpo_cannot_give_the_verdict_but_may_follow(tmp_path):
+    message, path = load_error(tmp_path, MINIMAL + "edits: [{objective: dpo}]\n")
+    assert message.startswith(f"{path}:3:21: edits[0].objective: dpo cannot give the verdict: its loss "
+                              "has no minimum")
+    later = parse_claim(MINIMAL + "edits: [{method: iti}, {method: optimal, objective: dpo}]\n")
+    assert later.edits[1].objective == "dpo"
+
+
 @pytest.mark.parametrize("text, hint", [
     ("edit: {epochs: 2}\n", "edit methods are now a list, `edits: [{method: optimal, ...}]`"),
     ("edits: [{epochs: 2}]\n", "edits now train until they converge; `max_epochs` caps them"),
-    ("edits: [{full_model_learning_rate: 0.1}]\n", "`lr_size_exponent`"),
+    ("edits: [{full_model_learning_rate: 0.1}]\n", "`ceiling_learning_rate`"),
+    ("edits: [{lr_size_exponent: 0.5}]\n", "`ceiling_learning_rate`, which no claim's size changes"),
 ])
 def test_keys_of_old_claim_files_say_what_replaced_them(tmp_path, text, hint):
     message, _ = load_error(tmp_path, MINIMAL + text)

@@ -29,13 +29,13 @@ pytestmark = pytest.mark.slow   # fits edits on tiny models (torch)
 N_LAYERS = 8
 LIVE, DEAD = MlpLoc(5), MlpLoc(2)
 N, ALPHA, RHO, NULL_SEED, TAU = 19, 0.05, 0.8, 4, 0.5
-# One learning rate for every size (lr_size_exponent 0): the ceiling's dead layers get exactly
-# zero gradient, so its live layer follows the claim's edit step for step (the same initial a
-# row, b = 0, the same batches) and the two are the same edit, bit for bit. With the paper's
-# size rule (exponent 0.5) the ceiling trains at a third of the rate and, on gpt2, fits the
-# training pairs as well but generalises to half the claim's gain (ratio 1.87).
+# The ceiling trains at the claims' rate (ceiling_learning_rate = learning_rate): its dead layers
+# get exactly zero gradient, so its live layer follows the claim's edit step for step (the same
+# initial a row, b = 0, the same batches) and the two are the same edit, bit for bit. At a third
+# of the rate (the paper's size rule) the ceiling, on gpt2, fits the training pairs as well but
+# generalises to half the claim's gain (ratio 1.87).
 BUDGET = ("{max_epochs: 40, convergence_tol: 0.005, batch_size: 4, learning_rate: 0.05, "
-          f"init_std: 0.1, tau: {TAU}, lr_size_exponent: 0}}")
+          f"init_std: 0.1, tau: {TAU}, ceiling_learning_rate: 0.05}}")
 SPLIT = "{train: 0.5, validation: 0.0, test: 0.5, seed: 0}"
 
 
@@ -80,8 +80,12 @@ def test_live_mlp_layer_is_supported(known, pairs, tmp_path):
     claim, full = result.edits[0], result.edits[1]
     assert full["location"] == "all"
     assert claim["final_objective"] < 0.05           # near IPO's optimum 0 (from 1 at the start)
-    assert full["final_objective"] == claim["final_objective"]
-    assert result.ceiling_gain == result.claim_gain > 0 and result.optimality_ratio == 1.0
+    # the same edit, computed from another block's prefix: equal to float32 round-off carried
+    # through 40 epochs (bit for bit with AVX-512 kernels, 2.4e-7 apart with AVX2's), measured
+    # against the objective's scale, its start (1)
+    assert full["final_objective"] == pytest.approx(claim["final_objective"], abs=1e-5)
+    assert result.ceiling_gain == pytest.approx(result.claim_gain, rel=1e-4) and result.claim_gain > 0
+    assert result.optimality_ratio == pytest.approx(1.0, rel=1e-4)
     assert result.verdict == "SUPPORTED"
 
 

@@ -4,12 +4,14 @@ random location (a registry).
 An edit method is one module in this folder holding its claim section (`method: <name>` in a
 claim's `edits:` list), its edit, its fit and its ceiling, registered as an `EditMethod`:
 
-- `settings(section, size=, claim_size=, verdict_metric=, site_kind=)`: the JSON settings that
+- `settings(section, size=, claim_size=, verdict_metric=, site_kind=, ceiling=)`: the JSON settings that
   determine one fit at a location of `size` sites of `site_kind` (the ceiling: every site of
   the kind), the same procedure for every
   location; they and the location make its cache key, so two claims that fit the same edit
   share it;
-- `fit(bench, settings, location)`: a `Fitted` edit; `location` None is the whole model;
+- `fit(bench, settings, location)`: a `Fitted` edit; `location` None is the whole model; a
+  method with `continues_ceiling` also takes `start=(settings, location, state)`, a fitted
+  location's edit to continue the ceiling from (it lies in the ceiling's family);
 - `restore(bench, settings, location, state)`: the same edit from its stored parameters, so a
   metric added later scores it without refitting;
 - `initial(bench, settings, location)`: the edit before fitting, which must be the identity
@@ -49,6 +51,8 @@ class EditMethod:
     uses_validation: bool = False                    # its fit reads the validation pairs
     site_kinds: tuple[str, ...] = ("head",)          # the kinds of location it can edit
     datasets: tuple[str, ...] | None = None          # the behaviour datasets it can read (None: any)
+    continues_ceiling: bool = False                  # its ceiling is an optimum, continued from any
+                                                     # location's edit that fits better
 
 
 EDIT_METHODS: Registry[EditMethod] = Registry("edit method")

@@ -257,7 +257,7 @@ def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[To
 
 
 def _settings(section: ITIEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "head") -> dict:
+              site_kind: str = "head", ceiling: bool = False) -> dict:
     # alpha is chosen by the verdict's metric on the validation questions: part of the fit
     return {"alphas": list(section.alphas), "positions": section.positions, "metric": verdict_metric}
 

@@ -81,7 +81,7 @@ def stats_texts(file: Path) -> list[str]:
 
 
 def _settings(section: RomeEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "mlp") -> dict:
+              site_kind: str = "mlp", ceiling: bool = False) -> dict:
     from loccheck.cache import file_sha256
 
     from loccheck.errors import DataError
