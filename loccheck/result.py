@@ -60,6 +60,7 @@ def _number(value) -> float:
 
 def build_result(claim, bench, location, proposal, nulls, base, outcomes, executor: str) -> VerifyResult:
     from loccheck.heuristics import HEURISTICS
+    from loccheck.jobs import every_run
     from loccheck.locations import format_location
     from loccheck.metrics import METRICS
     from loccheck.null import count_locations
@@ -101,8 +102,9 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
     }
     # Strict JSON in memory too: the report rendered now and one re-rendered from result.json
     # read the same values (null where a number is not finite).
-    return VerifyResult(strict_json(payload), n_fitted=sum(o.fitted for o in outcomes),
-                        n_scored=sum(o.n_scored for o in outcomes), outcomes=list(outcomes))
+    runs = every_run(outcomes)
+    return VerifyResult(strict_json(payload), n_fitted=sum(o.fitted for o in runs),
+                        n_scored=sum(o.n_scored for o in runs), outcomes=list(outcomes))
 
 
 def _tests(claim, methods, records, location) -> tuple[dict, dict]:
@@ -111,44 +113,61 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
     then the null's draws)."""
     from loccheck.metrics import METRICS
     from loccheck.stats import describe
-    from loccheck.verdict import test_location
+    from loccheck.verdict import examine_location
 
     vs, metric = claim.verdict, claim.verdict.metric
     better = METRICS[metric].improvement
     tests, summaries = {}, {}
     for m in methods:
         claim_r, ceiling_r, *randoms = [r for r in records if r["method"] == m]
-        tests[m] = test_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
-                                 [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
-                                 rho=vs.rho, location_size=len(location), site=location[0].noun,
-                                 n_null=claim.random_locations.n,
-                                 stop=claim.random_locations.stop,
-                                 null_diverged=[r["diverged"] for r in randoms],
-                                 claim_diverged=claim_r["diverged"],
-                                 ceiling_diverged=ceiling_r["diverged"]).to_json()
+        tests[m] = examine_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
+                                    [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
+                                    rho=vs.rho, location_size=len(location), site=location[0].noun,
+                                    n_null=claim.random_locations.n,
+                                    stop=claim.random_locations.stop,
+                                    null_diverged=[r["diverged"] for r in randoms],
+                                    claim_diverged=claim_r["diverged"],
+                                    ceiling_diverged=ceiling_r["diverged"],
+                                    # methods without a training rule (ITI, ROME) have no "converged"
+                                    ceiling_converged=ceiling_r.get("converged", True),
+                                    ceiling_stopped=ceiling_r.get("stopped")).to_json()
         randoms = randoms[:tests[m]["n_null_fitted"]]   # the null the test used
         summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
                                "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},
                                "null_value": describe([r["metrics"][name] for r in randoms]).to_json(),
                                "null_gain": describe([r["gains"][name] for r in randoms]).to_json(),
-                               "p_value": _metric_pvalue(name, claim_r, randoms)}
+                               **_metric_pvalue(name, metric, tests[m], claim_r, randoms)}
                         for name in claim.all_metrics}
     return tests, summaries
 
 
-def _metric_pvalue(name: str, claim_r: dict, randoms: list[dict]) -> float | None:
-    """The claim's p-value on metric `name` against the null's draws the test used, by the same
-    convention (ties and diverged draws count against the claim): whether the verdict would
-    depend on the metric. Descriptive when the sequential null stopped early on another metric."""
+def _metric_pvalue(name: str, verdict_metric: str, test: dict, claim_r: dict, randoms: list[dict]) -> dict:
+    """The claim's p-value on metric `name`, whether the verdict would depend on the metric. On
+    the verdict's metric it is the test's own p-value. On another metric it is computed by the
+    same convention (ties and draws without a usable gain count against the claim) on the null's
+    draws the test used: when the sequential null stopped early on the verdict's metric, that is
+    the first l of N draws, chosen by another metric's outcome, so the p-value is descriptive
+    (`p_value_draws` says on how many)."""
     from loccheck.metrics import METRICS
     from loccheck.stats import null_test
+    from loccheck.verdict import compared_gains
 
-    if not randoms or claim_r["diverged"]:
-        return None if not randoms else 1.0
+    if name == verdict_metric:
+        return {"p_value": test["p_value"], "p_value_draws": test["n_null_fitted"], "p_value_descriptive": False}
+    if not randoms:
+        return {"p_value": None, "p_value_draws": 0, "p_value_descriptive": True}
     better = METRICS[name].improvement
-    claim_gain = better(claim_r["gains"][name])
-    null = [claim_gain if r["diverged"] else better(r["gains"][name]) for r in randoms]
-    return null_test(claim_gain, null).pvalue
+    claim_gain, null = compared_gains(better(claim_r["gains"][name]), [better(r["gains"][name]) for r in randoms],
+                                      claim_diverged=claim_r["diverged"],
+                                      null_diverged=[r["diverged"] for r in randoms])
+    pvalue = 1.0 if claim_r["diverged"] or not _finite(claim_r["gains"][name]) else null_test(claim_gain, null).pvalue
+    return {"p_value": pvalue, "p_value_draws": len(randoms), "p_value_descriptive": bool(test["stopped_early"])}
+
+
+def _finite(value) -> bool:
+    import math
+
+    return value is not None and math.isfinite(value)
 
 
 def _data_record(dataset: str, summary: dict, fmt: str, example: str, n_tokenized: dict[str, int]) -> dict:

@@ -12,8 +12,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 # Relative tolerance under which a null value counts as a tie with the statistic: two gains
-# that differ only by float round-off must not make the claim look better than it is.
-_TIE_RTOL = 100 * np.finfo(float).eps
+# that differ only by round-off must not make the claim look better than it is. Gains come from
+# float32 scores, and two edits that are the same function are fitted by different arithmetic
+# (a frozen prefix from another block; another CPU's kernels), whose round-off training carries
+# along: measured with AVX2 kernels, 6e-7 relative after 2 epochs, 1.0e-5 after 40
+# (tests/test_known_answers.py, test_known_mlp.py). 1e-4 leaves a margin; counting a near-tie
+# against the claim can only make p larger, never invalid.
+_TIE_RTOL = 1e-4
 
 
 def _iv_statistic(statistic) -> float:
@@ -72,7 +77,7 @@ def empirical_pvalue(statistic: float, null: ArrayLike) -> float:
     the null, which makes the test exact under exchangeability (P(p <= alpha) <= alpha) and
     bounds p below by ``1 / (N + 1)``: with N = 19, the smallest reachable p is 0.05.
     Ties count against the claim: a null value equal to the statistic, or below it by at
-    most a relative ``100 * eps`` (float round-off), is counted in k.
+    most a relative 1e-4 (round-off of float32 scores carried through training), is counted in k.
 
     Examples
     --------
@@ -96,7 +101,7 @@ class NullTestResult:
         The raw null sample, in draw order (a read-only copy).
     pvalue : float
         ``(1 + #{null >= statistic}) / (n_null + 1)``, alternative "greater", ties
-        (within a relative ``100 * eps``) counted against the claim.
+        (within a relative 1e-4) counted against the claim.
     n_null : int
         Number of null draws N.
     n_at_least : int

@@ -8,12 +8,16 @@ Rules (METHOD.md, "Statistics and the verdict"), checked in this order:
 3. FALSIFIED when ``p > alpha`` (random locations of the same size edit as well), or when the
    claimed location's edit did not improve the behaviour (gain <= 0) or diverged: a location
    that does not move the behaviour is never "specific";
-4. SUPPORTED when ``claim_gain / ceiling_gain >= rho``;
-5. SPECIFIC_BUT_WEAK otherwise: beats random locations, falls short of the whole model.
+4. SPECIFIC_BUT_WEAK when ``claim_gain / ceiling_gain < rho``: beats random locations, falls
+   short of the whole model;
+5. SPECIFIC when the claim reaches rho of the ceiling but the ceiling cannot anchor "effective":
+   the whole-model edit did not converge, or it gains less than the claim on held-out data by
+   more than noise (`ceiling_short`);
+6. SUPPORTED otherwise: specific, and effective against a ceiling that is the optimum.
 
 A diverged edit (its training blew up, or a score is not finite) has no optimum to compare, and
 is treated so that it can only count against the claim: a diverged random location counts as
-editing at least as well as the claim (`test_location`), a diverged claim is FALSIFIED, a
+editing at least as well as the claim (`examine_location`), a diverged claim is FALSIFIED, a
 diverged ceiling is NO_EFFECT. None of them can make a claim SUPPORTED.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Verdict(str, Enum):
     """The outcome of testing a localization claim."""
 
     SUPPORTED = "SUPPORTED"
+    SPECIFIC = "SPECIFIC"                    # beats the null; the ceiling cannot tell "effective"
     SPECIFIC_BUT_WEAK = "SPECIFIC_BUT_WEAK"
     FALSIFIED = "FALSIFIED"
     NO_EFFECT = "NO_EFFECT"
@@ -153,6 +158,8 @@ def decide_verdict(
     site: str = "head",
     claim_diverged: bool = False,
     ceiling_diverged: bool = False,
+    ceiling_unfit: str | None = None,
+    sequential: tuple[int, int] | None = None,
 ) -> VerdictResult:
     """Decide the verdict on a localization claim.
 
@@ -175,14 +182,20 @@ def decide_verdict(
         The sites' kind ("head"), to word the reason.
     claim_diverged, ceiling_diverged : bool
         Whether the claim's or the whole model's edit diverged (its gain is then not used).
+    ceiling_unfit : str, optional
+        Why the whole-model edit cannot anchor "effective" (it did not converge, or it gains
+        less than the claim beyond noise), as a clause; None when it can.
+    sequential : (h, l), optional
+        The sequential null stopped at its h-th draw at or above the claim after l draws
+        (Besag-Clifford p = h / l); only used to word the reason.
 
     Returns
     -------
     VerdictResult
         UNDERPOWERED exactly when ``1 / (n_null + 1) > alpha`` (checked first); else
         NO_EFFECT when the ceiling diverged or ``ceiling_gain <= 0``; else FALSIFIED when the
-        claim diverged, ``claim_gain <= 0`` or ``pvalue > alpha``; else SUPPORTED when
-        ``claim_gain / ceiling_gain >= rho``; else SPECIFIC_BUT_WEAK.
+        claim diverged, ``claim_gain <= 0`` or ``pvalue > alpha``; else SPECIFIC_BUT_WEAK when
+        ``claim_gain / ceiling_gain < rho``; else SPECIFIC when `ceiling_unfit`; else SUPPORTED.
     """
     pvalue, n_null, alpha, rho, location_size = _iv_decide(pvalue, n_null, alpha, rho, location_size)
     min_p = 1.0 / (n_null + 1)
@@ -201,19 +214,31 @@ def decide_verdict(
     no_gain = _without_gain(claim_gain, ceiling_gain, claim_diverged, ceiling_diverged, site, ratio)
     if no_gain is not None:
         return no_gain
+    if pvalue > alpha and sequential is not None:
+        h, l = sequential
+        return VerdictResult(Verdict.FALSIFIED, (
+            f"p = {h / l:.3g} > alpha = {alpha:g} (sequential, Besag-Clifford p = h / l): {h} of the "
+            f"first {l} of {n_null} {what} edit the behaviour at least as well as the claimed "
+            f"{site}s, which decides the test: whatever the other {n_null - l} would give, the full "
+            "null's p-value would be above alpha."), ratio)
     if pvalue > alpha:
         return VerdictResult(Verdict.FALSIFIED, (
             f"p = {pvalue:.3g} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
             f"at least as well as the claimed {site}s."), ratio)
     beats = (f"p = {pvalue:.3g} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
              f"behaviour at least as well)")
-    if ratio >= rho:
-        return VerdictResult(Verdict.SUPPORTED, (
-            f"{beats} and the claimed {site}s reach {ratio:.1%} of the whole-model gain "
-            f"(rho = {rho:g}): the location is specific and effective."), ratio)
-    return VerdictResult(Verdict.SPECIFIC_BUT_WEAK, (
-        f"{beats}, but the claimed {site}s reach only {ratio:.1%} of the whole-model gain "
-        f"(rho = {rho:g})."), ratio)
+    if ratio < rho:
+        return VerdictResult(Verdict.SPECIFIC_BUT_WEAK, (
+            f"{beats}, but the claimed {site}s reach only {ratio:.1%} of the whole-model gain "
+            f"(rho = {rho:g})."), ratio)
+    if ceiling_unfit is not None:
+        return VerdictResult(Verdict.SPECIFIC, (
+            f"{beats}, and the claimed {site}s reach {ratio:.1%} of the whole-model gain, but the "
+            f"whole-model edit {ceiling_unfit}, so it is no optimum to measure \"effective\" "
+            "against: the location is specific; whether it is effective is not decided."), ratio)
+    return VerdictResult(Verdict.SUPPORTED, (
+        f"{beats} and the claimed {site}s reach {ratio:.1%} of the whole-model gain "
+        f"(rho = {rho:g}): the location is specific and effective."), ratio)
 
 
 def _without_gain(claim_gain: float, ceiling_gain: float, claim_diverged: bool,
@@ -281,6 +306,7 @@ class LocationTest:
     optimality_ratio: float
     n_null_effective: int | None      # null locations reaching rho x the ceiling's gain
     ceiling_short: bool               # the claim beats the ceiling by more than the null's spread
+    ceiling_converged: bool           # the whole-model edit reached its optimum by the training rule
     n_null_fitted: int                # null locations the test used (fewer when stopped early)
     stop: str                         # "full", or "sequential" (Besag-Clifford)
     stopped_early: bool
@@ -298,15 +324,30 @@ class LocationTest:
                 "claim_percentile": self.claim_percentile,
                 "optimality_ratio": self.optimality_ratio,
                 "n_null_effective": self.n_null_effective, "ceiling_short": self.ceiling_short,
+                "ceiling_converged": self.ceiling_converged,
                 "n_null_fitted": self.n_null_fitted, "stop": self.stop,
                 "stopped_early": self.stopped_early, "n_null_diverged": self.n_null_diverged,
                 "claim_diverged": self.claim_diverged, "ceiling_diverged": self.ceiling_diverged}
 
 
-def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: float, rho: float,
-                  location_size: int | None = None, site: str = "head", n_null: int | None = None,
-                  stop: str = "full", null_diverged=None, claim_diverged: bool = False,
-                  ceiling_diverged: bool = False) -> LocationTest:
+def compared_gains(claim_gain: float, null_gains, *, claim_diverged: bool = False,
+                   null_diverged=None) -> tuple[float, list[float]]:
+    """The statistics the null test compares, the one definition the sequential stop and the
+    test share: a claim without a usable gain (its edit diverged, or its score is not finite) is
+    scored 0 (it is FALSIFIED whatever the null does); a random location without one counts as a
+    tie with the claim."""
+    usable = not claim_diverged and claim_gain is not None and math.isfinite(claim_gain)
+    claim = float(claim_gain) if usable else 0.0
+    flags = [False] * len(null_gains) if null_diverged is None else list(null_diverged)
+    return claim, [claim if d or g is None or not math.isfinite(g) else float(g)
+                   for g, d in zip(null_gains, flags)]
+
+
+def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: float, rho: float,
+                     location_size: int | None = None, site: str = "head", n_null: int | None = None,
+                     stop: str = "full", null_diverged=None, claim_diverged: bool = False,
+                     ceiling_diverged: bool = False, ceiling_converged: bool = True,
+                     ceiling_stopped: str | None = None) -> LocationTest:
     """Test the claim's gain against the null's and decide the verdict.
 
     `null_gains` are the null's gains in draw order, `n_null` the planned null size (default:
@@ -318,18 +359,24 @@ def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: 
     and the test is the full one.
 
     Diverged edits (flags `null_diverged`, one per null gain, `claim_diverged`,
-    `ceiling_diverged`) can only count against the claim: a diverged random location counts as
-    a tie with the claim (ties count against it) and is left out of the null's mean and spread;
-    a diverged claim or ceiling decides the verdict as `decide_verdict` says."""
+    `ceiling_diverged`) and gains that are not finite can only count against the claim
+    (`compared_gains`): such a random location counts as a tie with the claim (ties count
+    against it) and is left out of the null's mean and spread; a diverged claim or ceiling
+    decides the verdict as `decide_verdict` says. A ceiling that did not converge
+    (`ceiling_converged`, with its `ceiling_stopped` label) or falls short (`ceiling_short`)
+    cannot make the claim SUPPORTED (`decide_verdict`'s SPECIFIC)."""
     from loccheck.stats import describe, null_test, sequential_pvalue, sequential_stop_count
 
     n_null = len(null_gains) if n_null is None else n_null
     diverged = [False] * len(null_gains) if null_diverged is None else [bool(d) for d in null_diverged]
     if len(diverged) != len(null_gains):
         raise ValueError(f"`null_diverged` has {len(diverged)} flags for {len(null_gains)} null gains")
-    claim_gain = claim_gain if math.isfinite(claim_gain) else 0.0
-    ceiling_gain = ceiling_gain if math.isfinite(ceiling_gain) else 0.0
-    null_gains = [claim_gain if d else g for g, d in zip(null_gains, diverged)]
+    diverged = [d or g is None or not math.isfinite(g) for g, d in zip(null_gains, diverged)]
+    claim_diverged = claim_diverged or claim_gain is None or not math.isfinite(claim_gain)
+    claim_gain, null_gains = compared_gains(claim_gain, null_gains, claim_diverged=claim_diverged,
+                                            null_diverged=diverged)
+    ceiling_diverged = ceiling_diverged or ceiling_gain is None or not math.isfinite(ceiling_gain)
+    ceiling_gain = 0.0 if ceiling_diverged else float(ceiling_gain)
     seq = None
     if stop == "sequential" and n_null >= min_null_size(alpha):
         seq = sequential_pvalue(claim_gain, null_gains, n_max=n_null,
@@ -339,20 +386,20 @@ def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: 
         raise ValueError(f"the full test needs all {n_null} null gains, got {len(null_gains)}")
     test = null_test(claim_gain, null_gains)
     pvalue = seq.pvalue if seq is not None else test.pvalue
-    decision = decide_verdict(pvalue=max(pvalue, 1 / (n_null + 1)), n_null=n_null, alpha=alpha,
-                              claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
-                              location_size=location_size, site=site,
-                              claim_diverged=claim_diverged, ceiling_diverged=ceiling_diverged)
-    reason = decision.reason
-    if seq is not None and seq.stopped_early:
-        what = f"random {location_size}-{site} locations" if location_size else "random locations"
-        reason = (f"p = {pvalue:.3g} > alpha = {alpha:g} (sequential, Besag-Clifford p = h / l): "
-                  f"{seq.h} of the first {seq.n_drawn} of {n_null} {what} edit the behaviour at least "
-                  f"as well as the claimed {site}s, which decides the test: whatever the other "
-                  f"{n_null - seq.n_drawn} would give, the full null's p-value would be above alpha.")
     used = test.null_distribution
     kept = [g for g, d in zip(used, diverged) if not d]   # the diverged draws have no gain to describe
     spread = describe(kept)
+    short = not (claim_diverged or ceiling_diverged) and ceiling_short(claim_gain, ceiling_gain, spread.std)
+    unfit = (f"did not converge ({ceiling_stopped or 'not converged'})" if not ceiling_converged else
+             f"gains less than the claim on the held-out questions ({ceiling_gain:.3g} against "
+             f"{claim_gain:.3g}) by more than noise" if short else None)
+    decision = decide_verdict(pvalue=max(pvalue, 1 / (n_null + 1)), n_null=n_null, alpha=alpha,
+                              claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
+                              location_size=location_size, site=site,
+                              claim_diverged=claim_diverged, ceiling_diverged=ceiling_diverged,
+                              ceiling_unfit=unfit,
+                              sequential=(seq.h, seq.n_drawn) if seq is not None and seq.stopped_early else None)
+    reason = decision.reason
     if claim_diverged:   # beaten by every draw
         pvalue, test = 1.0, replace(test, n_at_least=test.n_null)
     return LocationTest(
@@ -364,7 +411,7 @@ def test_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: 
         null_std=spread.std, null_min=spread.min, null_max=spread.max,
         claim_percentile=test.percentile, optimality_ratio=decision.optimality_ratio,
         n_null_effective=None if ceiling_diverged else count_effective(kept, ceiling_gain, rho),
-        ceiling_short=not (claim_diverged or ceiling_diverged) and ceiling_short(claim_gain, ceiling_gain, spread.std),
+        ceiling_short=short, ceiling_converged=ceiling_converged,
         n_null_diverged=sum(diverged[:test.n_null]), claim_diverged=claim_diverged,
         ceiling_diverged=ceiling_diverged,
         n_null_fitted=test.n_null, stop="sequential" if seq is not None else "full",

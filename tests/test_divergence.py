@@ -23,7 +23,8 @@ def test_diverged_edits_are_reported_not_cached_and_decide_nothing_in_the_claims
     model_dir, pairs = known_llama
     # float16 weights and a learning rate so large that the first step overflows float16's
     # range (65504): the hidden states become inf, the norms NaN.
-    edit = "{max_epochs: 1, batch_size: 4, learning_rate: 1.0e+4, init_std: 0.1}"
+    edit = ("{max_epochs: 1, batch_size: 4, learning_rate: 1.0e+4, ceiling_learning_rate: 1.0e+4, "
+            "init_std: 0.1}")
     text = claim_text(model_dir, pairs, ["L1H2"], n=19, edit=edit, stop="full").replace(
         "device: cpu", "device: cpu, dtype: float16")
     claim = parse_claim(text, path=tmp_path / "diverges.yaml")
@@ -50,3 +51,33 @@ def test_diverged_edits_are_reported_not_cached_and_decide_nothing_in_the_claims
     assert result["tests"]["optimal"]["optimality_ratio"] is None
     report = (tmp_path / "out" / "report.md").read_text()
     assert "diverged" in report and "NO_EFFECT" in report
+
+
+def _float16_claim(model_dir, pairs, tmp_path, ceiling_rate: str, stop: str):
+    edit = (f"{{max_epochs: 2, batch_size: 4, learning_rate: 1.0e+4, ceiling_learning_rate: {ceiling_rate}, "
+            "init_std: 0.1}")
+    text = claim_text(model_dir, pairs, ["L1H2"], n=19, edit=edit, stop=stop).replace(
+        "device: cpu", "device: cpu, dtype: float16")
+    return parse_claim(text, path=tmp_path / "diverges.yaml")
+
+
+def test_a_diverged_claim_under_the_sequential_null_is_falsified_not_a_crash(known_llama, tmp_path):
+    """The stopping loop and the test score a diverged claim the same way (`compared_gains`): it
+    used to stop the null on a claim scored 0 and then test its recorded gain ("undecided")."""
+    model_dir, pairs = known_llama
+    claim = _float16_claim(model_dir, pairs, tmp_path, "0.05", "sequential")
+    result = verify(claim, write_report=False, cache_dir=tmp_path / "cache", progress=False)
+    claim_edit, ceiling = result.edits[0], result.edits[1]
+    assert claim_edit["stopped"] == "diverged" and not ceiling["diverged"]
+    assert result.verdict == "FALSIFIED" and result.p_value == 1.0
+    assert "The edit at the claimed heads diverged" in result.verdict_reason
+    assert result.test["stopped_early"] and result.n_null_fitted < 19
+
+
+def test_no_effect_keeps_its_own_reason_when_the_null_stops_early(known_llama, tmp_path):
+    model_dir, pairs = known_llama
+    claim = _float16_claim(model_dir, pairs, tmp_path, "1.0e+4", "sequential")
+    result = verify(claim, write_report=False, cache_dir=tmp_path / "cache", progress=False)
+    assert result.test["stopped_early"]
+    assert result.verdict == "NO_EFFECT"
+    assert result.verdict_reason.startswith("The whole-model edit diverged, so there is no effect to localize")

@@ -80,9 +80,9 @@ EVIDENCE = [
     "verdict FALSIFIED, expected SUPPORTED",
     "p-value: 1 with N = 3 random locations, 1 fitted (sequential) (alpha = 0.25)",
     "preference_margin gain: claim +0, whole model +*, null mean +*",
-    "why: p = 1 > alpha = 0.25 (sequential, Besag-Clifford p = h / l): 1 of the first 1 of 3 random "
-    "1-head locations edit the behaviour at least as well as the claimed heads, which decides the "
-    "test: whatever the other 2 would give, the full null's p-value would be above alpha.",
+    # the verdict's own reason (a dead head gains nothing), not the sequential stop's
+    "why: The edit at the claimed heads did not improve the behaviour (gain = 0 <= 0), while the "
+    "whole-model edit gains *: editing the location does not show the behaviour lives there.",
     "report: reports/dead_unexpected/report.md",
 ]
 
@@ -101,7 +101,7 @@ def test_claims_pass_fail_and_a_malformed_claim_is_one_collection_error(project)
     result.assert_outcomes(passed=2, failed=1, errors=1, deselected=1)
     # progress reaches the terminal (and a CI log) past the capture: one line per finished edit
     result.stdout.fnmatch_lines(["loccheck: dead_falsified [[]1/5[]] claim [[]optimal[]]: fitted in *, "
-                                 "objective 25 -> 25 in 1 epoch(s), NOT CONVERGED (capped), "
+                                 "objective 25 -> 25 in 1 epoch(s), converged, "
                                  "preference_margin gain +0*",
                                  "loccheck: dead_falsified [[]3/5[]] random 0 [[]optimal[]]: *",
                                  "loccheck: dead_falsified optimal: the null is decided after 1 of 3 "

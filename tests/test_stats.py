@@ -35,8 +35,11 @@ def test_near_tie_from_round_off_counts_against_the_claim():
     x = 0.1 + 0.2                      # 0.30000000000000004
     assert x > 0.3
     assert empirical_pvalue(x, [0.3, 0.0, 0.0]) == 2 / 4
-    # a real difference is not a tie
-    assert empirical_pvalue(0.3 * (1 + 1e-9), [0.3, 0.0, 0.0]) == 1 / 4
+    # float32 round-off of the scores a gain comes from, carried through training, is a tie too
+    # (1e-5 relative) ...
+    assert empirical_pvalue(0.3 * (1 + 1e-5), [0.3, 0.0, 0.0]) == 2 / 4
+    # ... a real difference is not
+    assert empirical_pvalue(0.3 * (1 + 1e-3), [0.3, 0.0, 0.0]) == 1 / 4
 
 
 def test_negative_statistic_near_tie():
@@ -61,7 +64,7 @@ def test_pvalue_properties(a, b, null, data):
     assert 0.0 <= res.percentile <= 100.0
     # the definition, away from (near-)ties
     arr = np.asarray(null)
-    if not np.any(np.abs(arr - a) <= 1e-9 * max(1.0, abs(a))):
+    if not np.any(np.abs(arr - a) <= 2e-4 * max(1.0, abs(a))):
         assert empirical_pvalue(a, arr) == (int(np.sum(arr > a)) + 1) / (n + 1)
 
 

@@ -17,7 +17,8 @@ def decide(**kw):
 
 
 def test_verdict_values_equal_names():
-    assert [v.value for v in Verdict] == ["SUPPORTED", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"]
+    assert [v.value for v in Verdict] == ["SUPPORTED", "SPECIFIC", "SPECIFIC_BUT_WEAK", "FALSIFIED",
+                                         "NO_EFFECT", "UNDERPOWERED"]
     assert Verdict("FALSIFIED") is Verdict.FALSIFIED
     assert Verdict.SUPPORTED == "SUPPORTED"
 
@@ -130,14 +131,14 @@ def test_a_diverged_random_location_counts_against_the_claim():
     # 19 draws below the claim: p = 1/20. One of them diverged: it counts as a tie, p = 2/20,
     # and its gain leaves the null's summary.
     gains = [0.1 * i for i in range(19)]
-    clean = verdict.test_location(2.0, 2.0, gains, alpha=0.05, rho=0.9)
+    clean = verdict.examine_location(2.0, 2.0, gains, alpha=0.05, rho=0.9)
     assert clean.verdict is Verdict.SUPPORTED and clean.pvalue == pytest.approx(1 / 20)
     flags = [i == 3 for i in range(19)]
-    hit = verdict.test_location(2.0, 2.0, gains, alpha=0.05, rho=0.9, null_diverged=flags)
+    hit = verdict.examine_location(2.0, 2.0, gains, alpha=0.05, rho=0.9, null_diverged=flags)
     assert hit.verdict is Verdict.FALSIFIED and hit.pvalue == pytest.approx(2 / 20)
     assert hit.n_at_least == 1 and hit.n_null_diverged == 1
     assert hit.null_gains[3] is None and hit.null_mean == pytest.approx(np.mean(gains[:3] + gains[4:]))
-    claim_hit = verdict.test_location(2.0, 2.0, gains, alpha=0.05, rho=0.9, claim_diverged=True)
+    claim_hit = verdict.examine_location(2.0, 2.0, gains, alpha=0.05, rho=0.9, claim_diverged=True)
     assert claim_hit.verdict is Verdict.FALSIFIED and claim_hit.pvalue == 1.0
     assert claim_hit.n_at_least == 19 and claim_hit.claim_diverged
 
@@ -220,3 +221,38 @@ def test_a_claim_can_expect_every_verdict():
     expect = Claim.model_fields["expect"].annotation
     literal = next(a for a in typing.get_args(expect) if a is not type(None))
     assert list(typing.get_args(literal)) == [v.value for v in Verdict]
+
+
+def test_a_ceiling_that_is_no_optimum_cannot_make_a_claim_effective():
+    """SUPPORTED needs a ceiling that converged and is not beaten by the claim beyond noise;
+    otherwise a specific claim that reaches rho of it is SPECIFIC, one that does not is still
+    SPECIFIC_BUT_WEAK (a better ceiling would only raise the bar on the training pairs)."""
+    gains = [0.1 * i for i in range(19)]
+    ok = verdict.examine_location(2.0, 2.1, gains, alpha=0.05, rho=0.9)
+    assert ok.verdict is Verdict.SUPPORTED and ok.ceiling_converged and not ok.ceiling_short
+    capped = verdict.examine_location(2.0, 2.1, gains, alpha=0.05, rho=0.9, ceiling_converged=False,
+                                      ceiling_stopped="capped")
+    assert capped.verdict is Verdict.SPECIFIC
+    assert "did not converge (capped)" in capped.reason and "effective is not decided" in capped.reason
+    short = verdict.examine_location(2.0, 1.2, gains, alpha=0.05, rho=0.9)   # 0.8 above, std 0.56
+    assert short.ceiling_short and short.verdict is Verdict.SPECIFIC
+    assert "gains less than the claim" in short.reason
+    weak = verdict.examine_location(1.9, 4.0, gains, alpha=0.05, rho=0.9, ceiling_converged=False)
+    assert weak.verdict is Verdict.SPECIFIC_BUT_WEAK
+
+
+def test_a_score_that_is_not_finite_is_a_missing_value_that_counts_against_the_claim():
+    gains = [0.1 * i for i in range(18)] + [float("nan")]
+    res = verdict.examine_location(2.0, 2.0, gains, alpha=0.05, rho=0.9)
+    assert res.n_null_diverged == 1 and res.null_gains[-1] is None and res.pvalue == pytest.approx(2 / 20)
+    claim, null = verdict.compared_gains(float("nan"), [1.0, float("inf")], null_diverged=[False, False])
+    assert (claim, null) == (0.0, [1.0, 0.0])
+
+
+def test_the_sequential_reason_is_only_for_a_verdict_the_null_decided():
+    """An early stop words the FALSIFIED reason; it must not replace NO_EFFECT's."""
+    gains = [3.0] + [0.1] * 18
+    falsified = verdict.examine_location(2.0, 2.0, gains[:1], alpha=0.05, rho=0.9, n_null=19, stop="sequential")
+    assert falsified.stopped_early and "Besag-Clifford" in falsified.reason
+    no_effect = verdict.examine_location(2.0, -1.0, gains[:1], alpha=0.05, rho=0.9, n_null=19, stop="sequential")
+    assert no_effect.verdict is Verdict.NO_EFFECT and no_effect.reason.startswith("The whole-model edit did not")

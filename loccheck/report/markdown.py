@@ -107,6 +107,12 @@ def _interpretation(r: dict) -> str:
                 f"specific: editing them works better than editing random {kind}s of the same size. "
                 "They are not sufficient: the rest of the achievable effect needs parts of the "
                 "model outside them, so the behaviour is not localized in them alone.")
+    elif v == "SPECIFIC":
+        text = (f"{them[0].upper() + them[1:]} beat {n} {what} (p = {p} <= alpha = {alpha}): they "
+                f"are specific. Whether they are effective is not decided: they reach {pct} of the "
+                "whole-model gain, but the whole-model edit is no optimum to measure that against ("
+                + _ceiling_state(t) + "). A ceiling that converges (a larger `max_epochs`, another "
+                "`ceiling_learning_rate`) would decide it.")
     elif v == "UNDERPOWERED":
         text = (f"With N = {n} random locations the smallest reachable p-value is 1/(N + 1) = "
                 f"{fmt(t.get('min_p_value'))} > alpha = {alpha}, so no outcome could have rejected "
@@ -117,6 +123,12 @@ def _interpretation(r: dict) -> str:
         text = f"Verdict {v} has no standard interpretation; see the numbers below."
     short = _ceiling_sentence(r) if t.get("ceiling_short") else ""
     return " ".join([text, effective_sentence(r, r["primary_method"]), short, scope]).replace("  ", " ")
+
+
+def _ceiling_state(t: dict) -> str:
+    if not t.get("ceiling_converged", True):
+        return "it did not converge by the training rule"
+    return "it gains less than the claimed location on the held-out questions, by more than noise"
 
 
 def _ceiling_sentence(r: dict) -> str:
@@ -153,6 +165,14 @@ def effective_sentence(r: dict, method: str) -> str:
     return text
 
 
+def _metric_p(summary: dict, n_null) -> str:
+    """A metric's own p-value; after a sequential stop on another metric, marked descriptive."""
+    text = fmt(summary.get("p_value"))
+    if summary.get("p_value_descriptive"):
+        text += f" (descriptive: the first {summary.get('p_value_draws')} of {n_null} draws)"
+    return text
+
+
 def _stats_lines(r: dict) -> list[str]:
     metric, t = r["metric"], primary(r)
     metrics = [metric] + [m for m in r.get("metrics") or [] if m != metric]
@@ -168,7 +188,7 @@ def _stats_lines(r: dict) -> list[str]:
                                                 spread(summaries[m]["null_gain"]))]])
     if len(metrics) > 1:   # does the verdict depend on the metric?
         rows.append(["claim vs null on this metric: p", *[c for m in metrics for c in (
-            "", fmt(summaries[m].get("p_value")))]])
+            "", _metric_p(summaries[m], r.get("n_null")))]])
     n, k = t.get("n_null"), t.get("n_at_least")
     if t.get("stopped_early"):
         l = t["n_null_fitted"]

@@ -36,15 +36,21 @@ def _optimal_lines(r: dict) -> list[str]:
              f"{fmt(e.get('initial_objective'))} -> {fmt(e.get('final_objective'))}",
              fmt(e.get("attained")), "yes" if e.get("converged") else f"**no** ({e.get('stopped')})"]
             for e in edits]
-    capped = [edit_name(e) for e in edits if not e.get("converged")]
-    if capped:
+    capped = [f"{edit_name(e)} ({e.get('stopped')})" for e in edits if not e.get("converged")]
+    if any(e.get("stopped") == "budget" for e in edits):
+        note = (f"DPO has no optimum (its loss only approaches 0 as the margin grows), so these edits "
+                f"are a budget-matched comparison: each trained exactly `max_epochs` epochs, none is "
+                "an optimum.")
+    elif capped:
         note = (f"**Warning:** the verdict rests on {len(capped)} of {len(edits)} edits that did not "
-                "converge (still improving when they reached the cap, or diverged), so they may "
-                "not be optimal: " + ", ".join(capped) + ".")
+                "converge (capped: still improving at the cap; stalled: steps lost in round-off; "
+                "diverged), so they may not be optimal: " + ", ".join(capped) + ".")
     else:
-        note = (f"All {len(edits)} edits converged: each stopped when an epoch improved its "
-                "whole-training-set objective by at most `convergence_tol` of the improvement made "
-                "so far, or came within that share of the objective's optimum.")
+        note = (f"All {len(edits)} edits converged: each stopped when two epochs in a row improved "
+                "its whole-training-set objective by at most `convergence_tol` of the improvement "
+                "made so far (plateau; stationary: no gradient reached it at all), or came within "
+                "that share of the objective's optimum.")
+    note += _continued_note(edits)
     diverged = [edit_name(e) for e in edits if e.get("diverged")]
     if diverged:
         note += (f" **{len(diverged)} diverged** ({', '.join(diverged)}): a diverged edit has no "
@@ -56,9 +62,28 @@ def _optimal_lines(r: dict) -> list[str]:
                "objective (start -> end)", "share of attainable", "converged?"]
     return ["## Convergence of the optimal edits", "",
             "`optimal` fits the best rank-1 edit at each location by preference optimisation: the "
-            "same data, order, convergence rule and cap everywhere, the learning rate by one rule "
-            "from the location's size. \"Share of attainable\" is (start - end) / (start - optimum).",
+            "same data, order, convergence rule and cap everywhere; the claim and the random "
+            "locations share `learning_rate`, the whole-model edit has its own "
+            "(`ceiling_learning_rate`), the same for every claim. \"Share of attainable\" is "
+            "(start - end) / (start - optimum), from the identity edit.",
             "", table(rows, headers), "", note]
+
+
+def _continued_note(edits: list[dict]) -> str:
+    """What was done to make the ceiling the optimum of the whole-model edit."""
+    ceiling = next((e for e in edits if e.get("role") == "ceiling"), None)
+    if ceiling is None or not ceiling.get("continued_from"):
+        return ""
+    src, first = ceiling["continued_from"], ceiling.get("first_fit") or {}
+    name = "the claim" if src.get("role") == "claim" else f"random location {src.get('index')}"
+    return (f" **The ceiling was continued:** fitted from the identity, the whole-model edit "
+            f"stopped ({first.get('stopped')}) at training objective {fmt(first.get('final_objective'))}, "
+            f"above the {fmt(src.get('final_objective'))} of {name}'s edit by more than the rule's "
+            "tolerance. Every location's edit is a whole-model edit with the other sites' write "
+            "vectors at zero, so the whole-model optimum can be no worse: it was fitted again "
+            f"starting from {name}'s parameters, by the same rule, and reached "
+            f"{fmt(ceiling.get('final_objective'))} ({ceiling.get('stopped')}). The table's "
+            "whole-model row is that continued fit.")
 
 
 def _iti_lines(r: dict) -> list[str]:
