@@ -325,6 +325,19 @@ def _side_texts(claim, tokenizer, context: int | None):
     return ids, {"sha256": texts.sha256, "n_texts": len(ids), "max_tokens": cap}
 
 
+def kernel_set(device: str) -> str:
+    """Which kernels compute on `device`: float results are reproducible bit for bit on one kernel
+    set, not across them (AVX-512 and AVX2 builds sum in other orders), so a fit cached by one
+    kind of CPU is not served to another."""
+    import torch
+
+    if device.startswith("cpu"):
+        return f"cpu:{torch.backends.cpu.get_cpu_capability()}"
+    if device.startswith("cuda"):
+        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
+    return device
+
+
 def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) -> Bench:
     """The claim's bench: its inputs (inspected here unless given) and the model's weights."""
     from loccheck.models.loading import load_weights
@@ -339,7 +352,8 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
         data, splits = _known_facts(claim, inputs, loaded, cache_root)
     identity = {"loccheck": __version__, "code": code_identity(),
                 "model": {"weights": loaded.weights_id, "commit": loaded.info["commit"],
-                          "dtype": loaded.info["dtype"], "device": loaded.info["device"].split(":")[0]},
+                          "dtype": loaded.info["dtype"], "device": loaded.info["device"].split(":")[0],
+                          "kernels": kernel_set(loaded.info["device"])},
                 "data": {"sha256": data.sha256, "dataset": bs.dataset,
                          "split": claim.effective_config()["behavior"]["split"],
                          "max_questions": bs.max_questions,

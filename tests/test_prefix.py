@@ -67,8 +67,13 @@ def _unpacked(model, pairs):
 def _close(got, want):
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     for g, g0 in zip(got[1], want[1]):
-        assert g0.abs().max() > 0
-        torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-6)
+        scale = float(g0.abs().max())
+        assert scale > 0
+        # The two layouts sum the same float32 terms in other orders (and other CPUs' kernels
+        # block the sums differently), so a coordinate's error is round-off of the largest terms
+        # it sums, not of itself: bounded relative to the gradient's scale (1e-5 ~ 100 float32
+        # eps), not to each coordinate, which cancellation can make arbitrarily small.
+        torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
