@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -43,7 +44,7 @@ def _metric(name: str) -> str:
 
 
 def _device(text: str) -> str:
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+    if re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text) is None:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {text!r}")
     return text
 
@@ -351,7 +352,33 @@ def parse_claim(text: str, path: str | os.PathLike | None = None) -> Claim:
     data, values, keys = read_yaml(text, path)
     if not isinstance(data, dict):
         raise ClaimError(path, *values[()], "", f"claim file must be a mapping (key: value lines), got {_kind(data)}")
+    _check_free_text(data, (), path, values)
     return _validate(data, path, values, keys)
+
+
+# Free text a claim carries into its report, the model's prompts and terminals.
+TEXT_KEYS = ("claim", "citation", "notes", "system_prompt")
+_BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A)}   # embeddings, overrides and isolates
+
+
+def _check_free_text(data, loc: Loc, path: Path | None, values: dict) -> None:
+    """Refuse, in the free-text fields (TEXT_KEYS, at any depth), characters that are no text:
+    control characters but tab and line feed (NUL, ESC, CR, DEL, C1), the line and paragraph
+    separators U+2028/U+2029, and bidirectional overrides. YAML escapes ("\\0", "\\e", "\\L")
+    make them; in a report or a terminal they hide or forge what is shown."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _check_free_text(value, loc + (key,), path, values)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_free_text(value, loc + (i,), path, values)
+    elif isinstance(data, str) and loc and loc[-1] in TEXT_KEYS:
+        bad = next((ch for ch in data if ord(ch) in _BIDI or ch not in "\t\n" and
+                    unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+        if bad is not None:
+            line, col = values.get(loc, (None, None))
+            raise ClaimError(path, line, col, dotted(loc), f"character U+{ord(bad):04X} "
+                             f"({printable(bad)}) is not allowed in free text; write plain text")
 
 
 def _check_name(path: Path) -> None:
@@ -485,8 +512,8 @@ def _kind(value: object) -> str:
 
 # --- dotted keys -----------------------------------------------------------------------------------
 
-_KEY = re.compile(r"[^.\[\]]+(\[\d+\])*(\.[^.\[\]]+(\[\d+\])*)*")
-_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_KEY = re.compile(r"[^.\[\]]+(\[[0-9]+\])*(\.[^.\[\]]+(\[[0-9]+\])*)*")
+_PART = re.compile(r"([^.\[\]]+)|\[([0-9]+)\]")
 
 
 def _parse_key(key: str) -> Loc:

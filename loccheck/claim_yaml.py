@@ -77,6 +77,7 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 _STR_TAG = "tag:yaml.org,2002:str"
+_NOT_PLAIN = {f"tag:yaml.org,2002:{name}" for name in ("binary", "set", "omap", "pairs")}
 
 
 def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None, sizes: dict) -> int:
@@ -90,7 +91,9 @@ def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None
                              "contains an alias of itself")
         return sizes[id(node)]
     sizes[id(node)] = None
-    if node.tag not in _Loader.yaml_constructors:  # refuse !!python/... before anything is constructed
+    # refuse !!python/... before anything is constructed, and the safe tags that construct no
+    # plain value: !!binary would make bytes that pydantic reads as text, !!set a set, ...
+    if node.tag not in _Loader.yaml_constructors or node.tag in _NOT_PLAIN:
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
         raise ClaimError(path, *values[loc], dotted(loc), f"YAML tag {tag!r} is not allowed; use plain values")
     size = 1

@@ -29,6 +29,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"loccheck: error: {printable(message)} (see `{self.prog} --help`)\n")
 
 
+def _at_least_one(text: str) -> int:
+    """A whole number >= 1 in ASCII digits (int() would also read '３' and '1_0')."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="loccheck", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
@@ -49,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     localize = sub.add_parser("localize", help="run the claim's heuristic and write a new claim "
                                                "file that pins the sites it selects")
     localize.add_argument("claim", type=Path, metavar="CLAIM", help="claim YAML file")
-    localize.add_argument("--top-k", type=int, default=None, metavar="K",
+    localize.add_argument("--top-k", type=_at_least_one, default=None, metavar="K",
                           help="number of sites (default: heuristic.top_k, else the claimed count)")
     localize.add_argument("--out", type=Path, default=None,
                           help="new claim file (default: <claim>_localized.yaml beside the claim)")
@@ -142,7 +149,7 @@ def _localize(args) -> int:
 
 def _verify(args) -> int:
     from loccheck.claim import load_claim
-    from loccheck.verification import inspect, verify
+    from loccheck.verification import verify
 
     settings = settings_from_cli(args)
     overrides = {**settings.overrides(), **({"model.device": args.device} if args.device else {})}
@@ -153,9 +160,9 @@ def _verify(args) -> int:
             f"{a.path} and {b.path} share the file name {a.name!r}, so both reports would go to "
             f"{settings.claim_report_dir(a.name)}; rename one" for i, a in enumerate(claims)
             for b in claims[i + 1:] if a.name == b.name))
+    settings.executor_instance   # an executor that cannot work (a Ray address nothing listens at) fails now
     # Every check that can be made before fitting, for every claim, before any is fitted.
-    inputs = [inspect(c, out_dir=settings.claim_report_dir(c.name), cache_dir=settings.cache_dir)
-              for c in claims]
+    inputs = [_inspected(c, settings) for c in claims]
     status = 0
     for claim, checked in zip(claims, inputs):
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name), inputs=checked,
@@ -168,6 +175,20 @@ def _verify(args) -> int:
               f"report: {Path(result.report_dir) / 'report.md'}")
         status = max(status, 0 if result.matches_expectation else 1)
     return status
+
+
+def _inspected(claim, settings):
+    """`verification.inspect`, whose errors all name the claim file (a report folder that
+    cannot be written is this claim's problem too)."""
+    from loccheck.errors import ClaimError
+    from loccheck.verification import inspect
+
+    try:
+        return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir)
+    except ClaimError:
+        raise
+    except LoccheckError as err:
+        raise ClaimError(claim.path, None, None, err.key or "", err.msg) from None
 
 
 def _trace_vs_edit(args) -> int:
@@ -188,33 +209,61 @@ def _trace_vs_edit(args) -> int:
 
 # Keys a result.json of any schema version has.
 _RESULT_KEYS = ("metric", "claim_name")
+# A result of 10,000 null edits with their loss curves is a few tens of MB; far more is not one.
+MAX_RESULT_BYTES = 256 << 20
+
+
+def _read_result(path: Path) -> tuple[bytes, dict]:
+    """The bytes and the JSON of a result file; a FIFO, a device, an oversized file or JSON
+    nested beyond what Python parses is one error line, read no further than it must be."""
+    import json
+
+    from loccheck.userfiles import read_regular_file
+
+    try:
+        raw = read_regular_file(path, MAX_RESULT_BYTES + 1)
+    except OSError as err:
+        raise LoccheckError(f"{path}: cannot read result file: {err.strerror or err}") from None
+    if len(raw) > MAX_RESULT_BYTES:
+        raise LoccheckError(f"{path}: result file is larger than {MAX_RESULT_BYTES} bytes (256 MiB); "
+                            "a result.json is a few MB")
+    try:
+        result = json.loads(raw.decode("utf-8"))
+    except ValueError as err:   # JSONDecodeError, UnicodeDecodeError
+        raise LoccheckError(f"{path}: not valid JSON: {err}") from None
+    except RecursionError:
+        raise LoccheckError(f"{path}: JSON nested too deeply for a result.json") from None
+    missing = [k for k in _RESULT_KEYS if not isinstance(result, dict) or k not in result]
+    if missing:
+        raise LoccheckError(f"{path}: not a loccheck result.json (no {', '.join(map(repr, missing))})")
+    return raw, result
 
 
 def _report(args) -> int:
-    import json
+    import shutil
+    import tempfile
 
-    from loccheck.files import write_bytes_atomic
+    from loccheck.files import check_writable_folder, write_bytes_atomic
     from loccheck.report import render_report
 
-    try:
-        raw = args.result.read_bytes()
-        result = json.loads(raw.decode("utf-8"))
-    except OSError as err:
-        raise LoccheckError(f"{args.result}: cannot read result file: {err.strerror or err}") from None
-    except ValueError as err:   # JSONDecodeError, UnicodeDecodeError
-        raise LoccheckError(f"{args.result}: not valid JSON: {err}") from None
-    missing = [k for k in _RESULT_KEYS if not isinstance(result, dict) or k not in result]
-    if missing:
-        raise LoccheckError(f"{args.result}: not a loccheck result.json (no {', '.join(map(repr, missing))})")
+    raw, result = _read_result(args.result)
     out = args.out if args.out is not None else args.result.parent
+    check_writable_folder(out, "report folder")
+    # Rendered aside first: a result that fails halfway leaves no folder and no half a report.
+    staging = Path(tempfile.mkdtemp(prefix="loccheck-report-"))
     try:
-        path = render_report(result, out)
-    except (KeyError, TypeError, ValueError) as err:
-        raise LoccheckError(f"{args.result}: not a complete loccheck result.json ({type(err).__name__}: "
-                            f"{err})") from None
+        try:
+            name = render_report(result, staging).name
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
+            raise LoccheckError(f"{args.result}: not a complete loccheck result.json ({type(err).__name__}: "
+                                f"{err})") from None
+        for file in sorted(staging.iterdir()):
+            write_bytes_atomic(file.read_bytes(), out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if args.out is not None and out.resolve() != args.result.parent.resolve():
         write_bytes_atomic(raw, out / "result.json")   # the folder stays self-contained, the file as it was
-    print(path)
+    print(out / name)
     return 0
 
 

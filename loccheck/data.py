@@ -14,14 +14,13 @@ import itertools
 import json
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from loccheck.errors import DataError, LoccheckError, LoccheckWarning, printable
+from loccheck.errors import DataError, LoccheckError
 from loccheck.userfiles import expand_user, read_regular_file
 
 SPLITS = ("train", "validation", "test")
@@ -141,8 +140,10 @@ def _kind(p: Path) -> str:
 
 
 def _find_data_file(name: str, path: str | None, base_dir: Path | None) -> tuple[Path | None, list[str]]:
-    """First existing data file: `path` (a file, or a folder holding `name`), then
-    $LOCCHECK_DATA_DIR/`name`; and why each earlier place failed."""
+    """The data file: `path` (a file, or a folder holding `name`) when it is given, else
+    $LOCCHECK_DATA_DIR/`name`; and why each place tried failed. A `path` that names nothing is
+    an error (DataError about behavior.path), never replaced by the data folder's copy: the
+    claim would silently be about other data."""
     tried: list[str] = []
     if path is not None:
         for c in _candidates(path, base_dir):
@@ -151,7 +152,7 @@ def _find_data_file(name: str, path: str | None, base_dir: Path | None) -> tuple
             if _kind(c) == "file":
                 return c, tried
         where = " or ".join(f"'{c}'" for c in _candidates(path, base_dir))
-        tried.append(f"behavior.path {path!r} does not exist (looked for {where})")
+        raise DataError(f"{path!r} does not exist (looked for {where})", key="behavior.path")
     return _env_file(name, tried), tried
 
 
@@ -173,7 +174,8 @@ def _env_file(name: str, tried: list[str]) -> Path | None:
 
 
 def resolve_truthfulqa(path: str | None, *, base_dir: Path | None) -> Path | None:
-    """The TruthfulQA CSV to use: `path`, then $LOCCHECK_DATA_DIR/TruthfulQA.csv; None if neither."""
+    """The TruthfulQA CSV to use: `path` (DataError when it names nothing), else
+    $LOCCHECK_DATA_DIR/TruthfulQA.csv; None if neither is given."""
     return _find_data_file(TRUTHFULQA_FILE, path, base_dir)[0]
 
 
@@ -408,8 +410,6 @@ def load_behavior(*, dataset: str, path: str | None, base_dir: Path | None,
             questions, source, sha = _read_truthfulqa_hub(tried)
         else:
             questions, source, sha = _read_truthfulqa_csv(csv_path)
-        if tried and path is not None:   # an explicit path was missing: say what replaced it
-            warnings.warn(printable(f"{tried[0]}; using {source} instead"), LoccheckWarning, stacklevel=2)
         _check_unique_questions(questions, source)
     elif dataset == "jsonl":
         questions, source, sha = _read_jsonl(path, base_dir)

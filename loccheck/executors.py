@@ -46,6 +46,8 @@ class RayExecutor:
     def __init__(self, address: str | None = None, *, workers: int | None = None,
                  cpus_per_worker: float = 1, gpus_per_worker: float | None = None):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        if self.address is not None:
+            _check_reachable(self.address, "--ray-address" if address else "$RAY_ADDRESS")
         self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
         self._workers, self._actors, self._runner = workers, [], None
         self._resources_checked = False
@@ -140,6 +142,27 @@ class RayExecutor:
             for actor in self._actors:
                 ray.kill(actor)
         self._actors, self._runner = [], None
+
+
+def _check_reachable(address: str, source: str, timeout: float = 3.0) -> None:
+    """A Ray address ("host:port", "ray://host:port") must accept a TCP connection within
+    `timeout` seconds: ray.init retries an address where nothing listens for minutes. "auto"
+    and "local" are Ray's own words and left to it."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")            # [::1]:6379
+    if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise LoccheckError(f"{source} {address!r}: not host:port with a port from 1 to 65535 "
+                            "(or ray://host:port, auto, local)", key="executor")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        why = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else err.strerror or str(err)
+        raise LoccheckError(f"{source} {address!r}: nothing accepts connections there ({why}); start "
+                            "the cluster (`ray start --head`) or fix the address", key="executor") from None
 
 
 class _Worker:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -51,8 +52,12 @@ def write_json_atomic(obj, path: str | os.PathLike) -> Path:
 
 
 def check_writable_folder(path: str | os.PathLike, what: str) -> None:
-    """Refuse, before any work, a folder that cannot be created or written: a path through a
-    regular file, or a folder without write permission. Nothing is created here."""
+    """Refuse, before any work, a folder where files cannot be made as `write_bytes_atomic`
+    makes them: a path through a regular file, a folder without write permission, or a file
+    system that refuses new files whatever the permissions say (/proc, /sys, a read-only mount;
+    root passes every `os.access` check). Proven by doing it: the missing part of the path (a
+    temporary stand-in for it) and a file in it are created, renamed and removed, so nothing is
+    left behind."""
     from loccheck.errors import LoccheckError
 
     path = Path(path)
@@ -66,3 +71,20 @@ def check_writable_folder(path: str | os.PathLike, what: str) -> None:
         raise LoccheckError(f"{what} {str(path)!r} {detail}")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise LoccheckError(f"{what} {str(path)!r} is not writable ({str(probe)!r} does not allow it)")
+    made, tmp = None, None
+    try:
+        folder = probe
+        if probe != path:              # mkdir -p would create a folder here: make a stand-in
+            folder = made = Path(tempfile.mkdtemp(dir=probe, prefix=".loccheck-probe-"))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".loccheck-probe-", suffix=".tmp")
+        os.close(fd)
+        os.replace(tmp, tmp + ".renamed")
+        tmp += ".renamed"
+    except OSError as err:
+        raise LoccheckError(f"{what} {str(path)!r} cannot be written: making a file in {str(probe)!r} "
+                            f"fails ({err.strerror or err})") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)

@@ -44,7 +44,7 @@ class HeadLoc:
 
     kind: ClassVar[str] = "head"
     noun: ClassVar[str] = "head"         # what prose calls it
-    pattern: ClassVar[re.Pattern] = re.compile(r"L(\d+)H(\d+)")
+    pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)H([0-9]+)")
     example: ClassVar[str] = "L12H3"
 
     @classmethod
@@ -65,7 +65,7 @@ class MlpLoc:
 
     kind: ClassVar[str] = "mlp"
     noun: ClassVar[str] = "MLP layer"
-    pattern: ClassVar[re.Pattern] = re.compile(r"L(\d+)M")
+    pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)M")
     example: ClassVar[str] = "L12M"
 
     @classmethod

@@ -265,13 +265,18 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
     train and validation questions only."""
     from loccheck.bench import prepare_bench
     from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.heuristics import HEURISTICS
 
     claim = claim if isinstance(claim, Claim) else load_claim(claim)
-    k = top_k or getattr(claim.heuristic, "top_k", None) or len(claim.location.sites)
+    if HEURISTICS[claim.heuristic.method].run is None:   # checked before the model is loaded
+        ranking = ", ".join(n for n, h in HEURISTICS.items() if h.run is not None)
+        raise claim.error("heuristic.method", f"heuristic {claim.heuristic.method!r} ranks no sites, so "
+                          f"there is nothing to localize; use a heuristic that does ({ranking})")
+    if top_k is not None and top_k < 1:
+        raise LoccheckError(f"top_k must be at least 1, got {top_k}", key="top_k")
+    k = top_k if top_k is not None else getattr(claim.heuristic, "top_k", None) or len(claim.location.sites)
     bench = prepare_bench(claim, resolve_cache(cache_dir))
-    n_sites = len(bench.adapter.sites(claim.site_kind)) if claim.site_kind else 0
-    if claim.site_kind is None:
-        raise claim.error("heuristic.method", f"heuristic {claim.heuristic.method!r} proposes no sites")
+    n_sites = len(bench.adapter.sites(claim.site_kind))
     if not 1 <= k < n_sites:
         raise claim.error("heuristic.top_k", f"top_k must be between 1 and {n_sites - 1} for this "
                           f"model, got {k}")

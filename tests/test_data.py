@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loccheck.data import BehaviorData, PreferencePair, load_behavior, resolve_truthfulqa
-from loccheck.errors import DataError, LoccheckWarning
+from loccheck.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,22 +154,20 @@ def test_truthfulqa_resolution_order(tqa_csv, monkeypatch, tmp_path):
     # relative paths are taken against the claim's folder first
     assert resolve_truthfulqa("TruthfulQA.csv", base_dir=tqa_csv.parent) == tqa_csv.parent / "TruthfulQA.csv"
     assert resolve_truthfulqa(str(tqa_csv.parent), base_dir=None) == tqa_csv.parent / "TruthfulQA.csv"
-    # an explicit path that is missing falls back to $LOCCHECK_DATA_DIR, loudly
-    with pytest.warns(LoccheckWarning, match="behavior.path 'nope.csv' does not exist"):
-        d = load_behavior(dataset="truthfulqa", path="nope.csv", base_dir=tmp_path, max_questions=5)
-    assert d.source == str(tqa_csv)
+    # an explicit path that is missing is an error, never replaced by $LOCCHECK_DATA_DIR's file
+    missing = re.escape(f"'nope.csv' does not exist (looked for '{tmp_path / 'nope.csv'}'")
+    with pytest.raises(DataError, match=missing) as e:
+        load_behavior(dataset="truthfulqa", path="nope.csv", base_dir=tmp_path, max_questions=5)
+    assert e.value.key == "behavior.path"
 
 
 # ---------------------------------------------------------------- TruthfulQA, errors and fallbacks
 
 def test_truthfulqa_not_found_lists_everything_tried(no_fallbacks, tmp_path):
-    assert resolve_truthfulqa("nope.csv", base_dir=tmp_path) is None
     with pytest.raises(DataError) as e:
-        load_behavior(dataset="truthfulqa", path="nope.csv", base_dir=tmp_path)
+        load_behavior(dataset="truthfulqa", path=None, base_dir=tmp_path)
     msg = str(e.value)
-    assert msg.startswith("TruthfulQA not found: behavior.path 'nope.csv' does not exist")
-    assert str(tmp_path / "nope.csv") in msg
-    assert "LOCCHECK_DATA_DIR is not set" in msg
+    assert msg.startswith("TruthfulQA not found: LOCCHECK_DATA_DIR is not set")
     assert "the `datasets` library is not installed" in msg
     assert "\n" not in msg
 
@@ -410,12 +408,12 @@ def test_control_characters_in_a_data_path_are_escaped(tmp_path):
     assert "no\\x1b[2Kpe\\nx.jsonl" in str(e.value)
 
 
-def test_fallback_warning_escapes_control_characters(tqa_csv, monkeypatch, tmp_path):
+def test_missing_path_error_escapes_control_characters(tqa_csv, monkeypatch, tmp_path):
     monkeypatch.setenv("LOCCHECK_DATA_DIR", str(tqa_csv.parent))
-    with pytest.warns(LoccheckWarning) as record:
+    with pytest.raises(DataError) as record:
         load_behavior(dataset="truthfulqa", path="no\nloccheck: forged\x1b[2K.csv", base_dir=tmp_path,
                       max_questions=5)
-    message = str(record[0].message)
+    message = str(record.value)
     assert "\n" not in message and "\x1b" not in message and "forged\\x1b[2K.csv" in message
 
 

@@ -208,6 +208,21 @@ HOSTILE = {  # id: (old, new, substrings the error line must contain besides the
                            ["behavior.system_prompt", "lone surrogate"]),
     "ctrl-yaml-key": (None, '"bad\\nloccheck: forged\\x1b[2K\\r": 1\n',
                       ["unknown key 'bad\\nloccheck: forged\\x1b[2K\\r'"]),
+    # silent substitutions (issue 21, item 17): refused, never read as something else
+    "fullwidth-digit": (BASE, "location: {sites: [L\uff11H2]}", [":5:", "location.sites[0]", "'L\uff11H2'"]),
+    "fullwidth-mlp-digit": (BASE, "location: {sites: [L\uff11M]}", ["location.sites[0]"]),
+    "binary-claim": ('claim: "The behaviour lives in L1H2."', "claim: !!binary VGhlIGJlaGF2aW91cg==",
+                     [":1:8:", "claim", "YAML tag '!!binary' is not allowed"]),
+    "binary-citation": (None, "heuristic: {method: manual, citation: !!binary VGhlIGJlaGF2aW91cg==}\n",
+                        ["heuristic.citation", "'!!binary'"]),
+    "nul-in-claim": ("lives in L1H2.", "lives in\\0 L1H2.", [":1:8:", "claim", "U+0000"]),
+    "esc-in-claim": ("lives in L1H2.", "lives in \\e[2KL1H2.", ["claim", "U+001B"]),
+    "cr-in-claim": ("lives in L1H2.", "lives in\\rL1H2.", ["claim", "U+000D"]),
+    "u2028-in-claim": ("lives in L1H2.", "lives in\\LL1H2.", ["claim", "U+2028"]),
+    "esc-in-citation": (None, 'heuristic: {method: manual, citation: "Smith\\e[31m 2024"}\n',
+                        ["heuristic.citation", "U+001B"]),
+    "nul-in-system-prompt": ("prompt_format: qa", 'prompt_format: qa, system_prompt: "be\\0 good"',
+                             ["behavior.system_prompt", "U+0000"]),
 }
 
 
@@ -215,6 +230,21 @@ HOSTILE = {  # id: (old, new, substrings the error line must contain besides the
 def test_hostile_claim(env, capsys, case):
     old, new, must = HOSTILE[case]
     _refused(env, capsys, _edited(env, old, new), must)
+
+
+def test_only_ascii_digits_are_digits(env):
+    # every pattern that reads a number out of claim text: sites, the device, override keys
+    from loccheck.claim import _parse_key, parse_claim
+    from loccheck.errors import ClaimError
+    from loccheck.locations import parse_site
+
+    for text in ["L\uff13H5", "L3H\uff15", "L\uff13M", "L\u0663H5"]:     # fullwidth, Arabic-Indic
+        with pytest.raises(ValueError):
+            parse_site(text)
+    with pytest.raises(ClaimError, match="model.device: device must be"):
+        parse_claim(env["text"].replace("device: cpu", "device: 'cuda:\uff10'"), env["tmp"] / "c.yaml")
+    with pytest.raises(ValueError):
+        _parse_key("edits[\uff10].seed")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
@@ -345,6 +375,33 @@ def test_control_characters_in_a_data_path(env, capsys):
     text = env["text"].replace(f"path: '{env['pairs']}'", f'path: "{data}"')
     assert text != env["text"]
     assert "no\\x1b[2Kpe\\nx.jsonl" in run_bad(env, capsys, write_claim(env, text))
+
+
+def _data_dir(env, monkeypatch) -> Path:
+    """A LOCCHECK_DATA_DIR holding a usable TruthfulQA.csv and known_1000.json: what an explicit
+    behavior.path must never be silently replaced by."""
+    folder = env["tmp"] / "data"
+    folder.mkdir()
+    rows = [f"Q{i}?,t{i},t{i},f{i}" for i in range(12)]
+    (folder / "TruthfulQA.csv").write_text("Question,Best Answer,Correct Answers,Incorrect Answers\n"
+                                           + "\n".join(rows) + "\n")
+    facts = [{"known_id": i, "subject": f"Sub{i}", "attribute": f"a{i % 3}", "template": "{} is in",
+              "prediction": f" a{i % 3}", "prompt": f"Sub{i} is in", "relation_id": f"P{i % 2}"}
+             for i in range(12)]
+    (folder / "known_1000.json").write_text(json.dumps(facts))
+    monkeypatch.setenv("LOCCHECK_DATA_DIR", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("dataset, name", [("truthfulqa", "TruthfulQA.csv"), ("known_facts", "known_1000.json")])
+def test_explicit_data_path_that_is_missing_is_not_replaced(env, capsys, monkeypatch, dataset, name):
+    _data_dir(env, monkeypatch)
+    text = env["text"].replace(f"dataset: jsonl, path: '{env['pairs']}'",
+                               f"dataset: {dataset}, path: 'gone/{name}'")
+    path = write_claim(env, text)
+    line = run_bad(env, capsys, path)       # one line: no warning that something else was used
+    assert f"{path}:3:" in line and "behavior.path" in line and f"'gone/{name}' does not exist" in line
+    assert str(env["tmp"] / "gone" / name) in line
 
 
 def test_control_characters_in_a_csv_header(env, capsys):
@@ -515,6 +572,25 @@ def test_prompt_longer_than_the_model_reads(env, capsys, size):
 def test_model_folder_of_an_unknown_user(env, capsys):
     line = run_bad(env, capsys, _with_model(env, "~nosuchuser-loccheck/model"))
     assert "model.name" in line and "cannot expand '~nosuchuser-loccheck'" in line
+
+
+def test_a_gguf_that_is_not_one_is_refused_before_converting(env, capsys):
+    fake = env["tmp"] / "fake.gguf"
+    fake.write_text("not a model at all\n")
+    line = run_bad(env, capsys, _with_model(env, fake))     # one line: no "converting ..." first
+    assert "model.name" in line and f"{fake} is not a GGUF file" in line and "b'not '" in line
+
+
+def test_report_folder_that_cannot_be_made_names_the_claim(env, capsys):
+    blocker = env["tmp"] / "a-file"
+    blocker.write_text("not a folder")
+    path = write_claim(env, env["text"])
+    capsys.readouterr()
+    status = main(["verify", str(path), "--out", str(blocker / "reports"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert err[0].startswith(f"loccheck: error: {path}: report folder '{blocker / 'reports' / 'bad'}' ")
+    assert not (env["tmp"] / "cache").exists() or not list((env["tmp"] / "cache").rglob("*.json"))
 
 
 @pytest.mark.parametrize("flag", ["--out", "--cache-dir"])

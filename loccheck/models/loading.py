@@ -103,12 +103,33 @@ def bundled_gguf(name: str) -> Path:
     return path
 
 
+GGUF_VERSIONS = (2, 3)   # what the gguf package (and so transformers) reads
+
+
+def check_gguf_header(gguf: Path) -> None:
+    """A GGUF file starts with b"GGUF" and a little-endian uint32 version; refuse anything else
+    before any work (LoccheckError about model.name)."""
+    try:
+        with open(gguf, "rb") as fh:
+            head = fh.read(8)
+    except OSError as err:
+        raise LoccheckError(f"cannot read GGUF file {gguf}: {err.strerror or err}", key="model.name") from None
+    if head[:4] != b"GGUF":
+        raise LoccheckError(f"{gguf} is not a GGUF file: it starts with {head[:4]!r}, not b'GGUF'",
+                            key="model.name")
+    version = int.from_bytes(head[4:8], "little") if len(head) == 8 else None
+    if version not in GGUF_VERSIONS:
+        raise LoccheckError(f"{gguf}: GGUF version {version} is not one loccheck reads "
+                            f"({' or '.join(map(str, GGUF_VERSIONS))})", key="model.name")
+
+
 def convert_gguf(gguf: Path, cache: Path) -> Path:
     """Dequantize a GGUF once into a Hugging Face folder under the cache; later loads take 1 s."""
     digest = file_sha256(gguf)
     target = cache / "models" / f"{gguf.stem}-{digest[:16]}"
     if (target / "config.json").is_file():
         return target
+    check_gguf_header(gguf)    # before saying "converting": a file that is no GGUF is one error line
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"loccheck: converting {gguf.name} to a Hugging Face folder once (about a minute on a "
@@ -303,7 +324,7 @@ def _check_local_config(folder: Path, name: str, trust_remote_code: bool) -> Non
     _check_weights_cover_config(folder, config)
 
 
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.([0-9]+)\.")
 
 
 def _check_weights_cover_config(folder: Path, config: dict) -> None:
