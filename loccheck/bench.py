@@ -223,7 +223,9 @@ def _check_edit_settings(claim) -> None:
             EDIT_METHODS[section.method].settings(section, size=size, claim_size=size, site_kind=claim.site_kind,
                                                   verdict_metric=claim.verdict.metric)
         except LoccheckError as err:
-            raise claim.error(f"edits[{i}]", err.msg) from None
+            # a method names its own field ("stats_path"); "edits" or none: the section itself
+            field = f"edits[{i}]" + (f".{err.key}" if err.key and err.key != "edits" else "")
+            raise claim.error(field, err.msg) from None
 
 
 def _data_key(claim) -> str:
