@@ -282,7 +282,7 @@ def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: di
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if max_norm > 0 and float(delta.norm()) > max_norm:   # ROME's clamp_norm_factor
+            if max_norm > 0 and float(delta.detach().norm()) > max_norm:   # ROME's clamp_norm_factor
                 with torch.no_grad():
                     delta.mul_(max_norm / delta.norm())
     return delta.detach()
