@@ -208,7 +208,7 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     except DataError as err:
         raise claim.error(err.key or _data_key(claim), err.msg) from None
     splits = _tokenized_splits(claim, data, source.tokenizer, fmt, _context(source.config))
-    side, side_identity = _side_texts(claim, source.tokenizer, _context(source.config))
+    side, side_identity = _side_texts(claim, source.tokenizer, _context(source.config), data)
     _check_judge(claim, cache_root)
     return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
 
@@ -223,7 +223,9 @@ def _check_edit_settings(claim) -> None:
             EDIT_METHODS[section.method].settings(section, size=size, claim_size=size, site_kind=claim.site_kind,
                                                   verdict_metric=claim.verdict.metric)
         except LoccheckError as err:
-            raise claim.error(f"edits[{i}]", err.msg) from None
+            # a method names its own field ("stats_path"); "edits" or none: the section itself
+            field = f"edits[{i}]" + (f".{err.key}" if err.key and err.key != "edits" else "")
+            raise claim.error(field, err.msg) from None
 
 
 def _data_key(claim) -> str:
@@ -304,17 +306,21 @@ def _check_judge(claim, cache_root: Path) -> None:
 MAX_SIDE_TOKENS = 256   # side-effect texts are sentences; a longer one is cut here
 
 
-def _side_texts(claim, tokenizer, context: int | None):
-    """The side-effect texts, tokenized, if a listed metric needs them (else (None, None))."""
+def _side_texts(claim, tokenizer, context: int | None, data=None):
+    """The side-effect texts, tokenized, if a listed metric needs them (else (None, None));
+    none of them is one of `data`'s facts (a known-facts claim's own facts, every split)."""
     from loccheck.data import load_side_texts
     from loccheck.metrics import METRICS
 
     if not any(METRICS[m].needs == "side_texts" for m in claim.all_metrics):
         return None, None
     spec = claim.side_effects
+    own = [data.facts[p.prompt] for split in ((data.train, data.validation, data.test) if data else ())
+           for p in split if p.prompt in data.facts]
     try:
         texts = load_side_texts(spec.path, base_dir=claim.path.parent if claim.path is not None else None,
-                                n_texts=spec.n_texts)
+                                n_texts=spec.n_texts, exclude_subjects={f.subject for f in own},
+                                exclude_prompts={f.prompt for f in own})
     except DataError as err:
         raise claim.error(err.key or "side_effects.path", err.msg) from None
     cap = min(MAX_SIDE_TOKENS, context or MAX_SIDE_TOKENS)
@@ -322,7 +328,8 @@ def _side_texts(claim, tokenizer, context: int | None):
     ids = tuple(t for t in ids if len(t) >= 2)           # a text must predict at least one token
     if not ids:
         raise claim.error("side_effects.path", f"{texts.source}: no text has two or more tokens")
-    return ids, {"sha256": texts.sha256, "n_texts": len(ids), "max_tokens": cap}
+    return ids, {"sha256": texts.sha256, "n_texts": len(ids), "max_tokens": cap,
+                 "n_excluded": texts.n_excluded}
 
 
 def kernel_set(device: str) -> str:
@@ -348,8 +355,11 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
     except LoccheckError as err:
         raise claim.error(err.key or "model.name", err.msg) from None
     bs, data, splits = claim.behavior, inputs.data, inputs.splits
+    side, side_identity = inputs.side, inputs.side_identity
     if bs.dataset == "known_facts":
         data, splits = _known_facts(claim, inputs, loaded, cache_root)
+        # the facts kept are known only now: the side-effect texts pass over these ones
+        side, side_identity = _side_texts(claim, loaded.tokenizer, _context(loaded.model.config), data)
     identity = {"loccheck": __version__, "code": code_identity(),
                 "model": {"weights": loaded.weights_id, "commit": loaded.info["commit"],
                           "dtype": loaded.info["dtype"], "device": loaded.info["device"].split(":")[0],
@@ -362,4 +372,4 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
                          **({"kept": data.kept["rule"]} if data.kept else {})}}
     return Bench(loaded, data, splits["train"], splits["validation"], splits["test"],
                  inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
-                 generation=claim.generation, side=inputs.side, side_identity=inputs.side_identity)
+                 generation=claim.generation, side=side, side_identity=side_identity)

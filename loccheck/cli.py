@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tracing corruption(s), side by side (default: the claim's)")
     tve.add_argument("--layers", nargs="+", type=int, default=None, metavar="L",
                      help="layers to edit and trace (default: every layer)")
+    tve.add_argument("--measures", choices=("hase", "loccheck"), default="hase",
+                     help="hase (default): rewrite score, fraction restored (max over tokens, window 5), "
+                          "layer x tracing, as Hase et al.; loccheck: log-prob. margin gained, indirect "
+                          "effect at the claim's aggregate and window, layer + tracing")
+    tve.add_argument("--window", type=int, default=None, metavar="N",
+                     help="MLP layers restored together in tracing (default: 5 for hase, the claim's "
+                          "for loccheck)")
     tve.add_argument("--out", type=Path, default=None,
                      help="report folder (default: reports/<claim>_trace_vs_edit)")
     add_cli_options(tve, only=("cache_dir", "executor", "ray_address"))
@@ -199,10 +206,13 @@ def _trace_vs_edit(args) -> int:
     settings = settings_from_cli(args)
     out = args.out or Path("reports") / f"{claim.name}_trace_vs_edit"
     result = trace_vs_edit(claim, corruptions=args.corruption, out_dir=out, cache_dir=settings.cache_dir,
-                           executor=settings.executor_instance, layers=args.layers)
+                           executor=settings.executor_instance, layers=args.layers, measures=args.measures,
+                           window=args.window)
     for c, a in result["analyses"].items():
-        print(f"{claim.path} ({c} tracing): R^2 layer {a['r2']['layer']:.3f}, tracing {a['r2']['tracing']:.3f}, "
-              f"layer + tracing {a['r2']['layer + tracing']:.3f}, F-test p = {a['f_test']['p']:.3g}")
+        p = "n/a" if a["f_test"]["p"] is None else f"{a['f_test']['p']:.3g}"
+        print(f"{claim.path} ({c} tracing, {args.measures} measures): R^2 layer {a['r2']['layer']:.3f}, "
+              f"tracing {a['r2']['tracing']:.3f}, {a['joint']} {a['r2']['both']:.3f} "
+              f"({a['r2']['added']:+.3f}), F-test p = {p}")
     print(f"report: {out / 'report.md'}")
     return 0
 

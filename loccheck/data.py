@@ -502,26 +502,44 @@ class SideTexts:
     texts: tuple[str, ...]
     source: str
     sha256: str                    # of the texts used (not of the whole file)
+    n_excluded: int = 0            # texts passed over as the claim's own facts
 
 
-def load_side_texts(path: str | None, *, base_dir: Path | None, n_texts: int) -> SideTexts:
+def load_side_texts(path: str | None, *, base_dir: Path | None, n_texts: int,
+                    exclude_subjects=(), exclude_prompts=()) -> SideTexts:
     """The first `n_texts` texts of `path` (relative to the claim's folder), else of
-    $LOCCHECK_DATA_DIR/known_1000.json. A .json file is ROME's known facts (each fact's
-    sentence, template filled with its subject, and the continuation after it) or a list of
-    strings; a .jsonl file holds one {"text": ...} per line; any other file, one text per line."""
+    $LOCCHECK_DATA_DIR/known_1000.json, that are none of the claim's own facts. A .json file
+    is ROME's known facts (each fact's sentence, its template's `{}` filled with its subject,
+    and the continuation after it) or a list of strings; a .jsonl file holds one {"text": ...}
+    per line; any other file, one text per line. Texts are literal: braces in them are text.
+
+    A fact whose subject is in `exclude_subjects` (a known-facts claim's subjects, every split:
+    the edits were fitted to them) is passed over, as is a text that holds one of
+    `exclude_prompts` (it states one of the claim's facts)."""
     file = _find_side_texts(path, base_dir)
     text, _ = _read_text(file)
     if file.suffix == ".json":
-        texts = _json_texts(file, text)
+        items = _json_texts(file, text)
     elif file.suffix == ".jsonl":
-        texts = [_jsonl_text(file, i, line) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+        items = [(_jsonl_text(file, i, line), None) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
     else:
-        texts = [line.strip() for line in text.splitlines() if line.strip()]
-    texts = [t for t in texts if t][:n_texts]
+        items = [(line.strip(), None) for line in text.splitlines() if line.strip()]
+    subjects, prompts = set(exclude_subjects), [q for q in set(exclude_prompts) if q]
+    texts, excluded = [], 0
+    for t, subject in items:
+        if not t:
+            continue
+        if (subject is not None and subject in subjects) or any(q in t for q in prompts):
+            excluded += 1
+            continue
+        texts.append(t)
+        if len(texts) == n_texts:
+            break
     if not texts:
-        raise DataError(f"{file}: no texts for side effects", key="side_effects.path")
+        why = f" that is not one of the claim's own facts ({excluded} are)" if excluded else ""
+        raise DataError(f"{file}: no texts for side effects{why}", key="side_effects.path")
     sha = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-    return SideTexts(tuple(texts), str(file), sha)
+    return SideTexts(tuple(texts), str(file), sha, excluded)
 
 
 def _find_side_texts(path: str | None, base_dir: Path | None) -> Path:
@@ -538,7 +556,8 @@ def _find_side_texts(path: str | None, base_dir: Path | None) -> Path:
                     key="side_effects.path")
 
 
-def _json_texts(file: Path, text: str) -> list[str]:
+def _json_texts(file: Path, text: str) -> list[tuple[str, str | None]]:
+    """(text, its fact's subject or None) of each item of a JSON list."""
     try:
         records = json.loads(text)
     except (ValueError, RecursionError) as err:
@@ -549,12 +568,16 @@ def _json_texts(file: Path, text: str) -> list[str]:
     out = []
     for i, r in enumerate(records):
         if isinstance(r, str):
-            out.append(r.strip())
+            out.append((r.strip(), None))
         elif isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("template", "subject", "prediction")):
-            # the template filled with the subject, then the continuation (GPT-2's end token dropped);
-            # `prompt` sometimes already holds the continuation's first word
-            sentence = r["template"].format(r["subject"]) + r["prediction"].replace("<|endoftext|>", "")
-            out.append(sentence.strip())
+            if "{}" not in r["template"]:
+                raise DataError(f"{file}: item {i}: its template has no {{}} for the subject",
+                                key="side_effects.path")
+            # the template's first {} filled with the subject (any other brace is text, not a
+            # format field), then the continuation (GPT-2's end token dropped); `prompt`
+            # sometimes already holds the continuation's first word
+            sentence = r["template"].replace("{}", r["subject"], 1) + r["prediction"].replace("<|endoftext|>", "")
+            out.append((sentence.strip(), r["subject"].strip()))
         else:
             raise DataError(f"{file}: item {i} is neither a string nor a fact with template, subject "
                             "and prediction", key="side_effects.path")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loccheck.claim import Claim, load_claim
-from loccheck.errors import LoccheckError
+from loccheck.errors import ClaimError, LoccheckError
 from loccheck.result import VerifyResult, build_result
 
 
@@ -241,9 +241,14 @@ def _propose(claim: Claim, bench):
     """The claim's heuristic on the data without its test split (None for `manual`)."""
     from loccheck.heuristics import HEURISTICS
 
-    return HEURISTICS[claim.heuristic.method].propose(
-        claim.heuristic, bench.loaded, bench.data.without_test(), bench.cache_root,
-        seed=claim.behavior.split.seed)
+    try:
+        return HEURISTICS[claim.heuristic.method].propose(
+            claim.heuristic, bench.loaded, bench.data.without_test(), bench.cache_root,
+            seed=claim.behavior.split.seed)
+    except ClaimError:
+        raise
+    except LoccheckError as err:       # a heuristic knows its field, not the claim's file
+        raise claim.error(err.key or "heuristic", err.msg) from None
 
 
 def _draw_null(claim: Claim, bench, location: tuple) -> list[tuple]:

@@ -47,6 +47,66 @@ def test_the_shared_known_facts_load(data_dir, monkeypatch):
     assert len(got.texts) == 100 and all(t and "<|endoftext|>" not in t for t in got.texts)
 
 
+def test_braces_in_texts_are_text(tmp_path):
+    """A text holding `{subject}` (or any brace) is literal text; a fact's template fills its
+    first `{}` only, and a template without one is a one-line error naming the file and item."""
+    plain = tmp_path / "texts.txt"
+    plain.write_text("{subject} is {0} and {\n")
+    assert load_side_texts(str(plain), base_dir=None, n_texts=5).texts == ("{subject} is {0} and {",)
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps([{"template": "{} said {subject} {}", "subject": "Ann", "prediction": " {x}"}]))
+    assert load_side_texts(str(facts), base_dir=None, n_texts=5).texts == ("Ann said {subject} {} {x}",)
+    facts.write_text(json.dumps([{"template": "{subject} is a", "subject": "Ann", "prediction": " cat"}]))
+    with pytest.raises(DataError, match=r"facts.json: item 0: its template has no \{\} for the subject"):
+        load_side_texts(str(facts), base_dir=None, n_texts=5)
+
+
+def test_texts_pass_over_the_facts_named(tmp_path):
+    facts = tmp_path / "known_1000.json"
+    facts.write_text(json.dumps([{"template": "{} is in", "subject": s, "prediction": " Asia"}
+                                 for s in ("Ann", "Bo", "Cy", "Di")]))
+    got = load_side_texts(str(facts), base_dir=None, n_texts=2, exclude_subjects={"Bo"})
+    assert got.texts == ("Ann is in Asia", "Cy is in Asia") and got.n_excluded == 1
+    plain = tmp_path / "texts.txt"
+    plain.write_text("Ann is in Asia.\nBo is in the city of Rome.\n")
+    got = load_side_texts(str(plain), base_dir=None, n_texts=5, exclude_prompts={"Bo is in the city of"})
+    assert got.texts == ("Ann is in Asia.",) and got.n_excluded == 1
+    with pytest.raises(DataError, match=r"no texts for side effects that is not one of the claim's own "
+                                        r"facts \(4 are\)"):
+        load_side_texts(str(facts), base_dir=None, n_texts=2, exclude_subjects={"Ann", "Bo", "Cy", "Di"})
+
+
+@pytest.mark.slow
+def test_a_known_facts_claim_measures_side_effects_on_other_facts(tmp_path, monkeypatch, one_torch_thread):
+    """The default side-effect texts are the data folder's known_1000.json, which a known_facts
+    claim draws its behaviour from: every fact of the claim (train, validation and test) is
+    passed over, and the texts are the file's other facts, in file order."""
+    from loccheck.bench import prepare_bench
+    from loccheck.claim import parse_claim
+    from loccheck.testing import char_tokenizer, tiny_model, write_known_facts
+
+    model = tiny_model("gpt_neox", n_layers=4)
+    model.save_pretrained(tmp_path / "m")
+    char_tokenizer().save_pretrained(tmp_path / "m")
+    file = write_known_facts(tmp_path / "known_1000.json", model, n_facts=16)
+    monkeypatch.setenv("LOCCHECK_DATA_DIR", str(tmp_path))
+    claim = parse_claim(f"claim: x\nmodel: {{name: '{tmp_path / 'm'}', device: cpu}}\n"
+                        "behavior: {dataset: known_facts, max_questions: 9, "
+                        "split: {train: 0.4, validation: 0.2, test: 0.4}}\n"
+                        "location: {sites: [L0M]}\nmetrics: [preference_margin, kl]\n",
+                        path=tmp_path / "c.yaml")
+    bench = prepare_bench(claim, tmp_path / "cache")
+    own = {bench.data.facts[p.prompt].subject for split in (bench.data.train, bench.data.validation,
+                                                            bench.data.test) for p in split}
+    assert len(own) == 9 and bench.data.validation                 # facts in every split
+    records = json.loads(file.read_text())
+    others = [r["template"].replace("{}", r["subject"]) + r["prediction"] for r in records
+              if r["subject"] not in own]
+    tok = bench.tokenizer
+    assert bench.side == tuple(tuple(tok(t).input_ids) for t in others)
+    assert bench.side_identity["n_texts"] == 16 - 9 and bench.side_identity["n_excluded"] == 9
+
+
 @pytest.mark.slow
 def test_kl_is_zero_for_the_identity_and_matches_full_logits(known_llama, tmp_path):
     import torch

@@ -1,6 +1,7 @@
-"""`loccheck trace-vs-edit`: the regressions on rows planted by construction, and the command end
-to end on two tiny models whose only live MLP is layer 2 of 4: one where edit success depends
-on the layer only, one where it tracks a planted tracing effect."""
+"""`loccheck trace-vs-edit`: Hase et al.'s measures by their arithmetic, the regressions on rows
+planted by construction, and the command end to end on two tiny models whose only live MLP is
+layer 2 of 4: one where edit success depends on the layer only, one where it tracks a planted
+tracing effect (with loccheck's measures and with Hase et al.'s)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import pytest
 
 from loccheck.analysis import regress
 from loccheck.cli import main
+from loccheck.trace_vs_edit import fraction_restored, rewrite_score
 from loccheck.locations import MlpLoc
 from loccheck.models.loading import load_model
 from loccheck.testing import write_gated_facts, write_gated_model_dir, write_tracing_claim
@@ -22,6 +24,29 @@ def _one_thread(one_torch_thread):
     """Tiny models run one torch thread (see conftest.one_torch_thread)."""
 
 
+def test_hase_measures_by_their_arithmetic():
+    # rewrite score: (p_post - p_pre) / (1 - p_pre) of the target's probability, floored at 0
+    assert rewrite_score(np.log(0.2), np.log(0.6)) == pytest.approx(0.5, abs=1e-12)
+    assert rewrite_score(np.log(0.2), np.log(1.0)) == pytest.approx(1.0, abs=1e-12)
+    assert rewrite_score(np.log(0.6), np.log(0.2)) == 0.0 and rewrite_score(0.0, 0.0) == 0.0
+    # fraction restored: max(0, (p_restored - p_corrupt) / |p_clean - p_corrupt|)
+    assert fraction_restored(0.3, 0.6) == 0.5 and fraction_restored(0.3, -0.6) == 0.5
+    assert fraction_restored(-0.1, 0.5) == 0.0 and fraction_restored(0.1, 0.0) == 0.0
+
+
+def test_a_slope_that_changes_sign_with_the_layer_needs_the_interaction():
+    """Hase et al.'s joint model is layer x tracing: success that tracks tracing upwards at one
+    layer and downwards at another is invisible to one common slope."""
+    rng = np.random.default_rng(2)
+    layers = np.repeat([0, 1], 50)
+    tracing = rng.uniform(-1, 1, size=layers.size)            # mean 0: the layers' means are alike
+    success = np.where(layers == 0, 2.0, -2.0) * tracing + rng.normal(scale=0.05, size=layers.size)
+    hase, additive = regress(layers, tracing, success), regress(layers, tracing, success, interaction=False)
+    assert hase["joint"] == "C(layer) * tracing" and additive["joint"] == "C(layer) + tracing"
+    assert hase["r2"]["added"] > 0.9 and hase["f_test"]["p"] < 1e-10
+    assert additive["r2"]["added"] < 0.02
+
+
 def test_success_planted_on_the_layer_is_explained_by_the_layer():
     rng = np.random.default_rng(0)
     layers = np.repeat(np.arange(6), 20)
@@ -29,7 +54,7 @@ def test_success_planted_on_the_layer_is_explained_by_the_layer():
     success = 0.5 * layers + rng.normal(scale=0.1, size=layers.size)
     r = regress(layers, tracing, success)
     assert r["r2"]["layer"] > 0.98 and r["r2"]["tracing"] < 0.05
-    assert r["r2"]["layer + tracing"] - r["r2"]["layer"] < 0.01 and r["f_test"]["p"] > 0.05
+    assert r["r2"]["added"] < 0.01 and r["f_test"]["p"] > 0.05 and r["joint"] == "C(layer) * tracing"
 
 
 def test_success_planted_on_the_tracing_effect_is_explained_by_tracing():
@@ -47,10 +72,10 @@ def test_the_command_on_a_model_with_one_live_mlp(tmp_path, capsys):
     claim = write_tracing_claim(tmp_path, [MlpLoc(2)], n_layers=4)
     out = tmp_path / "tve"
     args = ["trace-vs-edit", str(claim), "--corruption", "noise", "subject_flip", "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache")]
+            "--cache-dir", str(tmp_path / "cache"), "--measures", "loccheck"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "(noise tracing): R^2 layer" in printed and "(subject_flip tracing)" in printed
+    assert "(noise tracing, loccheck measures): R^2 layer" in printed and "(subject_flip tracing" in printed
     result = json.loads((out / "result.json").read_text())
     layers, success = np.array(result["row_layers"]), np.array(result["success"])
     assert result["n_facts"] >= 4 and len(success) == 4 * result["n_facts"]
@@ -66,7 +91,8 @@ def test_the_command_on_a_model_with_one_live_mlp(tmp_path, capsys):
     for a in result["analyses"].values():
         assert a["r2"]["layer"] == pytest.approx(expected, rel=1e-9)
     report = (out / "report.md").read_text()
-    assert "## Regressions" in report and "Hase et al., GPT-J" in report
+    # loccheck's measures are not Hase et al.'s: their figures are not printed beside them
+    assert "## Regressions" in report and "Hase et al., GPT-J" not in report and "layer + tracing" in report
     assert (out / "r2.png").is_file() and (out / "success_vs_tracing.png").is_file()
     # again: every one-fact edit and every trace comes from the cache
     assert main(args) == 0
@@ -117,7 +143,7 @@ edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
 """)
     out = tmp_path / "tve"
     assert main(["trace-vs-edit", str(claim), "--corruption", "noise", "--out", str(out),
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+                 "--cache-dir", str(tmp_path / "cache"), "--measures", "loccheck"]) == 0
     result = json.loads((out / "result.json").read_text())
     layers, success = np.array(result["row_layers"]), np.array(result["success"])
     tracing = np.array(result["rows"][0]["tracing"])
@@ -137,5 +163,56 @@ edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
     expected = 1 - ((live_rows - live_rows.mean()) ** 2).sum() / ((success - success.mean()) ** 2).sum()
     assert a["r2"]["layer"] == pytest.approx(expected, rel=1e-9)
     assert a["f_test"]["p"] < 1e-6 and a["tracing_coefficient"] > 0
-    assert a["r2"]["tracing"] > 0.6 and a["r2"]["layer + tracing"] - a["r2"]["layer"] > 0.3
+    assert a["r2"]["tracing"] > 0.6 and a["r2"]["added"] > 0.3
     assert a["per_layer"]["2"]["r"] > 0.7
+
+
+def test_hase_measures_on_the_gated_model(tmp_path):
+    """The gated model of the test above, with Hase et al.'s measures (window 1 here: 4 layers
+    leave no room for their 5). By construction, where the key is 0 (dead layers; layer 2 at a
+    closed subject) ROME writes nothing, so the target's probability does not move: rewrite
+    score exactly 0; restoring a zero output recovers nothing: fraction restored 0 (to float
+    rounding) at a dead layer. At layer 2 with an open subject both are positive. Each row's rewrite score is
+    the arithmetic of its recorded log-probabilities."""
+    from loccheck.bench import prepare_bench
+    from loccheck.claim import load_claim
+
+    live = MlpLoc(2)
+    folder = write_gated_model_dir(tmp_path / "m", live, n_layers=4)
+    facts = write_gated_facts(tmp_path / "known_1000.json", load_model(str(folder), device="cpu").model)
+    (tmp_path / "stats.txt").write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
+    claim = tmp_path / "gated.yaml"
+    claim.write_text(f"""\
+claim: "The facts live in the MLP that tracing picks."
+model: {{name: '{folder}', device: cpu}}
+behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
+location: {{sites: [L2M]}}
+heuristic: {{method: causal_tracing, samples: 2, window: 1, noise_scale: 0.5, aggregate: last_subject_token}}
+edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
+""")
+    out = tmp_path / "tve"
+    assert main(["trace-vs-edit", str(claim), "--corruption", "noise", "--window", "1", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["measures"] == "hase" and result["window"] == 1
+    layers, success = np.array(result["row_layers"]), np.array(result["success"])
+    tracing = np.array(result["rows"][0]["tracing"])
+    pre = np.exp([e["target_before"] for e in result["edits"]])
+    post = np.exp([e["target_after"] for e in result["edits"]])
+    assert np.allclose(success, np.maximum(0, (post - pre) / (1 - pre)), rtol=0, atol=1e-12)
+    opened = np.array([prompt[-1] in "abcdefghijklm" for prompt in result["row_prompts"]])
+    shut = ~(opened & (layers == 2))
+    assert np.all(success[shut] == 0.0) and tracing.min() >= 0
+    # their tracing effect is the largest over every token: at layer 2 a closed subject's other
+    # letters may open the gate, so only the dead layers' are planted at 0
+    assert tracing[layers != 2].max() < 1e-5
+    on = opened & (layers == 2)
+    assert success[on].min() > 0 and tracing[on].min() > 0
+    a = result["analyses"]["noise"]
+    # measured: R^2 layer 0.052, tracing 0.172, layer x tracing 0.175, F-test p 0.004
+    assert a["joint"] == "C(layer) * tracing" and a["r2"]["added"] > 0.05 and a["f_test"]["p"] < 0.05
+    report = (out / "report.md").read_text()
+    assert "Hase et al., GPT-J (reference)" in report and "rewrite score" in report
+    # no window: a one-line error, nothing written
+    assert main(["trace-vs-edit", str(claim), "--window", "0", "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()

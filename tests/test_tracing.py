@@ -164,3 +164,40 @@ def test_localize_pins_the_traced_layer(tmp_path, capsys, monkeypatch):
     assert pinned.location.sites == ("L2M",) and set(pinned.heuristic.layer_effects) == {"L2M"}
     result = verify(pinned, write_report=False, progress=False, cache_dir=tmp_path / "cache")
     assert result.payload["heuristic_evidence"]["pinned_layers_reselected"] is True
+
+
+def test_no_flip_partner_is_an_error_naming_the_claim_file(tmp_path):
+    """Each relation of the facts holds one train subject and one test subject: subject-flip
+    tracing sees the train facts only, so no fact has a partner. The error names the claim's
+    file and field, from `verify`'s heuristic and from `trace-vs-edit`."""
+    import yaml
+
+    from loccheck.data import load_behavior
+    from loccheck.errors import ClaimError
+    from loccheck.trace_vs_edit import trace_vs_edit
+    from loccheck.verification import propose_location
+
+    claim = _claim(tmp_path, "subject_flip")
+    facts = tmp_path / "known_1000.json"
+    split = load_behavior(dataset="known_facts", path=str(facts), base_dir=None, split=(0.5, 0.0, 0.5))
+    train = [p.prompt for p in split.train]
+    test = [p.prompt for p in split.test]
+    records = json.loads(facts.read_text())
+    by_prompt = {r["prompt"]: r for r in records}
+    free = list(test)
+    for i, prompt in enumerate(train):       # pair each train fact with a test fact of another attribute
+        mate = next(q for q in free if by_prompt[q]["attribute"] != by_prompt[prompt]["attribute"])
+        free.remove(mate)
+        by_prompt[prompt]["relation_id"] = by_prompt[mate]["relation_id"] = f"R{i}"
+    facts.write_text(json.dumps(records))
+    again = load_behavior(dataset="known_facts", path=str(facts), base_dir=None, split=(0.5, 0.0, 0.5))
+    assert [p.prompt for p in again.train] == train              # the same split, relations re-drawn
+    config = claim.effective_config()
+    claim = parse_claim(yaml.safe_dump(config, sort_keys=False), path=tmp_path / "flip.yaml")
+    with pytest.raises(ClaimError, match=r"flip.yaml(:\d+)*: heuristic.corruption: subject_flip tracing "
+                                         r"found no flip partner"):
+        propose_location(claim, cache_dir=tmp_path / "cache")
+    config["location"] = {"sites": ["L2M"]}
+    claim = parse_claim(yaml.safe_dump(config, sort_keys=False), path=tmp_path / "flip.yaml")
+    with pytest.raises(ClaimError, match=r"flip.yaml(:\d+)*: heuristic.corruption: subject_flip tracing"):
+        trace_vs_edit(claim, out_dir=tmp_path / "tve", cache_dir=tmp_path / "cache")

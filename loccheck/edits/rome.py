@@ -2,22 +2,30 @@
 claims (the role ITI plays for heads), applied to every train fact in turn.
 
 For one fact at MLP layer l: the key k* is the down projection's input at the subject's last
-token (from the prompt itself; ROME also averages over random prefixes, loccheck does not);
-the value v* = v0 + delta, where delta, added to the layer's MLP output at that token, is
-optimised by Adam to make the counterfactual target likely (its mean token NLL, plus
-`v_weight_decay` * |delta|^2 / |v0|^2; ROME's KL term on "{subject} is a" is left out); then
+token (from the prompt itself); the value v* = v0 + delta, where delta, added to the layer's MLP
+output at that token, is optimised by Adam as ROME's compute_v does: the counterfactual target's
+mean token NLL plus `v_weight_decay` * |delta| / |v0|^2 (the norm, as ROME, not its square),
+|delta| clamped at `clamp_norm_factor` * |v0| after each step (ROME: 4), stopping once that
+total loss is below 0.05 or after `v_steps` passes (the last only evaluates, as ROME's). Then
 W <- W + (v* - W k*) (C^-1 k*)^T / (k*^T C^-1 k*), with C = E[k k^T] the uncentered second
 moment of the layer's keys over a stated text sample: the questions and answers of TruthfulQA
 (`stats_path`, default $LOCCHECK_DATA_DIR/TruthfulQA.csv; the first `stats_tokens` tokens),
 which ship with the data and share no text with the facts. That update changes the layer's
 output at k* by exactly v* - W k*, and as little as it can elsewhere in the C^-1 metric.
 
+Where loccheck differs from ROME's code: it reads k* from the prompt alone (ROME averages it
+over the prompt behind random prefixes), it leaves out ROME's KL term on "{subject} is a" (the
+loss is the target's NLL and the weight decay), and C comes from the sample above, not from
+Wikipedia text.
+
 Facts are edited one after another, each on the model with the earlier edits (sequential
 ROME). At a location of several layers, delta is optimised at the first of them (from there it
 can reach the prediction through every later layer; the model's last MLP at the subject's
-token feeds nothing) and split in equal shares, one rank-one update per layer (after MEMIT's
-spreading); at one layer it is ROME exactly. The whole-model edit spreads over every layer. The edit is stored as its rank-one
-factors: per layer, u_i (d_ff) and r_i (d_model) for each fact i.
+token feeds nothing) and split in equal shares, one rank-one update per layer, lowest first,
+each layer's key read with the fact's updates below it in place (MEMIT's spreading, which
+optimises at the last layer instead): each layer adds exactly delta / n at k*. At one layer it
+is ROME's update. The whole-model edit spreads over every layer. The edit is stored as its
+rank-one factors: per layer, u_i (d_ff) and r_i (d_model) for each fact i.
 """
 from __future__ import annotations
 
@@ -34,14 +42,18 @@ from loccheck.schema import Number, Section
 
 STATS_FILE = "TruthfulQA.csv"
 STATS_PIECE = 128          # tokens per text piece the key statistics are collected over
+STOP_LOSS = 5e-2           # ROME's compute_v stops once its total loss is below this
 
 
 class RomeEditSection(Section):
     method: Literal["rome"] = Field("rome", description="ROME's closed-form rank-one edit of each "
                                                         "train fact, in turn (MLP locations, known facts).")
-    v_steps: StrictInt = Field(25, ge=1, le=1000, description="Adam steps optimising each fact's value.")
+    v_steps: StrictInt = Field(25, ge=1, le=1000, description="Passes optimising each fact's value (ROME's "
+                                                              "v_num_grad_steps: the last only evaluates).")
     v_lr: Number = Field(0.5, gt=0, le=100, description="Adam learning rate of the value (ROME: 0.5).")
-    v_weight_decay: Number = Field(0.5, ge=0, description="Weight of |delta|^2 / |v0|^2 (ROME: 0.5).")
+    v_weight_decay: Number = Field(0.5, ge=0, description="Weight of |delta| / |v0|^2 (ROME: 0.5).")
+    clamp_norm_factor: Number = Field(4.0, ge=0, description="|delta| is clamped at this times |v0| after "
+                                                             "each step (ROME: 4; 0: no clamp).")
     stats_path: str | None = Field(None, description="Text sample of the key statistics (default: "
                                                      "$LOCCHECK_DATA_DIR/TruthfulQA.csv, its questions "
                                                      "and answers).")
@@ -56,11 +68,11 @@ def stats_file(path: str | None) -> Path:
     from loccheck.userfiles import expand_user
 
     if path is not None:
-        return expand_user(path, key="edits")
+        return expand_user(path, key="stats_path")
     file, tried = _find_data_file(STATS_FILE, None, None)
     if file is None:
         raise DataError("rome needs a text sample for its key statistics (set stats_path, or "
-                        f"LOCCHECK_DATA_DIR to a folder holding {STATS_FILE}): " + "; ".join(tried), key="edits")
+                        f"LOCCHECK_DATA_DIR to a folder holding {STATS_FILE}): " + "; ".join(tried), key="stats_path")
     return file
 
 
@@ -82,15 +94,25 @@ def stats_texts(file: Path) -> list[str]:
 
 def _settings(section: RomeEditSection, *, size: int, claim_size: int, verdict_metric: str,
               site_kind: str = "mlp", ceiling: bool = False) -> dict:
+    """The settings of every fit; the text sample is read here, when a claim is inspected, so a
+    missing, unreadable or empty one is refused before anything is fitted."""
     from loccheck.cache import file_sha256
-
     from loccheck.errors import DataError
 
     file = stats_file(section.stats_path)
     if not file.is_file():
         raise DataError(f"{file} is not a file: rome reads its key statistics from it (set stats_path)",
-                        key="edits")
+                        key="stats_path")
+    try:
+        texts = stats_texts(file)
+    except LoccheckError as err:
+        raise DataError(err.msg, key="stats_path") from None
+    if not texts:
+        # no keys would give C = 0, and the ridge alone would be its inverse: refused, not guessed
+        raise DataError(f"{file}: no text to collect rome's key statistics from (a TruthfulQA-style "
+                        "CSV's questions and answers, else one text per line)", key="stats_path")
     return {"v_steps": section.v_steps, "v_lr": section.v_lr, "v_weight_decay": section.v_weight_decay,
+            "clamp_norm_factor": section.clamp_norm_factor,
             "stats": {"path": str(file.resolve()), "sha256": file_sha256(file), "tokens": section.stats_tokens},
             "ridge": section.ridge}
 
@@ -112,6 +134,8 @@ def key_statistics(bench, stats: dict, layers) -> dict[int, np.ndarray]:
         tok, model = bench.tokenizer, bench.model
         ids = [t for text in stats_texts(file) for t in tok(" " + text, add_special_tokens=False).input_ids]
         ids = ids[:stats["tokens"]]
+        if not ids:
+            raise LoccheckError(f"{file}: its texts give no token for rome's key statistics", key="edits")
         width = bench.adapter.mlp_width
         acc = {l: torch.zeros(width, width, dtype=torch.float64) for l in missing}
         device = next(model.parameters()).device
@@ -227,7 +251,8 @@ def _inputs_at(bench, layers, ids, position: int) -> dict:
 
 
 def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: dict):
-    """delta at `layer`'s MLP output, subject's last token, that makes `target` likely."""
+    """delta at `layer`'s MLP output, subject's last token, that makes `target` likely: ROME's
+    compute_v loop (its loss, clamp and stop), without its KL term and random prefixes."""
     import torch
 
     from loccheck.models.hooks import displaced_outputs
@@ -238,21 +263,28 @@ def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: di
     prefix = sequence_prefix(bench.model, bench.adapter, layer, [tuple(ids) + tuple(target)], bench.pad_id)
     delta = torch.zeros_like(v0, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=settings["v_lr"])
-    norm = float(v0.float().norm()) ** 2 or 1.0
+    v0_norm = float(v0.float().norm())
+    scale = v0_norm ** 2 or 1.0                               # a dead MLP's output is zero
+    max_norm = settings["clamp_norm_factor"] * v0_norm
 
     def add(row, x, y):
         out = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
         out[:, position] = delta
         return out
     with displaced_outputs([bench.adapter.mlp_out(layer)], add):
-        for _ in range(settings["v_steps"]):
+        for step in range(settings["v_steps"]):
             nll = -answer_logprobs(bench.model, [ids], [target], bench.pad_id, prefix=prefix)[0] / len(target)
-            loss = nll + settings["v_weight_decay"] * delta.pow(2).sum() / norm
-            if nll.item() < 0.05:                                # ROME stops once the target is likely
+            # ROME's weight decay: |delta| / |v0|^2 (the norm, not its square)
+            loss = nll + settings["v_weight_decay"] * delta.norm() / scale
+            # ROME stops on the total loss, and its last pass only evaluates
+            if loss.item() < STOP_LOSS or step == settings["v_steps"] - 1:
                 break
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if max_norm > 0 and float(delta.detach().norm()) > max_norm:   # ROME's clamp_norm_factor
+                with torch.no_grad():
+                    delta.mul_(max_norm / delta.norm())
     return delta.detach()
 
 
@@ -272,25 +304,36 @@ def inverse_statistics(bench, settings: dict, layers) -> dict:
     return {l: memo[l] for l in layers}
 
 
-def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, settings: dict) -> None:
-    """ROME's update for one fact, added to `edit` (computed with the edit as it is)."""
+def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, settings: dict):
+    """ROME's update for one fact, added to `edit` (computed with the edit as it is); returns
+    delta, what the update adds to the MLP output at the subject's last token (in equal shares
+    over the edit's layers)."""
     import torch
 
     layers = edit.layers
     with edit.attached(bench.model):
-        seen = _inputs_at(bench, layers, ids, position)
+        seen = _inputs_at(bench, layers[:1], ids, position)
         # optimised at the first layer: the last one may be too late to reach the prediction (the
         # model's final MLP at the subject's token feeds nothing)
         delta = _value_delta(bench, layers[0], ids, position, target, seen[layers[0]][1], settings)
-    us, rs = [], []
-    for l in layers:                                         # equal shares of delta, rank one each
+    k_dim = edit.U.shape[-1]
+    edit.add(torch.zeros(len(layers), k_dim), torch.zeros(len(layers), delta.numel()))
+    share = delta.cpu() / len(layers)
+    for row, l in enumerate(layers):
+        # each layer's key is read with this fact's updates below it in place (as MEMIT does):
+        # a key read before them would give the higher layers more than their share
+        if row:
+            with edit.attached(bench.model):
+                seen = _inputs_at(bench, [l], ids, position)
         k = seen[l][0].float().cpu()
         c_inv_k = inverse[l] @ k
         norm = float(k @ c_inv_k)
         # a layer whose key is zero (a dead MLP) cannot be written at this token: no update
-        us.append(c_inv_k / norm if norm > 0 else torch.zeros_like(k))
-        rs.append(delta.cpu() / len(layers) if norm > 0 else torch.zeros_like(delta.cpu()))
-    edit.add(torch.stack(us), torch.stack(rs))
+        if norm > 0:
+            with torch.no_grad():
+                edit.U[row, -1] = (c_inv_k / norm).to(edit.U)
+                edit.R[row, -1] = share.to(edit.R)
+    return delta
 
 
 def _fit(bench, settings: dict, location) -> Fitted:

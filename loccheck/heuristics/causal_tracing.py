@@ -25,6 +25,7 @@ from loccheck.schema import Number, Section, Seed
 
 PROGRESS_EVERY_S = 30
 AGGREGATES = {"last_subject_token": 2, "first_subsequent_token": 3, "last_token": 5}
+ARRAYS = ("effects", "per_fact", "per_fact_peak")         # the record's arrays (stored as lists)
 
 
 def _mlp(text: str) -> str:
@@ -115,7 +116,7 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
     width = loaded.model.get_input_embeddings().weight.shape[1]
     # flip partners come from every train fact of the relation, traced or not (more have the length)
     pool = [data.facts[p.prompt] for p in data.train if p.prompt in data.facts]
-    grids, totals, cleans, corrupts, traced, skipped = [], [], [], [], [], 0
+    grids, peaks, totals, cleans, corrupts, traced, skipped = [], [], [], [], [], [], 0
     start = last = time.monotonic()
     for i, item in enumerate(items):
         if time.monotonic() - last > PROGRESS_EVERY_S:       # a line now and then, for CI logs too
@@ -135,6 +136,7 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
                            window=section.window)
         traced.append(facts[i].prompt)
         grids.append(grouped(trace.effects, item.span))
+        peaks.append(trace.effects.max(axis=1))              # per layer, over every token (Hase et al.)
         totals.append(trace.total_effect)
         cleans.append(trace.p_clean)
         corrupts.append(trace.p_corrupt)
@@ -147,7 +149,8 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
         # a token group no fact has (no token after a subject that ends the prompt) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(stack, axis=0)
-    return {"effects": mean, "per_fact": stack, "prompts": traced, "n_facts": len(grids),
+    return {"effects": mean, "per_fact": stack, "per_fact_peak": np.stack(peaks), "per_fact_total": totals,
+            "prompts": traced, "n_facts": len(grids),
             "n_skipped": skipped, "p_clean": float(np.mean(cleans)), "p_corrupt": float(np.mean(corrupts)),
             "total_effect": float(np.mean(totals)), "spread": spread}
 
@@ -170,10 +173,10 @@ def _cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> d
                        "prompts": [p.prompt for p in data.train]})
     store = FitCache(cache)
     record = store.get(key)
-    if record is None:
+    if not isinstance(record, dict) or "per_fact_peak" not in record:
         record = trace_facts(section, loaded, data)
-        store.put(key, {**record, "effects": record["effects"].tolist(), "per_fact": record["per_fact"].tolist()})
-    return {**record, "effects": _floats(record["effects"]), "per_fact": _floats(record["per_fact"])}
+        store.put(key, {**record, **{k: record[k].tolist() for k in ARRAYS}})
+    return {**record, **{k: _floats(record[k]) for k in ARRAYS}}
 
 
 def _floats(values) -> np.ndarray:
