@@ -118,6 +118,8 @@ class Bench:
         the prompt as TruthfulQA's generation task builds it (`prompts.generation_prompt`)."""
         key = ("to generate", split)
         if key not in self.memo:
+            from loccheck.metrics.generation import generation_inputs
+
             self.memo[key] = generation_inputs(self.data, split, self.tokenizer, self.prompt_format,
                                                self.system_prompt)
         return self.memo[key]
@@ -159,19 +161,6 @@ class Bench:
                 raise DataError(f"{self.data.source}: no {split} question has a true and a false answer, "
                                 "so multiple-choice metrics cannot be computed", key="metrics")
         return self.memo[key]
-
-
-def generation_inputs(data, split: str, tokenizer, prompt_format: str, system_prompt) -> list[tuple]:
-    """(generation prompt ids, question, true references, false references) per question of
-    `split` that has both kinds of reference."""
-    from loccheck.prompts import generation_prompt_ids
-
-    out = []
-    for g in data.groups[split]:
-        question, ok, bad = data.answers.get(g, ("", (), ()))
-        if question and ok and bad:
-            out.append((generation_prompt_ids(tokenizer, question, prompt_format, system_prompt), question, ok, bad))
-    return out
 
 
 def check_location_size(claim, adapter) -> None:
@@ -342,6 +331,7 @@ def _check_judge(claim, cache_root: Path) -> None:
 def _check_generation_prompts(claim, data, tokenizer, fmt: str, context: int | None) -> None:
     """Each test question's generation prompt and its longest answer fit the model's context."""
     from loccheck.metrics import METRICS
+    from loccheck.metrics.generation import generation_inputs
 
     if context is None or not any(METRICS[m].needs == "generations" for m in claim.all_metrics):
         return

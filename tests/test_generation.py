@@ -164,3 +164,26 @@ def test_a_claim_reports_truth_info_and_shows_the_answers(known_llama, tmp_path)
     assert unedited["shown"][0]["question"] in section
     stored = json.loads((tmp_path / "out" / "result.json").read_text())
     assert render_markdown(stored) == report                               # rendered from result.json alone
+
+
+@needs_minilm
+def test_a_generation_prompt_longer_than_the_context_is_refused_up_front(tmp_path):
+    """With the primer each prompt is about 590 tokens (characters, for this tokenizer): a model
+    that reads 600 positions has no room for 32 new tokens, and the claim says so before any
+    weights load."""
+    import json
+
+    from loccheck.claim import parse_claim
+    from loccheck.errors import ClaimError
+    from loccheck.locations import HeadLoc
+    from loccheck.testing import claim_text, write_model_dir, write_pairs
+    from loccheck.verification import inspect
+
+    model_dir = write_model_dir(tmp_path / "model", "llama", [HeadLoc(1, 2)])
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 600}))
+    text = claim_text(model_dir, write_pairs(tmp_path / "pairs.jsonl"), ["L1H2"]) + (
+        "metrics: [preference_margin, truth]\n")
+    with pytest.raises(ClaimError, match=r"generation.max_new_tokens: the longest generation prompt is "
+                                         r"\d+ tokens and the model reads at most 600: at most \d+ new"):
+        inspect(parse_claim(text, path=tmp_path / "gen.yaml"), out_dir=None, cache_dir=tmp_path / "cache")

@@ -14,6 +14,7 @@ import numpy as np
 
 from loccheck.errors import LoccheckError
 from loccheck.metrics import Metric, register_metric
+from loccheck.prompts import generation_prompt_ids
 
 
 def read_share(verdicts) -> float:
@@ -26,6 +27,17 @@ def joint_share(truthful, informative) -> float:
     """The share of answers both truthful and informative, over those with both verdicts read."""
     both = [t and i for t, i in zip(truthful, informative) if t is not None and i is not None]
     return float(np.mean(both)) if both else float("nan")
+
+
+def generation_inputs(data, split: str, tokenizer, prompt_format: str, system_prompt) -> list[tuple]:
+    """(generation prompt ids, question, true references, false references) per question of
+    `split` that has both kinds of reference."""
+    out = []
+    for g in data.groups[split]:
+        question, ok, bad = data.answers.get(g, ("", (), ()))
+        if question and ok and bad:
+            out.append((generation_prompt_ids(tokenizer, question, prompt_format, system_prompt), question, ok, bad))
+    return out
 
 
 def generations_record(questions, answers, verdicts, n_shown: int) -> dict:
