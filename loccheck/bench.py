@@ -5,6 +5,7 @@ Prepared once per claim (and once per worker when fits run elsewhere)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +30,8 @@ class Bench:
     side: tuple | None = None                       # token ids of the side-effect texts (if a metric needs them)
     side_identity: dict | None = None
     memo: dict = field(default_factory=dict)        # per-bench results of edit methods (ITI's directions)
+    claim: Any = None                               # the claim, so a late error can name its file
+    last_generations: dict | None = None            # the latest judged answers' record (a sample)
     on_step: Callable | None = None                 # (step, n_steps, loss) while a fit runs here
     _reference: Any = None
 
@@ -93,46 +96,56 @@ class Bench:
         if need == "side_texts":
             return self.side_identity
         if need == "generations":
-            return {"max_new_tokens": self.generation.max_new_tokens, **self.judge.identity}
+            from loccheck.prompts import generation_prompt
+
+            g = self.generation
+            return {"max_new_tokens": g.max_new_tokens, "show_answers": g.show_answers,
+                    "prompt": generation_prompt(self.tokenizer, "{question}", self.prompt_format, self.system_prompt),
+                    **self.judge.identity}
         return None
 
     @property
     def judge(self):
-        from loccheck.judges import JUDGES
-
         if "judge" not in self.memo:
-            g = self.generation
-            options = {"model": g.judge_model, "base_url": g.judge_base_url} if g.judge == "openai" else {}
-            device = str(next(self.model.parameters()).device)
-            self.memo["judge"] = JUDGES[g.judge](self.cache_root, device=device, **options)
+            from loccheck.judges import make_judge
+
+            self.memo["judge"] = make_judge(self.generation, self.cache_root,
+                                            str(next(self.model.parameters()).device))
         return self.memo["judge"]
 
     def answers_to_generate(self, split: str) -> list[tuple]:
-        """(prompt ids, question, true references, false references) per question of `split`."""
+        """(prompt ids, question, true references, false references) per question of `split`,
+        the prompt as TruthfulQA's generation task builds it (`prompts.generation_prompt`)."""
         key = ("to generate", split)
         if key not in self.memo:
-            from loccheck.prompts import prompt_ids
+            from loccheck.metrics.generation import generation_inputs
 
-            out = []
-            for g in self.data.groups[split]:
-                question, ok, bad = self.data.answers.get(g, ("", (), ()))
-                if question and ok and bad:
-                    ids = prompt_ids(self.tokenizer, question, self.prompt_format, self.system_prompt)
-                    out.append((ids, question, ok, bad))
-            self.memo[key] = out
+            self.memo[key] = generation_inputs(self.data, split, self.tokenizer, self.prompt_format,
+                                               self.system_prompt)
         return self.memo[key]
 
     def _judged_answers(self, split: str, on_batch):
+        """The judge's verdicts on the greedy answers to `split`'s questions; the answers'
+        record (counts and the first `generation.show_answers`) goes to `last_generations`."""
+        from loccheck.metrics.generation import check_unread, generations_record
+        from loccheck.prompts import cut_answer
         from loccheck.scoring import greedy_answers
 
         todo = self.answers_to_generate(split)
         tokens = greedy_answers(self.model, [p for p, _, _, _ in todo], self.pad_id,
                                 self.tokenizer.eos_token_id, self.generation.max_new_tokens,
                                 on_batch=on_batch)
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip().split("\n")[0].strip()
+        texts = [cut_answer(self.tokenizer.decode(t, skip_special_tokens=True), self.prompt_format)
                  for t in tokens]
-        return self.judge.judge(texts, [ok for _, _, ok, _ in todo], [bad for _, _, _, bad in todo],
-                                questions=[q for _, q, _, _ in todo])
+        questions = [q for _, q, _, _ in todo]
+        try:
+            verdicts = self.judge.judge(texts, [ok for _, _, ok, _ in todo], [bad for _, _, _, bad in todo],
+                                        questions=questions)
+            self.last_generations = generations_record(questions, texts, verdicts, self.generation.show_answers)
+            check_unread(self.last_generations, verdicts.unread, self.generation.judge_max_unread)
+        except LoccheckError as err:
+            raise (self.claim.error(err.key, err.msg) if self.claim is not None and err.key else err) from None
+        return verdicts
 
     def choices(self, split: str) -> list:
         """Every true and false answer of each question of `split`, tokenized (once)."""
@@ -210,6 +223,7 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     splits = _tokenized_splits(claim, data, source.tokenizer, fmt, _context(source.config))
     side, side_identity = _side_texts(claim, source.tokenizer, _context(source.config), data)
     _check_judge(claim, cache_root)
+    _check_generation_prompts(claim, data, source.tokenizer, fmt, _context(source.config))
     return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
 
 
@@ -293,14 +307,42 @@ def _check_judge(claim, cache_root: Path) -> None:
 
     if not any(METRICS[m].needs == "generations" for m in claim.all_metrics):
         return
-    if claim.generation.judge == "openai":
+    g = claim.generation
+    if g.judge == "openai":
+        from loccheck.judges import check_base_url, make_judge
+
         if importlib.util.find_spec("openai") is None:
             raise claim.error("generation.judge", "judge: openai needs the openai package: pip install 'loccheck[judge]'")
+        if g.judge_base_url is None:
+            for var in ("LOCCHECK_JUDGE_BASE_URL", "OPENAI_BASE_URL"):
+                if os.environ.get(var):
+                    if (why := check_base_url(os.environ[var])) is not None:
+                        raise claim.error("generation.judge_base_url", f"${var}: {why}")
+                    break
+        try:
+            make_judge(g, cache_root).check()       # one request: endpoint, model and settings
+        except LoccheckError as err:
+            raise claim.error(err.key or "generation.judge", err.msg) from None
         return
     try:
         minilm_folder(cache_root)
     except LoccheckError as err:
         raise claim.error("generation.judge", err.msg) from None
+
+
+def _check_generation_prompts(claim, data, tokenizer, fmt: str, context: int | None) -> None:
+    """Each test question's generation prompt and its longest answer fit the model's context."""
+    from loccheck.metrics import METRICS
+    from loccheck.metrics.generation import generation_inputs
+
+    if context is None or not any(METRICS[m].needs == "generations" for m in claim.all_metrics):
+        return
+    longest = max((len(p) for p, _, _, _ in generation_inputs(data, "test", tokenizer, fmt,
+                                                                claim.behavior.system_prompt)), default=0)
+    if longest + claim.generation.max_new_tokens > context:
+        raise claim.error("generation.max_new_tokens",
+                          f"the longest generation prompt is {longest} tokens and the model reads at "
+                          f"most {context}: at most {max(context - longest, 0)} new tokens fit")
 
 
 MAX_SIDE_TOKENS = 256   # side-effect texts are sentences; a longer one is cut here
@@ -372,4 +414,4 @@ def prepare_bench(claim, cache_root: Path, inputs: ClaimInputs | None = None) ->
                          **({"kept": data.kept["rule"]} if data.kept else {})}}
     return Bench(loaded, data, splits["train"], splits["validation"], splits["test"],
                  inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
-                 generation=claim.generation, side=side, side_identity=side_identity)
+                 generation=claim.generation, side=side, side_identity=side_identity, claim=claim)

@@ -123,17 +123,40 @@ class SideEffectsSpec(Section):
     n_texts: StrictInt = Field(100, ge=1, le=10000, description="Use the first this many texts.")
 
 
+def _judge_url(url: str) -> str:
+    from loccheck.judges import check_base_url
+
+    if (why := check_base_url(url)) is not None:
+        raise ValueError(why)
+    return url
+
+
 class GenerationSpec(Section):
     max_new_tokens: StrictInt = Field(32, ge=1, le=512, description="Length cap of each greedy answer "
-                                                                    "(the generation metrics: truth, info, truth_info).")
+                                                                    "(the generation metrics: truth, info, "
+                                                                    "truth_info, truth_and_info).")
+    show_answers: StrictInt = Field(5, ge=0, le=100, description="How many answers (those to the first test "
+                                                                 "questions) result.json records per edit, "
+                                                                 "and the report shows for the unedited "
+                                                                 "model, the claim and the whole model.")
     judge: Literal["offline", "openai"] = Field(
         "offline", description="Who judges the answers: 'offline', sentence embeddings against the "
                                "reference answers (no network); 'openai', any OpenAI-compatible "
                                "chat-completions endpoint (key from LOCCHECK_JUDGE_API_KEY or "
                                "OPENAI_API_KEY).")
     judge_model: str | None = Field(None, description="The judge's model name (judge: openai).")
-    judge_base_url: str | None = Field(None, description="The judge's base URL (default: "
-                                                         "LOCCHECK_JUDGE_BASE_URL, then OPENAI_BASE_URL).")
+    judge_base_url: Annotated[str, AfterValidator(_judge_url)] | None = Field(
+        None, description="The judge's base URL (default: LOCCHECK_JUDGE_BASE_URL, then OPENAI_BASE_URL).")
+    judge_max_tokens: StrictInt | None = Field(
+        512, ge=1, le=65536, description="max_tokens of each judge request (judge: openai); room for a "
+                                         "reasoning model's thinking before its yes or no; null sends none.")
+    judge_temperature: Number | None = Field(
+        0.0, ge=0, le=2, description="temperature of each judge request (judge: openai); null sends none "
+                                     "(for models that accept only their default).")
+    judge_max_unread: Number = Field(
+        0.1, ge=0, lt=1, description="The largest share of one edit's judge replies that may be unreadable "
+                                     "(neither yes nor no): each is that answer's missing value; past it "
+                                     "the run fails.")
 
     @model_validator(mode="after")
     def _judge_model(self) -> "GenerationSpec":

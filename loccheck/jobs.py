@@ -96,6 +96,7 @@ class EditOutcome:
     score_seconds: dict = field(default_factory=dict)   # metric -> seconds this run spent scoring it
     state: dict | None = field(default=None, repr=False, compare=False)   # the fit's parameters (small)
     superseded: tuple = ()       # earlier outcomes of the same role this one replaces (a continued ceiling)
+    generations: dict | None = None                     # its judged answers' record (generation metrics)
 
     @property
     def diverged(self) -> bool:
@@ -108,7 +109,8 @@ class EditOutcome:
         return {"method": self.job.method, "role": self.job.role, "index": self.job.index,
                 "location": self.job.location_text, "n_params": self.n_params,
                 "metrics": self.metrics, "gains": {m: v - base[m] for m, v in self.metrics.items()},
-                **self.info, "diverged": self.diverged}
+                **self.info, "diverged": self.diverged,
+                **({"generations": self.generations} if self.generations is not None else {})}
 
 
 def every_run(outcomes) -> list[EditOutcome]:
@@ -197,13 +199,26 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
                 seconds = time.monotonic() - began
                 score_seconds.update({m: seconds / len(group) for m in group})
         for m in missing:
-            scores[m] = {"value": fresh[m]}
+            scores[m] = {"value": fresh[m], **_answers_of(bench, m)}
             if diverged(record.info) or not math.isfinite(fresh[m]):
                 continue
             cache.put(keys[m], scores[m])
     return EditOutcome(job, record.n_params, record.info, {m: scores[m]["value"] for m in metrics},
                        fitted=fitted, n_scored=len(missing), seconds=time.monotonic() - start,
-                       score_seconds=score_seconds, state=record.state)
+                       score_seconds=score_seconds, state=record.state, generations=generations_of(scores))
+
+
+def _answers_of(bench, metric: str) -> dict:
+    """A generation metric's score keeps the judged answers' record beside its value (cached with
+    it), so a report rendered from cached scores still shows the answers."""
+    from loccheck.metrics import METRICS
+
+    return {"generations": bench.last_generations} if METRICS[metric].needs == "generations" else {}
+
+
+def generations_of(scores: dict) -> dict | None:
+    """The judged answers' record among an edit's score entries (None without generation metrics)."""
+    return next((e["generations"] for e in scores.values() if isinstance(e, dict) and e.get("generations")), None)
 
 
 def _cached_scores(cache, keys: dict[str, str]) -> dict[str, dict | None]:
@@ -251,6 +266,7 @@ def unedited_scores(bench, cache, metrics: Sequence[str]) -> dict[str, float]:
                 raise LoccheckError(f"the unedited model's {m} on the test questions is {fresh[m]}: the "
                                     f"model's outputs are not finite in {bench.loaded.info['dtype']} "
                                     "(try model.dtype: float32)", key="model.dtype")
-            scores[m] = {"value": fresh[m]}
+            scores[m] = {"value": fresh[m], **_answers_of(bench, m)}
             cache.put(keys[m], scores[m])
+    bench.memo["unedited generations"] = generations_of(scores)
     return {m: scores[m]["value"] for m in metrics}

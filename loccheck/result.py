@@ -90,6 +90,7 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
         "n_null_fitted": primary["n_null_fitted"],
         "primary_method": methods[0], "tests": tests, "metric_summaries": summaries,
         "base_metrics": base, "edits": records,
+        **({"base_generations": g} if (g := bench.memo.get("unedited generations")) else {}),
         "data": _data_record(bs.dataset, data.summary(), bench.prompt_format,
                              format_prompt(bench.tokenizer, data.test[0].prompt, bench.prompt_format,
                                            bs.system_prompt),

@@ -273,13 +273,14 @@ def _repro_lines(r: dict) -> list[str]:
 def render_markdown(result: dict) -> str:
     """The report's Markdown text (no files written): the common sections, then the side-by-side
     comparison of edit methods, each method's and the heuristic's own sections."""
+    from loccheck.report.answers import answers_lines
     from loccheck.report.sections import EDIT_SECTIONS, HEURISTIC_SECTIONS, methods_lines
 
     r = result
     sections = [[f"# loccheck: {r['claim_name']}", "", *_verdict_lines(r)],
                 _claim_lines(r),
                 ["## What this does and does not show", "", _interpretation(r)],
-                _stats_lines(r), _figure_lines(r), methods_lines(r)]
+                _stats_lines(r), _figure_lines(r), methods_lines(r), answers_lines(r)]
     heuristic = (r.get("heuristic") or {}).get("method")
     if heuristic in HEURISTIC_SECTIONS and r.get("heuristic_evidence"):
         sections.append(HEURISTIC_SECTIONS[heuristic](r))
