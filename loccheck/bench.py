@@ -128,13 +128,15 @@ class Bench:
         """The judge's verdicts on the greedy answers to `split`'s questions; the answers'
         record (counts and the first `generation.show_answers`) goes to `last_generations`."""
         from loccheck.metrics.generation import check_unread, generations_record
-        from loccheck.prompts import cut_answer
+        from loccheck.prompts import answer_ended, cut_answer
         from loccheck.scoring import greedy_answers
 
+        def ended(tokens):            # later tokens cannot change the cut answer
+            return answer_ended(self.tokenizer.decode(tokens, skip_special_tokens=True), self.prompt_format)
         todo = self.answers_to_generate(split)
         tokens = greedy_answers(self.model, [p for p, _, _, _ in todo], self.pad_id,
                                 self.tokenizer.eos_token_id, self.generation.max_new_tokens,
-                                on_batch=on_batch)
+                                on_batch=on_batch, done=ended)
         texts = [cut_answer(self.tokenizer.decode(t, skip_special_tokens=True), self.prompt_format)
                  for t in tokens]
         questions = [q for _, q, _, _ in todo]

@@ -100,6 +100,15 @@ def cut_answer(text: str, prompt_format: str) -> str:
     return re.split(r"(?:^|\s)Q:", text.split("\n", 1)[0], maxsplit=1)[0].strip()
 
 
+def answer_ended(text: str, prompt_format: str) -> bool:
+    """Whether more generated text could not change `cut_answer(text)`: the first line break
+    (after a chat reply's leading blank lines) or a "Q:" on the first line is there."""
+    if prompt_format == "chat":
+        text = text.lstrip()
+    first, *rest = text.split("\n", 1)
+    return bool(rest) or re.search(r"(?:^|\s)Q:", first) is not None
+
+
 def prompt_ids(tokenizer, question: str, prompt_format: str, system_prompt: str | None) -> tuple[int, ...]:
     """A question's prompt as token ids. A chat template already writes its special tokens;
     plain text gets the tokenizer's BOS."""

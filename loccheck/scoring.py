@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -252,45 +253,51 @@ def side_effects(model, texts: Sequence[Sequence[int]], pad_id: int, batch_size:
 
 @torch.no_grad()
 def greedy_answers(model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id: int | None,
-                   max_new_tokens: int, *, on_batch: OnBatch | None = None) -> list[list[int]]:
+                   max_new_tokens: int, *, on_batch: OnBatch | None = None,
+                   done: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
     """The greedy continuation of each prompt, at most `max_new_tokens` tokens, stopping at
-    `eos_id`. Every step recomputes the whole sequence (no key-value cache), so an attached
-    edit acts at every generated position exactly as it does when answers are scored:
-    `on_batch` marks, in each row, the last prompt token and every generated one."""
+    `eos_id` or once `done(tokens so far)` says the answer cannot change any more (its first
+    line break is there). The prompts are left-padded and computed once; each step then computes
+    only the new token against the key-value cache. An attached edit acts at every position of
+    every forward, as when answers are scored: `on_batch` marks the last prompt token of each row
+    in the first forward and the new token in every later one."""
     device = next(model.parameters()).device
     body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
-    n = len(prompts)
-    lengths = [len(p) for p in prompts]
-    width = max(lengths) + max_new_tokens
+    n, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.tensor(p, device=device)
+    mask = torch.zeros((n, width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):                   # left-padded: every prompt ends at the last column
+        ids[i, width - len(p):] = torch.tensor(p, device=device)
+        mask[i, width - len(p):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)    # each row counts from its own first token
     out: list[list[int]] = [[] for _ in range(n)]
-    live = list(range(n))
+    live = [True] * n
+    marked = torch.zeros((n, width), dtype=torch.bool, device=device)
+    marked[:, -1] = True                              # the last prompt token
+    # transformers 5.25 renamed `past_key_values` (argument and output) to `cache`
+    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    cache = None
     for _ in range(max_new_tokens):
-        if not live:
-            break
-        rows = torch.tensor(live, device=device)
-        cur = max(lengths[i] for i in live)
-        mask = torch.zeros((len(live), cur), dtype=torch.long, device=device)
-        for r, i in enumerate(live):
-            mask[r, :lengths[i]] = 1
         if on_batch is not None:
-            marked = torch.zeros((len(live), cur), dtype=torch.bool, device=device)
-            for r, i in enumerate(live):
-                marked[r, len(prompts[i]) - 1:lengths[i]] = True
             on_batch(marked)
-        hidden = body(input_ids=ids[rows, :cur], attention_mask=mask).last_hidden_state
-        last = torch.tensor([lengths[i] - 1 for i in live], device=device)
-        nxt = float32_logits(head, hidden[torch.arange(len(live), device=device), last]).argmax(-1)
-        still = []
-        for r, i in enumerate(live):
-            token = int(nxt[r])
-            if token == eos_id:
+        step = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{name: cache})
+        cache = getattr(step, name)
+        nxt = float32_logits(head, step.last_hidden_state[:, -1]).argmax(-1)   # (n,)
+        for i in range(n):
+            if not live[i]:
                 continue
-            ids[i, lengths[i]] = token
-            lengths[i] += 1
+            token = int(nxt[i])
+            if token == eos_id:
+                live[i] = False
+                continue
             out[i].append(token)
-            still.append(i)
-        live = still
+            if done is not None and done(out[i]):
+                live[i] = False
+        if not any(live):
+            break
+        ids = nxt[:, None]                            # (n, 1); finished rows run on, unread
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long, device=device)], 1)
+        positions = positions[:, -1:] + 1
+        marked = torch.ones((n, 1), dtype=torch.bool, device=device)
     return out

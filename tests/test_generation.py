@@ -30,6 +30,51 @@ def test_greedy_answers_match_a_token_by_token_loop(known_llama, tmp_path):
         assert answer == ids[len(prompt):]
 
 
+def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known_llama, tmp_path):
+    """Prompts computed once and each new token against the cache: an edit acting at every
+    position gives the tokens that recomputing the whole sequence with it attached gives; `done`
+    stops a row at the token that ends its answer."""
+    import torch
+
+    from loccheck.edits.optimal import HeadEdit, initial_read_vectors
+    from loccheck.locations import HeadLoc
+    from loccheck.models import get_adapter
+    from loccheck.models.loading import load_model
+    from loccheck.scoring import greedy_answers
+
+    model_dir, _ = known_llama
+    loaded = load_model(str(model_dir), device="cpu", cache=tmp_path)
+    adapter = get_adapter(loaded.model)
+    edit = HeadEdit(adapter, [HeadLoc(1, 2)], initial_read_vectors(adapter, 0, 0.5))
+    with torch.no_grad():
+        edit.b.normal_(generator=torch.Generator().manual_seed(3))
+    prompts = [(1, 40, 41, 42, 43, 44), (1, 50), (1, 60, 61, 62)]
+    with edit.attached(loaded.model):
+        got = greedy_answers(loaded.model, prompts, loaded.pad_id, eos_id=None, max_new_tokens=6)
+        for prompt, answer in zip(prompts, got):
+            ids = list(prompt)
+            with torch.no_grad():
+                for _ in range(6):
+                    ids.append(int(loaded.model(torch.tensor([ids])).logits[0, -1].argmax()))
+            assert answer == ids[len(prompt):]
+        unedited_first = got[0][0]
+        short = greedy_answers(loaded.model, prompts, loaded.pad_id, eos_id=None, max_new_tokens=6,
+                               done=lambda tokens: tokens[-1] == unedited_first)
+    assert short[0] == [unedited_first]                     # stopped at once ...
+    assert all(a == b[:len(a)] for a, b in zip(short, got))  # ... the others as before, or shorter
+
+
+@pytest.mark.parametrize("text, fmt, ended", [
+    (" Paris", "qa", False), (" Paris.\n", "qa", True), ("\n", "qa", True), (" Paris Q:", "qa", True),
+    ("\n\n", "chat", False), ("\n\nParis", "chat", False), ("\n\nParis\n", "chat", True)])
+def test_an_answer_has_ended_once_its_cut_is_fixed(text, fmt, ended):
+    from loccheck.prompts import answer_ended, cut_answer
+
+    assert answer_ended(text, fmt) is ended
+    if ended:    # nothing generated later changes the answer
+        assert cut_answer(text + " more\nQ: next", fmt) == cut_answer(text, fmt)
+
+
 def test_qa_answers_continue_truthfulqas_primer():
     """TruthfulQA's generation task: its six-example QA primer, then "Q: {question}\nA:"."""
     from loccheck.prompts import QA_PRIMER, generation_prompt
