@@ -152,7 +152,7 @@ def _ceiling_sentence(r: dict) -> str:
 def effective_sentence(r: dict, method: str) -> str:
     """How many random locations reach rho of the whole-model gain; for single sites, what that
     says about uniqueness."""
-    k, n = r["tests"][method].get("n_null_effective"), r.get("n_null")
+    k, n = r["tests"][method].get("n_null_effective"), r["tests"][method].get("n_null_fitted", r.get("n_null"))
     if k is None:
         return ""
     kind, size = site_noun(r), len(r.get("location") or [])

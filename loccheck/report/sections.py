@@ -46,10 +46,11 @@ def _optimal_lines(r: dict) -> list[str]:
                 "converge (capped: still improving at the cap; stalled: steps lost in round-off; "
                 "diverged), so they may not be optimal: " + ", ".join(capped) + ".")
     else:
-        note = (f"All {len(edits)} edits converged: each stopped when two epochs in a row improved "
-                "its whole-training-set objective by at most `convergence_tol` of the improvement "
-                "made so far (plateau; stationary: no gradient reached it at all), or came within "
-                "that share of the objective's optimum.")
+        note = (f"All {len(edits)} edits converged: each came within `convergence_tol` of the "
+                "objective's optimum, or got stuck (two epochs improving its whole-training-set "
+                "objective by at most `convergence_tol` of the improvement made so far, or three "
+                "undone ones, since its last real improvement) after improving it (plateau), or "
+                "never received a gradient at all (stationary).")
     note += _continued_note(edits)
     diverged = [edit_name(e) for e in edits if e.get("diverged")]
     if diverged:
