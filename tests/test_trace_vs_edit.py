@@ -99,6 +99,23 @@ def test_the_command_on_a_model_with_one_live_mlp(tmp_path, capsys):
     assert json.loads((out / "result.json").read_text())["success"] == result["success"]
 
 
+def _gated_claim(tmp_path):
+    """A ROME claim on the gated model (its live MLP at L2, opened by the subject's last letter)."""
+    folder = write_gated_model_dir(tmp_path / "m", MlpLoc(2), n_layers=4)
+    facts = write_gated_facts(tmp_path / "known_1000.json", load_model(str(folder), device="cpu").model)
+    (tmp_path / "stats.txt").write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
+    claim = tmp_path / "gated.yaml"
+    claim.write_text(f"""\
+claim: "The facts live in the MLP that tracing picks."
+model: {{name: '{folder}', device: cpu}}
+behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
+location: {{sites: [L2M]}}
+heuristic: {{method: causal_tracing, samples: 2, window: 1, noise_scale: 0.5, aggregate: last_subject_token}}
+edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
+""")
+    return claim
+
+
 def test_the_command_on_a_model_whose_live_mlp_is_gated_by_the_subject(tmp_path):
     """Edit success tracks a planted tracing effect: adding tracing to the layer explains it.
 
@@ -128,19 +145,7 @@ def test_the_command_on_a_model_whose_live_mlp_is_gated_by_the_subject(tmp_path)
     from loccheck.bench import prepare_bench
     from loccheck.claim import load_claim
 
-    live = MlpLoc(2)
-    folder = write_gated_model_dir(tmp_path / "m", live, n_layers=4)
-    facts = write_gated_facts(tmp_path / "known_1000.json", load_model(str(folder), device="cpu").model)
-    (tmp_path / "stats.txt").write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
-    claim = tmp_path / "gated.yaml"
-    claim.write_text(f"""\
-claim: "The facts live in the MLP that tracing picks."
-model: {{name: '{folder}', device: cpu}}
-behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
-location: {{sites: [L2M]}}
-heuristic: {{method: causal_tracing, samples: 2, window: 1, noise_scale: 0.5, aggregate: last_subject_token}}
-edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
-""")
+    claim = _gated_claim(tmp_path)
     out = tmp_path / "tve"
     assert main(["trace-vs-edit", str(claim), "--corruption", "noise", "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache"), "--measures", "loccheck"]) == 0
@@ -177,19 +182,7 @@ def test_hase_measures_on_the_gated_model(tmp_path):
     from loccheck.bench import prepare_bench
     from loccheck.claim import load_claim
 
-    live = MlpLoc(2)
-    folder = write_gated_model_dir(tmp_path / "m", live, n_layers=4)
-    facts = write_gated_facts(tmp_path / "known_1000.json", load_model(str(folder), device="cpu").model)
-    (tmp_path / "stats.txt").write_text("\n".join(f"Word{i} is near {i * 3} and {i % 7}" for i in range(300)))
-    claim = tmp_path / "gated.yaml"
-    claim.write_text(f"""\
-claim: "The facts live in the MLP that tracing picks."
-model: {{name: '{folder}', device: cpu}}
-behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0}}}}
-location: {{sites: [L2M]}}
-heuristic: {{method: causal_tracing, samples: 2, window: 1, noise_scale: 0.5, aggregate: last_subject_token}}
-edits: [{{method: rome, stats_path: '{tmp_path / "stats.txt"}', v_steps: 10}}]
-""")
+    claim = _gated_claim(tmp_path)
     out = tmp_path / "tve"
     assert main(["trace-vs-edit", str(claim), "--corruption", "noise", "--window", "1", "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
