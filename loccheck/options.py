@@ -16,6 +16,7 @@ to that file's folder. No torch here: the plugin imports this module in every py
 from __future__ import annotations
 
 import argparse
+import re
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,6 +36,9 @@ MAX_N_NULL_WHY = (f"each random location is a fitted edit, and {MAX_N_NULL} of t
 
 
 def _positive_int(text: str, maximum: int | None = None, why: str = "") -> int:
+    # ASCII digits only: int() would read a fullwidth "３" as 3, a silent substitution
+    if isinstance(text, str) and not (text.strip().isascii() and re.fullmatch(r"[+-]?[0-9_]+", text.strip())):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_short(text)}")
     try:
         value = int(text)
     except (TypeError, ValueError):   # ValueError also for more digits than int() reads

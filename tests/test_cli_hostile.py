@@ -185,3 +185,12 @@ def test_report_into_a_folder_where_no_file_can_be_made(tmp_path, capsys):
     path.write_text(json.dumps({"metric": "preference_margin", "claim_name": "c"}))
     line = _report_refused(capsys, path, "--out", "/proc/loccheck-report")
     assert "report folder '/proc/loccheck-report' cannot be written" in line
+
+
+def test_count_options_take_ascii_digits_only(claim, tmp_path, capsys):
+    """int() reads a fullwidth '３' as 3: a count given so is refused, not replaced."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["verify", str(claim), "--n-null", "３", "--report-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--n-null: expected a whole number, got '３'" in one_error_line(capsys)
+    nothing_written(tmp_path, tmp_path / "out")
