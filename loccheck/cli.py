@@ -185,17 +185,10 @@ def _verify(args) -> int:
 
 
 def _inspected(claim, settings):
-    """`verification.inspect`, whose errors all name the claim file (a report folder that
-    cannot be written is this claim's problem too)."""
-    from loccheck.errors import ClaimError
+    """`verification.inspect`, whose errors all name the claim file."""
     from loccheck.verification import inspect
 
-    try:
-        return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir)
-    except ClaimError:
-        raise
-    except LoccheckError as err:
-        raise ClaimError(claim.path, None, None, err.key or "", err.msg) from None
+    return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir)
 
 
 def _trace_vs_edit(args) -> int:

@@ -38,6 +38,7 @@ class LoccheckSession:
     rows: list[dict] = field(default_factory=list)   # one per claim item that ran (index.md)
     names: dict[str, Path] = field(default_factory=dict)   # claim name -> file (report folders)
     index_path: Path | None = None
+    index_error: str | None = None          # why the index could not be written
     write_line: Any = None      # prints one line past pytest's output capture (None: quiet)
 
     def verify(self, claim, overrides: dict[str, Any] | None = None):
@@ -105,7 +106,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from loccheck.report import render_index
 
     path = state.settings.report_dir / INDEX_NAME
-    write_text_atomic(render_index(state.rows), path)
+    try:
+        write_text_atomic(render_index(state.rows), path)
+    except OSError as err:      # the claims' own failures already say why; no traceback here
+        state.index_error = f"index: not written, {path}: {err.strerror or err}"
+        return
     state.index_path = path
 
 
@@ -118,6 +123,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(_summary_line(row, state))
     if state.index_path is not None:
         terminalreporter.write_line(f"index: {state.shown(state.index_path)}")
+    elif state.index_error:
+        terminalreporter.write_line(state.index_error)
 
 
 @pytest.fixture

@@ -102,16 +102,26 @@ def run_costs(outcomes) -> dict:
 def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None):
     """Every check that can be made before fitting: the cache and report folders can be
     written, the data loads, the model's files are sound, the location lies inside the model,
-    the prompts fit its context. Returns the `bench.ClaimInputs` that `verify` takes."""
+    the prompts fit its context. Returns the `bench.ClaimInputs` that `verify` takes. Every
+    error names the claim file (a folder that cannot be written is this claim's problem too),
+    for the CLI and the plugin alike."""
     from loccheck.bench import inspect_claim
     from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.errors import ClaimError
     from loccheck.files import check_writable_folder
 
-    cache_root = resolve_cache(cache_dir)
-    check_writable_folder(cache_root, "cache folder")
-    inputs = inspect_claim(claim, cache_root)
-    if out_dir is not None:
-        check_writable_folder(out_dir, "report folder")
+    try:
+        cache_root = resolve_cache(cache_dir)
+        check_writable_folder(cache_root, "cache folder")
+        inputs = inspect_claim(claim, cache_root)
+        if out_dir is not None:
+            check_writable_folder(out_dir, "report folder")
+    except ClaimError:
+        raise
+    except LoccheckError as err:
+        if claim.path is None:
+            raise
+        raise ClaimError(claim.path, None, None, err.key or "", err.msg) from None
     return inputs
 
 

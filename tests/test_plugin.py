@@ -264,6 +264,19 @@ def test_run_time_error_is_one_line_without_traceback(project):
     assert "missing.jsonl' not found" in index
 
 
+@pytest.mark.slow
+def test_a_report_folder_that_cannot_be_made_names_the_claim_file(project):
+    project.claim("blocked.yaml", ["L1H2"], n=2)
+    (project.path / "a-file").write_text("not a folder")
+
+    result = project.runpytest("--loccheck-report-dir", "a-file/reports")
+
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["claims/blocked.yaml::blocked: ERROR: *claims/blocked.yaml: report folder *a-file*",
+                                 "index: not written, *a-file/reports/index.md: Not a directory"])
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
 def test_importing_the_plugin_imports_no_torch():
     code = ("import sys, loccheck.plugin; heavy = [m for m in ('torch', 'transformers', 'peft', "
             "'matplotlib', 'pydantic') if m in sys.modules]; assert not heavy, heavy")
