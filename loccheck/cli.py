@@ -169,7 +169,7 @@ def _verify(args) -> int:
             for b in claims[i + 1:] if a.name == b.name))
     settings.executor_instance   # an executor that cannot work (a Ray address nothing listens at) fails now
     # Every check that can be made before fitting, for every claim, before any is fitted.
-    inputs = [_inspected(c, settings) for c in claims]
+    inputs = [_inspected(c, settings, args.progress) for c in claims]
     status = 0
     for claim, checked in zip(claims, inputs):
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name), inputs=checked,
@@ -184,11 +184,13 @@ def _verify(args) -> int:
     return status
 
 
-def _inspected(claim, settings):
-    """`verification.inspect`, whose errors all name the claim file."""
-    from loccheck.verification import inspect
+def _inspected(claim, settings, progress):
+    """`verification.inspect`, whose errors all name the claim file, as a phase of the run."""
+    from loccheck.progress import Phases, progress_mode
+    from loccheck.verification import CHECKING, inspect
 
-    return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir)
+    with Phases(progress_mode(progress), title=f"{claim.name} ")(CHECKING, announce=False):
+        return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir)
 
 
 def _trace_vs_edit(args) -> int:

@@ -36,11 +36,14 @@ class Phases:
         self._write = write or _stderr_line
 
     @contextlib.contextmanager
-    def __call__(self, what: str):
+    def __call__(self, what: str, announce: bool = True):
+        """`announce` False: only the end line (a phase that refuses bad input then prints
+        nothing but its one-line error)."""
         if self.mode == "off":
             yield
             return
-        self._write(f"loccheck: {self.title}{what} ...")
+        if announce:
+            self._write(f"loccheck: {self.title}{what} ...")
         began = time.monotonic()
         yield
         self._write(f"loccheck: {self.title}{what}: done in {time.monotonic() - began:.1f} s")

@@ -12,6 +12,9 @@ from loccheck.errors import ClaimError, LoccheckError
 from loccheck.result import VerifyResult, build_result
 
 
+CHECKING = "checking the claim's inputs (data, model files, folders)"
+
+
 def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, write_report: bool = True,
            overrides: dict[str, Any] | None = None, progress: bool | str | None = None,
            cache_dir: str | Path | None = None, refresh: bool = False, executor="serial",
@@ -46,7 +49,7 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
     phase = Phases(progress_mode(progress), write_line, title=f"{claim.name} ")
     if inputs is None:
-        with phase("checking the claim's inputs (data, model files, folders)"):
+        with phase(CHECKING, announce=False):
             inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir)
     executor = get_executor(executor)
     cache_root = resolve_cache(cache_dir).absolute()     # workers elsewhere resolve it the same

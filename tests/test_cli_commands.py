@@ -3,6 +3,7 @@ result.json, no model, no torch), `schema` and `init`, and their exit codes. Cal
 `main([...])`; the claims name heads of the tiny known-answer llama (only L1H2 is live)."""
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -190,6 +191,19 @@ def test_progress_is_one_plain_line_per_edit_without_a_terminal(known_llama, tmp
                                                   "loccheck: progress [3/4", "loccheck: progress [4/4"]
     assert "claim [optimal]: fitted in" in lines[0] and "preference_margin gain" in lines[0]
     assert "whole model [optimal]" in lines[1]
+    # each phase before and after the fits: what it does, then how long it took (a CI log that
+    # shows nothing for minutes looks hung)
+    phases = [ln for ln in err if ln.startswith("loccheck: progress ") and not ln.startswith("loccheck: progress [")]
+    checked = [ln for ln in phases if ln.startswith("loccheck: progress checking the claim's inputs")]
+    assert len(checked) == 1 and re.search(r": done in [0-9.]+ s$", checked[0])   # its end only
+    starts = ["loading the model", "scoring the unedited model on the 6 test pairs", "writing the report"]
+    for start in starts:
+        begun = [i for i, ln in enumerate(phases) if ln.startswith(f"loccheck: progress {start}") and ln.endswith("...")]
+        ended = [i for i, ln in enumerate(phases) if ln.startswith(f"loccheck: progress {start}")
+                 and re.search(r": done in [0-9.]+ s$", ln)]
+        assert len(begun) == len(ended) == 1 and begun[0] < ended[0], (start, phases)
+    assert err.index(next(ln for ln in err if "scoring the unedited model" in ln and "done" in ln)) < \
+        err.index(lines[0])                                   # before the first fit
     result = json.loads((tmp_path / "r" / "progress" / "result.json").read_text())
     assert result["executor"] == "serial"
     # a second run serves every edit from the cache, and says so
