@@ -80,7 +80,9 @@ def test_zero_noise_restores_everything(family_model):
     item = _item(model)
     trace = trace_fact(model, get_adapter(model), item, torch.tensor([item.ids] * 3),
                        _noise(model, item, n=3, scale=0.0), window=1)
-    assert abs(trace.total_effect) < 1e-6 and np.abs(trace.effects).max() < 1e-6
+    # zero noise is the clean run computed in another batch: float32 round-off of a probability
+    # (1.3e-6 with AVX2 kernels), nothing more
+    assert abs(trace.total_effect) < 1e-5 and np.abs(trace.effects).max() < 1e-5
 
 
 def test_restoring_the_last_residual_state_restores_the_clean_run(family_model):
