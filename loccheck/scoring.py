@@ -252,31 +252,53 @@ def side_effects(model, texts: Sequence[Sequence[int]], pad_id: int, batch_size:
 
 
 @torch.no_grad()
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt shares, leaving each at least its last token."""
+    k = min(len(p) for p in prompts) - 1
+    for i in range(k):
+        if any(p[i] != prompts[0][i] for p in prompts):
+            return i
+    return max(k, 0)
+
+
 def greedy_answers(model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id: int | None,
                    max_new_tokens: int, *, on_batch: OnBatch | None = None,
                    done: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
     """The greedy continuation of each prompt, at most `max_new_tokens` tokens, stopping at
     `eos_id` or once `done(tokens so far)` says the answer cannot change any more (its first
-    line break is there). The prompts are left-padded and computed once; each step then computes
-    only the new token against the key-value cache. An attached edit acts at every position of
-    every forward, as when answers are scored: `on_batch` marks the last prompt token of each row
-    in the first forward and the new token in every later one."""
+    line break is there). The tokens every prompt starts with (TruthfulQA's QA primer) are
+    computed once, the rest of each prompt once, left-padded, and each step then only the new
+    token, against the key-value cache. An attached edit acts at every position of every
+    forward, as when answers are scored: `on_batch` marks the last prompt token of each row and
+    every generated one."""
     device = next(model.parameters()).device
     body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
-    n, width = len(prompts), max(len(p) for p in prompts)
+    # transformers 5.25 renamed `past_key_values` (argument and output) to `cache`
+    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    n = len(prompts)
+    shared = _shared_prefix(prompts) if n > 1 else 0
+    cache, before = None, torch.zeros((n, 0), dtype=torch.long, device=device)
+    if shared:                                         # one row, then the same keys and values for every row
+        ids = torch.tensor([list(prompts[0][:shared])], device=device)
+        if on_batch is not None:
+            on_batch(torch.zeros((1, shared), dtype=torch.bool, device=device))
+        step = body(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{name: None})
+        cache = getattr(step, name)
+        cache.batch_repeat_interleave(n)
+        before = torch.ones((n, shared), dtype=torch.long, device=device)
+    rest = [p[shared:] for p in prompts]
+    width = max(len(p) for p in rest)
     ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((n, width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):                   # left-padded: every prompt ends at the last column
+    for i, p in enumerate(rest):                       # left-padded: every prompt ends at the last column
         ids[i, width - len(p):] = torch.tensor(p, device=device)
         mask[i, width - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)    # each row counts from its own first token
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)   # each row counts on from the shared tokens
+    mask = torch.cat([before, mask], 1)
     out: list[list[int]] = [[] for _ in range(n)]
     live = [True] * n
     marked = torch.zeros((n, width), dtype=torch.bool, device=device)
-    marked[:, -1] = True                              # the last prompt token
-    # transformers 5.25 renamed `past_key_values` (argument and output) to `cache`
-    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-    cache = None
+    marked[:, -1] = True                               # the last prompt token
     for _ in range(max_new_tokens):
         if on_batch is not None:
             on_batch(marked)
@@ -296,7 +318,7 @@ def greedy_answers(model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id:
                 live[i] = False
         if not any(live):
             break
-        ids = nxt[:, None]                            # (n, 1); finished rows run on, unread
+        ids = nxt[:, None]                             # (n, 1); finished rows run on, unread
         mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long, device=device)], 1)
         positions = positions[:, -1:] + 1
         marked = torch.ones((n, 1), dtype=torch.bool, device=device)

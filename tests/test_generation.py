@@ -13,6 +13,8 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") i
 
 
 PROMPTS = [(1, 40, 41, 42, 43, 44), (1, 50), (1, 60, 61, 62)]         # lengths differ: padding
+# a shared start, computed once for every row (as TruthfulQA's primer), then lengths that differ
+PRIMED = [(1, 7, 8, 9, 10, 11, 12, 40, 41, 42), (1, 7, 8, 9, 10, 11, 12, 50), (1, 7, 8, 9, 10, 11, 12, 7, 8)]
 
 
 def _token_by_token(model, prompt, n: int) -> list[int]:
@@ -26,14 +28,22 @@ def _token_by_token(model, prompt, n: int) -> list[int]:
     return ids[len(prompt):]
 
 
+def test_the_shared_start_leaves_every_prompt_its_last_token():
+    from loccheck.scoring import _shared_prefix
+
+    assert _shared_prefix(PRIMED) == 7 and _shared_prefix(PROMPTS) == 1
+    assert _shared_prefix([(1, 2, 3), (1, 2, 3)]) == 2 and _shared_prefix([(5,), (5,)]) == 0
+
+
 def test_greedy_answers_match_a_token_by_token_loop(known_llama, tmp_path):
     from loccheck.models.loading import load_model
     from loccheck.scoring import greedy_answers
 
     model_dir, _ = known_llama
     loaded = load_model(str(model_dir), device="cpu", cache=tmp_path)
-    got = greedy_answers(loaded.model, PROMPTS, loaded.pad_id, eos_id=None, max_new_tokens=5)
-    assert got == [_token_by_token(loaded.model, p, 5) for p in PROMPTS]
+    for prompts in (PROMPTS, PRIMED):
+        got = greedy_answers(loaded.model, prompts, loaded.pad_id, eos_id=None, max_new_tokens=5)
+        assert got == [_token_by_token(loaded.model, p, 5) for p in prompts]
 
 
 def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known_llama, tmp_path):
@@ -55,6 +65,8 @@ def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known
     with torch.no_grad():
         edit.b.normal_(generator=torch.Generator().manual_seed(3))
     with edit.attached(loaded.model):
+        assert greedy_answers(loaded.model, PRIMED, loaded.pad_id, eos_id=None, max_new_tokens=6) == \
+            [_token_by_token(loaded.model, p, 6) for p in PRIMED]
         got = greedy_answers(loaded.model, PROMPTS, loaded.pad_id, eos_id=None, max_new_tokens=6)
         assert got == [_token_by_token(loaded.model, p, 6) for p in PROMPTS]
         unedited_first = got[0][0]
