@@ -261,6 +261,7 @@ def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
     return max(k, 0)
 
 
+@torch.no_grad()   # an attached edit's parameters want gradients: kept keys and values would keep every step's graph
 def greedy_answers(model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id: int | None,
                    max_new_tokens: int, *, on_batch: OnBatch | None = None,
                    done: Callable[[list[int]], bool] | None = None) -> list[list[int]]:

@@ -244,3 +244,28 @@ def test_a_generation_prompt_longer_than_the_context_is_refused_up_front(tmp_pat
     with pytest.raises(ClaimError, match=r"generation.max_new_tokens: the longest generation prompt is "
                                          r"\d+ tokens and the model reads at most 600: at most \d+ new"):
         inspect(parse_claim(text, path=tmp_path / "gen.yaml"), out_dir=None, cache_dir=tmp_path / "cache")
+
+
+def test_generating_under_a_trainable_edit_builds_no_graph(known_llama, tmp_path):
+    """The key-value cache would keep every step's autograd graph alive (an edit's parameters
+    want gradients): on SmolLM2, 72 answers grew past 24 GB before generation ran without one."""
+    import torch
+
+    from loccheck.edits.optimal import HeadEdit, initial_read_vectors
+    from loccheck.locations import HeadLoc
+    from loccheck.models import get_adapter
+    from loccheck.models.loading import load_model
+    from loccheck.scoring import greedy_answers
+
+    loaded = load_model(str(known_llama[0]), device="cpu", cache=tmp_path)
+    adapter = get_adapter(loaded.model)
+    edit = HeadEdit(adapter, [HeadLoc(1, 2)], initial_read_vectors(adapter, 0, 0.5))
+    assert edit.b.requires_grad
+    seen = []
+    hook = adapter.out_proj(1).register_forward_hook(lambda m, args, out: seen.append(out.requires_grad))
+    try:
+        with edit.attached(loaded.model):
+            greedy_answers(loaded.model, PRIMED, loaded.pad_id, eos_id=None, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
