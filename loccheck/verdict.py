@@ -203,7 +203,6 @@ def decide_verdict(
 
     what = f"random {location_size}-{site} locations" if location_size else "random locations of the same size"
     k = max(0, round(pvalue * (n_null + 1)) - 1)   # null draws at least as good as the claim
-    verb = "edits" if k == 1 else "edit"
 
     if min_p > alpha:
         need = min_null_size(alpha)
@@ -214,19 +213,32 @@ def decide_verdict(
     no_gain = _without_gain(claim_gain, ceiling_gain, claim_diverged, ceiling_diverged, site, ratio)
     if no_gain is not None:
         return no_gain
-    if pvalue > alpha and sequential is not None:
+    if pvalue > alpha:
+        return _beaten(pvalue, alpha, n_null, k, what, site, sequential, ratio)
+    verb = "edits" if k == 1 else "edit"
+    beats = (f"p = {pvalue:.3g} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
+             f"behaviour at least as well)")
+    return _specific(beats, ratio, rho, site, ceiling_unfit)
+
+
+def _beaten(pvalue: float, alpha: float, n_null: int, k: int, what: str, site: str,
+            sequential: tuple[int, int] | None, ratio: float) -> VerdictResult:
+    """FALSIFIED by the null: p > alpha, worded by how p was reached."""
+    if sequential is not None:
         h, l = sequential
         return VerdictResult(Verdict.FALSIFIED, (
             f"p = {h / l:.3g} > alpha = {alpha:g} (sequential, Besag-Clifford p = h / l): {h} of the "
             f"first {l} of {n_null} {what} edit the behaviour at least as well as the claimed "
             f"{site}s, which decides the test: whatever the other {n_null - l} would give, the full "
             "null's p-value would be above alpha."), ratio)
-    if pvalue > alpha:
-        return VerdictResult(Verdict.FALSIFIED, (
-            f"p = {pvalue:.3g} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
-            f"at least as well as the claimed {site}s."), ratio)
-    beats = (f"p = {pvalue:.3g} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
-             f"behaviour at least as well)")
+    verb = "edits" if k == 1 else "edit"
+    return VerdictResult(Verdict.FALSIFIED, (
+        f"p = {pvalue:.3g} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
+        f"at least as well as the claimed {site}s."), ratio)
+
+
+def _specific(beats: str, ratio: float, rho: float, site: str, ceiling_unfit: str | None) -> VerdictResult:
+    """A claim that beats the null: weak, specific, or supported, by the whole-model gain."""
     if ratio < rho:
         return VerdictResult(Verdict.SPECIFIC_BUT_WEAK, (
             f"{beats}, but the claimed {site}s reach only {ratio:.1%} of the whole-model gain "

@@ -2,6 +2,7 @@
 The CLI and the pytest plugin are thin layers on `verify`."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -57,12 +58,12 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     with phase(f"loading the model ({claim.model.name}, {claim.model.dtype}) and the "
                f"{claim.behavior.dataset} pairs"):
         bench = prepare_bench(claim, cache_root, inputs)
-    if claim.heuristic.method == "manual":                 # nothing runs
-        proposal = _propose(claim, bench)
-    else:
-        with phase(f"running the heuristic ({claim.heuristic.method}) on the {len(bench.train)} train "
-                   f"and {len(bench.validation)} validation pairs"):
-            proposal = _propose(claim, bench)             # the heuristic: no test questions
+    from loccheck.heuristics import HEURISTICS
+
+    ranks = HEURISTICS[claim.heuristic.method].run is not None   # `manual` runs nothing: no phase line
+    with (phase(f"running the heuristic ({claim.heuristic.method}) on the {len(bench.train)} train and "
+                f"{len(bench.validation)} validation pairs") if ranks else contextlib.nullcontext()):
+        proposal = _propose(claim, bench)                 # the heuristic: no test questions
     location = proposal.top(claim.heuristic.top_k) if claim.location.from_heuristic else claim.location.parsed
     nulls = _draw_null(claim, bench, location)
     metrics = claim.all_metrics
@@ -202,6 +203,7 @@ def continued_ceiling(ceiling, edits, runner, executor, progress):
     (`continued_from`, `first_fit`). Returns the ceiling's outcome to use."""
     from dataclasses import replace as replace_
     from loccheck.edits import EDIT_METHODS
+    from loccheck.edits.training import objective_optimum
 
     job = ceiling.job
     if not EDIT_METHODS[job.method].continues_ceiling or ceiling.diverged:
@@ -210,7 +212,7 @@ def continued_ceiling(ceiling, edits, runner, executor, progress):
     if not usable or _objective(ceiling) is None:
         return ceiling
     best = min(usable, key=_objective)
-    span = ceiling.info["initial_objective"] - 0.0          # both objectives' optimum is 0
+    span = ceiling.info["initial_objective"] - objective_optimum(job.settings["objective"])
     if not _objective(best) < _objective(ceiling) - job.settings["convergence_tol"] * span:
         return ceiling
     progress.note(f"{job.method}: {best.job.label} fits the training pairs better than the whole-model "
