@@ -4,7 +4,7 @@ edit), side by side in one process on the bundled SmolLM2, the same TruthfulQA p
 learning rate and number of steps. Then a scaling table of loccheck alone: seconds per converged
 edit against the location's size (1, 16, all heads) and the number of training pairs.
 
-TRL is a benchmark-only dependency (`pip install -e ".[bench]"`), never imported by loccheck.
+TRL is a benchmark-only dependency (`pip install -e ".[testbed]"`), never imported by loccheck.
 
 Measured per run: seconds per step, seconds for the whole fit (loccheck: until converged by its
 rule; TRL: the same number of steps), peak RSS of the process during each fit (psutil, sampled
@@ -37,14 +37,14 @@ import psutil
 import torch
 from tabulate import tabulate
 
-from loccheck.data import load_behavior
+from loccheck.data.behavior import load_behavior
 from loccheck.edits.objectives import preference_logratio, preference_loss
 from loccheck.edits.optimal import HeadEdit, initial_read_vectors
 from loccheck.edits.training import TrainConfig, train_edit
 from loccheck.locations import HeadLoc
 from loccheck.models.loading import load_model
-from loccheck.prompts import QA_TEMPLATE, tokenize_pairs
-from loccheck.scoring import all_pair_logprobs
+from loccheck.data.prompts import QA_TEMPLATE, tokenize_pairs
+from loccheck.models.scoring import all_pair_logprobs
 
 SIXTEEN = [HeadLoc(l, h) for l, h in [(1, 8), (6, 4), (9, 5), (10, 0), (12, 1), (12, 6), (13, 3),
                                       (14, 2), (15, 3), (15, 5), (16, 1), (16, 2), (19, 0), (22, 2),

@@ -45,7 +45,7 @@ class LoccheckSession:
         """verify() with the session's options; `overrides` win over the options. Progress goes
         to the terminal as one plain line per finished edit (pytest captures stderr, and a CI
         log would otherwise show nothing for the minutes a claim takes)."""
-        from loccheck.verification import verify
+        from loccheck.run.verify import verify
 
         merged = {**self.settings.overrides(), **(overrides or {})}
         return verify(claim, out_dir=self.settings.claim_report_dir(claim.name),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loccheck.testing import FAMILIES, VOCAB, tiny_model
-from loccheck.activations import (activations_key, cached_head_activations, collect_head_activations,
+from loccheck.models.activations import (activations_key, cached_head_activations, collect_head_activations,
                                   probe_text)
 from loccheck.errors import LoccheckWarning
 from loccheck.models import get_adapter

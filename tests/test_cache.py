@@ -8,8 +8,8 @@ import pytest
 from loccheck.testing import claim_text, head_grid
 from loccheck.claim import parse_claim
 from loccheck.errors import LoccheckWarning
-from loccheck.null import sample_null_locations
-from loccheck.verification import verify
+from loccheck.stats.null import sample_null_locations
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # fits edits on a tiny model (torch)
 
@@ -101,7 +101,7 @@ def test_a_score_that_is_not_a_number_is_scored_again(known_llama, tmp_path):
         path.write_text(json.dumps({"key": entry["key"], "checksum": content_key(record), "record": record}))
     with pytest.warns(LoccheckWarning, match="corrupt"):
         second = verify(claim, write_report=False, cache_dir=cache, progress=False)
-    assert second.n_fitted == 0 and second.n_scored == len(scores) - len(claim.all_metrics)  # unedited: bench
+    assert second.n_fitted == 0 and second.n_scored == len(scores) - len(claim.all_metrics)  # unedited: testbed
     assert second.payload["tests"] == first.payload["tests"]
 
 

@@ -27,9 +27,9 @@ from loccheck.testing import claim_text, write_model_dir, write_pairs
 from loccheck.claim import parse_claim
 from loccheck.locations import HeadLoc
 from loccheck.testing import head_grid
-from loccheck.null import sample_null_locations
-from loccheck.stats import empirical_pvalue
-from loccheck.verification import verify
+from loccheck.stats.null import sample_null_locations
+from loccheck.stats.pvalues import empirical_pvalue
+from loccheck.run.verify import verify
 
 
 def draw_null(*args, n_layers=None, n_heads=None, **kw):

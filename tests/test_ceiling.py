@@ -7,7 +7,7 @@ import pytest
 
 from loccheck.claim import parse_claim
 from loccheck.testing import claim_text
-from loccheck.verification import verify
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # fits edits on a tiny model (torch)
 

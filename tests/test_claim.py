@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import loccheck.claim as claim_module
-import loccheck.claim_yaml as claim_yaml
+import loccheck.claim.load as claim_module
+import loccheck.claim.yaml_positions as claim_yaml
 from loccheck.claim import Claim, claim_json_schema, load_claim, parse_claim
 from loccheck.errors import ClaimError, printable
 from loccheck.locations import HeadLoc

@@ -15,7 +15,7 @@ from loccheck.testing import DEFAULT_EDIT, claim_text, head_grid, write_model_di
 from loccheck.claim import load_claim
 from loccheck.cli import main
 from loccheck.locations import HeadLoc
-from loccheck.null import sample_null_locations
+from loccheck.stats.null import sample_null_locations
 
 FIGURES = ("null_hist.png", "loss_curves.png")
 

@@ -91,7 +91,7 @@ def test_ray_address_where_nothing_listens_fails_at_once(claim, tmp_path):
 @pytest.mark.parametrize("address", ["127.0.0.1:0", "127.0.0.1:99999", "host:port"])
 def test_ray_address_that_is_no_address(address):
     from loccheck.errors import LoccheckError
-    from loccheck.executors import RayExecutor
+    from loccheck.run.executors import RayExecutor
 
     with pytest.raises(LoccheckError, match=r"--ray-address '[^']*': not host:port with a port from 1 to 65535"):
         RayExecutor(address)
@@ -114,6 +114,7 @@ def probed(claim: Path) -> Path:
     return claim
 
 
+@pytest.mark.slow   # the claim's tiny model is built with torch
 @pytest.mark.parametrize("k", ["0", "-2", "３"])
 def test_localize_top_k_must_be_a_positive_number(claim, tmp_path, capsys, k):
     out = tmp_path / "pinned.yaml"
@@ -127,9 +128,10 @@ def test_localize_top_k_must_be_a_positive_number(claim, tmp_path, capsys, k):
     nothing_written(tmp_path, out)
 
 
+@pytest.mark.slow   # the claim's tiny model is built with torch
 def test_propose_location_refuses_top_k_0(claim):
     from loccheck.errors import LoccheckError
-    from loccheck.verification import propose_location
+    from loccheck.run.verify import propose_location
 
     with pytest.raises(LoccheckError, match="top_k must be at least 1, got 0"):
         propose_location(probed(claim), top_k=0)
@@ -187,6 +189,7 @@ def test_report_into_a_folder_where_no_file_can_be_made(tmp_path, capsys):
     assert "report folder '/proc/loccheck-report' cannot be written" in line
 
 
+@pytest.mark.slow   # the claim's tiny model is built with torch
 def test_count_options_take_ascii_digits_only(claim, tmp_path, capsys):
     """int() reads a fullwidth '３' as 3: a count given so is refused, not replaced."""
     with pytest.raises(SystemExit) as exit_info:

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow   # they fit real edits on a tiny model (torch)
 
 
 @pytest.fixture(scope="module")
-def bench(known_llama, tmp_path_factory):
-    """The bench of a known-answer claim that lists every edit method that edits heads on any data."""
-    from loccheck.bench import prepare_bench
+def testbed(known_llama, tmp_path_factory):
+    """The testbed of a known-answer claim that lists every edit method that edits heads on any data."""
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import parse_claim
     from loccheck.testing import claim_text
 
@@ -30,66 +30,66 @@ def bench(known_llama, tmp_path_factory):
     every_metric = f"metrics: [{', '.join(METRICS)}]\nside_effects: {{path: '{texts}'}}\n"
     claim = parse_claim(claim_text(model_dir, pairs, ["L1H2", "L0H0"], n=2, edits=edits, extra=every_metric),
                         path=root / "contracts.yaml")
-    return claim, prepare_bench(claim, root / "cache")
+    return claim, prepare_testbed(claim, root / "cache")
 
 
-def _logprobs(bench, on_batch=None):
-    from loccheck.scoring import all_pair_logprobs
+def _logprobs(testbed, on_batch=None):
+    from loccheck.models.scoring import all_pair_logprobs
 
-    return all_pair_logprobs(bench.model, bench.test, bench.pad_id, on_batch=on_batch).numpy()
+    return all_pair_logprobs(testbed.model, testbed.test, testbed.pad_id, on_batch=on_batch).numpy()
 
 
-def _outputs(bench):
+def _outputs(testbed):
     """Test-pair log-probabilities and the full logits of one sequence: bit-for-bit evidence."""
     import torch
 
-    ids = torch.tensor([list(bench.test[0].prompt) + list(bench.test[0].chosen)])
+    ids = torch.tensor([list(testbed.test[0].prompt) + list(testbed.test[0].chosen)])
     with torch.no_grad():
-        logits = bench.model(input_ids=ids).logits
-    return _logprobs(bench), logits.numpy()
+        logits = testbed.model(input_ids=ids).logits
+    return _logprobs(testbed), logits.numpy()
 
 
-def _settings(claim, bench, name, ceiling=False):
+def _settings(claim, testbed, name, ceiling=False):
     section = next(e for e in claim.edits if e.method == name)
     size, kind = len(claim.location.parsed), claim.site_kind
-    return EDIT_METHODS[name].settings(section, size=len(bench.adapter.sites(kind)) if ceiling else size,
+    return EDIT_METHODS[name].settings(section, size=len(testbed.adapter.sites(kind)) if ceiling else size,
                                        claim_size=size, verdict_metric=claim.verdict.metric, site_kind=kind,
                                        ceiling=ceiling)
 
 
 @pytest.mark.parametrize("name", list(EDIT_METHODS))
 @pytest.mark.parametrize("where", ["location", "ceiling"])
-def test_edit_starts_as_the_identity_and_detaches_cleanly(bench, facts_bench, name, where):
+def test_edit_starts_as_the_identity_and_detaches_cleanly(testbed, facts_testbed, name, where):
     method = EDIT_METHODS[name]
-    claim, bench = _bench_for(method, bench, facts_bench)
+    claim, testbed = _testbed_for(method, testbed, facts_testbed)
     location = claim.location.parsed if where == "location" else None
-    settings = _settings(claim, bench, name, ceiling=where == "ceiling")
-    before = _outputs(bench)
-    edit = method.initial(bench, settings, location)
+    settings = _settings(claim, testbed, name, ceiling=where == "ceiling")
+    before = _outputs(testbed)
+    edit = method.initial(testbed, settings, location)
     # Bit for bit against the unedited model scored the same way: an edit that scores through
     # `on_batch` is scored unpacked, other arithmetic than the packed pairs of `before`, whose
     # rounding differs with the CPU's kernels; the same operations in the same order do not.
-    same_way = before[0] if edit.on_batch is None else _logprobs(bench, on_batch=lambda mask: None)
-    with edit.attached(bench.model):
-        lp = _logprobs(bench, on_batch=edit.on_batch)
+    same_way = before[0] if edit.on_batch is None else _logprobs(testbed, on_batch=lambda mask: None)
+    with edit.attached(testbed.model):
+        lp = _logprobs(testbed, on_batch=edit.on_batch)
     assert np.array_equal(lp, same_way), f"{name}: the initial edit is not the identity"
-    fitted = method.fit(bench, settings, location)
-    after = _outputs(bench)
+    fitted = method.fit(testbed, settings, location)
+    after = _outputs(testbed)
     assert all(np.array_equal(a, b) for a, b in zip(before, after)), f"{name}: the model changed"
     # the stored parameters rebuild the same edit: a later metric scores what the fit scored
-    with fitted.edit.attached(bench.model):
-        scored = bench.score(list(METRICS), on_batch=fitted.edit.on_batch)
-    restored = method.restore(bench, settings, location, fitted.edit.state())
-    with restored.attached(bench.model):
-        assert bench.score(list(METRICS), on_batch=restored.on_batch) == scored
+    with fitted.edit.attached(testbed.model):
+        scored = testbed.score(list(METRICS), on_batch=fitted.edit.on_batch)
+    restored = method.restore(testbed, settings, location, fitted.edit.state())
+    with restored.attached(testbed.model):
+        assert testbed.score(list(METRICS), on_batch=restored.on_batch) == scored
     assert all(a.dtype == np.float32 for a in fitted.edit.state().values())
 
 
 @pytest.fixture(scope="module")
-def facts_bench(tmp_path_factory):
-    """A bench of facts a tiny model knows (dataset: known_facts) at an MLP location, listing every
+def facts_testbed(tmp_path_factory):
+    """A testbed of facts a tiny model knows (dataset: known_facts) at an MLP location, listing every
     edit method that edits MLP sites: for the methods and heuristics that need facts."""
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import parse_claim
     from loccheck.locations import MlpLoc
     from loccheck.models.loading import load_model
@@ -107,29 +107,29 @@ def facts_bench(tmp_path_factory):
                         "validation: 0.0, test: 0.5}}\nlocation: {sites: [L1M]}\n"
                         f"edits: [{edits}]\nmetrics: [{', '.join(METRICS)}]\n"
                         f"side_effects: {{path: '{texts}'}}\n", path=root / "facts.yaml")
-    return claim, prepare_bench(claim, root / "cache")
+    return claim, prepare_testbed(claim, root / "cache")
 
 
-def _bench_for(method, bench, facts_bench):
-    """The head bench for methods that edit heads on any data, else the facts bench."""
+def _testbed_for(method, testbed, facts_testbed):
+    """The head testbed for methods that edit heads on any data, else the facts testbed."""
     if "head" in method.site_kinds and method.datasets is None:
-        return bench
-    return facts_bench
+        return testbed
+    return facts_testbed
 
 
 @pytest.mark.parametrize("name", list(HEURISTICS))
-def test_heuristic_refuses_data_with_a_test_split(bench, facts_bench, name):
+def test_heuristic_refuses_data_with_a_test_split(testbed, facts_testbed, name):
     datasets = HEURISTICS[name].datasets
-    claim, bench = facts_bench if datasets is not None and "jsonl" not in datasets else bench
+    claim, testbed = facts_testbed if datasets is not None and "jsonl" not in datasets else testbed
     section = HEURISTICS[name].section(method=name)
     with pytest.raises(TypeError, match="never see the test questions"):
-        HEURISTICS[name].propose(section, bench.loaded, bench.data, bench.cache_root)
-    proposal = HEURISTICS[name].propose(section, bench.loaded, bench.data.without_test(), bench.cache_root)
+        HEURISTICS[name].propose(section, testbed.loaded, testbed.data, testbed.cache_root)
+    proposal = HEURISTICS[name].propose(section, testbed.loaded, testbed.data.without_test(), testbed.cache_root)
     if HEURISTICS[name].kind is None:
         assert proposal is None
     else:   # a ranking of every site of its kind, best first
         ranked = [site for site, _ in proposal.ranked]
-        assert sorted(ranked) == sorted(bench.adapter.sites(HEURISTICS[name].kind))
+        assert sorted(ranked) == sorted(testbed.adapter.sites(HEURISTICS[name].kind))
 
 
 @pytest.mark.parametrize("name", list(METRICS))

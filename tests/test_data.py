@@ -1,4 +1,4 @@
-"""loccheck.data on the real TruthfulQA CSV and on small JSONL files written here."""
+"""loccheck.data.behavior on the real TruthfulQA CSV and on small JSONL files written here."""
 from __future__ import annotations
 
 import codecs
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from loccheck.data import BehaviorData, PreferencePair, load_behavior, resolve_truthfulqa
+from loccheck.data.behavior import load_behavior
+from loccheck.data.pairs import BehaviorData, PreferencePair
+from loccheck.data.truthfulqa import resolve_truthfulqa
 from loccheck.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import loccheck
 from loccheck.testing import claim_text
 from loccheck.claim import parse_claim
 from loccheck.models.loading import folder_sha256
-from loccheck.verification import verify
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # fits edits on a tiny model twice (torch)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loccheck.data import load_behavior
+from loccheck.data.behavior import load_behavior
 from loccheck.errors import DataError
-from loccheck.facts import read_known_facts
+from loccheck.data.known_facts import read_known_facts
 
 
 def _facts(n_relations: int = 3, per_relation: int = 6) -> list[dict]:

@@ -29,7 +29,7 @@ def _token_by_token(model, prompt, n: int) -> list[int]:
 
 
 def test_the_shared_start_leaves_every_prompt_its_last_token():
-    from loccheck.scoring import _shared_prefix
+    from loccheck.models.scoring import _shared_prefix
 
     assert _shared_prefix(PRIMED) == 7 and _shared_prefix(PROMPTS) == 1
     assert _shared_prefix([(1, 2, 3), (1, 2, 3)]) == 2 and _shared_prefix([(5,), (5,)]) == 0
@@ -37,7 +37,7 @@ def test_the_shared_start_leaves_every_prompt_its_last_token():
 
 def test_greedy_answers_match_a_token_by_token_loop(known_llama, tmp_path):
     from loccheck.models.loading import load_model
-    from loccheck.scoring import greedy_answers
+    from loccheck.models.scoring import greedy_answers
 
     model_dir, _ = known_llama
     loaded = load_model(str(model_dir), device="cpu", cache=tmp_path)
@@ -56,7 +56,7 @@ def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known
     from loccheck.locations import HeadLoc
     from loccheck.models import get_adapter
     from loccheck.models.loading import load_model
-    from loccheck.scoring import greedy_answers
+    from loccheck.models.scoring import greedy_answers
 
     model_dir, _ = known_llama
     loaded = load_model(str(model_dir), device="cpu", cache=tmp_path)
@@ -80,7 +80,7 @@ def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known
     (" Paris", "qa", False), (" Paris.\n", "qa", True), ("\n", "qa", True), (" Paris Q:", "qa", True),
     ("\n\n", "chat", False), ("\n\nParis", "chat", False), ("\n\nParis\n", "chat", True)])
 def test_an_answer_has_ended_once_its_cut_is_fixed(text, fmt, ended):
-    from loccheck.prompts import answer_ended, cut_answer
+    from loccheck.data.prompts import answer_ended, cut_answer
 
     assert answer_ended(text, fmt) is ended
     if ended:    # nothing generated later changes the answer
@@ -89,7 +89,7 @@ def test_an_answer_has_ended_once_its_cut_is_fixed(text, fmt, ended):
 
 def test_qa_answers_continue_truthfulqas_primer():
     """TruthfulQA's generation task: its six-example QA primer, then "Q: {question}\nA:"."""
-    from loccheck.prompts import QA_PRIMER, generation_prompt
+    from loccheck.data.prompts import QA_PRIMER, generation_prompt
 
     prompt = generation_prompt(None, "Why is the sky blue?", "qa", None)
     assert prompt == QA_PRIMER + "\n\nQ: Why is the sky blue?\nA:"
@@ -100,7 +100,7 @@ def test_qa_answers_continue_truthfulqas_primer():
 
 
 def test_the_chat_path_generates_after_the_template():
-    from loccheck.prompts import format_prompt, generation_prompt
+    from loccheck.data.prompts import format_prompt, generation_prompt
     from loccheck.testing import char_tokenizer
 
     tok = char_tokenizer()
@@ -120,7 +120,7 @@ def test_the_chat_path_generates_after_the_template():
     ("\n\nNothing happens.\nMore.", "chat", "Nothing happens."),  # a chat turn's leading blank lines are layout
 ])
 def test_an_answer_is_cut_at_its_first_line_break_before_stripping(continuation, fmt, answer):
-    from loccheck.prompts import cut_answer
+    from loccheck.data.prompts import cut_answer
 
     assert cut_answer(continuation, fmt) == answer
 
@@ -128,7 +128,7 @@ def test_an_answer_is_cut_at_its_first_line_break_before_stripping(continuation,
 def test_truth_info_is_mean_truth_times_mean_info_as_the_paper_computes_it():
     """Exact arithmetic: truth 2/4, info 3/4, Truth*Info 3/8; the share both true and
     informative (the old `truth_info`) is 1/4. A missing verdict (None) is left out of its mean."""
-    from loccheck.judges import Verdicts
+    from loccheck.metrics.judges import Verdicts
     from loccheck.metrics import compute_metrics
 
     names = ["truth", "info", "truth_info", "truth_and_info"]
@@ -142,7 +142,7 @@ def test_truth_info_is_mean_truth_times_mean_info_as_the_paper_computes_it():
 
 @needs_minilm
 def test_the_offline_judge_on_plain_cases(tmp_path):
-    from loccheck.judges import OfflineJudge
+    from loccheck.metrics.judges import OfflineJudge
 
     judge = OfflineJudge(tmp_path)
     ok = ["The seeds pass through your digestive system", "Nothing happens to you"]
@@ -160,8 +160,8 @@ def test_the_offline_judge_on_truthfulqas_own_references(data_dir, tmp_path):
     """Each correct reference judged against the question's other references, and each
     incorrect one: how often the judge agrees with TruthfulQA's labels (the first 100
     questions; the rates go in the closing note)."""
-    from loccheck.data import load_behavior
-    from loccheck.judges import OfflineJudge
+    from loccheck.data.behavior import load_behavior
+    from loccheck.metrics.judges import OfflineJudge
 
     data = load_behavior(dataset="truthfulqa", path=str(data_dir / "TruthfulQA.csv"), base_dir=None,
                          split=(0.5, 0.25, 0.25), split_seed=0, max_questions=100, max_pairs_per_question=None)
@@ -192,7 +192,7 @@ def test_a_claim_reports_truth_info_and_shows_the_answers(known_llama, tmp_path)
     from loccheck.claim import parse_claim
     from loccheck.report import render_markdown
     from loccheck.testing import claim_text
-    from loccheck.verification import verify
+    from loccheck.run.verify import verify
 
     model_dir, pairs = known_llama
     text = claim_text(model_dir, pairs, ["L1H2"], n=19, stop="full") + (
@@ -234,7 +234,7 @@ def test_a_generation_prompt_longer_than_the_context_is_refused_up_front(tmp_pat
     from loccheck.errors import ClaimError
     from loccheck.locations import HeadLoc
     from loccheck.testing import claim_text, write_model_dir, write_pairs
-    from loccheck.verification import inspect
+    from loccheck.run.verify import inspect
 
     model_dir = write_model_dir(tmp_path / "model", "llama", [HeadLoc(1, 2)])
     config = json.loads((model_dir / "config.json").read_text())
@@ -255,7 +255,7 @@ def test_generating_under_a_trainable_edit_builds_no_graph(known_llama, tmp_path
     from loccheck.locations import HeadLoc
     from loccheck.models import get_adapter
     from loccheck.models.loading import load_model
-    from loccheck.scoring import greedy_answers
+    from loccheck.models.scoring import greedy_answers
 
     loaded = load_model(str(known_llama[0]), device="cpu", cache=tmp_path)
     adapter = get_adapter(loaded.model)

@@ -7,7 +7,7 @@ import torch
 
 from loccheck.claim import parse_claim
 from loccheck.testing import claim_text
-from loccheck.verification import verify
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # CUDA and tiny torch models
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

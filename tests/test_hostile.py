@@ -234,7 +234,8 @@ def test_hostile_claim(env, capsys, case):
 
 def test_only_ascii_digits_are_digits(env):
     # every pattern that reads a number out of claim text: sites, the device, override keys
-    from loccheck.claim import _parse_key, parse_claim
+    from loccheck.claim import parse_claim
+    from loccheck.claim.keys import parse_key
     from loccheck.errors import ClaimError
     from loccheck.locations import parse_site
 
@@ -244,7 +245,7 @@ def test_only_ascii_digits_are_digits(env):
     with pytest.raises(ClaimError, match="model.device: device must be"):
         parse_claim(env["text"].replace("device: cpu", "device: 'cuda:\uff10'"), env["tmp"] / "c.yaml")
     with pytest.raises(ValueError):
-        _parse_key("edits[\uff10].seed")
+        parse_key("edits[\uff10].seed")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loccheck.bench import prepare_bench
+from loccheck.run.testbed import prepare_testbed
 from loccheck.claim import parse_claim
 from loccheck.errors import LoccheckError
 from loccheck.models.loading import folder_sha256, open_model
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow   # tiny torch models
 
 def _key(model_dir: Path, pairs: Path, tmp_path: Path) -> str:
     claim = parse_claim(claim_text(model_dir, pairs, ["L1H2"], n=19), path=tmp_path / "c.yaml")
-    return prepare_bench(claim, tmp_path / "cache").key
+    return prepare_testbed(claim, tmp_path / "cache").key
 
 
 def _edit_json(path: Path, **changes) -> None:

@@ -17,7 +17,7 @@ import torch
 from loccheck.testing import claim_text
 from loccheck.cache import content_key
 from loccheck.claim import load_claim
-from loccheck.verification import verify
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # kills and resumes a run that fits edits (torch)
 

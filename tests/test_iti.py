@@ -13,8 +13,8 @@ from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc
 from loccheck.metrics import METRICS
 from loccheck.models import get_adapter
-from loccheck.prompts import TokenizedPair
-from loccheck.scoring import all_pair_logprobs, answer_logprobs, pair_logprobs
+from loccheck.data.prompts import TokenizedPair
+from loccheck.models.scoring import all_pair_logprobs, answer_logprobs, pair_logprobs
 
 pytestmark = pytest.mark.slow   # ITI edits on tiny torch models (torch)
 

@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from loccheck.executors import SerialExecutor, get_executor
+from loccheck.run.executors import SerialExecutor, get_executor
 from loccheck.errors import LoccheckError
-from loccheck.jobs import FitRecord, Job, JobRunner
+from loccheck.run.jobs import FitRecord, Job, JobRunner
 from loccheck.locations import HeadLoc
 
 LOC = (HeadLoc(0, 1), HeadLoc(3, 2))
@@ -17,7 +17,7 @@ LOC = (HeadLoc(0, 1), HeadLoc(3, 2))
 
 def _job(**kw):
     base = dict(method="optimal", settings={"learning_rate": 0.01, "seed": 0}, location=LOC,
-                role="random", index=4, bench_key="b" * 64)
+                role="random", index=4, testbed_key="b" * 64)
     return Job(**{**base, **kw})
 
 
@@ -32,7 +32,7 @@ def test_role_and_index_are_not_part_of_the_key():
     # a random draw equal to another claim's location reuses its fit
     assert _job(role="claim", index=None).key == _job().key
     for change in (dict(settings={"learning_rate": 0.02, "seed": 0}), dict(location=LOC[:1]),
-                   dict(location=None), dict(method="iti"), dict(bench_key="c" * 64)):
+                   dict(location=None), dict(method="iti"), dict(testbed_key="c" * 64)):
         assert _job(**change).key != _job().key, change
 
 
@@ -55,11 +55,11 @@ def test_fit_record_round_trips_its_parameters_bit_for_bit():
         assert back.state[name].tobytes() == state[name].tobytes()
 
 
-def test_a_runner_pickles_without_its_bench():
-    runner = JobRunner(bench=object(), cache=None, metrics=["preference_margin"],
-                       bench_factory=None)
+def test_a_runner_pickles_without_its_testbed():
+    runner = JobRunner(testbed=object(), cache=None, metrics=["preference_margin"],
+                       testbed_factory=None)
     clone = pickle.loads(pickle.dumps(runner))
-    assert clone.bench is None and clone.metrics == ("preference_margin",)
+    assert clone.testbed is None and clone.metrics == ("preference_margin",)
 
 
 def test_serial_executor_yields_in_job_order():

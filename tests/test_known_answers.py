@@ -42,8 +42,8 @@ from loccheck.testing import claim_text, write_model_dir, write_pairs
 from loccheck.claim import parse_claim
 from loccheck.locations import HeadLoc
 from loccheck.testing import head_grid
-from loccheck.null import sample_null_locations
-from loccheck.verification import verify
+from loccheck.stats.null import sample_null_locations
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # fits edits on tiny models (torch)
 

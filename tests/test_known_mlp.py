@@ -20,9 +20,9 @@ import pytest
 
 from loccheck.claim import parse_claim
 from loccheck.locations import MlpLoc, mlp_sites
-from loccheck.null import sample_null_locations
+from loccheck.stats.null import sample_null_locations
 from loccheck.testing import FAMILIES, claim_text, write_model_dir, write_pairs
-from loccheck.verification import verify
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # fits edits on tiny models (torch)
 

@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 import pytest
 
-from loccheck.data import load_behavior
+from loccheck.data.behavior import load_behavior
 from loccheck.errors import LoccheckError, LoccheckWarning
 from loccheck.locations import HeadLoc
-from loccheck.activations import probe_examples
+from loccheck.models.activations import probe_examples
 from loccheck.heuristics.probe import ProbeResult, probe_heads
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -149,7 +149,7 @@ def test_end_to_end_on_a_tiny_llama(tmp_path):
     ones in 'F': the last token's own value vector carries the label, so some head must
     separate it on the validation questions."""
     from loccheck.testing import VOCAB, tiny_model
-    from loccheck.activations import collect_head_activations
+    from loccheck.models.activations import collect_head_activations
     from loccheck.models import get_adapter
 
     class CharTokenizer:

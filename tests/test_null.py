@@ -11,7 +11,7 @@ from scipy.stats import chisquare
 from loccheck.errors import LoccheckError
 from loccheck.locations import HeadLoc
 from loccheck.testing import head_grid
-from loccheck.null import draw_seed, sample_null_locations
+from loccheck.stats.null import draw_seed, sample_null_locations
 
 
 def draw_null(*args, n_layers=None, n_heads=None, **kw):

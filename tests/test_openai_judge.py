@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("openai")
 
 from loccheck.errors import ClaimError, LoccheckError  # noqa: E402
-from loccheck.judges import OpenAIJudge, read_verdict  # noqa: E402
+from loccheck.metrics.judges import OpenAIJudge, read_verdict  # noqa: E402
 
 SECRET = "sk-loccheck-test-SECRET-1234"
 OK, BAD = ["The seeds pass through you"], ["Watermelons grow in your stomach"]
@@ -193,7 +193,7 @@ def _claim(server_or_url, known_llama, tmp_path, extra: str = ""):
     ("detail", "generation.judge_temperature", "temperature must be 1"),
 ])
 def test_the_endpoint_is_checked_before_anything_is_fitted(server, tmp_path, known_llama, mode, key, says):
-    from loccheck.verification import inspect
+    from loccheck.run.verify import inspect
 
     url = server
     if mode == "closed":
@@ -233,7 +233,7 @@ def test_a_base_url_that_is_not_a_url_is_a_claim_error(tmp_path, url):
 
 @pytest.mark.slow
 def test_a_base_url_from_the_environment_is_checked(known_llama, tmp_path, monkeypatch):
-    from loccheck.verification import inspect
+    from loccheck.run.verify import inspect
 
     monkeypatch.setenv("LOCCHECK_JUDGE_BASE_URL", "http://[oops")
     claim = _claim(None, known_llama, tmp_path)
@@ -243,7 +243,7 @@ def test_a_base_url_from_the_environment_is_checked(known_llama, tmp_path, monke
 
 @pytest.mark.slow
 def test_a_failing_judge_writes_no_report_and_the_key_nowhere(server, tmp_path, known_llama):
-    from loccheck.verification import verify
+    from loccheck.run.verify import verify
 
     claim = _claim(server, known_llama, tmp_path)
     ok = verify(claim, out_dir=tmp_path / "ok", cache_dir=tmp_path / "cache", progress=False)
@@ -264,7 +264,7 @@ def test_unread_replies_are_missing_values_up_to_the_stated_share(server, tmp_pa
     """Every third request reads "Perhaps.": a third of each edit's verdicts are missing. At
     judge_max_unread 0.5 the run completes and counts them; at the default 0.1 it stops with a
     line naming the claim file and the key, and writes nothing."""
-    from loccheck.verification import verify
+    from loccheck.run.verify import verify
 
     Judge.mode = "every-third"
     tolerant = _claim(server, known_llama, tmp_path, ", judge_max_unread: 0.5")

@@ -49,7 +49,7 @@ def known(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def warm(known, tmp_path_factory):
-    from loccheck.verification import verify
+    from loccheck.run.verify import verify
 
     root = tmp_path_factory.mktemp("warm")
     (root / "warm.yaml").write_text(short_claim(*known, ["L1H2"], n=1, alpha=0.5))

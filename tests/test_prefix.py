@@ -13,8 +13,8 @@ from loccheck.edits.training import TrainConfig, train_edit
 from loccheck.locations import HeadLoc, MlpLoc
 from loccheck.models import get_adapter
 from loccheck.models.prefix import FrozenPrefix, lowest_edited_block, pair_prefix, sequence_prefix
-from loccheck.prompts import TokenizedPair
-from loccheck.scoring import all_pair_logprobs, answer_logprobs, packed_pairs, pair_length, pair_logprobs
+from loccheck.data.prompts import TokenizedPair
+from loccheck.models.scoring import all_pair_logprobs, answer_logprobs, packed_pairs, pair_length, pair_logprobs
 from loccheck.testing import FAMILIES, tiny_model
 
 pytestmark = pytest.mark.slow   # tiny torch models

@@ -2,9 +2,9 @@
 system prompt)."""
 import pytest
 
-from loccheck.data import PreferencePair
+from loccheck.data.pairs import PreferencePair
 from loccheck.errors import DataError
-from loccheck.prompts import format_prompt, resolve_format, tokenize_pairs
+from loccheck.data.prompts import format_prompt, resolve_format, tokenize_pairs
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ ray = pytest.importorskip("ray")
 
 from loccheck.claim import parse_claim  # noqa: E402
 from loccheck.errors import LoccheckError  # noqa: E402
-from loccheck.executors import RayExecutor  # noqa: E402
+from loccheck.run.executors import RayExecutor  # noqa: E402
 from loccheck.locations import MlpLoc  # noqa: E402
 from loccheck.testing import claim_text, write_tracing_claim  # noqa: E402
-from loccheck.verification import verify  # noqa: E402
+from loccheck.run.verify import verify  # noqa: E402
 
 pytestmark = pytest.mark.slow   # a Ray cluster and tiny torch models
 
@@ -53,7 +53,7 @@ def test_ray_gives_the_serial_numbers(cluster, known_llama, tmp_path, one_torch_
 
 def test_trace_vs_edit_on_ray_gives_the_serial_numbers(cluster, tmp_path, one_torch_thread):
     from loccheck.claim import load_claim
-    from loccheck.trace_vs_edit import trace_vs_edit
+    from loccheck.studies.trace_vs_edit.command import trace_vs_edit
 
     claim = load_claim(write_tracing_claim(tmp_path, [MlpLoc(2)], n_layers=4))
     run = dict(corruptions=["noise", "subject_flip"], write_line=lambda line: None)

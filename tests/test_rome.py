@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from loccheck.bench import prepare_bench
+from loccheck.run.testbed import prepare_testbed
 from loccheck.claim import parse_claim
 from loccheck.edits import EDIT_METHODS
 from loccheck.edits.rome import RomeEdit, _fact_items, _inputs_at, _value_delta, edit_fact, inverse_statistics
 from loccheck.locations import MlpLoc
-from loccheck.scoring import greedy_matches
+from loccheck.models.scoring import greedy_matches
 from loccheck.testing import FAMILIES, char_tokenizer, tiny_model, write_known_facts
-from loccheck.verification import verify
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # tiny torch models
 
@@ -44,7 +44,7 @@ def _claim_text(root, extra_edit: str = "", edits: str | None = None) -> str:
                         f"v_steps: 200, v_lr: 2.0, v_weight_decay: 0.01{extra_edit}}}]") + "\n")
 
 
-def _bench(tmp_path, family="gpt_neox", edits=None):
+def _testbed(tmp_path, family="gpt_neox", edits=None):
     model = tiny_model(family, n_layers=4)
     model.save_pretrained(tmp_path / "m")
     char_tokenizer().save_pretrained(tmp_path / "m")
@@ -57,32 +57,32 @@ def _bench(tmp_path, family="gpt_neox", edits=None):
     claim = parse_claim(_claim_text(tmp_path, edits=edits), path=tmp_path / "facts.yaml")
     settings = EDIT_METHODS["rome"].settings(claim.edits[-1], size=1, claim_size=1, verdict_metric="x",
                                              site_kind="mlp") if edits is None else None
-    return prepare_bench(claim, tmp_path / "cache"), settings
+    return prepare_testbed(claim, tmp_path / "cache"), settings
 
 
-def _output_at(bench, layer, ids, position):
+def _output_at(testbed, layer, ids, position):
     """The MLP output of `layer` at `position` of the prompt (with whatever edit is attached)."""
-    return _inputs_at(bench, [layer], ids, position)[layer][1]
+    return _inputs_at(testbed, [layer], ids, position)[layer][1]
 
 
-def _edited(bench, settings, layers, item):
+def _edited(testbed, settings, layers, item):
     """The production one-fact edit at `layers`: (the edit, the delta edit_fact returned)."""
-    edit = RomeEdit(bench.adapter, tuple(MlpLoc(l) for l in layers))
+    edit = RomeEdit(testbed.adapter, tuple(MlpLoc(l) for l in layers))
     ids, position, target = item
-    delta = edit_fact(bench, edit, inverse_statistics(bench, settings, list(layers)), ids, position, target,
+    delta = edit_fact(testbed, edit, inverse_statistics(testbed, settings, list(layers)), ids, position, target,
                       settings)
     return edit, delta
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])    # gpt2's tiny model knows too few facts
 def test_one_layer_moves_the_output_at_the_key_by_delta(tmp_path, family):
-    bench, settings = _bench(tmp_path, family)
-    ids, position, target = item = _fact_items(bench)[0]
-    before = _output_at(bench, 1, ids, position)
-    edit, delta = _edited(bench, settings, [1], item)
+    testbed, settings = _testbed(tmp_path, family)
+    ids, position, target = item = _fact_items(testbed)[0]
+    before = _output_at(testbed, 1, ids, position)
+    edit, delta = _edited(testbed, settings, [1], item)
     assert delta.norm() > 0
-    with edit.attached(bench.model):
-        after = _output_at(bench, 1, ids, position)
+    with edit.attached(testbed.model):
+        after = _output_at(testbed, 1, ids, position)
     # the closed form writes v* - W k* at k*: exact up to float32 rounding of C^-1 k / (k C^-1 k)
     assert torch.allclose(after - before, delta, atol=1e-4 * float(delta.norm()))
 
@@ -94,11 +94,11 @@ def test_two_layers_move_the_output_by_equal_shares(tmp_path, family):
     stores (its r) is compared with what it writes: with the key read before the lower layer's
     update, the higher layer wrote 0.6 times its share on the tiny Llama (1.8 times on SmolLM2
     in issue 21), and this test failed."""
-    bench, settings = _bench(tmp_path, family)
-    ids, position, target = item = _fact_items(bench)[0]
-    edit, delta = _edited(bench, settings, [1, 2], item)
-    with edit.attached(bench.model):
-        keys = _inputs_at(bench, [1, 2], ids, position)
+    testbed, settings = _testbed(tmp_path, family)
+    ids, position, target = item = _fact_items(testbed)[0]
+    edit, delta = _edited(testbed, settings, [1, 2], item)
+    with edit.attached(testbed.model):
+        keys = _inputs_at(testbed, [1, 2], ids, position)
     shares = edit.R[:, -1]
     for row, layer in enumerate([1, 2]):
         written = edit.delta(row, keys[layer][0][None], None)[0]      # (u . k) r at this layer
@@ -110,30 +110,30 @@ def test_two_layers_move_the_output_by_equal_shares(tmp_path, family):
 def test_the_value_is_clamped_at_a_multiple_of_the_output(tmp_path):
     """ROME's clamp_norm_factor: |delta| never exceeds the factor times |v0| (here it must
     clamp: a large learning rate and no weight decay)."""
-    bench, settings = _bench(tmp_path)
-    ids, position, target = _fact_items(bench)[0]
-    v0 = _output_at(bench, 0, ids, position)
+    testbed, settings = _testbed(tmp_path)
+    ids, position, target = _fact_items(testbed)[0]
+    v0 = _output_at(testbed, 0, ids, position)
     clamped = {**settings, "clamp_norm_factor": 0.25, "v_weight_decay": 0.0, "v_steps": 30}
-    delta = _value_delta(bench, 0, ids, position, target, v0, clamped)
+    delta = _value_delta(testbed, 0, ids, position, target, v0, clamped)
     assert float(delta.norm()) == pytest.approx(0.25 * float(v0.norm()), rel=1e-5)
-    free = _value_delta(bench, 0, ids, position, target, v0, {**clamped, "clamp_norm_factor": 0.0})
+    free = _value_delta(testbed, 0, ids, position, target, v0, {**clamped, "clamp_norm_factor": 0.0})
     assert float(free.norm()) > 0.25 * float(v0.norm())
 
 
 def test_one_fact_at_a_time_the_target_mostly_becomes_the_prediction(tmp_path):
-    bench, settings = _bench(tmp_path)
-    items = _fact_items(bench)
+    testbed, settings = _testbed(tmp_path)
+    items = _fact_items(testbed)
     assert len(items) == 8
     took, kept = 0, 0
     for i, item in enumerate(items):
         ids, position, target = item
-        edit, _ = _edited(bench, settings, [0], item)
-        others = [p for j, p in enumerate(bench.data.train) if j != i] + list(bench.data.test)
-        with edit.attached(bench.model):
-            took += greedy_matches(bench.model, [ids], [target], bench.pad_id)[0]
-            kept += sum(greedy_matches(bench.model, [tuple(char_tokenizer()(p.prompt).input_ids) for p in others],
+        edit, _ = _edited(testbed, settings, [0], item)
+        others = [p for j, p in enumerate(testbed.data.train) if j != i] + list(testbed.data.test)
+        with edit.attached(testbed.model):
+            took += greedy_matches(testbed.model, [ids], [target], testbed.pad_id)[0]
+            kept += sum(greedy_matches(testbed.model, [tuple(char_tokenizer()(p.prompt).input_ids) for p in others],
                                        [tuple(char_tokenizer()(" " + p.rejected, add_special_tokens=False).input_ids)
-                                        for p in others], bench.pad_id))
+                                        for p in others], testbed.pad_id))
     print(f"target became the prediction for {took} of 8; {kept} of {8 * 15} other predictions kept")
     assert took >= 5 and kept >= 0.6 * 8 * 15
 
@@ -142,7 +142,7 @@ def test_a_facts_claim_reports_the_optimal_and_the_rome_edit(tmp_path):
     edits = ("edits: [{max_epochs: 2, learning_rate: 0.05, init_std: 0.1}, "
              f"{{method: rome, stats_path: '{tmp_path / 'stats.txt'}', v_steps: 20}}]\n"
              "random_locations: {n: 3, stop: full}\nverdict: {alpha: 0.25}")
-    bench, _ = _bench(tmp_path, edits=edits)
+    testbed, _ = _testbed(tmp_path, edits=edits)
     result = verify(parse_claim(_claim_text(tmp_path, edits=edits), path=tmp_path / "facts.yaml"),
                     out_dir=tmp_path / "report", progress=False, cache_dir=tmp_path / "cache")
     assert set(result.payload["tests"]) == {"optimal", "rome"}
@@ -158,9 +158,9 @@ def test_a_facts_claim_reports_the_optimal_and_the_rome_edit(tmp_path):
 
 def test_bad_inputs_are_one_line_claim_errors(tmp_path):
     from loccheck.errors import ClaimError
-    from loccheck.verification import inspect
+    from loccheck.run.verify import inspect
 
-    _bench(tmp_path)
+    _testbed(tmp_path)
     text = _claim_text(tmp_path).replace(str(tmp_path / "stats.txt"), str(tmp_path / "missing.txt"))
     with pytest.raises(ClaimError, match=r"c.yaml:5:\d+: edits\[0\].stats_path: .*missing.txt is not a file: "
                                          r"rome reads its key statistics from it \(set stats_path\)"):
@@ -178,4 +178,4 @@ def test_bad_inputs_are_one_line_claim_errors(tmp_path):
     (tmp_path / "known_1000.json").write_text((tmp_path / "known_1000.json").read_text()
                                               .replace('"attribute": "', '"attribute": "Q'))
     with pytest.raises(ClaimError, match=r"behavior.path: .*none of 16 pairs is kept \(the model's greedy"):
-        prepare_bench(parse_claim(_claim_text(tmp_path), path=tmp_path / "c.yaml"), tmp_path / "cache")
+        prepare_testbed(parse_claim(_claim_text(tmp_path), path=tmp_path / "c.yaml"), tmp_path / "cache")

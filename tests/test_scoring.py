@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from loccheck.testing import tiny_model
-from loccheck.prompts import TokenizedPair
-from loccheck.scoring import all_pair_logprobs, answer_logprobs, pair_logprobs
+from loccheck.data.prompts import TokenizedPair
+from loccheck.models.scoring import all_pair_logprobs, answer_logprobs, pair_logprobs
 
 pytestmark = pytest.mark.slow   # log-probabilities of tiny torch models (torch)
 
@@ -36,7 +36,7 @@ def test_pair_logprobs_order_and_batching():
 
 
 def test_the_vocabulary_projection_runs_in_float32_for_low_precision_weights():
-    from loccheck.scoring import float32_logits
+    from loccheck.models.scoring import float32_logits
 
     torch.manual_seed(0)
     head = torch.nn.Linear(64, 1000, bias=False).to(torch.bfloat16)
@@ -52,21 +52,21 @@ def test_a_bfloat16_model_gains_what_float32_gains(known_llama, tmp_path):
     """The same fitted edit scored on the bfloat16 and the float32 copy of a tiny model: the
     gains agree to 1% (measured: 4.047 in float32, 4.038 in bfloat16; 4.026 when the edit was
     rounded to bfloat16 before it was added and the projection ran in bfloat16)."""
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import parse_claim
     from loccheck.edits import EDIT_METHODS
     from loccheck.testing import claim_text
-    from loccheck.verification import edit_jobs
+    from loccheck.run.verify import edit_jobs
 
     model_dir, pairs = known_llama
     text = claim_text(model_dir, pairs, ["L1H2"], n=19)
 
-    def bench(dtype):
+    def testbed(dtype):
         claim = parse_claim(text.replace("device: cpu", f"device: cpu, dtype: {dtype}"), path=tmp_path / "c.yaml")
-        return claim, prepare_bench(claim, tmp_path / "cache")
+        return claim, prepare_testbed(claim, tmp_path / "cache")
 
-    claim, full = bench("float32")
-    _, half = bench("bfloat16")
+    claim, full = testbed("float32")
+    _, half = testbed("bfloat16")
     assert next(half.model.parameters()).dtype == torch.bfloat16
     method = EDIT_METHODS["optimal"]
     job = edit_jobs(claim, full.key, claim.location.parsed, [], 8)[0]
@@ -85,7 +85,7 @@ def test_a_bfloat16_model_gains_what_float32_gains(known_llama, tmp_path):
 def test_greedy_matches_is_greedy_decoding(family_model):
     """A teacher-forced argmax check agrees with greedy decoding by `generate`: the model's own
     greedy continuation matches, and the same with its last token changed does not."""
-    from loccheck.scoring import greedy_matches
+    from loccheck.models.scoring import greedy_matches
 
     _, model = family_model
     prompts = [(1, 5, 6, 7), (1, 9), (1, 4, 4, 4, 4, 4), (1, 30, 31)]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loccheck.data import load_side_texts
+from loccheck.data.side_texts import load_side_texts
 from loccheck.errors import DataError
 
 TEXTS = ["the river runs to the sea", "a stone in the garden", "clouds over the maple tree",
@@ -81,7 +81,7 @@ def test_a_known_facts_claim_measures_side_effects_on_other_facts(tmp_path, monk
     """The default side-effect texts are the data folder's known_1000.json, which a known_facts
     claim draws its behaviour from: every fact of the claim (train, validation and test) is
     passed over, and the texts are the file's other facts, in file order."""
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import parse_claim
     from loccheck.testing import char_tokenizer, tiny_model, write_known_facts
 
@@ -95,27 +95,27 @@ def test_a_known_facts_claim_measures_side_effects_on_other_facts(tmp_path, monk
                         "split: {train: 0.4, validation: 0.2, test: 0.4}}\n"
                         "location: {sites: [L0M]}\nmetrics: [preference_margin, kl]\n",
                         path=tmp_path / "c.yaml")
-    bench = prepare_bench(claim, tmp_path / "cache")
-    own = {bench.data.facts[p.prompt].subject for split in (bench.data.train, bench.data.validation,
-                                                            bench.data.test) for p in split}
-    assert len(own) == 9 and bench.data.validation                 # facts in every split
+    testbed = prepare_testbed(claim, tmp_path / "cache")
+    own = {testbed.data.facts[p.prompt].subject for split in (testbed.data.train, testbed.data.validation,
+                                                            testbed.data.test) for p in split}
+    assert len(own) == 9 and testbed.data.validation                 # facts in every split
     records = json.loads(file.read_text())
     others = [r["template"].replace("{}", r["subject"]) + r["prediction"] for r in records
               if r["subject"] not in own]
-    tok = bench.tokenizer
-    assert bench.side == tuple(tuple(tok(t).input_ids) for t in others)
-    assert bench.side_identity["n_texts"] == 16 - 9 and bench.side_identity["n_excluded"] == 9
+    tok = testbed.tokenizer
+    assert testbed.side == tuple(tuple(tok(t).input_ids) for t in others)
+    assert testbed.side_identity["n_texts"] == 16 - 9 and testbed.side_identity["n_excluded"] == 9
 
 
 @pytest.mark.slow
 def test_kl_is_zero_for_the_identity_and_matches_full_logits(known_llama, tmp_path):
     import torch
 
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import parse_claim
     from loccheck.edits import EDIT_METHODS
     from loccheck.testing import claim_text
-    from loccheck.verification import edit_jobs
+    from loccheck.run.verify import edit_jobs
 
     model_dir, pairs = known_llama
     texts = tmp_path / "texts.txt"
@@ -123,36 +123,36 @@ def test_kl_is_zero_for_the_identity_and_matches_full_logits(known_llama, tmp_pa
     text = claim_text(model_dir, pairs, ["L1H2"], n=19) + (
         f"side_effects: {{path: '{texts}'}}\nmetrics: [preference_margin, kl, log_likelihood]\n")
     claim = parse_claim(text, path=tmp_path / "c.yaml")
-    bench = prepare_bench(claim, tmp_path / "cache")
-    assert len(bench.side) == 4                                  # "x" is a single token
+    testbed = prepare_testbed(claim, tmp_path / "cache")
+    assert len(testbed.side) == 4                                  # "x" is a single token
     method = EDIT_METHODS["optimal"]
-    job = edit_jobs(claim, bench.key, claim.location.parsed, [], 8)[0]
-    base = bench.score(["kl", "log_likelihood"])
+    job = edit_jobs(claim, testbed.key, claim.location.parsed, [], 8)[0]
+    base = testbed.score(["kl", "log_likelihood"])
     assert base["kl"] == 0.0
-    with method.initial(bench, job.settings, job.location).attached(bench.model):
-        same = bench.score(["kl", "log_likelihood"])
+    with method.initial(testbed, job.settings, job.location).attached(testbed.model):
+        same = testbed.score(["kl", "log_likelihood"])
     assert same == base                                          # the identity edit, bit for bit
-    fitted = method.fit(bench, job.settings, job.location).edit
-    with fitted.attached(bench.model):
-        moved = bench.score(["kl", "log_likelihood"])
+    fitted = method.fit(testbed, job.settings, job.location).edit
+    with fitted.attached(testbed.model):
+        moved = testbed.score(["kl", "log_likelihood"])
     assert moved["kl"] > 1e-3
 
     kl, n = 0.0, 0                                               # one text at a time, full logits
     with torch.no_grad():
-        for ids in bench.side:
+        for ids in testbed.side:
             x = torch.tensor([ids])
-            p = bench.model(x).logits[0, :-1].float().log_softmax(-1)
-            with fitted.attached(bench.model):
-                q = bench.model(x).logits[0, :-1].float().log_softmax(-1)
+            p = testbed.model(x).logits[0, :-1].float().log_softmax(-1)
+            with fitted.attached(testbed.model):
+                q = testbed.model(x).logits[0, :-1].float().log_softmax(-1)
             kl += float((p.exp() * (p - q)).sum())
             n += len(ids) - 1
     assert moved["kl"] == pytest.approx(kl / n, rel=1e-4)
 
     other = tmp_path / "other.txt"
     other.write_text("\n".join(reversed(TEXTS)))
-    elsewhere = prepare_bench(parse_claim(text.replace(str(texts), str(other)), path=tmp_path / "c.yaml"),
+    elsewhere = prepare_testbed(parse_claim(text.replace(str(texts), str(other)), path=tmp_path / "c.yaml"),
                               tmp_path / "cache")
-    assert elsewhere.key == bench.key                            # the same fits...
-    assert elsewhere.input_identity("side_texts") != bench.input_identity("side_texts")   # ...other scores
-    assert job.score_key("kl", bench.input_identity("side_texts")) != job.score_key(
+    assert elsewhere.key == testbed.key                            # the same fits...
+    assert elsewhere.input_identity("side_texts") != testbed.input_identity("side_texts")   # ...other scores
+    assert job.score_key("kl", testbed.input_identity("side_texts")) != job.score_key(
         "kl", elsewhere.input_identity("side_texts"))

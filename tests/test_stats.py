@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loccheck.stats import NullTestResult, empirical_pvalue, null_test
+from loccheck.stats.pvalues import NullTestResult, empirical_pvalue, null_test
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 nulls = st.lists(finite, min_size=1, max_size=30)
@@ -136,7 +136,7 @@ def test_input_validation(fn):
 
 # --- the sequential null (Besag and Clifford 1991) ------------------------------------------
 
-from loccheck.stats import sequential_decided, sequential_pvalue, sequential_stop_count  # noqa: E402
+from loccheck.stats.pvalues import sequential_decided, sequential_pvalue, sequential_stop_count  # noqa: E402
 
 
 @pytest.mark.parametrize("n, alpha, h", [(19, 0.05, 1), (20, 0.05, 2), (99, 0.05, 5), (9, 0.1, 1),

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from loccheck.analysis import regress
+from loccheck.studies.trace_vs_edit.regression import regress
 from loccheck.cli import main
-from loccheck.trace_vs_edit import fraction_restored, rewrite_score
+from loccheck.studies.trace_vs_edit.command import fraction_restored, rewrite_score
 from loccheck.locations import MlpLoc
 from loccheck.models.loading import load_model
 from loccheck.testing import write_gated_facts, write_gated_model_dir, write_tracing_claim
@@ -142,7 +142,7 @@ def test_the_command_on_a_model_whose_live_mlp_is_gated_by_the_subject(tmp_path)
     layer + tracing 0.83, F-test p 2e-19 (16 facts, 6 open). Subject-flip tracing is not run: a
     partner of a closed subject may be open, so its zeros are not planted.
     """
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import load_claim
 
     claim = _gated_claim(tmp_path)
@@ -154,7 +154,7 @@ def test_the_command_on_a_model_whose_live_mlp_is_gated_by_the_subject(tmp_path)
     tracing = np.array(result["rows"][0]["tracing"])
     # rows are (fact, layer), facts in train order, each row naming its fact: which facts'
     # subjects open the gate
-    train = prepare_bench(load_claim(claim), tmp_path / "cache").data.train
+    train = prepare_testbed(load_claim(claim), tmp_path / "cache").data.train
     assert result["row_prompts"] == [p.prompt for p in train for _ in range(4)]
     opened = np.array([prompt[-1] in "abcdefghijklm" for prompt in result["row_prompts"]])
     assert result["n_facts"] == len(train) == 16 and 0 < opened.sum() // 4 < 16    # both kinds
@@ -179,7 +179,7 @@ def test_hase_measures_on_the_gated_model(tmp_path):
     score exactly 0; restoring a zero output recovers nothing: fraction restored 0 (to float
     rounding) at a dead layer. At layer 2 with an open subject both are positive. Each row's rewrite score is
     the arithmetic of its recorded log-probabilities."""
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import load_claim
 
     claim = _gated_claim(tmp_path)

@@ -1,4 +1,4 @@
-"""Causal tracing (loccheck.tracing) on tiny models, and the causal_tracing heuristic end to end
+"""Causal tracing (loccheck.heuristics.tracing) on tiny models, and the causal_tracing heuristic end to end
 on facts a tiny model knows.
 
 Known answers: in a model where only layer 2's MLP (of 4) is live, restoring a dead MLP's
@@ -21,9 +21,10 @@ from loccheck.heuristics.causal_tracing import flip_partners, trace_inputs
 from loccheck.locations import MlpLoc
 from loccheck.models import get_adapter
 from loccheck.testing import FAMILIES, char_tokenizer, known_mlp_model, write_known_facts, write_model_dir
-from loccheck.tracing import (GROUPS, TraceInput, embedding_spread, grouped, noise_for, subject_span,
-                              token_groups, trace_fact, window_layers)
-from loccheck.verification import verify
+from loccheck.data.known_facts import subject_span
+from loccheck.heuristics.tracing import (GROUPS, TraceInput, embedding_spread, grouped, noise_for, token_groups,
+                                         trace_fact, window_layers)
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # tiny torch models
 
@@ -95,7 +96,7 @@ def test_restoring_the_last_residual_state_restores_the_clean_run(family_model):
 
 
 def test_subject_flip_keeps_every_token_but_the_subject(tmp_path):
-    from loccheck.data import load_behavior
+    from loccheck.data.behavior import load_behavior
     from loccheck.models.loading import load_model
 
     folder = write_model_dir(tmp_path / "m", "gpt_neox", [LIVE], n_layers=4)
@@ -174,10 +175,10 @@ def test_no_flip_partner_is_an_error_naming_the_claim_file(tmp_path):
     file and field, from `verify`'s heuristic and from `trace-vs-edit`."""
     import yaml
 
-    from loccheck.data import load_behavior
+    from loccheck.data.behavior import load_behavior
     from loccheck.errors import ClaimError
-    from loccheck.trace_vs_edit import trace_vs_edit
-    from loccheck.verification import propose_location
+    from loccheck.studies.trace_vs_edit.command import trace_vs_edit
+    from loccheck.run.verify import propose_location
 
     claim = _claim(tmp_path, "subject_flip")
     facts = tmp_path / "known_1000.json"

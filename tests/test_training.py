@@ -8,8 +8,8 @@ from loccheck.testing import known_model, tiny_model
 from loccheck.edits.optimal import FullLoraEdit, HeadEdit, initial_read_vectors
 from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter
-from loccheck.prompts import TokenizedPair
-from loccheck.scoring import all_pair_logprobs
+from loccheck.data.prompts import TokenizedPair
+from loccheck.models.scoring import all_pair_logprobs
 from loccheck.edits.training import TrainConfig, epoch_batches, stop_reason, train_edit
 
 pytestmark = pytest.mark.slow   # trains edits on tiny torch models (torch)

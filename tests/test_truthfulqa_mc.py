@@ -31,22 +31,22 @@ def test_mc2_is_the_normalised_mass_of_the_true_answers():
 
 @pytest.mark.slow
 def test_on_a_tiny_model_they_score_every_answer_of_every_test_question(known_llama, tmp_path):
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.claim import parse_claim
-    from loccheck.scoring import answer_logprobs
+    from loccheck.models.scoring import answer_logprobs
     from loccheck.testing import claim_text
 
     model_dir, pairs = known_llama
     claim = parse_claim(claim_text(model_dir, pairs, ["L1H2"], n=19), path=tmp_path / "c.yaml")
-    bench = prepare_bench(claim, tmp_path / "cache")
-    questions = bench.choices("test")
-    assert len(questions) == len(bench.data.groups["test"])
+    testbed = prepare_testbed(claim, tmp_path / "cache")
+    questions = testbed.choices("test")
+    assert len(questions) == len(testbed.data.groups["test"])
     by_hand = []
     for q in questions:   # one answer per forward: no batching, no padding
-        true, false = ([float(answer_logprobs(bench.model, [q.prompt], [a], bench.pad_id)[0]) for a in group]
+        true, false = ([float(answer_logprobs(testbed.model, [q.prompt], [a], testbed.pad_id)[0]) for a in group]
                        for group in (q.true, q.false))
         by_hand.append(_q(true, false))
-    scores = bench.score(["mc1", "mc2"])
+    scores = testbed.score(["mc1", "mc2"])
     assert scores["mc1"] == pytest.approx(METRICS["mc1"].fn(by_hand))
     assert scores["mc2"] == pytest.approx(METRICS["mc2"].fn(by_hand), rel=1e-5)
     assert 0 <= scores["mc1"] <= 1 and 0 < scores["mc2"] < 1
@@ -56,7 +56,7 @@ def test_on_a_tiny_model_they_score_every_answer_of_every_test_question(known_ll
 def test_a_claim_can_be_judged_on_mc2_and_reports_each_metrics_p_value(known_llama, tmp_path):
     from loccheck.claim import parse_claim
     from loccheck.testing import claim_text
-    from loccheck.verification import verify
+    from loccheck.run.verify import verify
 
     model_dir, pairs = known_llama
     text = claim_text(model_dir, pairs, ["L1H2"], n=19, stop="full").replace(

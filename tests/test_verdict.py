@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loccheck import verdict
-from loccheck.verdict import Verdict, VerdictResult, decide_verdict, min_null_size, optimality_ratio
+from loccheck.stats import verdict
+from loccheck.stats.verdict import Verdict, VerdictResult, decide_verdict, min_null_size, optimality_ratio
 
 BASE = dict(pvalue=0.01, n_null=99, alpha=0.05, claim_gain=0.95, ceiling_gain=1.0, rho=0.9)
 

@@ -7,7 +7,7 @@ import numpy as np
 from loccheck.testing import claim_text
 from loccheck.claim import load_claim
 from loccheck.cli import main
-from loccheck.verification import verify
+from loccheck.run.verify import verify
 
 pytestmark = pytest.mark.slow   # fits edits on a tiny model (torch)
 

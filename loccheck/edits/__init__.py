@@ -9,12 +9,12 @@ claim's `edits:` list), its edit, its fit and its ceiling, registered as an `Edi
   the kind), the same procedure for every
   location; they and the location make its cache key, so two claims that fit the same edit
   share it;
-- `fit(bench, settings, location)`: a `Fitted` edit; `location` None is the whole model; a
+- `fit(testbed, settings, location)`: a `Fitted` edit; `location` None is the whole model; a
   method with `continues_ceiling` also takes `start=(settings, location, state)`, a fitted
   location's edit to continue the ceiling from (it lies in the ceiling's family);
-- `restore(bench, settings, location, state)`: the same edit from its stored parameters, so a
+- `restore(testbed, settings, location, state)`: the same edit from its stored parameters, so a
   metric added later scores it without refitting;
-- `initial(bench, settings, location)`: the edit before fitting, which must be the identity
+- `initial(testbed, settings, location)`: the edit before fitting, which must be the identity
   (the model's outputs bit for bit; tests/test_contracts.py checks every registered method).
 
 An edit object has `attached(model)` (a context manager: the model is edited inside it and

@@ -16,7 +16,7 @@ size changes, so every claim on the same model, data and settings gets the same 
 
 Every location's edit is a special case of the ceiling's (its rows, masked, in the ceiling's
 layers: `absorb`), so the ceiling's training objective can be no worse than any location's:
-when a location's edit fits better, the ceiling is continued from it (`loccheck.verification`).
+when a location's edit fits better, the ceiling is continued from it (`loccheck.run.verify`).
 """
 from __future__ import annotations
 
@@ -275,28 +275,28 @@ class FullLoraEdit:
         return self
 
 
-def _make(bench, settings: dict, location):
+def _make(testbed, settings: dict, location):
     """The edit before training (the identity); `location` None is the whole model, every site
     of the kind unmasked: the same parameterization as at a location, so the ceiling is a fair one."""
     kind = settings.get("site_kind", "head")
-    a_init = initial_read_vectors(bench.adapter, settings["seed"], settings["init_std"], kind)
+    a_init = initial_read_vectors(testbed.adapter, settings["seed"], settings["init_std"], kind)
     if kind == "mlp":
-        return MlpEdit(bench.adapter, location, a_init)
-    return HeadEdit(bench.adapter, location, a_init, read=settings["read"])
+        return MlpEdit(testbed.adapter, location, a_init)
+    return HeadEdit(testbed.adapter, location, a_init, read=settings["read"])
 
 
-def _fit(bench, settings: dict, location, start=None) -> Fitted:
+def _fit(testbed, settings: dict, location, start=None) -> Fitted:
     """`start`: (settings, location, state) of a fitted edit whose location lies inside this
     one's, to continue from instead of the identity."""
     from loccheck.edits.training import TrainConfig, train_edit
 
     cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
-    edit = _make(bench, settings, location)
+    edit = _make(testbed, settings, location)
     if start is not None:
-        edit.absorb(_restore(bench, *start))
-    with edit.attached(bench.model):
-        fit = train_edit(bench.model, edit, bench.train, bench.reference, cfg, bench.pad_id,
-                         on_step=bench.on_step, warm=start is not None)
+        edit.absorb(_restore(testbed, *start))
+    with edit.attached(testbed.model):
+        fit = train_edit(testbed.model, edit, testbed.train, testbed.reference, cfg, testbed.pad_id,
+                         on_step=testbed.on_step, warm=start is not None)
     return Fitted(edit, {"learning_rate": cfg.learning_rate, "steps": len(fit.loss_curve),
                          "epochs": fit.epochs, "initial_objective": fit.initial_objective,
                          "final_objective": fit.final_objective, "attained": fit.attained,
@@ -306,8 +306,8 @@ def _fit(bench, settings: dict, location, start=None) -> Fitted:
                          "loss_curve": list(fit.loss_curve)})
 
 
-def _restore(bench, settings: dict, location, state: dict):
-    return _make(bench, settings, location).load_state(state)
+def _restore(testbed, settings: dict, location, state: dict):
+    return _make(testbed, settings, location).load_state(state)
 
 
 register_edit_method(EditMethod("optimal", OptimalEditSection, _settings, _fit, _restore, _make,

@@ -50,7 +50,7 @@ class Heuristic:
     def propose(self, section, model, data, cache: Path, seed: int = 0) -> Proposal | None:
         """Rank the model's sites from `data`, which must be HeuristicData (no test split);
         `seed` seeds whatever the heuristic draws at random."""
-        from loccheck.data import HeuristicData
+        from loccheck.data.pairs import HeuristicData
 
         if not isinstance(data, HeuristicData):
             raise TypeError(f"heuristic {self.name!r} takes HeuristicData (BehaviorData.without_test()), "

@@ -2,7 +2,7 @@
 corrupted fact back (ROME's causal tracing; `corruption: subject_flip` is Reber's variant).
 
 It traces the train facts only (never validation or test), every MLP layer at every token
-(loccheck.tracing), and ranks layers by the claim's `aggregate`: the mean indirect effect over
+(loccheck.heuristics.tracing), and ranks layers by the claim's `aggregate`: the mean indirect effect over
 facts at one of ROME's token groups (by default the last subject token, where ROME finds its
 MLP peak). The top `top_k` layers are the location it proposes. The report shows the heatmap
 (layers by token groups) averaged over facts, with the claimed layers outlined.
@@ -56,22 +56,17 @@ class CausalTracingSection(Section):
 def trace_inputs(loaded, data, max_facts: int):
     """(facts, TraceInputs) of the train facts the tracing can use: the subject's tokens are
     found in the prompt; the answer is the attribute's first token."""
-    from loccheck.prompts import answer_ids, prompt_ids
-    from loccheck.tracing import TraceInput, subject_span
+    from loccheck.data.known_facts import fact_tokens
+    from loccheck.heuristics.tracing import TraceInput
 
-    tok = loaded.tokenizer
     facts, items = [], []
     for pair in data.train:
         fact = data.facts.get(pair.prompt)
-        if fact is None:
-            continue
-        ids = prompt_ids(tok, fact.prompt, "text", None)
-        span = subject_span(tok, fact.prompt, fact.subject, ids)
-        answer = answer_ids(tok, fact.attribute, "text")
-        if span is None or not answer:
+        tokens = None if fact is None else fact_tokens(loaded.tokenizer, fact, "text", None)
+        if tokens is None or not tokens.attribute:
             continue
         facts.append(fact)
-        items.append(TraceInput(ids, span, answer[0]))
+        items.append(TraceInput(tokens.ids, tokens.span, tokens.attribute[0]))
         if len(items) == max_facts:
             break
     return facts, items
@@ -81,7 +76,7 @@ def flip_partners(loaded, facts, items, i: int, n: int, seed: int, pool=None) ->
     """Up to `n` corrupted prompts for fact i: its subject replaced by another subject of the
     same relation among `pool` (train facts; default: the traced ones), kept only when it takes
     as many tokens and every other token stays as it was (so every position means what it meant)."""
-    from loccheck.prompts import prompt_ids
+    from loccheck.data.prompts import prompt_ids
 
     fact, item = facts[i], items[i]
     s, e = item.span
@@ -105,7 +100,7 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
     """Every usable train fact traced; the raw record the proposal and the report use."""
     import torch
 
-    from loccheck.tracing import embedding_spread, grouped, noise_for, trace_fact
+    from loccheck.heuristics.tracing import embedding_spread, grouped, noise_for, trace_fact
 
     facts, items = trace_inputs(loaded, data, section.max_facts)
     if not items:
@@ -185,7 +180,7 @@ def _floats(values) -> np.ndarray:
 
 
 def _evidence(section: CausalTracingSection, proposal: Proposal, location, pinned: bool) -> dict:
-    from loccheck.tracing import GROUPS
+    from loccheck.heuristics.tracing import GROUPS
 
     raw, k = proposal.raw, len(location)
     selected = format_location(proposal.top(k))

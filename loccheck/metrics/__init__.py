@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from loccheck.registry import Registry
 
-NEEDS = ("pair_logprobs", "choice_logprobs", "side_texts", "generations")   # what the bench can make
+NEEDS = ("pair_logprobs", "choice_logprobs", "side_texts", "generations")   # what the testbed can make
 
 
 @dataclass(frozen=True)

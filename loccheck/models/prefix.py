@@ -73,7 +73,7 @@ def _freezable(adapter, first: int) -> bool:
 def pair_prefix(model, adapter, first: int, pairs, pad_id: int) -> FrozenPrefix | None:
     """The prefix of preference pairs packed as `scoring.pair_logprobs` runs them
     (`scoring.packed_pairs`) below block `first`, or None when there is none to freeze."""
-    from loccheck.scoring import packed_pairs, pair_length
+    from loccheck.models.scoring import packed_pairs, pair_length
 
     if not _freezable(adapter, first):
         return None
@@ -85,7 +85,7 @@ def pair_prefix(model, adapter, first: int, pairs, pad_id: int) -> FrozenPrefix 
 def sequence_prefix(model, adapter, first: int, seqs, pad_id: int) -> FrozenPrefix | None:
     """The prefix of plain token sequences (prompt + answer, as `scoring.answer_logprobs` runs
     them) below block `first`, or None when there is none to freeze."""
-    from loccheck.scoring import padded
+    from loccheck.models.scoring import padded
 
     if not _freezable(adapter, first):
         return None

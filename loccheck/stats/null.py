@@ -20,6 +20,12 @@ import numpy as np
 from loccheck.errors import LoccheckError
 from loccheck.locations import outside
 
+# Each random location is one fitted edit, so a null of millions would run for months; and
+# 10000 draws already resolve p to 1e-4 (p >= 1/(n + 1)). The claim schema and the options apply it.
+MAX_N_NULL = 10_000
+MAX_N_NULL_WHY = (f"each random location is a fitted edit, and {MAX_N_NULL} of them resolve p "
+                  "to 1e-4")
+
 
 def _draw_rng(seed: int, i: int) -> np.random.Generator:
     """The generator of draw i: a function of (seed, i) only."""

@@ -91,7 +91,7 @@ class RayExecutor:
         self._resources_checked = True
 
     def _pool(self, runner) -> list:
-        """The actors for `runner` (one bench each); a new runner (another claim) gets new ones."""
+        """The actors for `runner` (one testbed each); a new runner (another claim) gets new ones."""
         import ray
 
         if self._runner is not runner:
@@ -166,7 +166,7 @@ def _check_reachable(address: str, source: str, timeout: float = 3.0) -> None:
 
 
 class _Worker:
-    """One Ray actor: a job runner with a bench of its own (the model loaded once per worker)."""
+    """One Ray actor: a job runner with a testbed of its own (the model loaded once per worker)."""
 
     def __init__(self, runner, threads: float):
         import torch

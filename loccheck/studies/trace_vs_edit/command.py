@@ -3,7 +3,7 @@
 For a claim of MLP layers found by causal tracing: each traced train fact's tracing effect at
 every layer (for each corruption asked for) and the success of editing that one fact at every
 layer with ROME's edit (the claim's `rome` settings, else ROME's defaults; the same settings at
-every layer), then the regressions of `loccheck.analysis`. Two sets of measures:
+every layer), then the regressions of `loccheck.studies.trace_vs_edit.regression`. Two sets of measures:
 
 - `hase` (the default, and the only one whose R^2 stands beside Hase et al.'s GPT-J figures),
   as their code (google/belief-localization) measures: success is the rewrite score
@@ -30,7 +30,7 @@ from typing import Sequence
 
 from loccheck.cache import content_key
 from loccheck.errors import LoccheckError
-from loccheck.jobs import BenchRunner
+from loccheck.run.jobs import TestbedRunner
 from loccheck.locations import MlpLoc
 
 MEASURES = ("hase", "loccheck")
@@ -43,12 +43,12 @@ class FactEditJob:
     prompt: str
     layer: int
     settings: dict               # the rome settings
-    bench_key: str
+    testbed_key: str
     index: int                   # position in the run, for progress
 
     @property
     def key(self) -> str:
-        return content_key({"what": "one-fact edit", "bench": self.bench_key, "prompt": self.prompt,
+        return content_key({"what": "one-fact edit", "testbed": self.testbed_key, "prompt": self.prompt,
                             "layer": self.layer, "settings": self.settings})
 
     @property
@@ -56,39 +56,39 @@ class FactEditJob:
         return f"fact {self.prompt!r} at L{self.layer}M"
 
 
-class FactEditRunner(BenchRunner):
+class FactEditRunner(TestbedRunner):
     """Edits one fact at one layer (or finds the result in the cache)."""
 
     def __call__(self, job: FactEditJob) -> dict:
         stored = self.cache.get(job.key)
         if isinstance(stored, dict) and all(isinstance(stored.get(k), float) for k in _RECORD):
             return stored
-        record = edit_one_fact(self.bench_for(job), job.prompt, job.layer, job.settings)
+        record = edit_one_fact(self.testbed_for(job), job.prompt, job.layer, job.settings)
         if all(math.isfinite(v) for v in record.values()):
             self.cache.put(job.key, record)
         return record
 
 
-def edit_one_fact(bench, prompt: str, layer: int, settings: dict) -> dict:
+def edit_one_fact(testbed, prompt: str, layer: int, settings: dict) -> dict:
     """ROME's edit of one fact at one layer: before and after it, the target's log-probability
     margin over the true attribute (`before`, `after`) and the target's log-probability
     (`target_before`, `target_after`; summed over its tokens)."""
     from loccheck.edits.rome import RomeEdit, edit_fact, fact_item, inverse_statistics
-    from loccheck.scoring import answer_logprobs
+    from loccheck.models.scoring import answer_logprobs
 
-    pair = next(p for p in bench.data.train if p.prompt == prompt)
-    ids, position, target, true = fact_item(bench, pair)
+    pair = next(p for p in testbed.data.train if p.prompt == prompt)
+    ids, position, target, true = fact_item(testbed, pair)
 
     def logprobs() -> tuple[float, float]:
         import torch
 
         with torch.no_grad():
-            lp = answer_logprobs(bench.model, [ids, ids], [target, true], bench.pad_id)
+            lp = answer_logprobs(testbed.model, [ids, ids], [target, true], testbed.pad_id)
         return float(lp[0]), float(lp[1])
     target_before, true_before = logprobs()
-    edit = RomeEdit(bench.adapter, (MlpLoc(layer),))
-    edit_fact(bench, edit, inverse_statistics(bench, settings, [layer]), ids, position, target, settings)
-    with edit.attached(bench.model):
+    edit = RomeEdit(testbed.adapter, (MlpLoc(layer),))
+    edit_fact(testbed, edit, inverse_statistics(testbed, settings, [layer]), ids, position, target, settings)
+    with edit.attached(testbed.model):
         target_after, true_after = logprobs()
     return {"before": target_before - true_before, "after": target_after - true_after,
             "target_before": target_before, "target_after": target_after}
@@ -128,10 +128,10 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
     `heuristic.window` for `loccheck`)."""
     from functools import partial
 
-    from loccheck.analysis import regress
-    from loccheck.bench import prepare_bench
+    from loccheck.studies.trace_vs_edit.regression import regress
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.cache import FitCache, cache_dir as resolve_cache
-    from loccheck.executors import get_executor
+    from loccheck.run.executors import get_executor
     from loccheck.heuristics.causal_tracing import AGGREGATES, _cached_trace
 
     if measures not in MEASURES:
@@ -146,25 +146,25 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
         raise LoccheckError(f"--window: the MLP layers restored together must be 1 or more, got {window!r}")
     window = window if window is not None else HASE_WINDOW if hase else claim.heuristic.window
     root = resolve_cache(cache_dir).absolute()
-    bench = prepare_bench(claim, root)
-    layers = list(range(bench.adapter.n_layers)) if layers is None else list(layers)
-    bench.adapter.check_inside([MlpLoc(l) for l in layers])
-    data, column = bench.data.without_test(), AGGREGATES[claim.heuristic.aggregate]
+    testbed = prepare_testbed(claim, root)
+    layers = list(range(testbed.adapter.n_layers)) if layers is None else list(layers)
+    testbed.adapter.check_inside([MlpLoc(l) for l in layers])
+    data, column = testbed.data.without_test(), AGGREGATES[claim.heuristic.aggregate]
     traces = {}
     for c in corruptions:
         try:
             traces[c] = _cached_trace(claim.heuristic.model_copy(update={"corruption": c, "window": window}),
-                                      bench.loaded, data, root)
+                                      testbed.loaded, data, root)
         except LoccheckError as err:
             raise claim.error(err.key or "heuristic", err.msg) from None
     prompts = [p for p in traces[corruptions[0]]["prompts"] if all(p in t["prompts"] for t in traces.values())]
     if not prompts:
         raise claim.error("heuristic.corruption", f"no train fact was traced by every corruption asked for "
                           f"({', '.join(corruptions)}): nothing to compare")
-    jobs = [FactEditJob(p, l, settings, bench.key, i * len(layers) + j)
+    jobs = [FactEditJob(p, l, settings, testbed.key, i * len(layers) + j)
             for i, p in enumerate(prompts) for j, l in enumerate(layers)]
     executor = get_executor(executor)
-    runner = FactEditRunner(bench, FitCache(root), bench_factory=partial(prepare_bench, claim, root))
+    runner = FactEditRunner(testbed, FitCache(root), testbed_factory=partial(prepare_testbed, claim, root))
     write = write_line or _stderr
     results = [None] * len(jobs)
     for done, (i, record) in enumerate(executor.imap(runner, jobs), 1):
@@ -194,7 +194,7 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
     out["success"], out["row_layers"] = success, [j.layer for j in jobs]
     out["row_prompts"] = [j.prompt for j in jobs]          # which fact each row is
     out["edits"] = results                                 # each row's raw before / after numbers
-    from loccheck.report.trace_vs_edit import write_report
+    from loccheck.studies.trace_vs_edit.report import write_report
 
     write_report(out, Path(out_dir))
     return out

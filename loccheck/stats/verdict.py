@@ -167,7 +167,7 @@ def decide_verdict(
     ----------
     pvalue : float
         Empirical p-value of the claim's gain against the null, one-sided "greater",
-        ``(1 + #{null >= claim}) / (n_null + 1)`` (see :func:`loccheck.stats.empirical_pvalue`).
+        ``(1 + #{null >= claim}) / (n_null + 1)`` (see :func:`loccheck.stats.pvalues.empirical_pvalue`).
     n_null : int
         Number of random locations in the null, >= 1.
     alpha : float
@@ -377,7 +377,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
     decides the verdict as `decide_verdict` says. A ceiling that did not converge
     (`ceiling_converged`, with its `ceiling_stopped` label) or falls short (`ceiling_short`)
     cannot make the claim SUPPORTED (`decide_verdict`'s SPECIFIC)."""
-    from loccheck.stats import describe, null_test, sequential_pvalue, sequential_stop_count
+    from loccheck.stats.pvalues import describe, null_test, sequential_pvalue, sequential_stop_count
 
     n_null = len(null_gains) if n_null is None else n_null
     diverged = [False] * len(null_gains) if null_diverged is None else [bool(d) for d in null_diverged]

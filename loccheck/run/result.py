@@ -58,13 +58,13 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def build_result(claim, bench, location, proposal, nulls, base, outcomes, executor: str) -> VerifyResult:
+def build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor: str) -> VerifyResult:
     from loccheck.heuristics import HEURISTICS
-    from loccheck.jobs import every_run
+    from loccheck.run.jobs import every_run
     from loccheck.locations import format_location
     from loccheck.metrics import METRICS
-    from loccheck.null import count_locations
-    from loccheck.prompts import format_prompt
+    from loccheck.stats.null import count_locations
+    from loccheck.data.prompts import format_prompt
 
     vs, metric = claim.verdict, claim.verdict.metric
     methods = [e.method for e in claim.edits]
@@ -74,8 +74,8 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
     heuristic = HEURISTICS[claim.heuristic.method]
     evidence = None if proposal is None else heuristic.evidence(
         claim.heuristic, proposal, location, not claim.location.from_heuristic)
-    sites = bench.adapter.sites(location[0].kind)
-    rs, bs, data = claim.random_locations, claim.behavior, bench.data
+    sites = testbed.adapter.sites(location[0].kind)
+    rs, bs, data = claim.random_locations, claim.behavior, testbed.data
     payload = {
         "schema_version": SCHEMA_VERSION, "loccheck_version": __version__,
         "claim_name": claim.name, "claim_file": str(claim.path) if claim.path is not None else None,
@@ -90,12 +90,12 @@ def build_result(claim, bench, location, proposal, nulls, base, outcomes, execut
         "n_null_fitted": primary["n_null_fitted"],
         "primary_method": methods[0], "tests": tests, "metric_summaries": summaries,
         "base_metrics": base, "edits": records,
-        **({"base_generations": g} if (g := bench.memo.get("unedited generations")) else {}),
-        "data": _data_record(bs.dataset, data.summary(), bench.prompt_format,
-                             format_prompt(bench.tokenizer, data.test[0].prompt, bench.prompt_format,
+        **({"base_generations": g} if (g := testbed.memo.get("unedited generations")) else {}),
+        "data": _data_record(bs.dataset, data.summary(), testbed.prompt_format,
+                             format_prompt(testbed.tokenizer, data.test[0].prompt, testbed.prompt_format,
                                            bs.system_prompt),
-                             {k: len(getattr(bench, k)) for k in ("train", "validation", "test")}),
-        "model": {**bench.loaded.info, **bench.adapter.describe()},
+                             {k: len(getattr(testbed, k)) for k in ("train", "validation", "test")}),
+        "model": {**testbed.loaded.info, **testbed.adapter.describe()},
         "config": claim.effective_config(), "versions": _versions(),
         "seeds": {**{f"edit[{i}]": e.seed for i, e in enumerate(claim.edits) if hasattr(e, "seed")},
                   "random_locations": rs.seed, "split": bs.split.seed},
@@ -113,8 +113,8 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
     gains for the claim, the ceiling and the null (records are in job order: claim, ceiling,
     then the null's draws)."""
     from loccheck.metrics import METRICS
-    from loccheck.stats import describe
-    from loccheck.verdict import examine_location
+    from loccheck.stats.pvalues import describe
+    from loccheck.stats.verdict import examine_location
 
     vs, metric = claim.verdict, claim.verdict.metric
     better = METRICS[metric].improvement
@@ -150,8 +150,8 @@ def _metric_pvalue(name: str, verdict_metric: str, test: dict, claim_r: dict, ra
     the first l of N draws, chosen by another metric's outcome, so the p-value is descriptive
     (`p_value_draws` says on how many)."""
     from loccheck.metrics import METRICS
-    from loccheck.stats import null_test
-    from loccheck.verdict import compared_gains
+    from loccheck.stats.pvalues import null_test
+    from loccheck.stats.verdict import compared_gains
 
     if name == verdict_metric:
         return {"p_value": test["p_value"], "p_value_draws": test["n_null_fitted"], "p_value_descriptive": False}

@@ -56,20 +56,6 @@ class FactTrace:
         return self.p_clean - self.p_corrupt
 
 
-def subject_span(tokenizer, prompt: str, subject: str, ids: Sequence[int]) -> tuple[int, int] | None:
-    """The tokens of `ids` (the prompt tokenized with special tokens) that spell the first
-    occurrence of `subject`; None if the tokenizer cannot say (no character offsets)."""
-    start = prompt.find(subject)
-    if start < 0:
-        return None
-    end = start + len(subject)
-    enc = tokenizer(prompt, return_offsets_mapping=True)
-    if list(enc.input_ids) != list(ids) or "offset_mapping" not in enc:
-        return None
-    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
-    return (inside[0], inside[-1] + 1) if inside else None
-
-
 def token_groups(n_tokens: int, span: tuple[int, int]) -> list[list[int]]:
     """The token positions of each of GROUPS (a group may be empty, or share a token)."""
     s, e = span
@@ -118,7 +104,7 @@ def _with_first(y, value):
 
 
 def _answer_probs(model, ids, answer: int):
-    from loccheck.scoring import float32_logits
+    from loccheck.models.scoring import float32_logits
 
     body = getattr(model, model.base_model_prefix)
     hidden = body(input_ids=ids).last_hidden_state[:, -1]

@@ -8,7 +8,7 @@ prompt needs only the question). The request settings (max_tokens, temperature) 
 retries are counted here, so a message says how many requests were really sent, and the
 server's own reason is quoted. A reply is read leniently (`read_verdict`: "True.", "Answer:
 Yes", "Nope", a reasoning block before the word); one that cannot be read is that answer's
-missing value, counted and reported (the bench refuses a run past `generation.judge_max_unread`).
+missing value, counted and reported (the testbed refuses a run past `generation.judge_max_unread`).
 The base URL comes from the claim, then LOCCHECK_JUDGE_BASE_URL, then OPENAI_BASE_URL; the key
 only from LOCCHECK_JUDGE_API_KEY or OPENAI_API_KEY, never written anywhere. Replies are cached by
 a hash of (host, model, settings, prompt).

@@ -6,19 +6,26 @@ fact: a counterfactual target, another fact's attribute of the same relation dra
 seed, over the true attribute (Hase et al.'s main editing problem, error injection). Pairs
 are grouped by subject, so the split is by subject. Only facts the model itself completes
 correctly are used: `known_filter` keeps a fact when the model's greedy continuation of its
-prompt is the true attribute, token for token. numpy and the standard library only here.
+prompt is the true attribute, token for token. numpy and the standard library only.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from loccheck.data.pairs import PreferencePair
+from loccheck.data.prompts import answer_ids, prompt_ids
+from loccheck.data.sources import find_data_file, read_data_text
 from loccheck.errors import DataError
 
+KNOWN_FACTS_FILE = "known_1000.json"
+
 _FIELDS = ("subject", "attribute", "prompt", "relation_id")
+
 KNOWN_RULE = "the model's greedy continuation of the prompt is the true attribute, token for token"
 
 
@@ -71,11 +78,19 @@ def read_known_facts(file: Path, text: str, *, seed: int, key: str = "behavior.p
     return facts
 
 
+def read_known_facts_file(path: str | None, base_dir: Path | None, *, seed: int):
+    """ROME's known facts as questions (one per subject): `path`, else $LOCCHECK_DATA_DIR."""
+    file, tried = find_data_file(KNOWN_FACTS_FILE, path, base_dir)
+    if file is None:
+        raise DataError(f"known facts ({KNOWN_FACTS_FILE}) not found: " + "; ".join(tried))
+    text, sha = read_data_text(file)
+    facts = read_known_facts(file, text, seed=seed)
+    return fact_questions(facts), str(file), sha, {f.prompt: f for f in facts}
+
+
 def fact_questions(facts: list[Fact]):
     """The facts as load_behavior's questions: (subject, its pairs, its answers), in file order
     of each subject's first fact; a prompt seen twice keeps its first fact."""
-    from loccheck.data import PreferencePair
-
     groups: dict[str, list] = {}
     seen = set()
     for f in facts:
@@ -87,25 +102,34 @@ def fact_questions(facts: list[Fact]):
             for subject, pairs in groups.items()]
 
 
-def known_filter(loaded, prompt_format: str, cache, identity: dict):
-    """`keep(pairs) -> [bool]` for load_behavior: whether the model completes each fact's prompt
-    with its true attribute (the pair's rejected answer) greedily. Answers are cached per
-    model, data and prompt format (`identity`), so each fact is checked once."""
-    from loccheck.cache import content_key
-    from loccheck.prompts import answer_ids, prompt_ids
-    from loccheck.scoring import greedy_matches
+@dataclass(frozen=True)
+class FactTokens:
+    """A fact tokenized in one prompt format: what causal tracing and ROME both read."""
+    ids: tuple[int, ...]            # the prompt's token ids
+    span: tuple[int, int]           # the subject's tokens [start, end)
+    attribute: tuple[int, ...]      # the true attribute's ids (may be empty)
+    counterfactual: tuple[int, ...]  # the counterfactual target's ids (may be empty)
 
-    key = content_key({"what": "known facts", "rule": KNOWN_RULE, **identity})
-    known: dict[str, bool] = dict((cache.get(key) or {}).get("known", {}))
 
-    def keep(pairs) -> list[bool]:
-        todo = list(dict.fromkeys(p.prompt for p in pairs if p.prompt not in known))
-        if todo:
-            true = {p.prompt: p.rejected for p in pairs}
-            tok = loaded.tokenizer
-            flags = greedy_matches(loaded.model, [prompt_ids(tok, q, prompt_format, None) for q in todo],
-                                   [answer_ids(tok, true[q], prompt_format) for q in todo], loaded.pad_id)
-            known.update(zip(todo, flags))
-            cache.put(key, {"known": known})
-        return [bool(known[p.prompt]) for p in pairs]
-    return keep
+def fact_tokens(tokenizer, fact: Fact, prompt_format: str, system_prompt: str | None) -> FactTokens | None:
+    """`fact` tokenized, or None when its subject cannot be found among the prompt's tokens."""
+    ids = prompt_ids(tokenizer, fact.prompt, prompt_format, system_prompt)
+    span = subject_span(tokenizer, fact.prompt, fact.subject, ids)
+    if span is None:
+        return None
+    return FactTokens(ids, span, answer_ids(tokenizer, fact.attribute, prompt_format),
+                      answer_ids(tokenizer, fact.counterfactual, prompt_format))
+
+
+def subject_span(tokenizer, prompt: str, subject: str, ids: Sequence[int]) -> tuple[int, int] | None:
+    """The tokens of `ids` (the prompt tokenized with special tokens) that spell the first
+    occurrence of `subject`; None if the tokenizer cannot say (no character offsets)."""
+    start = prompt.find(subject)
+    if start < 0:
+        return None
+    end = start + len(subject)
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    if list(enc.input_ids) != list(ids) or "offset_mapping" not in enc:
+        return None
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
+    return (inside[0], inside[-1] + 1) if inside else None

@@ -28,7 +28,7 @@ class Job:
     location: tuple | None       # sorted sites; None is the whole model (the ceiling)
     role: str                    # "claim", "ceiling" or "random"
     index: int | None            # the draw's index for role "random"
-    bench_key: str               # identity of the model and data (Bench.key)
+    testbed_key: str               # identity of the model and data (Testbed.key)
     # a fitted edit to start from, (settings, location, state), named in `settings` by its key
     start: tuple | None = field(default=None, compare=False, repr=False)
 
@@ -38,11 +38,11 @@ class Job:
 
     @property
     def key(self) -> str:
-        return content_key({"what": "fit", "bench": self.bench_key, "method": self.method,
+        return content_key({"what": "fit", "testbed": self.testbed_key, "method": self.method,
                             "settings": self.settings, "location": self.location_text})
 
     def score_key(self, metric: str, inputs: dict | None = None) -> str:
-        """`inputs`: what the metric's input depends on beyond the bench (`Bench.input_identity`)."""
+        """`inputs`: what the metric's input depends on beyond the testbed (`Testbed.input_identity`)."""
         what = {"what": "score", "fit": self.key, "metric": metric, "split": "test"}
         return content_key(what if inputs is None else {**what, "inputs": inputs})
 
@@ -122,47 +122,47 @@ def diverged(info: dict) -> bool:
     return info.get("stopped") == "diverged"
 
 
-class BenchRunner:
-    """A callable an executor maps over jobs, against one bench.
+class TestbedRunner:
+    """A callable an executor maps over jobs, against one testbed.
 
-    The bench (a loaded model) is not pickled: an executor in another process gives the
-    runner a bench of its own there (`bench_factory`)."""
+    The testbed (a loaded model) is not pickled: an executor in another process gives the
+    runner a testbed of its own there (`testbed_factory`)."""
 
-    def __init__(self, bench, cache, bench_factory=None):
-        self.bench, self.cache, self.bench_factory = bench, cache, bench_factory
+    def __init__(self, testbed, cache, testbed_factory=None):
+        self.testbed, self.cache, self.testbed_factory = testbed, cache, testbed_factory
 
     def __getstate__(self):
-        return {**self.__dict__, "bench": None}
+        return {**self.__dict__, "testbed": None}
 
-    def bench_for(self, job):
-        """This process's bench, which must be the one `job` was planned on."""
-        if self.bench is None:
-            self.bench = self.bench_factory()
-        if self.bench.key != job.bench_key:   # another model, code or device than the driver's
-            raise LoccheckError(f"this worker's bench ({_bench_summary(self.bench)}) is not the one "
+    def testbed_for(self, job):
+        """This process's testbed, which must be the one `job` was planned on."""
+        if self.testbed is None:
+            self.testbed = self.testbed_factory()
+        if self.testbed.key != job.testbed_key:   # another model, code or device than the driver's
+            raise LoccheckError(f"this worker's testbed ({_testbed_summary(self.testbed)}) is not the one "
                                 f"{job.label} was planned on: install the same loccheck and libraries, "
                                 "give it the same model files, and set model.device explicitly",
                                 key="executor")
-        return self.bench
+        return self.testbed
 
 
-class JobRunner(BenchRunner):
+class JobRunner(TestbedRunner):
     """Runs edit jobs: fits (or finds) each and scores it on `metrics`."""
 
-    def __init__(self, bench, cache, metrics: Sequence[str], bench_factory=None):
-        super().__init__(bench, cache, bench_factory)
+    def __init__(self, testbed, cache, metrics: Sequence[str], testbed_factory=None):
+        super().__init__(testbed, cache, testbed_factory)
         self.metrics = tuple(metrics)
 
     def __call__(self, job: Job) -> EditOutcome:
-        return run_job(self.bench_for(job), self.cache, job, self.metrics)
+        return run_job(self.testbed_for(job), self.cache, job, self.metrics)
 
 
-def _bench_summary(bench) -> str:
-    info = bench.loaded.info
+def _testbed_summary(testbed) -> str:
+    info = testbed.loaded.info
     return f"{info['name']} on {info['device']} in {info['dtype']}"
 
 
-def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
+def run_job(testbed, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
     """Fit `job` unless its fit is cached, then score every metric not cached for it. A
     diverged fit and a score that is not finite are never cached: they are reported as such,
     and fitted again by the next run rather than trusted."""
@@ -177,29 +177,29 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
         cache.discard(job.key, f"not a fit of {job.label} at {job.location_text}")
     edit, fitted = None, record is None
     if fitted:
-        made = method.fit(bench, job.settings, job.location,
+        made = method.fit(testbed, job.settings, job.location,
                           **({"start": job.start} if job.start is not None else {}))
         edit = made.edit
         record = FitRecord(job.method, job.location_text, edit.n_params, made.info, edit.state())
         if not diverged(made.info):
             cache.put(job.key, record.to_json())
-    keys = {m: job.score_key(m, bench.input_identity(METRICS[m].needs)) for m in metrics}
+    keys = {m: job.score_key(m, testbed.input_identity(METRICS[m].needs)) for m in metrics}
     score_seconds: dict[str, float] = {}
     scores = _cached_scores(cache, keys)
     missing = [m for m, v in scores.items() if v is None]
     if missing:
         if edit is None:
-            edit = method.restore(bench, job.settings, job.location, record.state)
+            edit = method.restore(testbed, job.settings, job.location, record.state)
         fresh = {}
-        with edit.attached(bench.model):
+        with edit.attached(testbed.model):
             for need in dict.fromkeys(METRICS[m].needs for m in missing):   # timed per input
                 group = [m for m in missing if METRICS[m].needs == need]
                 began = time.monotonic()
-                fresh.update(bench.score(group, on_batch=edit.on_batch))
+                fresh.update(testbed.score(group, on_batch=edit.on_batch))
                 seconds = time.monotonic() - began
                 score_seconds.update({m: seconds / len(group) for m in group})
         for m in missing:
-            scores[m] = {"value": fresh[m], **_answers_of(bench, m)}
+            scores[m] = {"value": fresh[m], **_answers_of(testbed, m)}
             if diverged(record.info) or not math.isfinite(fresh[m]):
                 continue
             cache.put(keys[m], scores[m])
@@ -208,12 +208,12 @@ def run_job(bench, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
                        score_seconds=score_seconds, state=record.state, generations=generations_of(scores))
 
 
-def _answers_of(bench, metric: str) -> dict:
+def _answers_of(testbed, metric: str) -> dict:
     """A generation metric's score keeps the judged answers' record beside its value (cached with
     it), so a report rendered from cached scores still shows the answers."""
     from loccheck.metrics import METRICS
 
-    return {"generations": bench.last_generations} if METRICS[metric].needs == "generations" else {}
+    return {"generations": testbed.last_generations} if METRICS[metric].needs == "generations" else {}
 
 
 def generations_of(scores: dict) -> dict | None:
@@ -250,23 +250,23 @@ def _record_or_none(stored, job: Job) -> FitRecord | None:
     return record
 
 
-def unedited_scores(bench, cache, metrics: Sequence[str]) -> dict[str, float]:
+def unedited_scores(testbed, cache, metrics: Sequence[str]) -> dict[str, float]:
     """The unedited model's test metrics, cached per metric like an edit's."""
     from loccheck.metrics import METRICS
 
-    keys = {m: content_key({"what": "unedited score", "bench": bench.key, "metric": m, "split": "test",
-                            **({"inputs": i} if (i := bench.input_identity(METRICS[m].needs)) else {})})
+    keys = {m: content_key({"what": "unedited score", "testbed": testbed.key, "metric": m, "split": "test",
+                            **({"inputs": i} if (i := testbed.input_identity(METRICS[m].needs)) else {})})
             for m in metrics}
     scores = _cached_scores(cache, keys)
     missing = [m for m, v in scores.items() if v is None]
     if missing:
-        fresh = bench.score(missing)
+        fresh = testbed.score(missing)
         for m in missing:
             if not math.isfinite(fresh[m]):
                 raise LoccheckError(f"the unedited model's {m} on the test questions is {fresh[m]}: the "
-                                    f"model's outputs are not finite in {bench.loaded.info['dtype']} "
+                                    f"model's outputs are not finite in {testbed.loaded.info['dtype']} "
                                     "(try model.dtype: float32)", key="model.dtype")
-            scores[m] = {"value": fresh[m], **_answers_of(bench, m)}
+            scores[m] = {"value": fresh[m], **_answers_of(testbed, m)}
             cache.put(keys[m], scores[m])
-    bench.memo["unedited generations"] = generations_of(scores)
+    testbed.memo["unedited generations"] = generations_of(scores)
     return {m: scores[m]["value"] for m in metrics}

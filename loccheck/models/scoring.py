@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from loccheck.prompts import TokenizedPair
+from loccheck.data.prompts import TokenizedPair
 
 
 OnBatch = Callable[[torch.Tensor], None]

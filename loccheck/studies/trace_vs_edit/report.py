@@ -31,7 +31,7 @@ MEASURED = {
 
 
 def write_report(result: dict, out_dir: Path) -> Path:
-    from loccheck.analysis import sentence
+    from loccheck.studies.trace_vs_edit.regression import sentence
 
     measures = result.get("measures", "loccheck")
     out_dir.mkdir(parents=True, exist_ok=True)

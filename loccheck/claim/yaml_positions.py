@@ -12,16 +12,14 @@ from pathlib import Path
 
 import yaml
 
+from loccheck.claim.keys import KeyPath, Pos, dotted
 from loccheck.errors import ClaimError
 
-Loc = tuple[str | int, ...]
-Pos = tuple[int, int]  # (line, col), 1-based
 
-
-def read_yaml(text: str, path: Path | None) -> tuple[object, dict[Loc, Pos], dict[Loc, Pos]]:
+def read_yaml(text: str, path: Path | None) -> tuple[object, dict[KeyPath, Pos], dict[KeyPath, Pos]]:
     """(data, where each value starts, where each mapping key starts)."""
-    values: dict[Loc, Pos] = {}
-    keys: dict[Loc, Pos] = {}
+    values: dict[KeyPath, Pos] = {}
+    keys: dict[KeyPath, Pos] = {}
     loader = None
     try:
         loader = _Loader(text)  # the reader rejects control characters here
@@ -80,7 +78,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _NOT_PLAIN = {f"tag:yaml.org,2002:{name}" for name in ("binary", "set", "omap", "pairs")}
 
 
-def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None, sizes: dict) -> int:
+def _walk(node: yaml.Node, loc: KeyPath, values: dict, keys: dict, path: Path | None, sizes: dict) -> int:
     """Record where each value starts; refuse non-string keys, duplicate keys, unknown tags,
     lone surrogates and aliases that expand too far. Return how many values `node` expands to,
     each alias counted in full; `sizes` memoises that per node (None while inside it)."""
@@ -114,7 +112,7 @@ def _walk(node: yaml.Node, loc: Loc, values: dict, keys: dict, path: Path | None
     return size
 
 
-def _record_key(knode: yaml.Node, loc: Loc, keys: dict, path: Path | None) -> Loc:
+def _record_key(knode: yaml.Node, loc: KeyPath, keys: dict, path: Path | None) -> KeyPath:
     """The loc of a mapping key, recorded in `keys`; refuse non-string and duplicate keys."""
     kpos = _pos(knode)
     if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (_STR_TAG, "tag:yaml.org,2002:merge"):
@@ -129,7 +127,7 @@ def _record_key(knode: yaml.Node, loc: Loc, keys: dict, path: Path | None) -> Lo
     return kloc
 
 
-def _check_unicode(node: yaml.ScalarNode, loc: Loc, path: Path | None) -> None:
+def _check_unicode(node: yaml.ScalarNode, loc: KeyPath, path: Path | None) -> None:
     # a "\ud800" escape yields a lone surrogate, which no tokenizer, file or terminal takes
     try:
         node.value.encode("utf-8")
@@ -152,12 +150,3 @@ def _yaml_error(err: yaml.MarkedYAMLError, path: Path | None) -> ClaimError:
         msg += "; claim files may only use plain YAML values"
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
     return ClaimError(path, line, col, "", msg)
-
-
-def dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-

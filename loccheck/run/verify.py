@@ -1,4 +1,4 @@
-"""Orchestration: claim -> bench -> heuristic -> location and null -> jobs -> verdict -> report.
+"""Orchestration: claim -> testbed -> heuristic -> location and null -> jobs -> verdict -> report.
 The CLI and the pytest plugin are thin layers on `verify`."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from loccheck.claim import Claim, load_claim
 from loccheck.errors import ClaimError, LoccheckError
-from loccheck.result import VerifyResult, build_result
+from loccheck.run.result import VerifyResult, build_result
 
 
 CHECKING = "checking the claim's inputs (data, model files, folders)"
@@ -37,10 +37,10 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     plain lines (default: stderr). `inputs` is what `inspect` returned for this claim (it is
     inspected here otherwise).
     """
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.cache import FitCache, cache_dir as resolve_cache
-    from loccheck.executors import get_executor
-    from loccheck.jobs import JobRunner, unedited_scores
+    from loccheck.run.executors import get_executor
+    from loccheck.run.jobs import JobRunner, unedited_scores
 
     from loccheck.progress import Phases, progress_mode
 
@@ -57,23 +57,23 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     cache = FitCache(cache_root, refresh=refresh)
     with phase(f"loading the model ({claim.model.name}, {claim.model.dtype}) and the "
                f"{claim.behavior.dataset} pairs"):
-        bench = prepare_bench(claim, cache_root, inputs)
+        testbed = prepare_testbed(claim, cache_root, inputs)
     from loccheck.heuristics import HEURISTICS
 
     ranks = HEURISTICS[claim.heuristic.method].run is not None   # `manual` runs nothing: no phase line
-    with (phase(f"running the heuristic ({claim.heuristic.method}) on the {len(bench.train)} train and "
-                f"{len(bench.validation)} validation pairs") if ranks else contextlib.nullcontext()):
-        proposal = _propose(claim, bench)                 # the heuristic: no test questions
+    with (phase(f"running the heuristic ({claim.heuristic.method}) on the {len(testbed.train)} train and "
+                f"{len(testbed.validation)} validation pairs") if ranks else contextlib.nullcontext()):
+        proposal = _propose(claim, testbed)                 # the heuristic: no test questions
     location = proposal.top(claim.heuristic.top_k) if claim.location.from_heuristic else claim.location.parsed
-    nulls = _draw_null(claim, bench, location)
+    nulls = _draw_null(claim, testbed, location)
     metrics = claim.all_metrics
-    with phase(f"scoring the unedited model on the {len(bench.test)} test pairs ({', '.join(metrics)})"):
-        base = unedited_scores(bench, cache, metrics)
-    jobs = edit_jobs(claim, bench.key, location, nulls, len(bench.adapter.sites(claim.site_kind)))
-    runner = JobRunner(bench, cache, metrics, bench_factory=partial(prepare_bench, claim, cache_root))
-    outcomes = _run(claim, jobs, runner, executor, bench, base,
+    with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
+        base = unedited_scores(testbed, cache, metrics)
+    jobs = edit_jobs(claim, testbed.key, location, nulls, len(testbed.adapter.sites(claim.site_kind)))
+    runner = JobRunner(testbed, cache, metrics, testbed_factory=partial(prepare_testbed, claim, cache_root))
+    outcomes = _run(claim, jobs, runner, executor, testbed, base,
                     _progress(claim, len(jobs), progress, base, write_line))
-    result = build_result(claim, bench, location, proposal, nulls, base, outcomes, executor.name)
+    result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name)
     if not write_report:
         return result
     from loccheck.files import write_json_atomic
@@ -89,7 +89,7 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
 
 def run_costs(outcomes) -> dict:
     """Seconds this run spent: fitting (per role) and scoring (per metric; 0 when cached)."""
-    from loccheck.jobs import every_run
+    from loccheck.run.jobs import every_run
 
     fitting: dict[str, float] = {}
     scoring: dict[str, float] = {}
@@ -106,10 +106,10 @@ def run_costs(outcomes) -> dict:
 def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None):
     """Every check that can be made before fitting: the cache and report folders can be
     written, the data loads, the model's files are sound, the location lies inside the model,
-    the prompts fit its context. Returns the `bench.ClaimInputs` that `verify` takes. Every
+    the prompts fit its context. Returns the `inspect.ClaimInputs` that `verify` takes. Every
     error names the claim file (a folder that cannot be written is this claim's problem too),
     for the CLI and the plugin alike."""
-    from loccheck.bench import inspect_claim
+    from loccheck.run.inspect import inspect_claim
     from loccheck.cache import cache_dir as resolve_cache
     from loccheck.errors import ClaimError
     from loccheck.files import check_writable_folder
@@ -129,11 +129,11 @@ def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path |
     return inputs
 
 
-def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple], n_sites: int) -> list:
+def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple], n_sites: int) -> list:
     """Per edit method, in claim order: the claim, the ceiling (all `n_sites` sites), then the
     null's draws in order."""
     from loccheck.edits import EDIT_METHODS
-    from loccheck.jobs import Job
+    from loccheck.run.jobs import Job
 
     jobs = []
     for section in claim.edits:
@@ -143,13 +143,13 @@ def edit_jobs(claim: Claim, bench_key: str, location: tuple, nulls: list[tuple],
         local = method.settings(section, size=size, claim_size=size, verdict_metric=metric, site_kind=kind)
         ceiling = method.settings(section, size=n_sites, claim_size=size, verdict_metric=metric,
                                   site_kind=kind, ceiling=True)
-        jobs += [Job(section.method, local, location, "claim", None, bench_key),
-                 Job(section.method, ceiling, None, "ceiling", None, bench_key)]
-        jobs += [Job(section.method, local, loc, "random", i, bench_key) for i, loc in enumerate(nulls)]
+        jobs += [Job(section.method, local, location, "claim", None, testbed_key),
+                 Job(section.method, ceiling, None, "ceiling", None, testbed_key)]
+        jobs += [Job(section.method, local, loc, "random", i, testbed_key) for i, loc in enumerate(nulls)]
     return jobs
 
 
-def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
+def _run(claim, jobs, runner, executor, testbed, base, progress) -> list:
     """The outcomes, in job order. Per edit method: the claim and the ceiling, then the null in
     waves of the executor's width; with `random_locations.stop: sequential` a method's null
     stops at the first wave after which the test is decided (`stats.sequential_decided`, on the
@@ -157,8 +157,8 @@ def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
     ceiling is an optimum, the ceiling is continued from any fitted edit that fits the training
     pairs better (`continued_ceiling`)."""
     from loccheck.metrics import METRICS
-    from loccheck.stats import sequential_decided, sequential_stop_count
-    from loccheck.verdict import compared_gains, min_null_size
+    from loccheck.stats.pvalues import sequential_decided, sequential_stop_count
+    from loccheck.stats.verdict import compared_gains, min_null_size
 
     rs, vs = claim.random_locations, claim.verdict
     sequential = rs.stop == "sequential" and rs.n >= min_null_size(vs.alpha)
@@ -168,7 +168,7 @@ def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
     def gain(o):
         return better(o.metrics[vs.metric] - base[vs.metric])
     outcomes = []
-    bench.on_step = progress.on_step
+    testbed.on_step = progress.on_step
     try:
         for method in dict.fromkeys(j.method for j in jobs):
             mine = [j for j in jobs if j.method == method]
@@ -189,7 +189,7 @@ def _run(claim, jobs, runner, executor, bench, base, progress) -> list:
                                         progress)
             outcomes += [head_outcomes[0], ceiling, *fitted]
     finally:
-        bench.on_step = None
+        testbed.on_step = None
         progress.close()
     return outcomes
 
@@ -252,13 +252,13 @@ def _progress(claim, n_jobs, progress, base, write_line):
                     base=base[claim.verdict.metric], write=write_line, title=f"{claim.name} ")
 
 
-def _propose(claim: Claim, bench):
+def _propose(claim: Claim, testbed):
     """The claim's heuristic on the data without its test split (None for `manual`)."""
     from loccheck.heuristics import HEURISTICS
 
     try:
         return HEURISTICS[claim.heuristic.method].propose(
-            claim.heuristic, bench.loaded, bench.data.without_test(), bench.cache_root,
+            claim.heuristic, testbed.loaded, testbed.data.without_test(), testbed.cache_root,
             seed=claim.behavior.split.seed)
     except ClaimError:
         raise
@@ -266,12 +266,12 @@ def _propose(claim: Claim, bench):
         raise claim.error(err.key or "heuristic", err.msg) from None
 
 
-def _draw_null(claim: Claim, bench, location: tuple) -> list[tuple]:
-    from loccheck.null import sample_null_locations
+def _draw_null(claim: Claim, testbed, location: tuple) -> list[tuple]:
+    from loccheck.stats.null import sample_null_locations
 
     rs = claim.random_locations
     try:
-        return sample_null_locations(bench.adapter.sites(claim.site_kind), size=len(location), n=rs.n,
+        return sample_null_locations(testbed.adapter.sites(claim.site_kind), size=len(location), n=rs.n,
                                      seed=rs.seed,
                                      match_layers_of=location if rs.match_layers else None)
     except LoccheckError as err:
@@ -283,7 +283,7 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
     """Run the claim's heuristic: (the top-k sites, {site: score}, the Proposal). k from
     `top_k`, else heuristic.top_k, else the number of claimed sites. The heuristic sees the
     train and validation questions only."""
-    from loccheck.bench import prepare_bench
+    from loccheck.run.testbed import prepare_testbed
     from loccheck.cache import cache_dir as resolve_cache
     from loccheck.heuristics import HEURISTICS
 
@@ -295,11 +295,11 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
     if top_k is not None and top_k < 1:
         raise LoccheckError(f"top_k must be at least 1, got {top_k}", key="top_k")
     k = top_k if top_k is not None else getattr(claim.heuristic, "top_k", None) or len(claim.location.sites)
-    bench = prepare_bench(claim, resolve_cache(cache_dir))
-    n_sites = len(bench.adapter.sites(claim.site_kind))
+    testbed = prepare_testbed(claim, resolve_cache(cache_dir))
+    n_sites = len(testbed.adapter.sites(claim.site_kind))
     if not 1 <= k < n_sites:
         raise claim.error("heuristic.top_k", f"top_k must be between 1 and {n_sites - 1} for this "
                           f"model, got {k}")
-    proposal = _propose(claim, bench)
+    proposal = _propose(claim, testbed)
     sites = proposal.top(k)
     return sites, {str(s): proposal.score(s) for s in sites}, proposal
