@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from loccheck.edits.iti import ITISettings
 from loccheck.run.executors import SerialExecutor, get_executor
 from loccheck.errors import LoccheckError
 from loccheck.run.jobs import FitRecord, Job, JobRunner
@@ -16,7 +17,7 @@ LOC = (HeadLoc(0, 1), HeadLoc(3, 2))
 
 
 def _job(**kw):
-    base = dict(method="optimal", settings={"learning_rate": 0.01, "seed": 0}, location=LOC,
+    base = dict(method="iti", settings=ITISettings((0.0, 5.0), "answer", "preference_margin"), location=LOC,
                 role="random", index=4, testbed_key="b" * 64)
     return Job(**{**base, **kw})
 
@@ -25,14 +26,15 @@ def test_a_job_pickles_and_names_its_cache_key():
     job = _job()
     back = pickle.loads(pickle.dumps(job))
     assert back == job and back.key == job.key and len(job.key) == 64
-    assert job.label == "random 4 [optimal]" and job.location_text == ["L0H1", "L3H2"]
+    assert job.label == "random 4 [iti]" and job.location_text == ["L0H1", "L3H2"]
 
 
 def test_role_and_index_are_not_part_of_the_key():
     # a random draw equal to another claim's location reuses its fit
     assert _job(role="claim", index=None).key == _job().key
-    for change in (dict(settings={"learning_rate": 0.02, "seed": 0}), dict(location=LOC[:1]),
-                   dict(location=None), dict(method="iti"), dict(testbed_key="c" * 64)):
+    for change in (dict(settings=ITISettings((0.0, 10.0), "answer", "preference_margin")), dict(location=LOC[:1]),
+                   dict(location=None), dict(method="optimal"), dict(testbed_key="c" * 64),
+                   dict(continued_from="d" * 64)):
         assert _job(**change).key != _job().key, change
 
 
@@ -55,11 +57,12 @@ def test_fit_record_round_trips_its_parameters_bit_for_bit():
         assert back.state[name].tobytes() == state[name].tobytes()
 
 
-def test_a_runner_pickles_without_its_testbed():
+def test_a_runner_pickles_without_its_testbed_and_progress_callback():
+    # the callback reports to this process's progress; a lambda could not be pickled at all
     runner = JobRunner(testbed=object(), cache=None, metrics=["preference_margin"],
-                       testbed_factory=None)
+                       testbed_factory=None, on_step=lambda step, n, loss: None)
     clone = pickle.loads(pickle.dumps(runner))
-    assert clone.testbed is None and clone.metrics == ("preference_margin",)
+    assert clone.testbed is None and clone.on_step is None and clone.metrics == ("preference_margin",)
 
 
 def test_serial_executor_yields_in_job_order():

@@ -1,5 +1,5 @@
 """ITI probing (localize.py) on planted signals, on the real data's splits, end to end on a
-tiny model, and its heatmap (plots.plot_probe_heatmap)."""
+tiny model, and its heatmap (heuristics.probe.plot_probe_heatmap)."""
 from __future__ import annotations
 
 import json
@@ -178,7 +178,7 @@ def test_end_to_end_on_a_tiny_llama(tmp_path):
 
 def test_probe_heatmap_is_deterministic_and_valid(tmp_path):
     import matplotlib.pyplot as plt
-    from loccheck.report.plots import plot_probe_heatmap
+    from loccheck.heuristics.probe import plot_probe_heatmap
 
     rng = np.random.default_rng(0)
     acc = 0.5 + 0.3 * rng.random((30, 9))

@@ -13,8 +13,9 @@ import pytest
 
 from loccheck import files
 from loccheck.files import write_json_atomic, write_text_atomic
+from loccheck.edits.optimal import plot_loss_curves
 from loccheck.report import plots, render_markdown, render_report, upgrade
-from loccheck.report.format import P_CONVENTION
+from loccheck.render.format import P_CONVENTION
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FILES = {"report.md", "null_hist.png", "null_hist_preference_accuracy.png", "loss_curves.png"}
@@ -233,8 +234,8 @@ def test_plots_byte_identical_and_closed(result, tmp_path):
     p1 = plots.plot_null_histogram(*args, tmp_path / "h1.png", **kw)
     p2 = plots.plot_null_histogram(*args, tmp_path / "h2.png", **kw)
     assert p1.read_bytes() == p2.read_bytes()
-    l1 = plots.plot_loss_curves(result["edits"], tmp_path / "l1.png")
-    l2 = plots.plot_loss_curves(result["edits"], tmp_path / "l2.png")
+    l1 = plot_loss_curves(result["edits"], tmp_path / "l1.png")
+    l2 = plot_loss_curves(result["edits"], tmp_path / "l2.png")
     assert l1.read_bytes() == l2.read_bytes()
     assert plt.get_fignums() == []
 
@@ -245,8 +246,8 @@ def test_plots_tolerate_nan_and_empty(tmp_path):
     assert p.read_bytes()[:8] == PNG_MAGIC
     edits = [{"role": "claim", "loss_curve": [1.0, -0.5, float("nan")]},
              {"role": "random", "index": 0, "loss_curve": []}]
-    assert plots.plot_loss_curves(edits, tmp_path / "l.png").read_bytes()[:8] == PNG_MAGIC
-    assert plots.plot_loss_curves([], tmp_path / "e.png").read_bytes()[:8] == PNG_MAGIC
+    assert plot_loss_curves(edits, tmp_path / "l.png").read_bytes()[:8] == PNG_MAGIC
+    assert plot_loss_curves([], tmp_path / "e.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_write_json_atomic_round_trip(tmp_path):

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -113,10 +114,10 @@ def test_the_value_is_clamped_at_a_multiple_of_the_output(tmp_path):
     testbed, settings = _testbed(tmp_path)
     ids, position, target = _fact_items(testbed)[0]
     v0 = _output_at(testbed, 0, ids, position)
-    clamped = {**settings, "clamp_norm_factor": 0.25, "v_weight_decay": 0.0, "v_steps": 30}
+    clamped = dataclasses.replace(settings, clamp_norm_factor=0.25, v_weight_decay=0.0, v_steps=30)
     delta = _value_delta(testbed, 0, ids, position, target, v0, clamped)
     assert float(delta.norm()) == pytest.approx(0.25 * float(v0.norm()), rel=1e-5)
-    free = _value_delta(testbed, 0, ids, position, target, v0, {**clamped, "clamp_norm_factor": 0.0})
+    free = _value_delta(testbed, 0, ids, position, target, v0, dataclasses.replace(clamped, clamp_norm_factor=0.0))
     assert float(free.norm()) > 0.25 * float(v0.norm())
 
 

@@ -35,8 +35,9 @@ from typing import Annotated, Callable, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from loccheck.edits import EditMethod, Fitted, register_edit_method
+from loccheck.edits import EditMethod, EditSettings, Fitted, register_edit_method
 from loccheck.locations import HeadLoc
+from loccheck.render.format import edits_of, fmt, site_noun
 from loccheck.schema import Number, Section
 
 POSITIONS = ("answer", "last", "all")
@@ -256,10 +257,16 @@ def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[To
     return min((a for a in finite if sign * table[a] == best), key=lambda a: (abs(a), a)), table
 
 
+@dataclass(frozen=True)
+class ITISettings(EditSettings):
+    alphas: tuple[float, ...]    # the grid swept on the validation questions
+    positions: str               # where the shift is added ("answer")
+    metric: str                  # alpha is chosen by the verdict's metric: part of the fit
+
+
 def _settings(section: ITIEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "head", ceiling: bool = False) -> dict:
-    # alpha is chosen by the verdict's metric on the validation questions: part of the fit
-    return {"alphas": list(section.alphas), "positions": section.positions, "metric": verdict_metric}
+              site_kind: str = "head", ceiling: bool = False) -> ITISettings:
+    return ITISettings(tuple(section.alphas), section.positions, verdict_metric)
 
 
 def directions_for(testbed) -> ITIDirections:
@@ -273,34 +280,50 @@ def directions_for(testbed) -> ITIDirections:
     return testbed.memo["iti_directions"]
 
 
-def _fit(testbed, settings: dict, location) -> Fitted:
+def _fit(testbed, settings: ITISettings, location, on_step=None) -> Fitted:
     """The alpha with the best validation metric, the same grid for every location."""
-    directions, alphas = directions_for(testbed), settings["alphas"]
+    directions, alphas = directions_for(testbed), list(settings.alphas)
     tried = []
 
     def make(alpha: float) -> ITIEdit:
         tried.append(alpha)
-        if testbed.on_step is not None:
-            testbed.on_step(len(tried), len(alphas), None)
-        return ITIEdit(testbed.adapter, location, directions, alpha, positions=settings["positions"])
+        if on_step is not None:
+            on_step(len(tried), len(alphas), None)
+        return ITIEdit(testbed.adapter, location, directions, alpha, positions=settings.positions)
 
-    best, by_alpha = sweep_alpha(testbed.model, make, testbed.validation, alphas, settings["metric"],
+    best, by_alpha = sweep_alpha(testbed.model, make, testbed.validation, alphas, settings.metric,
                                  testbed.pad_id)
-    edit = ITIEdit(testbed.adapter, location, directions, best, positions=settings["positions"])
+    edit = ITIEdit(testbed.adapter, location, directions, best, positions=settings.positions)
     return Fitted(edit, {"alpha": best, "validation_by_alpha": {f"{a:g}": v for a, v in by_alpha.items()}})
 
 
-def _initial(testbed, settings: dict, location) -> ITIEdit:
+def _initial(testbed, settings: ITISettings, location) -> ITIEdit:
     """alpha = 0: the identity, whatever the directions."""
     a = testbed.adapter
     zero = ITIDirections(np.zeros((a.n_layers, a.n_heads, a.head_dim)), np.zeros((a.n_layers, a.n_heads)))
-    return ITIEdit(a, location, zero, 0.0, positions=settings["positions"])
+    return ITIEdit(a, location, zero, 0.0, positions=settings.positions)
 
 
-def _restore(testbed, settings: dict, location, state: dict):
+def _restore(testbed, settings: ITISettings, location, state: dict):
     return _initial(testbed, settings, location).load_state(state)
+
+# --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
+
+def _report_lines(r: dict) -> list[str]:
+    iti = edits_of(r, "iti")
+    by_role = {e.get("role"): e for e in iti}
+    alphas = [e.get("alpha") for e in iti if e.get("role") == "random"]
+    kind = site_noun(r)
+    return ["## The ITI edits", "",
+            f"`iti` adds alpha * sigma * u (ITI's mass-mean-shift direction, sigma the spread of "
+            f"the activations along it) to each {kind}, at the last prompt token and every answer "
+            "token when scoring an answer, with alpha picked on the validation questions for each "
+            "location alike.", "",
+            f"ITI's alpha chosen on validation: claim {fmt(by_role.get('claim', {}).get('alpha'))}, "
+            f"whole model {fmt(by_role.get('ceiling', {}).get('alpha'))}, random locations "
+            + ", ".join(fmt(a) for a in alphas) + "."]
 
 
 register_edit_method(EditMethod("iti", ITIEditSection, _settings, _fit, _restore, _initial,
                                 "ITI's mass-mean shift, alpha swept on validation",
-                                uses_validation=True))
+                                uses_validation=True, report_lines=_report_lines))

@@ -13,7 +13,7 @@ import base64
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -24,12 +24,13 @@ from loccheck.locations import format_location
 @dataclass(frozen=True)
 class Job:
     method: str                  # a registered edit method
-    settings: dict               # what determines the fit (EditMethod.settings), JSON-ready
+    settings: Any                # what determines the fit: the method's EditSettings
     location: tuple | None       # sorted sites; None is the whole model (the ceiling)
     role: str                    # "claim", "ceiling" or "random"
     index: int | None            # the draw's index for role "random"
     testbed_key: str               # identity of the model and data (Testbed.key)
-    # a fitted edit to start from, (settings, location, state), named in `settings` by its key
+    continued_from: str | None = None   # the key of the fitted edit `start` holds
+    # a fitted edit to start from, (settings, location, state)
     start: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -38,8 +39,9 @@ class Job:
 
     @property
     def key(self) -> str:
+        start = {"continued_from": self.continued_from} if self.continued_from is not None else {}
         return content_key({"what": "fit", "testbed": self.testbed_key, "method": self.method,
-                            "settings": self.settings, "location": self.location_text})
+                            "settings": self.settings.to_json(), "location": self.location_text, **start})
 
     def score_key(self, metric: str, inputs: dict | None = None) -> str:
         """`inputs`: what the metric's input depends on beyond the testbed (`Testbed.input_identity`)."""
@@ -49,7 +51,7 @@ class Job:
     @property
     def label(self) -> str:
         name = {"claim": "claim", "ceiling": "whole model"}.get(self.role, f"random {self.index}")
-        if "continued_from" in self.settings:
+        if self.continued_from is not None:
             name += " (continued)"
         return f"{name} [{self.method}]"
 
@@ -149,12 +151,16 @@ class TestbedRunner:
 class JobRunner(TestbedRunner):
     """Runs edit jobs: fits (or finds) each and scores it on `metrics`."""
 
-    def __init__(self, testbed, cache, metrics: Sequence[str], testbed_factory=None):
+    def __init__(self, testbed, cache, metrics: Sequence[str], testbed_factory=None, on_step=None):
         super().__init__(testbed, cache, testbed_factory)
         self.metrics = tuple(metrics)
+        self.on_step = on_step           # (step, n_steps, loss) while a fit runs in this process
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "on_step": None}   # another process reports no steps
 
     def __call__(self, job: Job) -> EditOutcome:
-        return run_job(self.testbed_for(job), self.cache, job, self.metrics)
+        return run_job(self.testbed_for(job), self.cache, job, self.metrics, on_step=self.on_step)
 
 
 def _testbed_summary(testbed) -> str:
@@ -162,7 +168,7 @@ def _testbed_summary(testbed) -> str:
     return f"{info['name']} on {info['device']} in {info['dtype']}"
 
 
-def run_job(testbed, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
+def run_job(testbed, cache, job: Job, metrics: Sequence[str], on_step=None) -> EditOutcome:
     """Fit `job` unless its fit is cached, then score every metric not cached for it. A
     diverged fit and a score that is not finite are never cached: they are reported as such,
     and fitted again by the next run rather than trusted."""
@@ -177,7 +183,7 @@ def run_job(testbed, cache, job: Job, metrics: Sequence[str]) -> EditOutcome:
         cache.discard(job.key, f"not a fit of {job.label} at {job.location_text}")
     edit, fitted = None, record is None
     if fitted:
-        made = method.fit(testbed, job.settings, job.location,
+        made = method.fit(testbed, job.settings, job.location, on_step=on_step,
                           **({"start": job.start} if job.start is not None else {}))
         edit = made.edit
         record = FitRecord(job.method, job.location_text, edit.n_params, made.info, edit.state())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from loccheck import __version__
 from loccheck.cache import code_identity, content_key
@@ -31,7 +31,6 @@ class Testbed:
     memo: dict = field(default_factory=dict)        # per-testbed results of edit methods (ITI's directions)
     claim: Any = None                               # the claim, so a late error can name its file
     last_generations: dict | None = None            # the latest judged answers' record (a sample)
-    on_step: Callable | None = None                 # (step, n_steps, loss) while a fit runs here
     _reference: Any = None
 
     @property

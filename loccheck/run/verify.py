@@ -70,9 +70,10 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
         base = unedited_scores(testbed, cache, metrics)
     jobs = edit_jobs(claim, testbed.key, location, nulls, len(testbed.adapter.sites(claim.site_kind)))
-    runner = JobRunner(testbed, cache, metrics, testbed_factory=partial(prepare_testbed, claim, cache_root))
-    outcomes = _run(claim, jobs, runner, executor, testbed, base,
-                    _progress(claim, len(jobs), progress, base, write_line))
+    fits = _progress(claim, len(jobs), progress, base, write_line)
+    runner = JobRunner(testbed, cache, metrics, testbed_factory=partial(prepare_testbed, claim, cache_root),
+                       on_step=fits.on_step)
+    outcomes = _run(claim, jobs, runner, executor, base, fits)
     result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name)
     if not write_report:
         return result
@@ -149,7 +150,7 @@ def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple
     return jobs
 
 
-def _run(claim, jobs, runner, executor, testbed, base, progress) -> list:
+def _run(claim, jobs, runner, executor, base, progress) -> list:
     """The outcomes, in job order. Per edit method: the claim and the ceiling, then the null in
     waves of the executor's width; with `random_locations.stop: sequential` a method's null
     stops at the first wave after which the test is decided (`stats.sequential_decided`, on the
@@ -168,7 +169,6 @@ def _run(claim, jobs, runner, executor, testbed, base, progress) -> list:
     def gain(o):
         return better(o.metrics[vs.metric] - base[vs.metric])
     outcomes = []
-    testbed.on_step = progress.on_step
     try:
         for method in dict.fromkeys(j.method for j in jobs):
             mine = [j for j in jobs if j.method == method]
@@ -189,7 +189,6 @@ def _run(claim, jobs, runner, executor, testbed, base, progress) -> list:
                                         progress)
             outcomes += [head_outcomes[0], ceiling, *fitted]
     finally:
-        testbed.on_step = None
         progress.close()
     return outcomes
 
@@ -212,15 +211,14 @@ def continued_ceiling(ceiling, edits, runner, executor, progress):
     if not usable or _objective(ceiling) is None:
         return ceiling
     best = min(usable, key=_objective)
-    span = ceiling.info["initial_objective"] - objective_optimum(job.settings["objective"])
-    if not _objective(best) < _objective(ceiling) - job.settings["convergence_tol"] * span:
+    train = job.settings.train
+    span = ceiling.info["initial_objective"] - objective_optimum(train.objective)
+    if not _objective(best) < _objective(ceiling) - train.convergence_tol * span:
         return ceiling
     progress.note(f"{job.method}: {best.job.label} fits the training pairs better than the whole-model "
                   f"edit (objective {_objective(best):.4g} against {_objective(ceiling):.4g}): the "
                   "whole-model edit is continued from it")
-    settings = {**job.settings, "continued_from": best.job.key}
-    again = replace_(job, settings=settings,
-                     start=(best.job.settings, best.job.location, best.state))
+    again = replace_(job, continued_from=best.job.key, start=(best.job.settings, best.job.location, best.state))
     progress.more(1)
     (outcome,) = _fit([again], runner, executor, progress)
     first = {k: ceiling.info.get(k) for k in ("final_objective", "epochs", "stopped", "converged")}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from loccheck.cache import content_key
 from loccheck.errors import LoccheckError
@@ -42,14 +42,14 @@ _RECORD = ("before", "after", "target_before", "target_after")
 class FactEditJob:
     prompt: str
     layer: int
-    settings: dict               # the rome settings
+    settings: Any                # the rome edit's RomeSettings
     testbed_key: str
     index: int                   # position in the run, for progress
 
     @property
     def key(self) -> str:
         return content_key({"what": "one-fact edit", "testbed": self.testbed_key, "prompt": self.prompt,
-                            "layer": self.layer, "settings": self.settings})
+                            "layer": self.layer, "settings": self.settings.to_json()})
 
     @property
     def label(self) -> str:
@@ -69,7 +69,7 @@ class FactEditRunner(TestbedRunner):
         return record
 
 
-def edit_one_fact(testbed, prompt: str, layer: int, settings: dict) -> dict:
+def edit_one_fact(testbed, prompt: str, layer: int, settings) -> dict:
     """ROME's edit of one fact at one layer: before and after it, the target's log-probability
     margin over the true attribute (`before`, `after`) and the target's log-probability
     (`target_before`, `target_after`; summed over its tokens)."""
@@ -107,7 +107,7 @@ def fraction_restored(peak: float, total: float) -> float:
     return max(0.0, peak / abs(total)) if total != 0 and math.isfinite(peak) else 0.0
 
 
-def rome_settings(claim) -> dict:
+def rome_settings(claim):
     from loccheck.edits import EDIT_METHODS
 
     at = next((i for i, e in enumerate(claim.edits) if e.method == "rome"), None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from loccheck.files import write_json_atomic, write_text_atomic
-from loccheck.report.format import fmt, table
+from loccheck.render.format import fmt, table
 
 SCATTER_NAME, R2_NAME = "success_vs_tracing.png", "r2.png"
 # Hase et al. (2023), GPT-J, CounterFact, error injection with ROME, measured as their code
@@ -79,7 +79,7 @@ def write_report(result: dict, out_dir: Path) -> Path:
 def _plot_scatter(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from loccheck.report.plots import save_figure
+    from loccheck.render.figures import save_figure
 
     layers, success = np.array(result["row_layers"]), np.array(result["success"])
     n = len(result["layers"])
@@ -107,7 +107,7 @@ def _plot_scatter(result: dict, path: Path) -> None:
 def _plot_r2(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from loccheck.report.plots import save_figure
+    from loccheck.render.figures import save_figure
 
     models = ["layer", "tracing", "both"]
     groups = list(result["analyses"])

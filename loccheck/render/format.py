@@ -1,4 +1,5 @@
-"""Formatting helpers shared by the report's sections: numbers, tables, code fences, names."""
+"""Formatting shared by every section of the report: numbers, tables, code fences, names, and
+the result dict's edits."""
 from __future__ import annotations
 
 import json
@@ -92,3 +93,11 @@ def edits_of(r: dict, method: str | None = None) -> list[dict]:
 def edit_name(e: dict) -> str:
     return f"random {e.get('index')}" if e.get("role") == "random" else \
         ROLE_NAMES.get(e.get("role"), str(e.get("role")))
+
+
+def reselected_lines(again: bool | None, selected, who: str, what: str) -> list[str]:
+    """Whether the heuristic, re-run, selects the sites the claim pins."""
+    if again is False:
+        return ["", f"**Note:** the claim pins its {what}, and {who.lower()} on this data now selects "
+                    f"others: {', '.join(selected or [])}."]
+    return ["", f"{who} on this data selects exactly the pinned {what}."] if again else []
