@@ -185,7 +185,7 @@ def _verify(args) -> int:
 
 
 def _inspected(claim, settings, progress):
-    """`verification.inspect`, whose errors all name the claim file, as a phase of the run."""
+    """`run.verify.inspect`, whose errors all name the claim file, as a phase of the run."""
     from loccheck.progress import Phases, progress_mode
     from loccheck.run.verify import CHECKING, inspect
 

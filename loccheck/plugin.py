@@ -137,7 +137,7 @@ def loccheck_verify(request: pytest.FixtureRequest):
 
     A relative claim path is taken relative to the rootdir. Overrides are claim fields, dotted
     (``**{"random_locations.n": 49}``) or with ``__`` for the dots; they win over
-    ``--loccheck-n-random``. The report is written to ``<report dir>/<claim name>/``.
+    ``--loccheck-n-null``. The report is written to ``<report dir>/<claim name>/``.
     """
     state = request.config.stash[SESSION_KEY]
     root = Path(request.config.rootpath)

@@ -171,13 +171,6 @@ def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, al
     return "\n".join(lines) + "\n" + extra
 
 
-def head_grid(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
-    """Every head site of a model of `n_layers` x `n_heads`, in adapter order (layer-major)."""
-    from loccheck.locations import head_sites
-
-    return head_sites(n_layers, n_heads)
-
-
 LOWER = "abcdefghijklmnopqrstuvwxyz"
 
 

@@ -5,7 +5,8 @@ import warnings
 
 import pytest
 
-from loccheck.testing import claim_text, head_grid
+from loccheck.locations import head_sites
+from loccheck.testing import claim_text
 from loccheck.claim import parse_claim
 from loccheck.errors import LoccheckWarning
 from loccheck.stats.null import sample_null_locations
@@ -24,7 +25,7 @@ def test_second_run_fits_nothing_and_is_byte_identical(known_llama, tmp_path):
     cache = tmp_path / "cache"
     claim = _claim(known_llama, tmp_path, n=6)
     first = verify(claim, out_dir=tmp_path / "a", cache_dir=cache, progress=False)
-    distinct = {tuple(loc) for loc in sample_null_locations(head_grid(2, 4), size=2, n=6, seed=0)}
+    distinct = {tuple(loc) for loc in sample_null_locations(head_sites(2, 4), size=2, n=6, seed=0)}
     assert first.n_fitted == 2 + len(distinct)          # claim, whole model, each distinct draw
     second = verify(claim, out_dir=tmp_path / "b", cache_dir=cache, progress=False)
     assert second.n_fitted == 0
@@ -36,8 +37,8 @@ def test_growing_the_null_fits_only_the_new_draws(known_llama, tmp_path):
     cache = tmp_path / "cache"
     claim = _claim(known_llama, tmp_path, n=5)
     verify(claim, write_report=False, cache_dir=cache, progress=False)
-    old = {tuple(l) for l in sample_null_locations(head_grid(2, 4), size=2, n=5, seed=0)}
-    grown = sample_null_locations(head_grid(2, 4), size=2, n=10, seed=0)
+    old = {tuple(l) for l in sample_null_locations(head_sites(2, 4), size=2, n=5, seed=0)}
+    grown = sample_null_locations(head_sites(2, 4), size=2, n=10, seed=0)
     new = {tuple(l) for l in grown[5:]} - old
     assert len(new) >= 3          # the seed gives mostly fresh draws, so the count means something
     larger = verify(claim.with_overrides({"random_locations.n": 10}), write_report=False,
@@ -112,7 +113,7 @@ def test_refresh_ignores_the_cache(known_llama, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = verify(claim, write_report=False, cache_dir=cache, refresh=True, progress=False)
-    assert again.n_fitted == 2 + len({tuple(l) for l in sample_null_locations(head_grid(2, 4), size=2, n=2, seed=0)})
+    assert again.n_fitted == 2 + len({tuple(l) for l in sample_null_locations(head_sites(2, 4), size=2, n=2, seed=0)})
 
 
 def test_adding_a_metric_scores_the_stored_edits_and_refits_nothing(known_llama, tmp_path):

@@ -26,7 +26,7 @@ from scipy.stats import binom
 from loccheck.testing import claim_text, write_model_dir, write_pairs
 from loccheck.claim import parse_claim
 from loccheck.locations import HeadLoc
-from loccheck.testing import head_grid
+from loccheck.locations import head_sites
 from loccheck.stats.null import sample_null_locations
 from loccheck.stats.pvalues import empirical_pvalue
 from loccheck.run.verify import verify
@@ -36,7 +36,7 @@ def draw_null(*args, n_layers=None, n_heads=None, **kw):
     """sample_null_locations over the head sites of an n_layers x n_heads model."""
     if args:
         return sample_null_locations(*args, **kw)
-    return sample_null_locations(head_grid(n_layers, n_heads), **kw)
+    return sample_null_locations(head_sites(n_layers, n_heads), **kw)
 
 
 ALPHAS = (0.05, 0.1)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from loccheck.testing import DEFAULT_EDIT, claim_text, head_grid, write_model_dir, write_pairs
+from loccheck.testing import DEFAULT_EDIT, claim_text, write_model_dir, write_pairs
 from loccheck.claim import load_claim
 from loccheck.cli import main
-from loccheck.locations import HeadLoc
+from loccheck.locations import HeadLoc, head_sites
 from loccheck.stats.null import sample_null_locations
 
 FIGURES = ("null_hist.png", "loss_curves.png")
@@ -49,7 +49,7 @@ def test_verify_several_claims_one_exit_code(verified):
     # --n-null 3 overrides the files' n (9 and 2). The live head beats every dead random head
     # and ties with each draw of itself (the exact null may draw the claim), but
     # 1/(N + 1) = 0.25 > alpha = 0.05 makes it UNDERPOWERED, as it expects.
-    ties = sum(d == (HeadLoc(1, 2),) for d in sample_null_locations(head_grid(2, 4), size=1, n=3, seed=0))
+    ties = sum(d == (HeadLoc(1, 2),) for d in sample_null_locations(head_sites(2, 4), size=1, n=3, seed=0))
     assert lines[0].startswith(f"{live}: UNDERPOWERED (p = {(1 + ties) / 4:.4g}, N = 3, claim gain +")
     assert lines[0].endswith(f"as expected; report: {reports / 'live' / 'report.md'}")
     assert lines[1].startswith(f"{dead}: FALSIFIED (p = 1, N = 3 (1 fitted), claim gain +0, ")

@@ -40,8 +40,7 @@ import pytest
 from loccheck.testing import FAMILIES
 from loccheck.testing import claim_text, write_model_dir, write_pairs
 from loccheck.claim import parse_claim
-from loccheck.locations import HeadLoc
-from loccheck.testing import head_grid
+from loccheck.locations import HeadLoc, head_sites
 from loccheck.stats.null import sample_null_locations
 from loccheck.run.verify import verify
 
@@ -52,7 +51,7 @@ def draw_null(*args, n_layers=None, n_heads=None, **kw):
     """sample_null_locations over the head sites of an n_layers x n_heads model."""
     if args:
         return sample_null_locations(*args, **kw)
-    return sample_null_locations(head_grid(n_layers, n_heads), **kw)
+    return sample_null_locations(head_sites(n_layers, n_heads), **kw)
 
 
 LIVE, DEAD = HeadLoc(1, 2), HeadLoc(0, 1)

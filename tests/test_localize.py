@@ -1,4 +1,4 @@
-"""ITI probing (localize.py) on planted signals, on the real data's splits, end to end on a
+"""ITI probing (heuristics/probe.py) on planted signals, on the real data's splits, end to end on a
 tiny model, and its heatmap (heuristics.probe.plot_probe_heatmap)."""
 from __future__ import annotations
 

@@ -9,16 +9,15 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from loccheck.errors import LoccheckError
-from loccheck.locations import HeadLoc
-from loccheck.testing import head_grid
-from loccheck.stats.null import draw_seed, sample_null_locations
+from loccheck.locations import HeadLoc, head_sites
+from loccheck.stats.null import sample_null_locations
 
 
 def draw_null(*args, n_layers=None, n_heads=None, **kw):
     """sample_null_locations over the head sites of an n_layers x n_heads model."""
     if args:
         return sample_null_locations(*args, **kw)
-    return sample_null_locations(head_grid(n_layers, n_heads), **kw)
+    return sample_null_locations(head_sites(n_layers, n_heads), **kw)
 
 
 
@@ -80,15 +79,6 @@ def test_prefix_stability(shape, k, seed, matched):
         if size < n_layers * n_heads and all(c == n_heads for c in Counter(h.layer for h in claim).values()):
             return                              # no null exists; tested below
     assert draw_null(**kw, n=10)[:k] == draw_null(**kw, n=k)
-
-
-def test_draw_seed():
-    assert draw_seed(3, 0) == draw_seed(3, 0)
-    assert len({draw_seed(3, i) for i in range(50)}) == 50
-    assert draw_seed(3, 1) != draw_seed(4, 1)
-    assert draw_seed(0, 5) == int(np.random.SeedSequence(0, spawn_key=(5,)).generate_state(1)[0])
-    with pytest.raises(ValueError, match="`seed` and `i` must be >= 0"):
-        draw_seed(-1, 0)
 
 
 # --- the claim is a location like any other (the exact null) -------------------------------------

@@ -153,7 +153,7 @@ def probe_heads(train_x, train_y, val_x, val_y, *, seed: int = 0, C: float = 1.0
 
 
 def _run(section: ProbeHeuristicSection, model, data, cache: Path, seed: int = 0) -> Proposal:
-    """Probe every head of `model` (a PreparedModel) on `data` (HeuristicData)."""
+    """Probe every head of `model` (a LoadedModel) on `data` (HeuristicData)."""
     from loccheck.models.activations import labelled_activations
 
     probe = probe_heads(*labelled_activations(model, data, cache), seed=seed, C=section.C)

@@ -53,8 +53,4 @@ def compute_metrics(names, inputs: dict[str, Any]) -> dict[str, float]:
     return {name: float(METRICS[name].fn(inputs[METRICS[name].needs])) for name in names}
 
 
-def gains(edited: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    return {name: edited[name] - base[name] for name in edited}
-
-
 from loccheck.metrics import generation, preference, side_effects, truthfulqa_mc  # noqa: E402,F401

@@ -4,7 +4,7 @@ Head h of layer l is the slice [h*head_dim, (h+1)*head_dim) of the input of laye
 projection (models/base.py). `collect_head_activations` reads that input with forward pre-hooks
 at the last real token of each text; `cached_head_activations` keeps the result on disk under a
 content-addressed name. torch is imported inside the functions that run the model, so
-`probe_text` (and loccheck.localize, which uses it) stay importable without torch.
+`probe_examples` (and the probing heuristic, which uses it) stay importable without torch.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def probe_examples(data) -> tuple[list[ProbeItem], list[ProbeItem]]:
 def labelled_activations(model, data, cache: Path):
     """(train_x, train_y, val_x, val_y): head activations of every answer of the train and
     validation questions at the last token of "Q: {question} A: {answer}" (what probes and
-    ITI's directions are computed from). `model` is a PreparedModel; `data` a HeuristicData."""
+    ITI's directions are computed from). `model` is a LoadedModel; `data` a HeuristicData."""
     from loccheck.errors import DataError
 
     train_items, val_items = probe_examples(data)

@@ -36,12 +36,12 @@ class VerifyResult:
     verdict = property(lambda self: self.test["verdict"])
     verdict_reason = property(lambda self: self.test["verdict_reason"])
     # Numbers as floats: result.json's null (not finite, or not defined) reads back as nan.
-    p_value = property(lambda self: _number(self.test["p_value"]))
-    claim_gain = property(lambda self: _number(self.test["claim_gain"]))
-    ceiling_gain = property(lambda self: _number(self.test["ceiling_gain"]))
-    null_gains = property(lambda self: [_number(g) for g in self.test["null_gains"]])
-    null_mean = property(lambda self: _number(self.test["null_mean"]))
-    optimality_ratio = property(lambda self: _number(self.test["optimality_ratio"]))
+    p_value = property(lambda self: _nan_for_none(self.test["p_value"]))
+    claim_gain = property(lambda self: _nan_for_none(self.test["claim_gain"]))
+    ceiling_gain = property(lambda self: _nan_for_none(self.test["ceiling_gain"]))
+    null_gains = property(lambda self: [_nan_for_none(g) for g in self.test["null_gains"]])
+    null_mean = property(lambda self: _nan_for_none(self.test["null_mean"]))
+    optimality_ratio = property(lambda self: _nan_for_none(self.test["optimality_ratio"]))
     n_null = property(lambda self: self.payload["n_null"])
     n_null_fitted = property(lambda self: self.test["n_null_fitted"])
     metric = property(lambda self: self.payload["metric"])
@@ -54,7 +54,7 @@ class VerifyResult:
     location = property(lambda self: self.payload["location"])
 
 
-def _number(value) -> float:
+def _nan_for_none(value) -> float:
     return float("nan") if value is None else float(value)
 
 

@@ -1,7 +1,7 @@
 """Random locations for the null distribution (numpy only, no torch).
 
-Locations are drawn from a model's sites of one kind (its adapter's `sites(kind)`, heads
-today), uniformly, or stratified so that each draw has as many sites in each layer as the
+Locations are drawn from a model's sites of one kind (its adapter's `sites(kind)`: heads or
+MLP layers), uniformly, or stratified so that each draw has as many sites in each layer as the
 claimed location.
 
 Draw i uses its own generator, seeded by (seed, i) only, so asking for more draws never changes
@@ -30,29 +30,6 @@ MAX_N_NULL_WHY = (f"each random location is a fitted edit, and {MAX_N_NULL} of t
 def _draw_rng(seed: int, i: int) -> np.random.Generator:
     """The generator of draw i: a function of (seed, i) only."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
-
-
-def draw_seed(seed: int, i: int) -> int:
-    """A 32-bit integer that depends on (seed, i) only, e.g. to label draw i in a cache.
-
-    Parameters
-    ----------
-    seed : int
-        The null's seed, >= 0.
-    i : int
-        Index of the draw, >= 0.
-
-    Returns
-    -------
-    int
-        ``SeedSequence(seed, spawn_key=(i,)).generate_state(1)[0]``: the entropy behind draw i
-        of :func:`sample_null_locations`. Training seeds do not come from here; they are the
-        same for every edit.
-    """
-    seed, i = operator.index(seed), operator.index(i)
-    if seed < 0 or i < 0:
-        raise ValueError(f"`seed` and `i` must be >= 0, got seed={seed}, i={i}")
-    return int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1)[0])
 
 
 def _iv_sites(name: str, location, sites: Sequence) -> tuple:

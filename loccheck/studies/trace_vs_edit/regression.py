@@ -30,7 +30,7 @@ def _statsmodels():
     return smf, anova_lm, SingularMatrixWarning
 
 
-def _number(x) -> float | None:
+def _none_for_nan(x) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
 
@@ -65,18 +65,18 @@ def regress(layers: Sequence[int], tracing: Sequence[float], success: Sequence[f
         r = p = None
         if len(group) >= 3 and group["tracing"].std() > 0 and group["success"].std() > 0:
             res = stats.pearsonr(group["tracing"], group["success"])
-            r, p = _number(res.statistic), _number(res.pvalue)
+            r, p = _none_for_nan(res.statistic), _none_for_nan(res.pvalue)
         per_layer[str(int(layer))] = {"n": int(len(group)), "r": r, "p": p,
-                                      "mean_success": _number(group["success"].mean()),
-                                      "mean_tracing": _number(group["tracing"].mean())}
+                                      "mean_success": _none_for_nan(group["success"].mean()),
+                                      "mean_tracing": _none_for_nan(group["tracing"].mean())}
     return {"n_rows": int(len(frame)), "n_layers": int(frame["layer"].nunique()),
             "joint": joint.removeprefix("success ~ "),
-            "r2": {"layer": _number(by_layer.rsquared), "tracing": _number(by_tracing.rsquared),
-                   "both": _number(both.rsquared), "added": _number(both.rsquared - by_layer.rsquared)},
-            "f_test": {"F": _number(test["F"].iloc[1]), "p": _number(test["Pr(>F)"].iloc[1]),
-                       "df": _number(test["df_diff"].iloc[1])},
+            "r2": {"layer": _none_for_nan(by_layer.rsquared), "tracing": _none_for_nan(by_tracing.rsquared),
+                   "both": _none_for_nan(both.rsquared), "added": _none_for_nan(both.rsquared - by_layer.rsquared)},
+            "f_test": {"F": _none_for_nan(test["F"].iloc[1]), "p": _none_for_nan(test["Pr(>F)"].iloc[1]),
+                       "df": _none_for_nan(test["df_diff"].iloc[1])},
             # with an interaction: the slope at the first layer (each other layer adds its own)
-            "tracing_coefficient": _number(both.params["tracing"]),
+            "tracing_coefficient": _none_for_nan(both.params["tracing"]),
             "per_layer": per_layer}
 
 
