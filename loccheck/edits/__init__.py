@@ -16,7 +16,7 @@ claim's `edits:` list), its edit, its fit and its ceiling, registered as an `Edi
 - `restore(testbed, settings, location, state)`: the same edit from its stored parameters, so a
   metric added later scores it without refitting;
 - `initial(testbed, settings, location)`: the edit before fitting, which must be the identity
-  (the model's outputs bit for bit; tests/test_contracts.py checks every registered method).
+  (the model's outputs bit for bit; tests/*/test_*_contracts.py checks every registered method).
 
 An edit object has `attached(model)` (a context manager: the model is edited inside it and
 bit-identical after it), `on_batch` (None, or the scoring hook a position-dependent edit

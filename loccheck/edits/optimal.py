@@ -8,7 +8,7 @@ heads: o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), m^l mas
 location's heads in layer l. Its ceiling, the whole-model edit, is the same edit with every
 head unmasked (METHOD.md: "equivalently the same reparameterization with every head
 unmasked"); rank-1 LoRA with peft on every output projection (`FullLoraEdit`) reaches the same
-functions and is kept as an independent cross-check (tests/test_training.py). Every edit
+functions and is kept as an independent cross-check (tests/edits/test_training.py). Every edit
 starts from the identity (b = 0) with the same random read vector a for each layer, drawn once
 from the edit seed, and gets the same data, order, convergence rule and cap. The claim and its
 null share `learning_rate`; the ceiling has its own, `ceiling_learning_rate`, which no claim's

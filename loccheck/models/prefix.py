@@ -7,7 +7,7 @@ whole-set evaluation runs only blocks l, l+1, ...: the forward below l is done o
 instead of once per step (backward stops at l anyway). An input's states do not depend on the
 batch it is computed in (right padding; a row never attends to another row or to padding), so
 they are kept per input and re-padded into whatever batch it later joins; the result equals the
-plain forward to float rounding (tests/test_prefix.py).
+plain forward to float rounding (tests/models/test_prefix.py).
 """
 from __future__ import annotations
 

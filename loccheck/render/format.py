@@ -101,3 +101,12 @@ def reselected_lines(again: bool | None, selected, who: str, what: str) -> list[
         return ["", f"**Note:** the claim pins its {what}, and {who.lower()} on this data now selects "
                     f"others: {', '.join(selected or [])}."]
     return ["", f"{who} on this data selects exactly the pinned {what}."] if again else []
+
+
+def primary(r: dict) -> dict:
+    return r["tests"][r["primary_method"]]
+
+
+def method_order(r: dict) -> list[str]:
+    """The edit methods: the one that gives the verdict first, then the others by name."""
+    return [r["primary_method"]] + sorted(m for m in r["tests"] if m != r["primary_method"])

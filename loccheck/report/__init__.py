@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 
 from loccheck.files import write_text_atomic
-from loccheck.render.format import edits_of, site_noun
+from loccheck.render.format import edits_of, method_order, primary, site_noun
 from loccheck.report.index import render_index
-from loccheck.report.markdown import (METHODS_NAME, NULL_HIST_NAME, REPORT_NAME, metric_hist_name, method_order,
-                                      other_metrics, primary, render_markdown)
+from loccheck.report.markdown import (METHODS_NAME, NULL_HIST_NAME, REPORT_NAME, metric_hist_name, other_metrics,
+                                      render_markdown)
 from loccheck.report.upgrade import upgrade
 
 __all__ = ["render_report", "render_markdown", "render_index", "upgrade"]

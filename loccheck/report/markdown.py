@@ -11,23 +11,15 @@ import math
 
 import yaml
 
-from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, ordered, site_noun,
-                                    spread, table, value)
+from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, method_order, ordered, primary,
+                                    site_noun, spread, table, value)
+from loccheck.report.answers import answers_lines
 
 REPORT_NAME, NULL_HIST_NAME, METHODS_NAME = "report.md", "null_hist.png", "methods.png"
 # Claim-file section order; json.dumps(sort_keys=True) loses it, so we restore it here.
 _CONFIG_ORDER = ("model", "behavior", "location", "heuristic", "edits", "metrics",
                  "random_locations", "verdict", "expect")
 _SPLITS = ("train", "validation", "test")
-
-
-def primary(r: dict) -> dict:
-    return r["tests"][r["primary_method"]]
-
-
-def method_order(r: dict) -> list[str]:
-    """The edit methods: the one that gives the verdict first, then the others by name."""
-    return [r["primary_method"]] + sorted(m for m in r["tests"] if m != r["primary_method"])
 
 
 def _verdict_lines(r: dict) -> list[str]:
@@ -292,7 +284,6 @@ def render_markdown(result: dict) -> str:
     comparison of edit methods, each method's and the heuristic's own sections."""
     from loccheck.edits import EDIT_METHODS
     from loccheck.heuristics import HEURISTICS
-    from loccheck.report.answers import answers_lines
 
     r = result
     sections = [[f"# loccheck: {r['claim_name']}", "", *_verdict_lines(r)],

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 # float32 scores, and two edits that are the same function are fitted by different arithmetic
 # (a frozen prefix from another block; another CPU's kernels), whose round-off training carries
 # along: measured with AVX2 kernels, 6e-7 relative after 2 epochs, 1.0e-5 after 40
-# (tests/test_known_answers.py, test_known_mlp.py). 1e-4 leaves a margin; counting a near-tie
+# (tests/end_to_end/test_known_answers.py, test_known_mlp.py). 1e-4 leaves a margin; counting a near-tie
 # against the claim can only make p larger, never invalid.
 _TIE_RTOL = 1e-4
 

@@ -1,7 +1,7 @@
 """Hostile and broken input, through the user's path: `loccheck verify CLAIM` prints one line
 naming the file and the field, exits 2, shows no traceback, and writes nothing: no report
-folder, nothing in the cache. The detailed messages are unit-tested in tests/test_claim.py,
-tests/test_data.py and tests/test_models.py; here each case only checks what the user sees.
+folder, nothing in the cache. The detailed messages are unit-tested in tests/claim/test_claim.py,
+tests/data/test_data.py and tests/models/test_models.py; here each case only checks what the user sees.
 """
 from __future__ import annotations
 

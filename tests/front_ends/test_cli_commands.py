@@ -153,11 +153,11 @@ def test_usage_errors_exit_2(args, capsys):
 
 
 def test_report_renders_a_result_of_schema_1(tmp_path, capsys):
-    """A result.json written by loccheck 0.1.0 (tests/data/result_v1.json: a tiny Llama claim
+    """A result.json written by loccheck 0.1.0 (tests/front_ends/result_v1.json: a tiny Llama claim
     under both edits) is upgraded and rendered; the numbers are those it stored."""
-    v1 = json.loads((Path(__file__).parent / "data" / "result_v1.json").read_text())
+    v1 = json.loads((Path(__file__).parent / "result_v1.json").read_text())
     assert "schema_version" not in v1 and v1["edit_method"] == "optimal"
-    assert main(["report", str(Path(__file__).parent / "data" / "result_v1.json"),
+    assert main(["report", str(Path(__file__).parent / "result_v1.json"),
                  "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
     assert f"**Verdict: {v1['verdict']}**" in report and v1["verdict_reason"] in report

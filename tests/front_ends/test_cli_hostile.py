@@ -1,6 +1,6 @@
 """Hostile command lines and files for the commands around `verify` (issue 21, items 15, 16
 and 18): each is refused at once with one line naming the file and the field, exit 2, and
-nothing written; the claim-file cases are in tests/test_hostile.py."""
+nothing written; the claim-file cases are in tests/front_ends/test_hostile.py."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from loccheck.cli import main
 from loccheck.errors import printable
 from loccheck.testing import claim_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def one_error_line(capsys) -> str:

@@ -17,7 +17,7 @@ from loccheck.data.pairs import BehaviorData, PreferencePair
 from loccheck.data.truthfulqa import resolve_truthfulqa
 from loccheck.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _data_dir() -> Path | None:

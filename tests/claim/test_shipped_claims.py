@@ -5,7 +5,7 @@ import pytest
 
 from loccheck.claim import load_claim
 
-CLAIMS = sorted((Path(__file__).resolve().parent.parent / "claims").rglob("*.yaml"))
+CLAIMS = sorted((Path(__file__).resolve().parents[2] / "claims").rglob("*.yaml"))
 
 
 def test_there_are_shipped_claims():

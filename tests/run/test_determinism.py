@@ -1,8 +1,8 @@
 """Determinism: the same claim, seed and machine give a bit-identical result.json on the CPU,
 fitted twice from scratch; and result.json records what a re-run needs.
 
-Random location i depends on (seed, i) only: tests/test_null.py (test_prefix_stability)
-checks it for the sampler, tests/test_cache.py
+Random location i depends on (seed, i) only: tests/stats/test_null.py (test_prefix_stability)
+checks it for the sampler, tests/run/test_cache.py
 (test_growing_the_null_fits_only_the_new_draws) end to end; not repeated here.
 On GPUs, kernels may reorder float sums; no tolerance is claimed here (CPU only).
 """

@@ -9,7 +9,7 @@ is live (28 locations), then
   probability, over the null's seed, that N = 19 draws put it at p <= alpha (binomial, exact).
 
 The p-value's convention (ties against the claim, order of the null irrelevant, [1/(N+1), 1],
-non-increasing in the claim's gain) is property-tested in tests/test_stats.py; here the
+non-increasing in the claim's gain) is property-tested in tests/stats/test_pvalues.py; here the
 property is the one calibration rests on: leave-one-out p-values of any exchangeable sample.
 """
 from __future__ import annotations
