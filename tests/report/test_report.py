@@ -118,7 +118,7 @@ def _row(text, label):
     return [c.strip() for c in rows[0].strip("|").split("|")]
 
 
-def test_writes_exactly_three_files(rendered):
+def test_writes_exactly_the_report_and_its_three_figures(rendered):
     path, _ = rendered
     assert path.name == "report.md"
     assert {p.name for p in path.parent.iterdir()} == FILES  # no temp files left behind

@@ -177,10 +177,17 @@ def test_sequential_pvalue_is_valid_under_exchangeability():
         for alpha in (0.05, 0.1, 0.25):
             rate = float(np.mean(ps <= alpha + 1e-12))
             assert rate <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / sims), (h, alpha, rate)
-    # exact, for h = sequential_stop_count: p <= alpha only unstopped with k + 1 <= alpha (n + 1)
-    # hits, and k is uniform on 0..n, so the rate is floor(alpha (n + 1)) / (n + 1) <= alpha
-    alpha = 0.05
-    assert np.floor(alpha * (n + 1)) / (n + 1) <= alpha
+    # exact, for the h loccheck uses (sequential_stop_count): under exchangeability the number k
+    # of null values at or above the statistic is uniform on 0..n, and p <= alpha exactly when
+    # k + 1 <= alpha (n + 1), wherever in the draw order those k values fall (first or last
+    # here), so the rate is floor(alpha (n + 1)) / (n + 1) <= alpha
+    for alpha in (0.05, 0.1, 0.25):
+        h = sequential_stop_count(n, alpha)
+        for first in (True, False):
+            rejected = [k for k in range(n + 1) if sequential_pvalue(
+                0.5, [1.0] * k + [0.0] * (n - k) if first else [0.0] * (n - k) + [1.0] * k,
+                n_max=n, h=h).pvalue <= alpha]
+            assert rejected == list(range(int(np.floor(alpha * (n + 1) + 1e-9)))), (alpha, first, rejected)
 
 
 def test_sequential_input_validation():
