@@ -5,8 +5,10 @@ attribute ("Antarctica") and its relation ("P30"). The behaviour is one preferen
 fact: a counterfactual target, another fact's attribute of the same relation drawn with a
 seed, over the true attribute (Hase et al.'s main editing problem, error injection). Pairs
 are grouped by subject, so the split is by subject. Only facts the model itself completes
-correctly are used: `known_filter` keeps a fact when the model's greedy continuation of its
-prompt is the true attribute, token for token. numpy and the standard library only.
+correctly are used: the testbed keeps a fact when the model's greedy continuation of its
+prompt is the true attribute, token for token (KNOWN_RULE; it needs the weights). `fact_tokens`
+is the one place a fact becomes token ids and a subject span, for causal tracing and ROME alike.
+numpy and the standard library only (a tokenizer is passed in).
 """
 from __future__ import annotations
 

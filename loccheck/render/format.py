@@ -29,7 +29,7 @@ def fmt(x) -> str:
 
 
 def spread(d: dict | None) -> str:
-    """A `stats.describe` record as "mean ± std [min, max]"."""
+    """A `stats.pvalues.describe` record as "mean ± std [min, max]"."""
     if not d or not d.get("n"):
         return "n/a"
     return f"{fmt(d['mean'])} ± {fmt(d['std'])} [{fmt(d['min'])}, {fmt(d['max'])}]"

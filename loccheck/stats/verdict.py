@@ -365,7 +365,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
     `null_gains` are the null's gains in draw order, `n_null` the planned null size (default:
     all of them). With `stop="full"` every planned gain is there and p = (1 + k) / (n_null + 1)
     (`null_test`). With `stop="sequential"` the gains may stop early: when the h-th gain at or
-    above the claim's is among them (h from `stats.sequential_stop_count`), the test uses the
+    above the claim's is among them (h from `pvalues.sequential_stop_count`), the test uses the
     first l of them and p = h / l (Besag and Clifford 1991), which is above alpha, as the full
     null's p-value would be: the verdict is FALSIFIED either way. Otherwise all n_null are needed
     and the test is the full one.
