@@ -4,7 +4,7 @@ edit), side by side in one process on the bundled SmolLM2, the same TruthfulQA p
 learning rate and number of steps. Then a scaling table of loccheck alone: seconds per converged
 edit against the location's size (1, 16, all heads) and the number of training pairs.
 
-TRL is a benchmark-only dependency (`pip install -e ".[testbed]"`), never imported by loccheck.
+TRL is a benchmark-only dependency (`pip install -e ".[bench]"`), never imported by loccheck.
 
 Measured per run: seconds per step, seconds for the whole fit (loccheck: until converged by its
 rule; TRL: the same number of steps), peak RSS of the process during each fit (psutil, sampled
