@@ -153,13 +153,13 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
 
 
 def _run(section: CausalTracingSection, loaded, data, cache: Path, seed: int = 0) -> Proposal:
-    raw = _cached_trace(section, loaded, data, cache)
+    raw = cached_trace(section, loaded, data, cache)
     column = np.nan_to_num(raw["effects"][:, AGGREGATES[section.aggregate]], nan=-np.inf)
     order = sorted(range(len(column)), key=lambda l: (-column[l], l))
     return Proposal(tuple((MlpLoc(l), float(column[l])) for l in order), raw=raw)
 
 
-def _cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> dict:
+def cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> dict:
     """The trace of these facts by this model and these settings, computed once."""
     from loccheck.cache import FitCache, code_identity, content_key
 

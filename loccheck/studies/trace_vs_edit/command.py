@@ -132,7 +132,7 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
     from loccheck.run.testbed import prepare_testbed
     from loccheck.cache import FitCache, cache_dir as resolve_cache
     from loccheck.run.executors import get_executor
-    from loccheck.heuristics.causal_tracing import AGGREGATES, _cached_trace
+    from loccheck.heuristics.causal_tracing import AGGREGATES, cached_trace
 
     if measures not in MEASURES:
         raise ValueError(f"`measures` must be one of {MEASURES}, got {measures!r}")
@@ -153,7 +153,7 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
     traces = {}
     for c in corruptions:
         try:
-            traces[c] = _cached_trace(claim.heuristic.model_copy(update={"corruption": c, "window": window}),
+            traces[c] = cached_trace(claim.heuristic.model_copy(update={"corruption": c, "window": window}),
                                       testbed.loaded, data, root)
         except LoccheckError as err:
             raise claim.error(err.key or "heuristic", err.msg) from None
