@@ -30,15 +30,15 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from loccheck.data import load_behavior
+from loccheck.data.behavior import load_behavior
 from loccheck.edits.objectives import preference_logratio, preference_loss
 from loccheck.edits.optimal import HeadEdit, initial_read_vectors
 from loccheck.locations import parse_location
 from loccheck.models import get_adapter
 from loccheck.models.loading import load_model
 from loccheck.models.prefix import lowest_edited_block, pair_prefix
-from loccheck.prompts import tokenize_pairs
-from loccheck.scoring import all_pair_logprobs, pair_logprobs
+from loccheck.data.prompts import tokenize_pairs
+from loccheck.models.scoring import all_pair_logprobs, pair_logprobs
 
 # The shipped claim's heads (claims/iti_truthful.yaml): the lowest edited block is 14.
 CLAIM = parse_location("L14H0 L14H2 L16H4 L16H7 L16H8 L17H6 L19H0 L19H2 L19H5 L19H6 L21H3 "

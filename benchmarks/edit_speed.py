@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from loccheck.data import load_behavior
+from loccheck.data.behavior import load_behavior
 from loccheck.edits.optimal import FullLoraEdit, HeadEdit, initial_read_vectors
 from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter
 from loccheck.models.loading import load_model
 from loccheck.edits.objectives import ipo_loss, preference_logratio
-from loccheck.prompts import tokenize_pairs
-from loccheck.scoring import all_pair_logprobs, pair_logprobs
+from loccheck.data.prompts import tokenize_pairs
+from loccheck.models.scoring import all_pair_logprobs, pair_logprobs
 
 
 def naive_pair_logprobs(model, pairs, pad_id):

@@ -37,14 +37,14 @@ import psutil
 import torch
 from tabulate import tabulate
 
-from loccheck.data import load_behavior
+from loccheck.data.behavior import load_behavior
 from loccheck.edits.objectives import preference_logratio, preference_loss
 from loccheck.edits.optimal import HeadEdit, initial_read_vectors
 from loccheck.edits.training import TrainConfig, train_edit
 from loccheck.locations import HeadLoc
 from loccheck.models.loading import load_model
-from loccheck.prompts import QA_TEMPLATE, tokenize_pairs
-from loccheck.scoring import all_pair_logprobs
+from loccheck.data.prompts import QA_TEMPLATE, tokenize_pairs
+from loccheck.models.scoring import all_pair_logprobs
 
 SIXTEEN = [HeadLoc(l, h) for l, h in [(1, 8), (6, 4), (9, 5), (10, 0), (12, 1), (12, 6), (13, 3),
                                       (14, 2), (15, 3), (15, 5), (16, 1), (16, 2), (19, 0), (22, 2),

@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 __all__ = ["HeadLoc", "Verdict", "VerifyResult", "load_claim", "verify", "__version__"]
 
-_LAZY = {"verify": "loccheck.verification", "VerifyResult": "loccheck.result",
-         "load_claim": "loccheck.claim", "Verdict": "loccheck.verdict", "HeadLoc": "loccheck.locations"}
+_LAZY = {"verify": "loccheck.run.verify", "VerifyResult": "loccheck.run.result",
+         "load_claim": "loccheck.claim", "Verdict": "loccheck.stats.verdict", "HeadLoc": "loccheck.locations"}
 
 
 def __getattr__(name):

@@ -1,3 +1,4 @@
+"""`python -m loccheck`: the command line (`loccheck.cli`)."""
 import sys
 
 from loccheck.cli import main

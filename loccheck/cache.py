@@ -1,4 +1,5 @@
-"""Where loccheck keeps what it computes once (converted model weights, later fitted edits)."""
+"""Where loccheck keeps what it computes once, content-addressed: converted model weights, fitted
+edits with their scores, activations. A cached result is served only for the inputs that made it."""
 from __future__ import annotations
 
 import hashlib

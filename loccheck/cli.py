@@ -137,7 +137,7 @@ def _localize(args) -> int:
     from loccheck.claim import load_claim
     from loccheck.files import write_text_atomic
     from loccheck.heuristics import HEURISTICS
-    from loccheck.verification import propose_location
+    from loccheck.run.verify import propose_location
 
     claim = load_claim(args.claim)
     sites, scores, proposal = propose_location(claim, top_k=args.top_k,
@@ -156,7 +156,7 @@ def _localize(args) -> int:
 
 def _verify(args) -> int:
     from loccheck.claim import load_claim
-    from loccheck.verification import verify
+    from loccheck.run.verify import verify
 
     settings = settings_from_cli(args)
     overrides = {**settings.overrides(), **({"model.device": args.device} if args.device else {})}
@@ -185,9 +185,9 @@ def _verify(args) -> int:
 
 
 def _inspected(claim, settings, progress):
-    """`verification.inspect`, whose errors all name the claim file, as a phase of the run."""
+    """`run.verify.inspect`, whose errors all name the claim file, as a phase of the run."""
     from loccheck.progress import Phases, progress_mode
-    from loccheck.verification import CHECKING, inspect
+    from loccheck.run.verify import CHECKING, inspect
 
     with Phases(progress_mode(progress), title=f"{claim.name} ")(CHECKING, announce=False):
         return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir)
@@ -195,7 +195,7 @@ def _inspected(claim, settings, progress):
 
 def _trace_vs_edit(args) -> int:
     from loccheck.claim import load_claim
-    from loccheck.trace_vs_edit import trace_vs_edit
+    from loccheck.studies.trace_vs_edit.command import trace_vs_edit
 
     claim = load_claim(args.claim)
     settings = settings_from_cli(args)

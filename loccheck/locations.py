@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Protocol, Sequence
+from typing import ClassVar, Iterable, Protocol
 
 from loccheck.registry import Registry
 
@@ -124,13 +124,6 @@ def parse_location(texts: Iterable[str]) -> Location:
 def format_location(location) -> list[str]:
     """Canonical, sorted spelling of a location."""
     return [str(s) for s in sorted(location)]
-
-
-format_heads = format_location
-
-
-def location_kind(location: Sequence) -> str:
-    return location[0].kind
 
 
 def outside(location: Iterable, universe: Iterable) -> list:

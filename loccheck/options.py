@@ -23,16 +23,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-EXECUTORS = ("serial", "ray")   # loccheck.executors.EXECUTORS; the choices are listed here so that
-                          # option parsing imports nothing
+from loccheck.stats.null import MAX_N_NULL, MAX_N_NULL_WHY
+
+EXECUTORS = ("serial", "ray")   # loccheck.run.executors.EXECUTORS; the choices are listed here so that
+                          # option parsing imports no executor
 DEFAULT_REPORT_DIR = "reports"
-
-
-# Each random location is one fitted edit, so a null of millions would run for months; and
-# 10000 draws already resolve p to 1e-4 (p >= 1/(n + 1)). The claim schema applies it too.
-MAX_N_NULL = 10_000
-MAX_N_NULL_WHY = (f"each random location is a fitted edit, and {MAX_N_NULL} of them resolve p "
-                  "to 1e-4")
 
 
 def _positive_int(text: str, maximum: int | None = None, why: str = "") -> int:
@@ -148,7 +143,7 @@ class Settings:
     def executor_instance(self):
         """One executor for the whole run: a Ray cluster is joined once, and each claim's
         workers replace the previous claim's."""
-        from loccheck.executors import get_executor
+        from loccheck.run.executors import get_executor
 
         return get_executor(self.executor, **({"address": self.ray_address} if self.executor == "ray" else {}))
 

@@ -45,7 +45,7 @@ class LoccheckSession:
         """verify() with the session's options; `overrides` win over the options. Progress goes
         to the terminal as one plain line per finished edit (pytest captures stderr, and a CI
         log would otherwise show nothing for the minutes a claim takes)."""
-        from loccheck.verification import verify
+        from loccheck.run.verify import verify
 
         merged = {**self.settings.overrides(), **(overrides or {})}
         return verify(claim, out_dir=self.settings.claim_report_dir(claim.name),
@@ -137,7 +137,7 @@ def loccheck_verify(request: pytest.FixtureRequest):
 
     A relative claim path is taken relative to the rootdir. Overrides are claim fields, dotted
     (``**{"random_locations.n": 49}``) or with ``__`` for the dots; they win over
-    ``--loccheck-n-random``. The report is written to ``<report dir>/<claim name>/``.
+    ``--loccheck-n-null``. The report is written to ``<report dir>/<claim name>/``.
     """
     state = request.config.stash[SESSION_KEY]
     root = Path(request.config.rootpath)

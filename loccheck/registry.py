@@ -29,6 +29,9 @@ class Registry(Generic[T]):
         except KeyError:
             raise KeyError(f"unknown {self.what} {name!r}; registered: {', '.join(self)}") from None
 
+    def get(self, name: object, default: T | None = None) -> T | None:
+        return self._items.get(name, default) if isinstance(name, str) else default
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

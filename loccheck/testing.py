@@ -6,7 +6,7 @@ same loading path as any model a claim names. torch is imported inside the funct
 
 To add an architecture: register its adapter, give `tiny_model` a config for it and list it
 in FAMILIES; `known_model` zeroes the dead heads through the adapter (`head_slice`,
-`fan_in_fan_out`), so it needs nothing new, and tests/test_known_answers.py runs its known
+`fan_in_fan_out`), so it needs nothing new, and tests/end_to_end/test_known_answers.py runs its known
 answers.
 """
 from __future__ import annotations
@@ -169,13 +169,6 @@ def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, al
     if expect:
         lines.append(f"expect: {expect}")
     return "\n".join(lines) + "\n" + extra
-
-
-def head_grid(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:
-    """Every head site of a model of `n_layers` x `n_heads`, in adapter order (layer-major)."""
-    from loccheck.locations import head_sites
-
-    return head_sites(n_layers, n_heads)
 
 
 LOWER = "abcdefghijklmnopqrstuvwxyz"

@@ -91,3 +91,53 @@ def _fast_tier_stays_torch_free(request):
     yield
     if _fast_tier(request.config) and "torch" in sys.modules:
         pytest.fail(f"{request.node.nodeid} imported torch: mark it @pytest.mark.slow", pytrace=False)
+
+
+# --- the testbeds the contract tests (tests/*/test_*_contracts.py) run every registered member on ---
+
+@pytest.fixture(scope="module")
+def contract_testbed(known_llama, tmp_path_factory):
+    """The testbed of a known-answer claim that lists every edit method that edits heads on any data."""
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.metrics import METRICS
+    from loccheck.run.testbed import prepare_testbed
+    from loccheck.claim import parse_claim
+    from loccheck.testing import claim_text
+
+    model_dir, pairs = known_llama
+    edits = "[" + ", ".join(f"{{method: {name}}}" for name, m in EDIT_METHODS.items()
+                            if "head" in m.site_kinds and m.datasets is None) + "]"
+    root = tmp_path_factory.mktemp("contracts")
+    texts = root / "texts.txt"                       # for the side-effect metrics
+    texts.write_text("the river runs to the sea\nan apple fell down\n")
+    every_metric = f"metrics: [{', '.join(METRICS)}]\nside_effects: {{path: '{texts}'}}\n"
+    claim = parse_claim(claim_text(model_dir, pairs, ["L1H2", "L0H0"], n=2, edits=edits, extra=every_metric),
+                        path=root / "contracts.yaml")
+    return claim, prepare_testbed(claim, root / "cache")
+
+
+@pytest.fixture(scope="module")
+def contract_facts_testbed(tmp_path_factory):
+    """A testbed of facts a tiny model knows (dataset: known_facts) at an MLP location, listing every
+    edit method that edits MLP sites: for the methods and heuristics that need facts."""
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.metrics import METRICS
+    from loccheck.run.testbed import prepare_testbed
+    from loccheck.claim import parse_claim
+    from loccheck.locations import MlpLoc
+    from loccheck.models.loading import load_model
+    from loccheck.testing import write_known_facts, write_model_dir
+
+    root = tmp_path_factory.mktemp("contracts-facts")
+    folder = write_model_dir(root / "m", "gpt_neox", [MlpLoc(1)], n_layers=3)
+    facts = write_known_facts(root / "known_1000.json", load_model(str(folder), device="cpu").model, n_facts=8)
+    texts = root / "texts.txt"                       # side effects, and rome's key statistics
+    texts.write_text("\n".join(f"the river {i} runs to the sea {i * 7}" for i in range(40)))
+    edits = ", ".join(f"{{method: {name}" + (f", stats_path: '{texts}'" if name == "rome" else "") + "}"
+                      for name, m in EDIT_METHODS.items() if "mlp" in m.site_kinds)
+    claim = parse_claim(f"claim: x\nmodel: {{name: '{folder}', device: cpu}}\n"
+                        f"behavior: {{dataset: known_facts, path: '{facts}', split: {{train: 0.5, "
+                        "validation: 0.0, test: 0.5}}\nlocation: {sites: [L1M]}\n"
+                        f"edits: [{edits}]\nmetrics: [{', '.join(METRICS)}]\n"
+                        f"side_effects: {{path: '{texts}'}}\n", path=root / "facts.yaml")
+    return claim, prepare_testbed(claim, root / "cache")

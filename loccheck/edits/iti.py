@@ -15,7 +15,7 @@ predicts an answer token. The policies:
   [len(prompt_i) - 1, len(prompt_i) + len(answer_i)): the last prompt token and every answer token,
   including the final one, whose logits are dropped (editing it changes nothing that is scored,
   as attention is causal). The positions come from `set_positions`, which is what
-  `loccheck.scoring`'s `on_batch` hook calls before every forward:
+  `loccheck.models.scoring`'s `on_batch` hook calls before every forward:
   `all_pair_logprobs(model, pairs, pad_id, on_batch=edit.set_positions)`.
 - "last": only the final non-pad position of each row (the last marked position of the mask
   given to `set_positions`; without a mask, the final position of the tensor, which is the
@@ -35,8 +35,9 @@ from typing import Annotated, Callable, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from loccheck.edits import EditMethod, Fitted, register_edit_method
+from loccheck.edits import EditMethod, EditSettings, Fitted, register_edit_method
 from loccheck.locations import HeadLoc
+from loccheck.render.format import edits_of, fmt, site_noun
 from loccheck.schema import Number, Section
 
 POSITIONS = ("answer", "last", "all")
@@ -231,7 +232,7 @@ def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[To
     of non-negative alphas a tie goes to the smallest alpha. NaN metrics never win.
     """
     from loccheck.metrics import METRICS, compute_metrics
-    from loccheck.scoring import all_pair_logprobs
+    from loccheck.models.scoring import all_pair_logprobs
 
     if metric not in METRICS or METRICS[metric].needs != "pair_logprobs":
         raise ValueError(f"`metric` must be a pair-logprob metric ({', '.join(METRICS)}), got {metric!r}")
@@ -256,51 +257,73 @@ def sweep_alpha(model, make_edit: Callable[[float], ITIEdit], pairs: Sequence[To
     return min((a for a in finite if sign * table[a] == best), key=lambda a: (abs(a), a)), table
 
 
+@dataclass(frozen=True)
+class ITISettings(EditSettings):
+    alphas: tuple[float, ...]    # the grid swept on the validation questions
+    positions: str               # where the shift is added ("answer")
+    metric: str                  # alpha is chosen by the verdict's metric: part of the fit
+
+
 def _settings(section: ITIEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "head", ceiling: bool = False) -> dict:
-    # alpha is chosen by the verdict's metric on the validation questions: part of the fit
-    return {"alphas": list(section.alphas), "positions": section.positions, "metric": verdict_metric}
+              site_kind: str = "head", ceiling: bool = False) -> ITISettings:
+    return ITISettings(tuple(section.alphas), section.positions, verdict_metric)
 
 
-def directions_for(bench) -> ITIDirections:
+def directions_for(testbed) -> ITIDirections:
     """ITI's directions from the train and validation questions' activations (computed once per
-    bench; the test questions are not part of the data they are computed from)."""
-    if "iti_directions" not in bench.memo:
-        from loccheck.activations import labelled_activations
+    testbed; the test questions are not part of the data they are computed from)."""
+    if "iti_directions" not in testbed.memo:
+        from loccheck.models.activations import labelled_activations
 
-        acts = labelled_activations(bench.loaded, bench.data.without_test(), bench.cache_root)
-        bench.memo["iti_directions"] = iti_directions(acts[0], acts[1])
-    return bench.memo["iti_directions"]
+        acts = labelled_activations(testbed.loaded, testbed.data.without_test(), testbed.cache_root)
+        testbed.memo["iti_directions"] = iti_directions(acts[0], acts[1])
+    return testbed.memo["iti_directions"]
 
 
-def _fit(bench, settings: dict, location) -> Fitted:
+def _fit(testbed, settings: ITISettings, location, on_step=None) -> Fitted:
     """The alpha with the best validation metric, the same grid for every location."""
-    directions, alphas = directions_for(bench), settings["alphas"]
+    directions, alphas = directions_for(testbed), list(settings.alphas)
     tried = []
 
     def make(alpha: float) -> ITIEdit:
         tried.append(alpha)
-        if bench.on_step is not None:
-            bench.on_step(len(tried), len(alphas), None)
-        return ITIEdit(bench.adapter, location, directions, alpha, positions=settings["positions"])
+        if on_step is not None:
+            on_step(len(tried), len(alphas), None)
+        return ITIEdit(testbed.adapter, location, directions, alpha, positions=settings.positions)
 
-    best, by_alpha = sweep_alpha(bench.model, make, bench.validation, alphas, settings["metric"],
-                                 bench.pad_id)
-    edit = ITIEdit(bench.adapter, location, directions, best, positions=settings["positions"])
+    best, by_alpha = sweep_alpha(testbed.model, make, testbed.validation, alphas, settings.metric,
+                                 testbed.pad_id)
+    edit = ITIEdit(testbed.adapter, location, directions, best, positions=settings.positions)
     return Fitted(edit, {"alpha": best, "validation_by_alpha": {f"{a:g}": v for a, v in by_alpha.items()}})
 
 
-def _initial(bench, settings: dict, location) -> ITIEdit:
+def _initial(testbed, settings: ITISettings, location) -> ITIEdit:
     """alpha = 0: the identity, whatever the directions."""
-    a = bench.adapter
+    a = testbed.adapter
     zero = ITIDirections(np.zeros((a.n_layers, a.n_heads, a.head_dim)), np.zeros((a.n_layers, a.n_heads)))
-    return ITIEdit(a, location, zero, 0.0, positions=settings["positions"])
+    return ITIEdit(a, location, zero, 0.0, positions=settings.positions)
 
 
-def _restore(bench, settings: dict, location, state: dict):
-    return _initial(bench, settings, location).load_state(state)
+def _restore(testbed, settings: ITISettings, location, state: dict):
+    return _initial(testbed, settings, location).load_state(state)
+
+# --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
+
+def _report_lines(r: dict) -> list[str]:
+    iti = edits_of(r, "iti")
+    by_role = {e.get("role"): e for e in iti}
+    alphas = [e.get("alpha") for e in iti if e.get("role") == "random"]
+    kind = site_noun(r)
+    return ["## The ITI edits", "",
+            f"`iti` adds alpha * sigma * u (ITI's mass-mean-shift direction, sigma the spread of "
+            f"the activations along it) to each {kind}, at the last prompt token and every answer "
+            "token when scoring an answer, with alpha picked on the validation questions for each "
+            "location alike.", "",
+            f"ITI's alpha chosen on validation: claim {fmt(by_role.get('claim', {}).get('alpha'))}, "
+            f"whole model {fmt(by_role.get('ceiling', {}).get('alpha'))}, random locations "
+            + ", ".join(fmt(a) for a in alphas) + "."]
 
 
 register_edit_method(EditMethod("iti", ITIEditSection, _settings, _fit, _restore, _initial,
                                 "ITI's mass-mean shift, alpha swept on validation",
-                                uses_validation=True))
+                                uses_validation=True, report_lines=_report_lines))

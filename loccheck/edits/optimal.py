@@ -8,7 +8,7 @@ heads: o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), m^l mas
 location's heads in layer l. Its ceiling, the whole-model edit, is the same edit with every
 head unmasked (METHOD.md: "equivalently the same reparameterization with every head
 unmasked"); rank-1 LoRA with peft on every output projection (`FullLoraEdit`) reaches the same
-functions and is kept as an independent cross-check (tests/test_training.py). Every edit
+functions and is kept as an independent cross-check (tests/edits/test_training.py). Every edit
 starts from the identity (b = 0) with the same random read vector a for each layer, drawn once
 from the edit seed, and gets the same data, order, convergence rule and cap. The claim and its
 null share `learning_rate`; the ceiling has its own, `ceiling_learning_rate`, which no claim's
@@ -16,22 +16,27 @@ size changes, so every claim on the same model, data and settings gets the same 
 
 Every location's edit is a special case of the ceiling's (its rows, masked, in the ceiling's
 layers: `absorb`), so the ceiling's training objective can be no worse than any location's:
-when a location's edit fits better, the ceiling is continued from it (`loccheck.verification`).
+when a location's edit fits better, the ceiling is continued from it (`loccheck.run.verify`).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
-from dataclasses import fields
-from typing import Annotated, Iterator, Literal, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import AfterValidator, Field, StrictInt
 
-from loccheck.edits import EditMethod, Fitted, register_edit_method
+from loccheck.edits import EditMethod, EditSettings, Fitted, register_edit_method
 from loccheck.locations import HeadLoc, MlpLoc
+from loccheck.render.format import edit_name, edits_of, fmt, site_noun, sites, table
 from loccheck.schema import Number, Section, Seed
 
+if TYPE_CHECKING:
+    from loccheck.edits.training import TrainConfig
 
 MAX_LEARNING_RATE = 1e6
 
@@ -71,16 +76,27 @@ class OptimalEditSection(Section):
     seed: Seed = Field(0, description="Seed of edit initialization and batch order.")
 
 
+@dataclass(frozen=True)
+class OptimalSettings(EditSettings):
+    train: TrainConfig           # how it is trained (objective, rate, budget, convergence, seed)
+    read: str                    # "all" or "location"
+    init_std: float
+    site_kind: str               # "head" or "mlp"
+
+
 def _settings(section: OptimalEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "head", ceiling: bool = False) -> dict:
+              site_kind: str = "head", ceiling: bool = False) -> OptimalSettings:
     """One procedure for every location: the same settings; the ceiling's own learning rate,
     which does not depend on the claim (nor, then, does its cache key)."""
     from loccheck.edits.training import TrainConfig
 
-    train = {f.name: getattr(section, f.name) for f in fields(TrainConfig) if f.name != "learning_rate"}
-    lr = section.ceiling_learning_rate if ceiling else section.learning_rate
-    return {**train, "learning_rate": lr, "read": section.read, "init_std": section.init_std,
-            "site_kind": site_kind}
+    train = TrainConfig(objective=section.objective, tau=section.tau, beta=section.beta,
+                        batch_size=section.batch_size,
+                        learning_rate=section.ceiling_learning_rate if ceiling else section.learning_rate,
+                        weight_decay=section.weight_decay, warmup_ratio=section.warmup_ratio,
+                        max_epochs=section.max_epochs, convergence_tol=section.convergence_tol,
+                        seed=section.seed)
+    return OptimalSettings(train, section.read, section.init_std, site_kind)
 
 
 def initial_read_vectors(adapter, seed: int, init_std: float, kind: str = "head"):
@@ -275,29 +291,28 @@ class FullLoraEdit:
         return self
 
 
-def _make(bench, settings: dict, location):
+def _make(testbed, settings: OptimalSettings, location):
     """The edit before training (the identity); `location` None is the whole model, every site
     of the kind unmasked: the same parameterization as at a location, so the ceiling is a fair one."""
-    kind = settings.get("site_kind", "head")
-    a_init = initial_read_vectors(bench.adapter, settings["seed"], settings["init_std"], kind)
+    kind = settings.site_kind
+    a_init = initial_read_vectors(testbed.adapter, settings.train.seed, settings.init_std, kind)
     if kind == "mlp":
-        return MlpEdit(bench.adapter, location, a_init)
-    return HeadEdit(bench.adapter, location, a_init, read=settings["read"])
+        return MlpEdit(testbed.adapter, location, a_init)
+    return HeadEdit(testbed.adapter, location, a_init, read=settings.read)
 
 
-def _fit(bench, settings: dict, location, start=None) -> Fitted:
+def _fit(testbed, settings: OptimalSettings, location, on_step=None, start=None) -> Fitted:
     """`start`: (settings, location, state) of a fitted edit whose location lies inside this
     one's, to continue from instead of the identity."""
-    from loccheck.edits.training import TrainConfig, train_edit
+    from loccheck.edits.training import train_edit
 
-    cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
-    edit = _make(bench, settings, location)
+    edit = _make(testbed, settings, location)
     if start is not None:
-        edit.absorb(_restore(bench, *start))
-    with edit.attached(bench.model):
-        fit = train_edit(bench.model, edit, bench.train, bench.reference, cfg, bench.pad_id,
-                         on_step=bench.on_step, warm=start is not None)
-    return Fitted(edit, {"learning_rate": cfg.learning_rate, "steps": len(fit.loss_curve),
+        edit.absorb(_restore(testbed, *start))
+    with edit.attached(testbed.model):
+        fit = train_edit(testbed.model, edit, testbed.train, testbed.reference, settings.train, testbed.pad_id,
+                         on_step=on_step, warm=start is not None)
+    return Fitted(edit, {"learning_rate": settings.train.learning_rate, "steps": len(fit.loss_curve),
                          "epochs": fit.epochs, "initial_objective": fit.initial_objective,
                          "final_objective": fit.final_objective, "attained": fit.attained,
                          "converged": fit.converged, "stopped": fit.stopped,
@@ -306,10 +321,125 @@ def _fit(bench, settings: dict, location, start=None) -> Fitted:
                          "loss_curve": list(fit.loss_curve)})
 
 
-def _restore(bench, settings: dict, location, state: dict):
-    return _make(bench, settings, location).load_state(state)
+def _restore(testbed, settings: OptimalSettings, location, state: dict):
+    return _make(testbed, settings, location).load_state(state)
+
+# --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
+
+LOSS_CURVES_NAME = "loss_curves.png"
+
+
+def _report_lines(r: dict) -> list[str]:
+    edits = edits_of(r, "optimal")
+    kind = site_noun(r)
+    rows = [[edit_name(e), sites(e.get("location") or [], kind=kind), fmt(e.get("n_params")),
+             fmt(e.get("learning_rate")), fmt(e.get("epochs")), fmt(e.get("steps")),
+             f"{fmt(e.get('initial_objective'))} -> {fmt(e.get('final_objective'))}",
+             fmt(e.get("attained")), "yes" if e.get("converged") else f"**no** ({e.get('stopped')})"]
+            for e in edits]
+    capped = [f"{edit_name(e)} ({e.get('stopped')})" for e in edits if not e.get("converged")]
+    if any(e.get("stopped") == "budget" for e in edits):
+        note = ("DPO has no optimum (its loss only approaches 0 as the margin grows), so these edits "
+                "are a budget-matched comparison: each trained exactly `max_epochs` epochs, none is "
+                "an optimum.")
+    elif capped:
+        note = (f"**Warning:** the verdict rests on {len(capped)} of {len(edits)} edits that did not "
+                "converge (capped: still improving at the cap; stalled: steps lost in round-off; "
+                "diverged), so they may not be optimal: " + ", ".join(capped) + ".")
+    else:
+        note = (f"All {len(edits)} edits converged: each came within `convergence_tol` of the "
+                "objective's optimum, or got stuck (two epochs improving its whole-training-set "
+                "objective by at most `convergence_tol` of the improvement made so far, or three "
+                "undone ones, since its last real improvement) after improving it (plateau), or "
+                "never received a gradient at all (stationary).")
+    note += _continued_note(edits)
+    diverged = [edit_name(e) for e in edits if e.get("diverged")]
+    if diverged:
+        note += (f" **{len(diverged)} diverged** ({', '.join(diverged)}): a diverged edit has no "
+                 "optimum to compare, so the test counts a diverged random location as editing at "
+                 "least as well as the claim, a diverged claim as beaten by every random location "
+                 "(FALSIFIED) and a diverged whole-model edit as no effect to localize (NO_EFFECT); "
+                 "none of them is cached, so the next run fits them again.")
+    headers = ["edit", "location", "params", "learning rate", "epochs", "steps",
+               "objective (start -> end)", "share of attainable", "converged?"]
+    return ["## Convergence of the optimal edits", "",
+            "`optimal` fits the best rank-1 edit at each location by preference optimisation: the "
+            "same data, order, convergence rule and cap everywhere; the claim and the random "
+            "locations share `learning_rate`, the whole-model edit has its own "
+            "(`ceiling_learning_rate`), the same for every claim. \"Share of attainable\" is "
+            "(start - end) / (start - optimum), from the identity edit.",
+            "", table(rows, headers), "", note, "",
+            f"![Training loss per step of the claimed-location edit, the whole-model edit and the "
+            f"{r.get('n_null')} random-location edits]({LOSS_CURVES_NAME})"]
+
+def _continued_note(edits: list[dict]) -> str:
+    """What was done to make the ceiling the optimum of the whole-model edit."""
+    ceiling = next((e for e in edits if e.get("role") == "ceiling"), None)
+    if ceiling is None or not ceiling.get("continued_from"):
+        return ""
+    src, first = ceiling["continued_from"], ceiling.get("first_fit") or {}
+    name = "the claim" if src.get("role") == "claim" else f"random location {src.get('index')}"
+    return (f" **The ceiling was continued:** fitted from the identity, the whole-model edit "
+            f"stopped ({first.get('stopped')}) at training objective {fmt(first.get('final_objective'))}, "
+            f"above the {fmt(src.get('final_objective'))} of {name}'s edit by more than the rule's "
+            "tolerance. Every location's edit is a whole-model edit with the other sites' write "
+            "vectors at zero, so the whole-model optimum can be no worse: it was fitted again "
+            f"starting from {name}'s parameters, by the same rule, and reached "
+            f"{fmt(ceiling.get('final_objective'))} ({ceiling.get('stopped')}). The table's "
+            "whole-model row is that continued fit.")
+
+
+def _report_figures(r: dict, out_dir: Path) -> None:
+    plot_loss_curves(edits_of(r, "optimal"), out_dir / LOSS_CURVES_NAME, site=site_noun(r))
+
+
+def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike, *, site: str = "head") -> Path:
+    """Training loss per optimizer step for every edit in `edits` (the result dict's list).
+
+    The claim and the whole-model edit are bold; random locations are thin grey lines with
+    one legend entry. The y axis is logarithmic when every finite loss is positive.
+    """
+    from loccheck.render.figures import CLAIM_COLOR, FIGSIZE, FULL_COLOR, NULL_COLOR, RC, legend_below, plt, save_figure, ticker
+
+    randoms = [e for e in edits if e.get("role") == "random"]
+    styles = {"claim": dict(color=CLAIM_COLOR, lw=2.4, label=f"claimed {site}s", zorder=3),
+              "ceiling": dict(color=FULL_COLOR, lw=2.0, ls="--", label="whole model", zorder=3)}
+    all_losses = []
+    with plt.style.context("default"), plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+        labelled = False
+        # Random curves first so the claim and the ceiling are drawn on top of them.
+        for e in sorted(edits, key=lambda e: e.get("role") != "random"):
+            y = np.asarray([np.nan if v is None else v for v in e.get("loss_curve") or []], float)
+            if y.size == 0:
+                continue
+            all_losses.append(y[np.isfinite(y)])
+            x = np.arange(1, y.size + 1)
+            if e.get("role") == "random":
+                ax.plot(x, y, color=NULL_COLOR, lw=0.8, alpha=0.6, zorder=1,
+                        label=None if labelled else f"random ({len(randoms)})")
+                labelled = True
+            else:
+                ax.plot(x, y, **styles.get(e.get("role"), dict(lw=1.5, label=str(e.get("role")))))
+        finite = np.concatenate(all_losses) if all_losses else np.empty(0)
+        if finite.size and np.all(finite > 0):
+            ax.set_yscale("log")
+            # Plain tick labels at 1, 2, 5 x 10^k: a loss spanning under a decade would
+            # otherwise get one or two scientific-notation labels.
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=12))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_title("Edit training loss per step")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss")
+        if all_losses:
+            legend_below(fig)
+        else:
+            ax.text(0.5, 0.5, "no loss curves recorded", transform=ax.transAxes, ha="center")
+        return save_figure(fig, path)
 
 
 register_edit_method(EditMethod("optimal", OptimalEditSection, _settings, _fit, _restore, _make,
                                 "rank-1 edit restricted to the location, fitted by IPO/DPO",
-                                site_kinds=("head", "mlp"), continues_ceiling=True))
+                                site_kinds=("head", "mlp"), continues_ceiling=True,
+                                report_lines=_report_lines, report_figures=_report_figures))

@@ -30,14 +30,16 @@ rank-one factors: per layer, u_i (d_ff) and r_i (d_model) for each fact i.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
 from pydantic import Field, StrictInt
 
-from loccheck.edits import EditMethod, Fitted, register_edit_method
+from loccheck.edits import EditMethod, EditSettings, Fitted, register_edit_method
 from loccheck.errors import LoccheckError
+from loccheck.render.format import edits_of, fmt
 from loccheck.schema import Number, Section
 
 STATS_FILE = "TruthfulQA.csv"
@@ -63,13 +65,13 @@ class RomeEditSection(Section):
 
 def stats_file(path: str | None) -> Path:
     """`stats_path`, else $LOCCHECK_DATA_DIR/TruthfulQA.csv (found as every data file is)."""
-    from loccheck.data import _find_data_file
+    from loccheck.data.sources import find_data_file
     from loccheck.errors import DataError
     from loccheck.userfiles import expand_user
 
     if path is not None:
         return expand_user(path, key="stats_path")
-    file, tried = _find_data_file(STATS_FILE, None, None)
+    file, tried = find_data_file(STATS_FILE, None, None)
     if file is None:
         raise DataError("rome needs a text sample for its key statistics (set stats_path, or "
                         f"LOCCHECK_DATA_DIR to a folder holding {STATS_FILE}): " + "; ".join(tried), key="stats_path")
@@ -81,9 +83,9 @@ def stats_texts(file: Path) -> list[str]:
     import csv
     import io
 
-    from loccheck.data import _read_text
+    from loccheck.data.sources import read_data_text
 
-    text, _ = _read_text(file)
+    text, _ = read_data_text(file)
     if file.suffix == ".csv":
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
         cells = [r.get(c) or "" for r in rows for c in ("Question", "Best Answer", "Correct Answers",
@@ -92,8 +94,26 @@ def stats_texts(file: Path) -> list[str]:
     return [t.strip() for t in text.splitlines() if t.strip()]
 
 
+@dataclass(frozen=True)
+class StatsSample:
+    """The text sample ROME's key statistics are collected over."""
+    path: str                    # resolved
+    sha256: str                  # of the file: a changed sample is another fit
+    tokens: int                  # tokens of it used
+
+
+@dataclass(frozen=True)
+class RomeSettings(EditSettings):
+    v_steps: int
+    v_lr: float
+    v_weight_decay: float
+    clamp_norm_factor: float
+    stats: StatsSample
+    ridge: float
+
+
 def _settings(section: RomeEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "mlp", ceiling: bool = False) -> dict:
+              site_kind: str = "mlp", ceiling: bool = False) -> RomeSettings:
     """The settings of every fit; the text sample is read here, when a claim is inspected, so a
     missing, unreadable or empty one is refused before anything is fitted."""
     from loccheck.cache import file_sha256
@@ -111,39 +131,37 @@ def _settings(section: RomeEditSection, *, size: int, claim_size: int, verdict_m
         # no keys would give C = 0, and the ridge alone would be its inverse: refused, not guessed
         raise DataError(f"{file}: no text to collect rome's key statistics from (a TruthfulQA-style "
                         "CSV's questions and answers, else one text per line)", key="stats_path")
-    return {"v_steps": section.v_steps, "v_lr": section.v_lr, "v_weight_decay": section.v_weight_decay,
-            "clamp_norm_factor": section.clamp_norm_factor,
-            "stats": {"path": str(file.resolve()), "sha256": file_sha256(file), "tokens": section.stats_tokens},
-            "ridge": section.ridge}
+    return RomeSettings(section.v_steps, section.v_lr, section.v_weight_decay, section.clamp_norm_factor,
+                        StatsSample(str(file.resolve()), file_sha256(file), section.stats_tokens), section.ridge)
 
 
-def key_statistics(bench, stats: dict, layers) -> dict[int, np.ndarray]:
+def key_statistics(testbed, stats: StatsSample, layers) -> dict[int, np.ndarray]:
     """{layer: C} = E[k k^T] of each layer's down-projection inputs over the sample's tokens
-    (computed for every layer in one pass, once per bench)."""
+    (computed for every layer in one pass, once per testbed)."""
     import torch
 
     from loccheck.models.hooks import read_outputs
 
-    memo = bench.memo.setdefault(("rome_stats", stats["sha256"], stats["tokens"]), {})
+    memo = testbed.memo.setdefault(("rome_stats", stats.sha256, stats.tokens), {})
     # every layer in one pass over the sample, the first time any is asked for
-    missing = [l for l in range(bench.adapter.n_layers) if l not in memo] if any(l not in memo for l in layers) else []
+    missing = [l for l in range(testbed.adapter.n_layers) if l not in memo] if any(l not in memo for l in layers) else []
     if missing:
-        file = Path(stats["path"])
+        file = Path(stats.path)
         if not file.is_file():
             raise LoccheckError(f"{file}: the text sample of rome's key statistics is not a file", key="edits")
-        tok, model = bench.tokenizer, bench.model
+        tok, model = testbed.tokenizer, testbed.model
         ids = [t for text in stats_texts(file) for t in tok(" " + text, add_special_tokens=False).input_ids]
-        ids = ids[:stats["tokens"]]
+        ids = ids[:stats.tokens]
         if not ids:
             raise LoccheckError(f"{file}: its texts give no token for rome's key statistics", key="edits")
-        width = bench.adapter.mlp_width
+        width = testbed.adapter.mlp_width
         acc = {l: torch.zeros(width, width, dtype=torch.float64) for l in missing}
         device = next(model.parameters()).device
 
         def collect(row, x, y):
             k = x.detach().reshape(-1, width).double().cpu()
             acc[missing[row]] += k.T @ k
-        with torch.no_grad(), read_outputs([bench.adapter.mlp_out(l) for l in missing], collect):
+        with torch.no_grad(), read_outputs([testbed.adapter.mlp_out(l) for l in missing], collect):
             for start in range(0, len(ids), STATS_PIECE * 8):
                 chunk = ids[start:start + STATS_PIECE * 8]
                 rows = [chunk[i:i + STATS_PIECE] for i in range(0, len(chunk), STATS_PIECE)]
@@ -213,29 +231,25 @@ class RomeEdit:
         return MlpLoc(layer)
 
 
-def fact_item(bench, pair):
+def fact_item(testbed, pair):
     """(prompt ids, the subject's last token, target ids, true attribute ids) of a fact's pair,
     or None when its subject cannot be found among the prompt's tokens."""
-    from loccheck.prompts import answer_ids, prompt_ids
-    from loccheck.tracing import subject_span
+    from loccheck.data.known_facts import fact_tokens
 
-    fact = bench.data.facts.get(pair.prompt)
-    if fact is None:
+    fact = testbed.data.facts.get(pair.prompt)
+    tokens = None if fact is None else fact_tokens(testbed.tokenizer, fact, testbed.prompt_format, testbed.system_prompt)
+    if tokens is None or not tokens.counterfactual or not tokens.attribute:
         return None
-    ids = prompt_ids(bench.tokenizer, pair.prompt, bench.prompt_format, bench.system_prompt)
-    span = subject_span(bench.tokenizer, pair.prompt, fact.subject, ids)
-    target = answer_ids(bench.tokenizer, pair.chosen, bench.prompt_format)
-    true = answer_ids(bench.tokenizer, pair.rejected, bench.prompt_format)
-    return (ids, span[1] - 1, target, true) if span is not None and target and true else None
+    return tokens.ids, tokens.span[1] - 1, tokens.counterfactual, tokens.attribute
 
 
-def _fact_items(bench):
+def _fact_items(testbed):
     """(prompt ids, subject's last token, target ids) of each train fact the edit can use."""
-    items = (fact_item(bench, pair) for pair in bench.data.train)
+    items = (fact_item(testbed, pair) for pair in testbed.data.train)
     return [item[:3] for item in items if item is not None]
 
 
-def _inputs_at(bench, layers, ids, position: int) -> dict:
+def _inputs_at(testbed, layers, ids, position: int) -> dict:
     """{layer: (the down projection's input, its output)} at `position` of one prompt."""
     import torch
 
@@ -245,39 +259,39 @@ def _inputs_at(bench, layers, ids, position: int) -> dict:
 
     def read(row, x, y):
         seen[layers[row]] = (x[0, position].detach(), y[0, position].detach())
-    with torch.no_grad(), read_outputs([bench.adapter.mlp_out(l) for l in layers], read):
-        bench.model(torch.tensor([ids], device=next(bench.model.parameters()).device))
+    with torch.no_grad(), read_outputs([testbed.adapter.mlp_out(l) for l in layers], read):
+        testbed.model(torch.tensor([ids], device=next(testbed.model.parameters()).device))
     return seen
 
 
-def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: dict):
+def _value_delta(testbed, layer: int, ids, position: int, target, v0, settings: RomeSettings):
     """delta at `layer`'s MLP output, subject's last token, that makes `target` likely: ROME's
     compute_v loop (its loss, clamp and stop), without its KL term and random prefixes."""
     import torch
 
     from loccheck.models.hooks import displaced_outputs
     from loccheck.models.prefix import sequence_prefix
-    from loccheck.scoring import answer_logprobs
+    from loccheck.models.scoring import answer_logprobs
 
     # nothing below the layer changes while delta is optimised: those blocks run once
-    prefix = sequence_prefix(bench.model, bench.adapter, layer, [tuple(ids) + tuple(target)], bench.pad_id)
+    prefix = sequence_prefix(testbed.model, testbed.adapter, layer, [tuple(ids) + tuple(target)], testbed.pad_id)
     delta = torch.zeros_like(v0, dtype=torch.float32, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=settings["v_lr"])
+    opt = torch.optim.Adam([delta], lr=settings.v_lr)
     v0_norm = float(v0.float().norm())
     scale = v0_norm ** 2 or 1.0                               # a dead MLP's output is zero
-    max_norm = settings["clamp_norm_factor"] * v0_norm
+    max_norm = settings.clamp_norm_factor * v0_norm
 
     def add(row, x, y):
         out = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
         out[:, position] = delta
         return out
-    with displaced_outputs([bench.adapter.mlp_out(layer)], add):
-        for step in range(settings["v_steps"]):
-            nll = -answer_logprobs(bench.model, [ids], [target], bench.pad_id, prefix=prefix)[0] / len(target)
+    with displaced_outputs([testbed.adapter.mlp_out(layer)], add):
+        for step in range(settings.v_steps):
+            nll = -answer_logprobs(testbed.model, [ids], [target], testbed.pad_id, prefix=prefix)[0] / len(target)
             # ROME's weight decay: |delta| / |v0|^2 (the norm, not its square)
-            loss = nll + settings["v_weight_decay"] * delta.norm() / scale
+            loss = nll + settings.v_weight_decay * delta.norm() / scale
             # ROME stops on the total loss, and its last pass only evaluates
-            if loss.item() < STOP_LOSS or step == settings["v_steps"] - 1:
+            if loss.item() < STOP_LOSS or step == settings.v_steps - 1:
                 break
             opt.zero_grad()
             loss.backward()
@@ -288,34 +302,34 @@ def _value_delta(bench, layer: int, ids, position: int, target, v0, settings: di
     return delta.detach()
 
 
-def inverse_statistics(bench, settings: dict, layers) -> dict:
-    """{layer: (C + ridge)^-1} in float32, each inverted once per bench."""
+def inverse_statistics(testbed, settings: RomeSettings, layers) -> dict:
+    """{layer: (C + ridge)^-1} in float32, each inverted once per testbed."""
     import torch
 
-    stats = key_statistics(bench, settings["stats"], layers)
-    memo = bench.memo.setdefault(("rome_inverse", settings["stats"]["sha256"], settings["stats"]["tokens"],
-                                  settings["ridge"]), {})
+    stats = key_statistics(testbed, settings.stats, layers)
+    memo = testbed.memo.setdefault(("rome_inverse", settings.stats.sha256, settings.stats.tokens,
+                                  settings.ridge), {})
     for l in layers:
         if l not in memo:
             C = torch.from_numpy(stats[l])
             scale = float(C.diagonal().mean()) or 1.0          # a dead MLP's keys are all zero
-            C = C + settings["ridge"] * scale * torch.eye(C.shape[0], dtype=C.dtype)
+            C = C + settings.ridge * scale * torch.eye(C.shape[0], dtype=C.dtype)
             memo[l] = torch.linalg.inv(C).float()
     return {l: memo[l] for l in layers}
 
 
-def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, settings: dict):
+def edit_fact(testbed, edit: RomeEdit, inverse: dict, ids, position: int, target, settings: RomeSettings):
     """ROME's update for one fact, added to `edit` (computed with the edit as it is); returns
     delta, what the update adds to the MLP output at the subject's last token (in equal shares
     over the edit's layers)."""
     import torch
 
     layers = edit.layers
-    with edit.attached(bench.model):
-        seen = _inputs_at(bench, layers[:1], ids, position)
+    with edit.attached(testbed.model):
+        seen = _inputs_at(testbed, layers[:1], ids, position)
         # optimised at the first layer: the last one may be too late to reach the prediction (the
         # model's final MLP at the subject's token feeds nothing)
-        delta = _value_delta(bench, layers[0], ids, position, target, seen[layers[0]][1], settings)
+        delta = _value_delta(testbed, layers[0], ids, position, target, seen[layers[0]][1], settings)
     k_dim = edit.U.shape[-1]
     edit.add(torch.zeros(len(layers), k_dim), torch.zeros(len(layers), delta.numel()))
     share = delta.cpu() / len(layers)
@@ -323,8 +337,8 @@ def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, 
         # each layer's key is read with this fact's updates below it in place (as MEMIT does):
         # a key read before them would give the higher layers more than their share
         if row:
-            with edit.attached(bench.model):
-                seen = _inputs_at(bench, [l], ids, position)
+            with edit.attached(testbed.model):
+                seen = _inputs_at(testbed, [l], ids, position)
         k = seen[l][0].float().cpu()
         c_inv_k = inverse[l] @ k
         norm = float(k @ c_inv_k)
@@ -336,26 +350,40 @@ def edit_fact(bench, edit: RomeEdit, inverse: dict, ids, position: int, target, 
     return delta
 
 
-def _fit(bench, settings: dict, location) -> Fitted:
-    edit = RomeEdit(bench.adapter, location)
-    inverse = inverse_statistics(bench, settings, edit.layers)
-    items = _fact_items(bench)
+def _fit(testbed, settings: RomeSettings, location, on_step=None) -> Fitted:
+    edit = RomeEdit(testbed.adapter, location)
+    inverse = inverse_statistics(testbed, settings, edit.layers)
+    items = _fact_items(testbed)
     for n, (ids, position, target) in enumerate(items):
-        if bench.on_step is not None:
-            bench.on_step(n + 1, len(items), None)
-        edit_fact(bench, edit, inverse, ids, position, target, settings)
-    tokens = bench.memo[("rome_stats", settings["stats"]["sha256"], settings["stats"]["tokens"])]["_tokens"]
+        if on_step is not None:
+            on_step(n + 1, len(items), None)
+        edit_fact(testbed, edit, inverse, ids, position, target, settings)
+    tokens = testbed.memo[("rome_stats", settings.stats.sha256, settings.stats.tokens)]["_tokens"]
     return Fitted(edit, {"n_facts_edited": len(items), "stats_tokens": tokens})
 
 
-def _initial(bench, settings: dict, location) -> RomeEdit:
-    return RomeEdit(bench.adapter, location)
+def _initial(testbed, settings: RomeSettings, location) -> RomeEdit:
+    return RomeEdit(testbed.adapter, location)
 
 
-def _restore(bench, settings: dict, location, state: dict) -> RomeEdit:
-    return _initial(bench, settings, location).load_state(state)
+def _restore(testbed, settings: RomeSettings, location, state: dict) -> RomeEdit:
+    return _initial(testbed, settings, location).load_state(state)
+
+# --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
+
+def _report_lines(r: dict) -> list[str]:
+    rome = edits_of(r, "rome")
+    claim = next((e for e in rome if e.get("role") == "claim"), {})
+    return ["## The ROME edits", "",
+            f"`rome` applies ROME's closed-form rank-one update (Meng et al. 2022) for each of the "
+            f"{fmt(claim.get('n_facts_edited'))} train facts in turn, at every location alike: the key is "
+            "the down projection's input at the subject's last token, the value is optimised to make the "
+            "counterfactual target likely, and the update is weighted by the inverse of the keys' second "
+            f"moment over {fmt(claim.get('stats_tokens'))} tokens of the stated text sample. At a location "
+            "of several layers the value is split in equal shares, one rank-one update per layer "
+            "(MEMIT's spreading); the whole-model edit spreads over every layer."]
 
 
 register_edit_method(EditMethod("rome", RomeEditSection, _settings, _fit, _restore, _initial,
                                 "ROME's closed-form rank-one edit of each train fact in turn",
-                                site_kinds=("mlp",), datasets=("known_facts",)))
+                                site_kinds=("mlp",), datasets=("known_facts",), report_lines=_report_lines))

@@ -38,7 +38,7 @@ DPO has no optimum (its loss only approaches 0 as the margin grows without bound
 
 An edit can also start from another edit's parameters (`origin` is then the identity's
 objective): the whole-model ceiling continued from a location's edit that fitted better
-(`loccheck.verification`), whose curve starts at that edit's objective.
+(`loccheck.run.verify`), whose curve starts at that edit's objective.
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ import numpy as np
 import torch
 
 from loccheck.edits.objectives import preference_logratio, preference_loss
-from loccheck.prompts import TokenizedPair
-from loccheck.scoring import all_pair_logprobs, pair_logprobs
+from loccheck.data.prompts import TokenizedPair
+from loccheck.models.scoring import all_pair_logprobs, pair_logprobs
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
     `freeze_prefix`: the blocks below the edit's lowest one run once for every training pair,
     not at every step (`models.prefix`). Both can be turned off to measure what they save."""
     from loccheck.models.prefix import lowest_edited_block, pair_prefix
-    from loccheck.scoring import pair_length
+    from loccheck.models.scoring import pair_length
 
     device = reference.device
     prefix = None

@@ -46,11 +46,13 @@ class Heuristic:
     # section, the comment above the written claim)
     pinned: Callable[..., tuple[dict, str]] | None = None
     datasets: tuple[str, ...] | None = None           # the behaviour datasets it can read (None: any)
+    report_lines: Callable[[dict], list[str]] | None = None      # its report section, from result.json
+    report_figures: Callable[[dict, Path], None] | None = None   # draws its figures into the report folder
 
     def propose(self, section, model, data, cache: Path, seed: int = 0) -> Proposal | None:
         """Rank the model's sites from `data`, which must be HeuristicData (no test split);
         `seed` seeds whatever the heuristic draws at random."""
-        from loccheck.data import HeuristicData
+        from loccheck.data.pairs import HeuristicData
 
         if not isinstance(data, HeuristicData):
             raise TypeError(f"heuristic {self.name!r} takes HeuristicData (BehaviorData.without_test()), "

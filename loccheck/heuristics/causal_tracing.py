@@ -2,18 +2,19 @@
 corrupted fact back (ROME's causal tracing; `corruption: subject_flip` is Reber's variant).
 
 It traces the train facts only (never validation or test), every MLP layer at every token
-(loccheck.tracing), and ranks layers by the claim's `aggregate`: the mean indirect effect over
+(loccheck.heuristics.tracing), and ranks layers by the claim's `aggregate`: the mean indirect effect over
 facts at one of ROME's token groups (by default the last subject token, where ROME finds its
 MLP peak). The top `top_k` layers are the location it proposes. The report shows the heatmap
 (layers by token groups) averaged over facts, with the claimed layers outlined.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
 from pydantic import AfterValidator, Field, StrictInt
@@ -21,6 +22,7 @@ from pydantic import AfterValidator, Field, StrictInt
 from loccheck.errors import LoccheckError
 from loccheck.heuristics import Heuristic, Proposal, register_heuristic
 from loccheck.locations import MlpLoc, format_location
+from loccheck.render.format import fmt, reselected_lines, table
 from loccheck.schema import Number, Section, Seed
 
 PROGRESS_EVERY_S = 30
@@ -56,22 +58,17 @@ class CausalTracingSection(Section):
 def trace_inputs(loaded, data, max_facts: int):
     """(facts, TraceInputs) of the train facts the tracing can use: the subject's tokens are
     found in the prompt; the answer is the attribute's first token."""
-    from loccheck.prompts import answer_ids, prompt_ids
-    from loccheck.tracing import TraceInput, subject_span
+    from loccheck.data.known_facts import fact_tokens
+    from loccheck.heuristics.tracing import TraceInput
 
-    tok = loaded.tokenizer
     facts, items = [], []
     for pair in data.train:
         fact = data.facts.get(pair.prompt)
-        if fact is None:
-            continue
-        ids = prompt_ids(tok, fact.prompt, "text", None)
-        span = subject_span(tok, fact.prompt, fact.subject, ids)
-        answer = answer_ids(tok, fact.attribute, "text")
-        if span is None or not answer:
+        tokens = None if fact is None else fact_tokens(loaded.tokenizer, fact, "text", None)
+        if tokens is None or not tokens.attribute:
             continue
         facts.append(fact)
-        items.append(TraceInput(ids, span, answer[0]))
+        items.append(TraceInput(tokens.ids, tokens.span, tokens.attribute[0]))
         if len(items) == max_facts:
             break
     return facts, items
@@ -81,7 +78,7 @@ def flip_partners(loaded, facts, items, i: int, n: int, seed: int, pool=None) ->
     """Up to `n` corrupted prompts for fact i: its subject replaced by another subject of the
     same relation among `pool` (train facts; default: the traced ones), kept only when it takes
     as many tokens and every other token stays as it was (so every position means what it meant)."""
-    from loccheck.prompts import prompt_ids
+    from loccheck.data.prompts import prompt_ids
 
     fact, item = facts[i], items[i]
     s, e = item.span
@@ -105,7 +102,7 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
     """Every usable train fact traced; the raw record the proposal and the report use."""
     import torch
 
-    from loccheck.tracing import embedding_spread, grouped, noise_for, trace_fact
+    from loccheck.heuristics.tracing import embedding_spread, grouped, noise_for, trace_fact
 
     facts, items = trace_inputs(loaded, data, section.max_facts)
     if not items:
@@ -156,13 +153,13 @@ def trace_facts(section: CausalTracingSection, loaded, data) -> dict:
 
 
 def _run(section: CausalTracingSection, loaded, data, cache: Path, seed: int = 0) -> Proposal:
-    raw = _cached_trace(section, loaded, data, cache)
+    raw = cached_trace(section, loaded, data, cache)
     column = np.nan_to_num(raw["effects"][:, AGGREGATES[section.aggregate]], nan=-np.inf)
     order = sorted(range(len(column)), key=lambda l: (-column[l], l))
     return Proposal(tuple((MlpLoc(l), float(column[l])) for l in order), raw=raw)
 
 
-def _cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> dict:
+def cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> dict:
     """The trace of these facts by this model and these settings, computed once."""
     from loccheck.cache import FitCache, code_identity, content_key
 
@@ -185,7 +182,7 @@ def _floats(values) -> np.ndarray:
 
 
 def _evidence(section: CausalTracingSection, proposal: Proposal, location, pinned: bool) -> dict:
-    from loccheck.tracing import GROUPS
+    from loccheck.heuristics.tracing import GROUPS
 
     raw, k = proposal.raw, len(location)
     selected = format_location(proposal.top(k))
@@ -207,6 +204,78 @@ def _pinned(proposal: Proposal, sites, scores: dict) -> tuple[dict, str]:
             f"the {len(sites)} MLP layers with the largest mean indirect effect of causal tracing\n"
             f"# ({raw['n_facts']} train facts traced; validation and test facts unseen), pinned.")
 
+# --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
+
+TRACING_HEATMAP_NAME = "tracing_heatmap.png"
+
+
+def _report_lines(r: dict) -> list[str]:
+    ev = r["heuristic_evidence"]
+    groups, effects = ev.get("groups") or [], ev.get("effects") or []
+    how = ("Gaussian noise of {:g} x the spread of the subject tokens' embeddings on the subject "
+           "tokens, {} samples".format(ev.get("noise_scale"), ev.get("samples"))
+           if ev.get("corruption") == "noise" else
+           f"the subject replaced by another train subject of the same relation with as many tokens "
+           f"(up to {ev.get('samples')} per fact; {ev.get('n_skipped')} facts had none and were skipped)")
+    rows = [[f"L{layer}M", *(fmt(v) for v in row)] for layer, row in enumerate(effects)]
+    lines = ["## The heuristic: causal tracing", "",
+             f"Each of {ev.get('n_facts')} train facts (never the validation or test facts) is run clean, then "
+             f"corrupted ({how}); then, for every MLP layer and token, corrupted again with the outputs of "
+             f"the {ev.get('window')} MLP layers around it set to their clean values at that token. The "
+             "indirect effect is the answer's restored probability minus its corrupted probability; "
+             f"mean clean probability {fmt(ev.get('p_clean'))}, corrupted {fmt(ev.get('p_corrupt'))} "
+             f"(total effect {fmt(ev.get('total_effect'))}).", "",
+             f"The claimed location is defined by this aggregate: the top {ev.get('top_k')} layer(s) by "
+             f"the mean indirect effect at the **{str(ev.get('aggregate')).replace('_', ' ')}**. "
+             f"The peak is {ev.get('peak')}.", "",
+             f"![Mean indirect effect of restoring each MLP layer at each token group, claimed layers "
+             f"outlined]({TRACING_HEATMAP_NAME})", "",
+             table(rows, ["layer", *groups])]
+    return lines + reselected_lines(ev.get("pinned_layers_reselected"), ev.get("selected"), "Tracing", "layers")
+
+
+def _report_figures(r: dict, out_dir: Path) -> None:
+    ev = r["heuristic_evidence"]
+    effects = np.array([[np.nan if v is None else v for v in row] for row in ev["effects"]], dtype=float)
+    plot_tracing_heatmap(effects, ev["groups"], [MlpLoc.parse(s).layer for s in r.get("location") or []],
+                         out_dir / TRACING_HEATMAP_NAME,
+                         title=f"Causal tracing ({ev['corruption']}), {ev['n_facts']} train facts")
+
+
+def plot_tracing_heatmap(effects, groups: Sequence[str], claimed_layers: Sequence[int],
+                         path: str | os.PathLike, *, title: str) -> Path:
+    """Mean indirect effect per (layer, token group), layer 0 at the bottom, the claimed layers'
+    rows outlined; a diverging scale centred on 0 (restoring can also lower the answer's
+    probability); empty groups grey."""
+    import matplotlib.patches as mpatches
+    from matplotlib import patheffects
+
+    from loccheck.render.figures import CLAIM_COLOR, RC, plt, save_figure, ticker
+
+    eff = np.asarray(effects, dtype=float)
+    if eff.ndim != 2 or eff.shape[1] != len(groups) or 0 in eff.shape:
+        raise ValueError(f"`effects` must be a non-empty (n_layers, {len(groups)}) array, got shape {eff.shape}")
+    n_layers = eff.shape[0]
+    finite = eff[np.isfinite(eff)]
+    limit = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-6)
+    cell = min(0.32, 9.0 / n_layers)
+    outline = [patheffects.withStroke(linewidth=4.0, foreground="white")]
+    with plt.style.context("default"), plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=(6.0, max(3.0, n_layers * cell + 1.8)), layout="constrained")
+        im = ax.imshow(np.ma.masked_invalid(eff), origin="lower", aspect="auto", interpolation="nearest",
+                       cmap=plt.get_cmap("RdBu_r").with_extremes(bad="0.75"), vmin=-limit, vmax=limit)
+        for layer in sorted(set(claimed_layers)):
+            ax.add_patch(mpatches.Rectangle((-0.46, layer - 0.44), len(groups) - 0.08, 0.88, fill=False,
+                                            edgecolor=CLAIM_COLOR, lw=2.0, path_effects=outline,
+                                            zorder=3, clip_on=False))
+        fig.colorbar(im, ax=ax).set_label("mean indirect effect")
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=min(n_layers, 20), integer=True))
+        ax.set_ylabel("MLP layer (0 = first)")
+        ax.set_title(title)
+        return save_figure(fig, path)
+
 
 register_heuristic(Heuristic("causal_tracing", CausalTracingSection, kind="mlp", run=_run,
-                             evidence=_evidence, pinned=_pinned, datasets=("known_facts",)))
+                             evidence=_evidence, pinned=_pinned, datasets=("known_facts",),
+                             report_lines=_report_lines, report_figures=_report_figures))

@@ -8,10 +8,11 @@ scikit-learn only, tested without torch.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
 from pydantic import AfterValidator, Field, StrictInt
@@ -19,6 +20,7 @@ from pydantic import AfterValidator, Field, StrictInt
 from loccheck.errors import LoccheckError, LoccheckWarning
 from loccheck.heuristics import Heuristic, Proposal, register_heuristic
 from loccheck.locations import HeadLoc, format_location, head_sites, outside
+from loccheck.render.format import fmt, reselected_lines, table
 from loccheck.schema import Number, Section
 
 
@@ -151,8 +153,8 @@ def probe_heads(train_x, train_y, val_x, val_y, *, seed: int = 0, C: float = 1.0
 
 
 def _run(section: ProbeHeuristicSection, model, data, cache: Path, seed: int = 0) -> Proposal:
-    """Probe every head of `model` (a PreparedModel) on `data` (HeuristicData)."""
-    from loccheck.activations import labelled_activations
+    """Probe every head of `model` (a LoadedModel) on `data` (HeuristicData)."""
+    from loccheck.models.activations import labelled_activations
 
     probe = probe_heads(*labelled_activations(model, data, cache), seed=seed, C=section.C)
     return Proposal(tuple(probe.ranked()), raw=probe)
@@ -179,6 +181,88 @@ def _pinned(proposal: Proposal, sites, scores: dict) -> tuple[dict, str]:
             f"the {len(sites)} heads with the best\n# validation accuracy of per-head logistic probes "
             f"({probe.n_train} train and\n# {probe.n_val} validation answers; test questions unseen), pinned.")
 
+# --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
+
+PROBE_HEATMAP_NAME = "probe_heatmap.png"
+
+
+def _report_lines(r: dict) -> list[str]:
+    probe = r["heuristic_evidence"]
+    acc = probe.get("claimed_accuracy") or {}
+    rows = [[h, fmt(acc.get(h))] for h in r.get("location") or []]
+    lines = ["## The heuristic: probing", "",
+             f"One logistic-regression probe per head, trained on the activations of "
+             f"{probe.get('n_train')} answers of the train questions and scored on "
+             f"{probe.get('n_val')} answers of the validation questions (never the test "
+             "questions), at the last token of \"Q: {question} A: {answer}\".", "",
+             f"![Validation accuracy of the probe of every head (layers by heads), claimed heads "
+             f"outlined]({PROBE_HEATMAP_NAME})", "",
+             table(rows, ["claimed head", "probe validation accuracy"])]
+    return lines + reselected_lines(probe.get("pinned_heads_reselected"), probe.get("selected"), "Probing", "heads")
+
+
+def _report_figures(r: dict, out_dir: Path) -> None:
+    plot_probe_heatmap(np.asarray(r["heuristic_evidence"]["val_accuracy"]),
+                       [HeadLoc.parse(h) for h in r.get("location") or []], out_dir / PROBE_HEATMAP_NAME)
+
+
+def plot_probe_heatmap(val_accuracy, claimed: Sequence, path: str | os.PathLike, *,
+                       title: str | None = None) -> Path:
+    """Probe validation accuracy per head, with the claimed heads outlined.
+
+    Heads on the x axis, layers on the y axis with **layer 0 at the bottom** (deeper layers
+    higher up); a colour bar gives the accuracy, whose range starts at chance (0.5) unless an
+    accuracy is lower. `claimed` holds HeadLoc-like objects (`.layer`, `.head`); each is drawn
+    as a red rectangle with a white halo, so it shows on any colour. Non-finite cells are grey.
+    """
+    import matplotlib.patches as mpatches
+    from matplotlib import patheffects
+
+    from loccheck.render.figures import CLAIM_COLOR, RC, plt, save_figure, ticker
+
+    acc = np.asarray(val_accuracy, dtype=float)
+    if acc.ndim != 2 or 0 in acc.shape:
+        raise ValueError(f"`val_accuracy` must be a non-empty (n_layers, n_heads) array, got shape {acc.shape}")
+    n_layers, n_heads = acc.shape
+    from loccheck.locations import head_sites, outside
+
+    bad = [str(c) for c in outside(sorted(set(claimed)), head_sites(n_layers, n_heads))]
+    if bad:
+        raise ValueError(f"`claimed` heads {bad} are outside the {n_layers} x {n_heads} accuracy grid")
+    claimed = sorted({(int(c.layer), int(c.head)) for c in claimed})
+    finite = acc[np.isfinite(acc)]
+    vmin = min(0.5, float(finite.min())) if finite.size else 0.5
+    vmax = max(float(finite.max()), vmin + 0.05) if finite.size else 1.0
+    # ~0.3 inch cells, shrunk so a 32 x 32 model still fits in about 9 x 10 inches
+    cell = min(0.32, 7.0 / n_heads, 9.0 / n_layers)
+    figsize = (max(4.5, n_heads * cell + 2.4), max(3.0, n_layers * cell + 1.6))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
+    outline = [patheffects.withStroke(linewidth=4.0, foreground="white")]
+    with plt.style.context("default"), plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        im = ax.imshow(np.ma.masked_invalid(acc), origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
+                       aspect="equal", interpolation="nearest")
+        for l, h in claimed:
+            # inset a little, so two neighbouring claimed heads keep two visible outlines;
+            # unclipped, so an outline on the grid's edge is drawn whole
+            ax.add_patch(mpatches.Rectangle((h - 0.44, l - 0.44), 0.88, 0.88, fill=False,
+                                            edgecolor=CLAIM_COLOR, lw=2.0, path_effects=outline,
+                                            zorder=3, clip_on=False))
+        bar = fig.colorbar(im, ax=ax, shrink=min(1.0, max(0.4, 12 / n_layers)) if n_layers > 12 else 1.0)
+        bar.set_label("probe validation accuracy")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=min(n_heads, 16), integer=True))
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=min(n_layers, 20), integer=True))
+        ax.set_xlim(-0.5, n_heads - 0.5)
+        ax.set_ylim(-0.5, n_layers - 0.5)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer (0 = first)")
+        ax.set_title(title or f"Probe accuracy per head ({len(claimed)} claimed outlined)")
+        if claimed:
+            fig.legend(handles=[mpatches.Patch(fill=False, edgecolor=CLAIM_COLOR, lw=2.0,
+                                               label=f"claimed heads ({len(claimed)})")],
+                       loc="outside lower center", frameon=False)
+        return save_figure(fig, path)
+
 
 register_heuristic(Heuristic("probe", ProbeHeuristicSection, kind="head", run=_run, evidence=_evidence,
-                             pinned=_pinned))
+                             pinned=_pinned, report_lines=_report_lines, report_figures=_report_figures))

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from loccheck.registry import Registry
 
-NEEDS = ("pair_logprobs", "choice_logprobs", "side_texts", "generations")   # what the bench can make
+NEEDS = ("pair_logprobs", "choice_logprobs", "side_texts", "generations")   # what the testbed can make
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,6 @@ def register_metric(metric: Metric) -> Metric:
 def compute_metrics(names, inputs: dict[str, Any]) -> dict[str, float]:
     """{name: value} for the named metrics, from {need: input}."""
     return {name: float(METRICS[name].fn(inputs[METRICS[name].needs])) for name in names}
-
-
-def gains(edited: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    return {name: edited[name] - base[name] for name in edited}
 
 
 from loccheck.metrics import generation, preference, side_effects, truthfulqa_mc  # noqa: E402,F401

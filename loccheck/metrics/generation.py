@@ -1,12 +1,12 @@
 """Judged generations: the edited model answers each held-out question greedily (the edit
 active at every generated position, `generation.max_new_tokens` at most; with `prompt_format:
 qa` after TruthfulQA's QA primer, cut at the first line break) and a judge (`generation.judge`,
-loccheck.judges) calls each answer truthful and/or informative. TruthfulQA's headline numbers:
+loccheck.metrics.judges) calls each answer truthful and/or informative. TruthfulQA's headline numbers:
 Truth, Info and Truth*Info, which the paper (Lin et al. 2022) and ITI (Li et al. 2023) compute
 as the product mean(truth) x mean(info); the share of answers that are both is `truth_and_info`.
 
 A judge reply that could not be read is that answer's missing value (None): each share is over
-the answers whose verdict was read (the bench refuses a run where too many were not).
+the answers whose verdict was read (the testbed refuses a run where too many were not).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from loccheck.errors import LoccheckError
 from loccheck.metrics import Metric, register_metric
-from loccheck.prompts import generation_prompt_ids
+from loccheck.data.prompts import generation_prompt_ids
 
 
 def read_share(verdicts) -> float:

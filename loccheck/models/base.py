@@ -11,11 +11,13 @@ and hook point here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc, head_sites, mlp_sites, outside
+
+if TYPE_CHECKING:   # annotations only: importing the adapters must not load torch
+    from torch import nn
 
 
 @dataclass(frozen=True)

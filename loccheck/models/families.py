@@ -1,9 +1,12 @@
 """Architecture adapters. Each family says where its layers and output projections live."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from loccheck.models.base import Adapter
+
+if TYPE_CHECKING:   # annotations only: importing the adapters must not load torch
+    from torch import nn
 
 
 def _build(model: nn.Module, family: str, layers_path: str, proj_path: str, mlp_path: str,

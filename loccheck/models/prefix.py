@@ -7,7 +7,7 @@ whole-set evaluation runs only blocks l, l+1, ...: the forward below l is done o
 instead of once per step (backward stops at l anyway). An input's states do not depend on the
 batch it is computed in (right padding; a row never attends to another row or to padding), so
 they are kept per input and re-padded into whatever batch it later joins; the result equals the
-plain forward to float rounding (tests/test_prefix.py).
+plain forward to float rounding (tests/models/test_prefix.py).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _freezable(adapter, first: int) -> bool:
 def pair_prefix(model, adapter, first: int, pairs, pad_id: int) -> FrozenPrefix | None:
     """The prefix of preference pairs packed as `scoring.pair_logprobs` runs them
     (`scoring.packed_pairs`) below block `first`, or None when there is none to freeze."""
-    from loccheck.scoring import packed_pairs, pair_length
+    from loccheck.models.scoring import packed_pairs, pair_length
 
     if not _freezable(adapter, first):
         return None
@@ -85,7 +85,7 @@ def pair_prefix(model, adapter, first: int, pairs, pad_id: int) -> FrozenPrefix 
 def sequence_prefix(model, adapter, first: int, seqs, pad_id: int) -> FrozenPrefix | None:
     """The prefix of plain token sequences (prompt + answer, as `scoring.answer_logprobs` runs
     them) below block `first`, or None when there is none to freeze."""
-    from loccheck.scoring import padded
+    from loccheck.models.scoring import padded
 
     if not _freezable(adapter, first):
         return None

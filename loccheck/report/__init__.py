@@ -2,23 +2,22 @@
 the result dict alone (result.json), so a stored result re-renders without a model; a result
 of an earlier schema is upgraded first. `render_index` writes the pytest session's index.md.
 
-- markdown.py: the common sections (verdict, claim, interpretation, statistics, reproducibility)
-- sections.py: one section per edit method and per heuristic, and the side-by-side table
-- plots.py: the figures; index.py: index.md; upgrade.py: older result.json layouts
+- markdown.py: the common sections (verdict, claim, interpretation, statistics, the edit methods
+  side by side, reproducibility); each edit method and heuristic adds its own section and figure
+  (`report_lines`, `report_figures` in its registry entry), written in its own module
+- plots.py: the common figures; answers.py: generated answers; index.py: index.md;
+  upgrade.py: older result.json layouts
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
-
 from loccheck.files import write_text_atomic
-from loccheck.report.format import edits_of, site_noun
+from loccheck.render.format import edits_of, method_order, primary, site_noun
 from loccheck.report.index import render_index
-from loccheck.report.markdown import (LOSS_CURVES_NAME, METHODS_NAME, NULL_HIST_NAME,
-                                      PROBE_HEATMAP_NAME, REPORT_NAME, TRACING_HEATMAP_NAME, metric_hist_name,
-                                      other_metrics, primary, render_markdown)
+from loccheck.report.markdown import (METHODS_NAME, NULL_HIST_NAME, REPORT_NAME, metric_hist_name, other_metrics,
+                                      render_markdown)
 from loccheck.report.upgrade import upgrade
 
 __all__ = ["render_report", "render_markdown", "render_index", "upgrade"]
@@ -27,8 +26,9 @@ __all__ = ["render_report", "render_markdown", "render_index", "upgrade"]
 def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     """Write report.md, null_hist.png and the other figures into `out_dir`; return report.md's
     path. `result` is the content of result.json (any schema version this loccheck reads)."""
-    from loccheck.report.plots import (plot_loss_curves, plot_methods, plot_null_histogram,
-                                       plot_probe_heatmap, plot_tracing_heatmap)
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.heuristics import HEURISTICS
+    from loccheck.report.plots import plot_methods, plot_null_histogram
 
     result = upgrade(result)
     out_dir = Path(out_dir)
@@ -44,22 +44,13 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
         plot_null_histogram([e["gains"].get(m) for e in randoms], s["claim"]["gain"], s["ceiling"]["gain"],
                             m, out_dir / metric_hist_name(m), location_size=len(result.get("location") or []),
                             site=site)
-    if edits_of(result, "optimal"):
-        plot_loss_curves(edits_of(result, "optimal"), out_dir / LOSS_CURVES_NAME, site=site)
     if len(result["tests"]) > 1:
         plot_methods(result["tests"], result["metric"], out_dir / METHODS_NAME, site=site)
-    if (result.get("heuristic") or {}).get("method") == "probe" and result.get("heuristic_evidence"):
-        from loccheck.locations import HeadLoc
-
-        plot_probe_heatmap(np.asarray(result["heuristic_evidence"]["val_accuracy"]),
-                           [HeadLoc.parse(h) for h in result.get("location") or []],
-                           out_dir / PROBE_HEATMAP_NAME)
-    if (result.get("heuristic") or {}).get("method") == "causal_tracing" and result.get("heuristic_evidence"):
-        from loccheck.locations import MlpLoc
-
-        ev = result["heuristic_evidence"]
-        effects = np.array([[np.nan if v is None else v for v in row] for row in ev["effects"]], dtype=float)
-        plot_tracing_heatmap(effects, ev["groups"], [MlpLoc.parse(s).layer for s in result.get("location") or []],
-                             out_dir / TRACING_HEATMAP_NAME,
-                             title=f"Causal tracing ({ev['corruption']}), {ev['n_facts']} train facts")
+    for name in method_order(result):
+        method = EDIT_METHODS.get(name)
+        if method is not None and method.report_figures is not None and edits_of(result, name):
+            method.report_figures(result, out_dir)
+    heuristic = HEURISTICS.get((result.get("heuristic") or {}).get("method"))
+    if heuristic is not None and heuristic.report_figures is not None and result.get("heuristic_evidence"):
+        heuristic.report_figures(result, out_dir)
     return write_text_atomic(render_markdown(result), out_dir / REPORT_NAME)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 
 from loccheck.errors import printable
-from loccheck.report.format import edits_of, fmt, table
-from loccheck.report.markdown import method_order
+from loccheck.render.format import edits_of, fmt, method_order, table
 
 _MARK = {True: "yes", False: "no", None: "unread"}
 

@@ -1,7 +1,7 @@
 """`index.md`: the pytest session's summary of every claim it verified."""
 from __future__ import annotations
 
-from loccheck.report.format import P_CONVENTION, fmt, table
+from loccheck.render.format import P_CONVENTION, fmt, table
 
 INDEX_HEADERS = ["claim", "verdict", "expected", "p-value", "N", "claim gain",
                  "whole-model gain", "report"]

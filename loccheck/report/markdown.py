@@ -11,25 +11,15 @@ import math
 
 import yaml
 
-from loccheck.report.format import (P_CONVENTION, canonical, edits_of, fence, fmt, ordered, site_noun,
-                                    spread, table, value)
+from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, method_order, ordered, primary,
+                                    site_noun, spread, table, value)
+from loccheck.report.answers import answers_lines
 
-REPORT_NAME, NULL_HIST_NAME, LOSS_CURVES_NAME = "report.md", "null_hist.png", "loss_curves.png"
-METHODS_NAME, PROBE_HEATMAP_NAME = "methods.png", "probe_heatmap.png"
-TRACING_HEATMAP_NAME = "tracing_heatmap.png"
+REPORT_NAME, NULL_HIST_NAME, METHODS_NAME = "report.md", "null_hist.png", "methods.png"
 # Claim-file section order; json.dumps(sort_keys=True) loses it, so we restore it here.
 _CONFIG_ORDER = ("model", "behavior", "location", "heuristic", "edits", "metrics",
                  "random_locations", "verdict", "expect")
 _SPLITS = ("train", "validation", "test")
-
-
-def primary(r: dict) -> dict:
-    return r["tests"][r["primary_method"]]
-
-
-def method_order(r: dict) -> list[str]:
-    """The edit methods: the one that gives the verdict first, then the others by name."""
-    return [r["primary_method"]] + sorted(m for m in r["tests"] if m != r["primary_method"])
 
 
 def _verdict_lines(r: dict) -> list[str]:
@@ -237,10 +227,29 @@ def _figure_lines(r: dict) -> list[str]:
              f"with the claimed {kind}s and the whole-model edit marked]({NULL_HIST_NAME})"]
     for m in other_metrics(r):
         lines += ["", f"![Null distribution of {m} gain (descriptive)]({metric_hist_name(m)})"]
-    if edits_of(r, "optimal"):
-        lines += ["", f"![Training loss per step of the claimed-location edit, the whole-model edit "
-                  f"and the {n} random-location edits]({LOSS_CURVES_NAME})"]
     return lines
+
+
+def methods_lines(r: dict) -> list[str]:
+    """The side-by-side evidence: the same claimed and random sites under each edit method."""
+    if len(r["tests"]) < 2:
+        return []
+    rows = []
+    for m in method_order(r):
+        t = r["tests"][m]
+        rows.append([m, fmt(t.get("claim_gain")), fmt(t.get("ceiling_gain")),
+                     f"{fmt(t.get('null_mean'))} ± {fmt(t.get('null_std'))}",
+                     fmt(t.get("p_value")), fmt(t.get("n_null_effective")), t.get("verdict")])
+    kind = site_noun(r)
+    return [f"## The same {kind}s under each edit", "",
+            f"Each row tests the same claimed {kind}s against the same random locations; only the "
+            f"edit differs, and the verdict follows `{r['primary_method']}`. A location that looks "
+            "special under a heuristic edit but not under the optimal one is special to the "
+            "heuristic, not to the behaviour.", "",
+            table(rows, ["edit", "claim gain", "whole-model gain", "null mean ± std",
+                         "p-value", "null >= rho x whole", "verdict"]), "",
+            f"![{r['metric']} gain of the claimed {kind}s against the random locations under each "
+            f"edit method]({METHODS_NAME})"]
 
 
 def _repro_lines(r: dict) -> list[str]:
@@ -273,19 +282,20 @@ def _repro_lines(r: dict) -> list[str]:
 def render_markdown(result: dict) -> str:
     """The report's Markdown text (no files written): the common sections, then the side-by-side
     comparison of edit methods, each method's and the heuristic's own sections."""
-    from loccheck.report.answers import answers_lines
-    from loccheck.report.sections import EDIT_SECTIONS, HEURISTIC_SECTIONS, methods_lines
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.heuristics import HEURISTICS
 
     r = result
     sections = [[f"# loccheck: {r['claim_name']}", "", *_verdict_lines(r)],
                 _claim_lines(r),
                 ["## What this does and does not show", "", _interpretation(r)],
                 _stats_lines(r), _figure_lines(r), methods_lines(r), answers_lines(r)]
-    heuristic = (r.get("heuristic") or {}).get("method")
-    if heuristic in HEURISTIC_SECTIONS and r.get("heuristic_evidence"):
-        sections.append(HEURISTIC_SECTIONS[heuristic](r))
-    for method in method_order(r):
-        if method in EDIT_SECTIONS:
-            sections.append(EDIT_SECTIONS[method](r))
+    heuristic = HEURISTICS.get((r.get("heuristic") or {}).get("method"))
+    if heuristic is not None and heuristic.report_lines is not None and r.get("heuristic_evidence"):
+        sections.append(heuristic.report_lines(r))
+    for name in method_order(r):
+        method = EDIT_METHODS.get(name)
+        if method is not None and method.report_lines is not None:
+            sections.append(method.report_lines(r))
     sections.append(_repro_lines(r))
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"

@@ -23,8 +23,8 @@ def upgrade(result: dict) -> dict:
 def _from_v1(r: dict) -> dict:
     """Version 1 (loccheck 0.1.0): the primary test flat at the top level and per method under
     `methods`; roles "claim", "full", "random"; probe evidence under `probe`."""
-    from loccheck.stats import describe
-    from loccheck.verdict import min_null_size
+    from loccheck.stats.pvalues import describe
+    from loccheck.stats.verdict import min_null_size
 
     n = r["n_random"]
     edits = [{**e, "method": e.get("method", "optimal"),

@@ -1,0 +1,256 @@
+"""The `Claim`: every section validated together (pydantic, frozen), with the YAML positions it was
+read from, so any later error names file:line:col; pydantic's errors converted to one ClaimError."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, model_validator
+
+from loccheck.claim.keys import KeyPath, Pos, dotted, lookup, parse_key
+from loccheck.claim.sections import (BehaviorSpec, EditSection, GenerationSpec, HeuristicSection, LocationSpec,
+                                     ModelSpec, RandomLocationsSpec, SideEffectsSpec, VerdictSpec, metric_name, one_sentence)
+from loccheck.edits import EDIT_METHODS
+from loccheck.errors import ClaimError
+from loccheck.heuristics import HEURISTICS
+from loccheck.metrics import METRICS
+from loccheck.schema import Section, fail
+
+
+class Claim(Section):
+    claim: Annotated[str, AfterValidator(one_sentence)] = Field(description="The claim, in one sentence.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Model the claim is about.")
+    behavior: BehaviorSpec = Field(default_factory=BehaviorSpec, description="Behaviour and its preference data.")
+    location: LocationSpec = Field(description="Sites claimed to carry the behaviour.")
+    heuristic: HeuristicSection = Field(default_factory=lambda: HEURISTICS["manual"].section(),
+                                        description="How the location was found; chosen by `method:`.")
+    edits: tuple[EditSection, ...] = Field(
+        default_factory=lambda: (EDIT_METHODS["optimal"].section(),), min_length=1,
+        description="Edit methods fitted at each location, each chosen by `method:` ("
+                    + ", ".join(EDIT_METHODS) + "); the first one's test gives the verdict, the "
+                    "others are reported side by side on the same random locations.")
+    metrics: tuple[Annotated[str, AfterValidator(metric_name)], ...] = Field(
+        ("preference_margin", "preference_accuracy"),
+        description="Metrics reported for every edit (the verdict's metric is always computed); "
+                    f"one of: {', '.join(METRICS)}.")
+    side_effects: SideEffectsSpec = Field(default_factory=SideEffectsSpec,
+                                          description="Texts the side-effect metrics are measured on.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec,
+                                       description="Generated answers and their judge (generation metrics).")
+    random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
+    verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
+    expect: Literal["SUPPORTED", "SPECIFIC", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"] | None = Field(
+        None, description="Verdict this claim file is expected to get (checked by the pytest plugin).")
+
+    _path: Path | None = PrivateAttr(None)
+    _values: dict[KeyPath, Pos] = PrivateAttr(default_factory=dict)  # where each value starts
+    _keys: dict[KeyPath, Pos] = PrivateAttr(default_factory=dict)  # where each mapping key starts
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Claim":
+        seen: dict[str, int] = {}
+        for i, edit in enumerate(self.edits):
+            if edit.method in seen:
+                raise fail(f"edit method {edit.method!r} is listed twice (also edits[{seen[edit.method]}])",
+                           ("edits", i, "method"))
+            seen[edit.method] = i
+        if getattr(self.edits[0], "objective", None) == "dpo":
+            raise fail("dpo cannot give the verdict: its loss has no minimum (it only approaches 0 as the "
+                       "margin grows without bound), so where an edit stops is set by the learning rate "
+                       "and the budget, not by the location; use ipo (dpo edits may follow the first, "
+                       "as a budget-matched comparison)", ("edits", 0, "objective"))
+        for i, edit in enumerate(self.edits):
+            kinds, datasets = EDIT_METHODS[edit.method].site_kinds, EDIT_METHODS[edit.method].datasets
+            if self.site_kind is not None and self.site_kind not in kinds:
+                raise fail(f"edit method {edit.method!r} edits {' or '.join(k + ' sites' for k in kinds)}, "
+                           f"not the claim's {self.site_kind} sites", ("edits", i, "method"))
+            if datasets is not None and self.behavior.dataset not in datasets:
+                raise fail(f"edit method {edit.method!r} needs behavior.dataset: {' or '.join(datasets)}, "
+                           f"not {self.behavior.dataset}", ("edits", i, "method"))
+        kind = HEURISTICS[self.heuristic.method].kind
+        datasets = HEURISTICS[self.heuristic.method].datasets
+        if datasets is not None and self.behavior.dataset not in datasets:
+            raise fail(f"heuristic {self.heuristic.method!r} needs behavior.dataset: {' or '.join(datasets)}, "
+                       f"not {self.behavior.dataset}", ("heuristic", "method"))
+        if self.location.from_heuristic:
+            if kind is None:
+                raise fail("location.from_heuristic: true needs a heuristic that proposes sites "
+                           f"(method: {', '.join(n for n, h in HEURISTICS.items() if h.kind)})",
+                           ("heuristic", "method"))
+            if getattr(self.heuristic, "top_k", None) is None:
+                raise fail("location.from_heuristic: true needs heuristic.top_k", ("heuristic", "top_k"))
+        elif kind is not None and self.location.parsed[0].kind != kind:
+            raise fail(f"heuristic {self.heuristic.method!r} proposes {kind} sites, but the location "
+                       f"holds {self.location.parsed[0].kind} sites", ("heuristic", "method"))
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def name(self) -> str:
+        return self._path.stem if self._path is not None else "claim"
+
+    @property
+    def site_kind(self) -> str:
+        """The kind of the claimed sites (from the heuristic when it picks them)."""
+        if self.location.sites:
+            return self.location.parsed[0].kind
+        return HEURISTICS[self.heuristic.method].kind
+
+    @property
+    def all_metrics(self) -> tuple[str, ...]:
+        """The listed metrics, with the verdict's first when it is not among them."""
+        listed = tuple(self.metrics)
+        return listed if self.verdict.metric in listed else (self.verdict.metric, *listed)
+
+    def error(self, key: str | KeyPath, msg: str) -> ClaimError:
+        """A ClaimError at `key` ('location.sites[3]' or ('location', 'sites', 3)), located at
+        its value in the YAML, or at the nearest parent present there."""
+        loc = parse_key(key) if isinstance(key, str) else tuple(key)
+        line, col = lookup(self._values, loc)
+        return ClaimError(self._path, line, col, dotted(loc), msg)
+
+    def with_overrides(self, updates: dict[str, object]) -> "Claim":
+        """A new validated Claim with dotted keys replaced ({'random_locations.n': 5}).
+        Values must already have their YAML types (ints, not '5')."""
+        data = self.model_dump(mode="json")  # lists, not tuples, so items can be replaced
+        for key, value in updates.items():
+            *parents, last = parse_key(key)
+            node: Any = data
+            try:
+                for part in parents:
+                    node = node[part]
+                node[last]  # the key must already exist: the dump holds every field
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"`updates` key {key!r} is not a claim field") from None
+            node[last] = value
+        overridden = [parse_key(k) for k in updates]
+        return validate_claim(data, self._path, self._values, self._keys, overridden)
+
+    def effective_config(self) -> dict:
+        """Every field, defaults filled in, as JSON-ready data (for reports and cache keys)."""
+        return self.model_dump(mode="json")
+
+
+def claim_json_schema() -> dict:
+    """JSON schema of claim files, with field descriptions, for editors."""
+    return Claim.model_json_schema()
+
+
+def validate_claim(data: dict, path: Path | None, values: dict, keys: dict, overridden: list[KeyPath] = ()) -> Claim:
+    try:
+        claim = Claim.model_validate(data)
+    except ValidationError as exc:
+        raw = exc.errors(include_url=False)
+        # a list whose items failed is also "too short" (its valid items are none): say the cause
+        raw = [e for e in raw if e["type"] != "too_short" or not any(
+            o is not e and tuple(o["loc"])[:len(e["loc"])] == tuple(e["loc"]) for o in raw)] or raw
+        errors = [_convert(e, data, path, values, keys, overridden) for e in raw]
+        errors.sort(key=lambda e: (e.line is None, e.line or 0, e.col or 0))  # first in the file first
+        first = errors[0]
+        if len(errors) > 1:
+            first.msg += f" (+{len(errors) - 1} more)"
+        raise first from None
+    claim._path, claim._values, claim._keys = path, values, keys
+    return claim
+
+
+_TAGGED = {"edits": (EDIT_METHODS, "optimal"), "heuristic": (HEURISTICS, "manual")}
+
+
+def _strip_tags(loc: KeyPath, data) -> KeyPath:
+    """pydantic puts the chosen union member's tag into `loc` ('edits', 0, 'optimal', 'tau');
+    the YAML has no such level, so drop it."""
+    out, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and \
+                any(part in registry for registry, _ in _TAGGED.values()):
+            continue
+        out.append(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(out)
+
+
+def _convert(err: dict, data, path: Path | None, values: dict, keys: dict, overridden) -> ClaimError:
+    loc = _strip_tags(tuple(err["loc"]) + tuple((err.get("ctx") or {}).get("at", ())), data)
+    kind, msg = err["type"], err["msg"].removeprefix("Value error, ")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):   # an unknown `method:`
+        registry, _ = _TAGGED[next(p for p in loc if p in _TAGGED)]
+        tag = (err.get("ctx") or {}).get("tag")
+        loc, msg = loc + ("method",), f"unknown method {tag!r}; expected one of: {', '.join(registry)}"
+        line, col = lookup(values, loc)
+    elif loc and loc[-1] == "[key]":  # a bad dict key: point at the key itself
+        loc = loc[:-1]
+        line, col = lookup(keys, loc)
+    elif kind == "extra_forbidden":
+        msg = _unknown_key(loc, data)
+        line, col = lookup(keys, loc)
+    elif kind == "missing":
+        msg = "missing required key"
+        line, col = lookup(keys, loc[:-1]) if loc[:-1] in keys else lookup(values, loc)
+    else:
+        if kind in ("model_type", "model_attributes_type", "dict_type"):
+            msg = "expected a mapping (key: value lines)"
+        if kind != "claim" and not kind.startswith("value_error"):
+            msg += f", got {describe_value(err['input'])}"
+        line, col = lookup(values, loc)
+    if any(loc[: len(o)] == o for o in overridden):  # the bad value came from an override, not the file
+        line, col, msg = None, None, msg + " (set by an override)"
+    return ClaimError(path, line, col, dotted(loc), msg)
+
+
+def _section_at(loc: KeyPath, data) -> Any:
+    """The pydantic section class at `loc` (tags stripped), following `method:` choices."""
+    model: Any = Claim
+    node = data
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        node = node.get(part) if isinstance(node, dict) else None
+        if model is Claim and part in _TAGGED:
+            registry, default = _TAGGED[part]
+            if part == "edits":   # a list: the next part is the item's index
+                index = parts.pop(0) if parts else None
+                node = node[index] if isinstance(node, list) and isinstance(index, int) and index < len(node) else None
+            method = node.get("method", default) if isinstance(node, dict) else default
+            model = registry[method].section if method in registry else None
+        else:
+            field = getattr(model, "model_fields", {}).get(part)
+            model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+def _unknown_key(loc: KeyPath, data) -> str:
+    model = _section_at(loc[:-1], data)   # the section that rejected the key
+    names = list(getattr(model, "model_fields", ()))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(names)
+    renamed = {   # keys of loccheck 0.1.0 claim files
+        "edit": "edit methods are now a list, `edits: [{method: optimal, ...}]`",
+        "heads": "the claimed sites are now `sites: [L12H3, ...]`",
+        "epochs": "edits now train until they converge; `max_epochs` caps them",
+        "max_steps": "edits now train until they converge; `max_epochs` caps them",
+        "full_model_learning_rate": "the whole model's rate is now `ceiling_learning_rate`",
+        "lr_size_exponent": "the whole model's rate is now `ceiling_learning_rate`, which no claim's "
+                            "size changes, so every claim on a model shares one ceiling"}
+    if loc[-1] in renamed:
+        hint = renamed[loc[-1]]
+    return f"unknown key {loc[-1]!r}; {hint}"
+
+
+def describe_value(value: object) -> str:
+    """How a YAML reader would name a value in a message."""
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,205 @@
+"""The claim's fixed sections (model, behavior, location, random_locations, verdict, ...) and the
+`edits:` and `heuristic:` sections assembled from the registries, each chosen by its `method:`:
+each method declares its section next to its code (loccheck/edits/, loccheck/heuristics/)."""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import AfterValidator, Discriminator, Field, StrictBool, StrictInt, Tag, model_validator
+
+from loccheck.edits import EDIT_METHODS
+from loccheck.heuristics import HEURISTICS
+from loccheck.locations import parse_location, parse_site
+from loccheck.metrics import METRICS
+from loccheck.schema import Number, Section, Seed, fail
+from loccheck.stats.null import MAX_N_NULL, MAX_N_NULL_WHY
+
+
+def _site(text: str) -> str:
+    return str(parse_site(text))  # canonical spelling; raises ValueError with the bad value
+
+
+def metric_name(name: str) -> str:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; expected one of: {', '.join(METRICS)}")
+    return name
+
+
+def _device(text: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text) is None:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+    return text
+
+
+def one_sentence(text: str) -> str:
+    text = text.strip()
+    if not text or "\n" in text:
+        raise ValueError("claim must be one non-empty sentence on one line")
+    return text
+
+
+def _by_method(registry, default: str):
+    """A union of the registry's claim sections, chosen by `method:` (default when absent)."""
+    def tag(value):
+        if isinstance(value, dict):
+            return value.get("method", default)
+        return getattr(value, "method", None)
+    members = tuple(Annotated[item.section, Tag(name)] for name, item in registry.items())
+    return Annotated[Union[members], Discriminator(tag)]
+
+
+EditSection = _by_method(EDIT_METHODS, "optimal")
+HeuristicSection = _by_method(HEURISTICS, "manual")
+
+
+class ModelSpec(Section):
+    name: str = Field("smollm2-135m-instruct", description="Model name (a known alias or a Hugging Face repo id).")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit); quote it in YAML.")
+    device: Annotated[str, AfterValidator(_device)] = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    trust_remote_code: StrictBool = Field(False, description="Allow the model repo to run its own code.")
+
+
+class SplitSpec(Section):
+    train: Number = Field(0.6, gt=0, le=1, description="Fraction of questions used to train the edits.")
+    validation: Number = Field(0.2, ge=0, le=1, description="Fraction of questions for the heuristic and ITI's alpha.")
+    test: Number = Field(0.2, gt=0, le=1, description="Fraction of questions the verdict is computed on.")
+    seed: Seed = Field(0, description="Seed of the question shuffle before splitting.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitSpec":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise fail(f"train + validation + test must sum to 1, got {total:g}")
+        return self
+
+
+class BehaviorSpec(Section):
+    dataset: Literal["truthfulqa", "jsonl", "known_facts"] = Field(
+        "truthfulqa", description="Source of preference pairs: TruthfulQA, a JSONL file of pairs, or "
+                                  "ROME's known facts (known_1000.json; a counterfactual target over "
+                                  "the true attribute, for the facts the model completes correctly).")
+    path: str | None = Field(None, description="Path of the data file (required when dataset is 'jsonl'; "
+                                               "else found in $LOCCHECK_DATA_DIR).")
+    prompt_format: Literal["auto", "chat", "qa", "text"] = Field(
+        "auto", description="How questions are turned into prompts: 'qa' (\"Q: ... A:\"), 'chat' (the "
+                            "chat template), 'text' (as written: facts to complete); 'auto' is "
+                            "'text' for known_facts, else 'chat' when the model has a template, else 'qa'.")
+    system_prompt: str | None = Field(None, description="System prompt for chat-formatted prompts.")
+    max_questions: StrictInt | None = Field(None, ge=1, description="Use at most this many questions.")
+    max_pairs_per_question: StrictInt | None = Field(None, ge=1, description="At most this many pairs per question.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Question-level train/validation/test split.")
+
+    @model_validator(mode="after")
+    def _jsonl_needs_path(self) -> "BehaviorSpec":
+        if self.dataset == "jsonl" and self.path is None:
+            raise fail("dataset: jsonl needs a path", at=("path",))
+        return self
+
+
+class SideEffectsSpec(Section):
+    path: str | None = Field(None, description="Texts unrelated to the behaviour for the side-effect "
+                                               "metrics (kl, log_likelihood): ROME's known_1000.json, a "
+                                               "JSONL file of {\"text\": ...}, or one text per line; "
+                                               "default: $LOCCHECK_DATA_DIR/known_1000.json.")
+    n_texts: StrictInt = Field(100, ge=1, le=10000, description="Use the first this many texts.")
+
+
+def _judge_url(url: str) -> str:
+    from loccheck.metrics.judges import check_base_url
+
+    if (why := check_base_url(url)) is not None:
+        raise ValueError(why)
+    return url
+
+
+class GenerationSpec(Section):
+    max_new_tokens: StrictInt = Field(32, ge=1, le=512, description="Length cap of each greedy answer "
+                                                                    "(the generation metrics: truth, info, "
+                                                                    "truth_info, truth_and_info).")
+    show_answers: StrictInt = Field(5, ge=0, le=100, description="How many answers (those to the first test "
+                                                                 "questions) result.json records per edit, "
+                                                                 "and the report shows for the unedited "
+                                                                 "model, the claim and the whole model.")
+    judge: Literal["offline", "openai"] = Field(
+        "offline", description="Who judges the answers: 'offline', sentence embeddings against the "
+                               "reference answers (no network); 'openai', any OpenAI-compatible "
+                               "chat-completions endpoint (key from LOCCHECK_JUDGE_API_KEY or "
+                               "OPENAI_API_KEY).")
+    judge_model: str | None = Field(None, description="The judge's model name (judge: openai).")
+    judge_base_url: Annotated[str, AfterValidator(_judge_url)] | None = Field(
+        None, description="The judge's base URL (default: LOCCHECK_JUDGE_BASE_URL, then OPENAI_BASE_URL).")
+    judge_max_tokens: StrictInt | None = Field(
+        512, ge=1, le=65536, description="max_tokens of each judge request (judge: openai); room for a "
+                                         "reasoning model's thinking before its yes or no; null sends none.")
+    judge_temperature: Number | None = Field(
+        0.0, ge=0, le=2, description="temperature of each judge request (judge: openai); null sends none "
+                                     "(for models that accept only their default).")
+    judge_max_unread: Number = Field(
+        0.1, ge=0, lt=1, description="The largest share of one edit's judge replies that may be unreadable "
+                                     "(neither yes nor no): each is that answer's missing value; past it "
+                                     "the run fails.")
+
+    @model_validator(mode="after")
+    def _judge_model(self) -> "GenerationSpec":
+        if self.judge == "openai" and not self.judge_model:
+            raise fail("judge: openai needs judge_model (the endpoint's model name)", ("judge_model",))
+        return self
+
+
+class LocationSpec(Section):
+    sites: tuple[Annotated[str, AfterValidator(_site)], ...] = Field(
+        (), description="Claimed sites, all of one kind: heads as 'L{layer}H{head}', 0-based, "
+                        "e.g. ['L12H3', 'L14H0'].")
+    from_heuristic: StrictBool = Field(False, description="Take the top_k sites proposed by the heuristic instead.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LocationSpec":
+        seen: dict[str, int] = {}
+        for i, site in enumerate(self.sites):
+            if site in seen:
+                raise fail(f"duplicate site {site} (also sites[{seen[site]}])", at=("sites", i))
+            seen[site] = i
+        kinds = [parse_site(s).kind for s in self.sites]
+        for i, kind in enumerate(kinds):
+            if kind != kinds[0]:
+                raise fail(f"a location holds sites of one kind: {self.sites[i]} is a {kind} site, "
+                           f"{self.sites[0]} a {kinds[0]} site", at=("sites", i))
+        if self.sites and self.from_heuristic:
+            raise fail("give either sites or from_heuristic: true, not both", at=("from_heuristic",))
+        if not self.sites and not self.from_heuristic:
+            raise fail("location needs non-empty sites (e.g. [L12H3]) or from_heuristic: true", at=("sites",))
+        return self
+
+    @property
+    def parsed(self) -> tuple:
+        """The claimed sites as a location (sorted), or () when the heuristic picks them."""
+        return parse_location(self.sites) if self.sites else ()
+
+
+class RandomLocationsSpec(Section):
+    n: StrictInt = Field(100, description=f"Number of random locations in the null (n_null), 1 to {MAX_N_NULL}.")
+    stop: Literal["sequential", "full"] = Field(
+        "sequential", description="'sequential': fit the null's locations in their seeded order and "
+                                  "stop once the verdict at alpha is decided (Besag and Clifford 1991: "
+                                  "enough of them edit as well as the claim); a claim the full null "
+                                  "would support still fits all n. 'full': always fit all n.")
+    match_layers: StrictBool = Field(False, description="Draw random sites from the claimed sites' layers.")
+    seed: Seed = Field(0, description="Seed of the random-location draw.")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "RandomLocationsSpec":
+        if self.n < 1:  # a null needs at least one draw; say so rather than "greater than or equal to 1"
+            raise fail(f"n must be at least 1 (number of random locations in the null), got {self.n}", at=("n",))
+        if self.n > MAX_N_NULL:
+            raise fail(f"n must be at most {MAX_N_NULL} ({MAX_N_NULL_WHY}), got {self.n}", at=("n",))
+        return self
+
+
+class VerdictSpec(Section):
+    metric: Annotated[str, AfterValidator(metric_name)] = Field(
+        "preference_margin", description="Metric whose gain is compared between claimed and random "
+                                         f"locations; one of: {', '.join(METRICS)}.")
+    alpha: Number = Field(0.05, gt=0, lt=1, description="Significance level of the test against random locations.")
+    rho: Number = Field(0.9, gt=0, le=1, description="Fraction of the whole-model effect the location must reach.")

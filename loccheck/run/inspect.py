@@ -1,0 +1,210 @@
+"""Every check a claim's inputs get before any weights load: its data read and split, its model's
+files, config and tokenizer opened, the location against the model, the tokenized splits
+against its context, the edit settings, the judge. `loccheck verify a.yaml b.yaml` inspects
+every claim before it fits anything, so bad input in b never costs a's fitting."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loccheck.errors import DataError, LoccheckError
+
+
+def check_location_size(claim, adapter) -> None:
+    """The claimed location must lie inside the model and leave room for a null."""
+    kind = claim.site_kind
+    n_sites = len(adapter.sites(kind))
+    if claim.location.sites:
+        for i, site in enumerate(claim.location.parsed):
+            try:
+                adapter.check_inside([site])
+            except LoccheckError as err:
+                raise claim.error(f"location.sites[{claim.location.sites.index(str(site))}]", err.msg) from None
+    top_k = getattr(claim.heuristic, "top_k", None) if claim.location.from_heuristic else None
+    size = top_k or len(claim.location.sites)
+    if size >= n_sites:
+        key = "heuristic.top_k" if top_k else "location.sites"
+        raise claim.error(key, f"the location would be every {kind} site of the model ({size}); "
+                          "there is no random location of the same size to compare with")
+
+
+@dataclass
+class ClaimInputs:
+    """What a claim's fits need, read and checked before any weights load: the data, the
+    model's files, config and tokenizer, the location against the model, the tokenized splits
+    against its context. `loccheck verify a.yaml b.yaml` inspects every claim before it fits
+    anything, so bad input in b never costs a's fitting."""
+    claim: Any
+    data: Any                          # data.BehaviorData
+    source: Any                        # models.loading.ModelSource
+    prompt_format: str
+    splits: dict                       # split name -> tokenized pairs
+    device: str
+    dtype: str
+    side: tuple | None = None          # tokenized side-effect texts, when a metric needs them
+    side_identity: dict | None = None
+
+
+def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
+    """Load the claim's data, open its model (not the weights), check the location, tokenize."""
+    from loccheck.models.loading import open_model, resolve_device, resolve_dtype
+    from loccheck.data.prompts import resolve_format
+
+    ms, bs = claim.model, claim.behavior
+    data = load_claim_data(claim)            # data first: a bad data path fails before a model is opened
+    try:
+        device = resolve_device(ms.device)
+        dtype = str(resolve_dtype(ms.dtype, device)).removeprefix("torch.")
+        source = open_model(ms.name, revision=ms.revision, trust_remote_code=ms.trust_remote_code,
+                            cache=cache_root)
+        adapter = source.adapter()
+    except LoccheckError as err:
+        raise claim.error(err.key or "model.name", err.msg) from None
+    check_location_size(claim, adapter)
+    _check_edit_settings(claim)
+    try:
+        fmt = ("text" if bs.dataset == "known_facts" and bs.prompt_format == "auto" else
+               resolve_format(source.tokenizer, bs.prompt_format, bs.system_prompt))
+    except DataError as err:
+        raise claim.error(err.key or _data_key(claim), err.msg) from None
+    splits = tokenized_splits(claim, data, source.tokenizer, fmt, model_context(source.config))
+    side, side_identity = side_texts(claim, source.tokenizer, model_context(source.config), data)
+    _check_judge(claim, cache_root)
+    _check_generation_prompts(claim, data, source.tokenizer, fmt, model_context(source.config))
+    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
+
+
+def _check_edit_settings(claim) -> None:
+    """Each edit method's settings can be made (a method may read a file for them)."""
+    from loccheck.edits import EDIT_METHODS
+
+    size = len(claim.location.sites) or getattr(claim.heuristic, "top_k", None) or 1
+    for i, section in enumerate(claim.edits):
+        try:
+            EDIT_METHODS[section.method].settings(section, size=size, claim_size=size, site_kind=claim.site_kind,
+                                                  verdict_metric=claim.verdict.metric)
+        except LoccheckError as err:
+            # a method names its own field ("stats_path"); "edits" or none: the section itself
+            field = f"edits[{i}]" + (f".{err.key}" if err.key and err.key != "edits" else "")
+            raise claim.error(field, err.msg) from None
+
+
+def _data_key(claim) -> str:
+    return "behavior.path" if claim.behavior.path else "behavior.dataset"
+
+
+def model_context(config) -> int | None:
+    return getattr(config, "max_position_embeddings", None)
+
+
+def load_claim_data(claim, keep=None, keep_rule: str = ""):
+    from loccheck.data.behavior import load_behavior
+
+    bs = claim.behavior
+    try:
+        return load_behavior(dataset=bs.dataset, path=bs.path,
+                             base_dir=claim.path.parent if claim.path is not None else None,
+                             split=(bs.split.train, bs.split.validation, bs.split.test),
+                             split_seed=bs.split.seed, max_questions=bs.max_questions,
+                             max_pairs_per_question=bs.max_pairs_per_question, keep=keep,
+                             keep_rule=keep_rule)
+    except DataError as err:
+        raise claim.error(err.key or _data_key(claim), err.msg) from None
+
+
+def tokenized_splits(claim, data, tokenizer, fmt: str, context: int | None) -> dict:
+    """The splits' pairs as token ids, each checked against the model's context."""
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.data.prompts import tokenize_pairs
+
+    bs = claim.behavior
+    try:
+        splits = {name: tokenize_pairs(tokenizer, getattr(data, name), fmt, bs.system_prompt,
+                                       max_tokens=context, source=data.source)
+                  for name in ("train", "validation", "test")}
+    except DataError as err:
+        raise claim.error(err.key or _data_key(claim), err.msg) from None
+    needed = ["train", "test"] + (["validation"] if any(
+        EDIT_METHODS[e.method].uses_validation for e in claim.edits) else [])
+    for name in needed:
+        if not splits[name]:
+            raise claim.error("behavior.split", f"{data.source}: the {name} split has no usable "
+                              "preference pairs after tokenization (behavior.max_questions / behavior.split)")
+    return splits
+
+
+def _check_judge(claim, cache_root: Path) -> None:
+    """A generation metric needs its judge; a missing one is found before anything is fitted."""
+    from loccheck.metrics.judges import minilm_folder
+    from loccheck.metrics import METRICS
+
+    if not any(METRICS[m].needs == "generations" for m in claim.all_metrics):
+        return
+    g = claim.generation
+    if g.judge == "openai":
+        from loccheck.metrics.judges import check_base_url, make_judge
+
+        if importlib.util.find_spec("openai") is None:
+            raise claim.error("generation.judge", "judge: openai needs the openai package: pip install 'loccheck[judge]'")
+        if g.judge_base_url is None:
+            for var in ("LOCCHECK_JUDGE_BASE_URL", "OPENAI_BASE_URL"):
+                if os.environ.get(var):
+                    if (why := check_base_url(os.environ[var])) is not None:
+                        raise claim.error("generation.judge_base_url", f"${var}: {why}")
+                    break
+        try:
+            make_judge(g, cache_root).check()       # one request: endpoint, model and settings
+        except LoccheckError as err:
+            raise claim.error(err.key or "generation.judge", err.msg) from None
+        return
+    try:
+        minilm_folder(cache_root)
+    except LoccheckError as err:
+        raise claim.error("generation.judge", err.msg) from None
+
+
+def _check_generation_prompts(claim, data, tokenizer, fmt: str, context: int | None) -> None:
+    """Each test question's generation prompt and its longest answer fit the model's context."""
+    from loccheck.metrics import METRICS
+    from loccheck.metrics.generation import generation_inputs
+
+    if context is None or not any(METRICS[m].needs == "generations" for m in claim.all_metrics):
+        return
+    longest = max((len(p) for p, _, _, _ in generation_inputs(data, "test", tokenizer, fmt,
+                                                                claim.behavior.system_prompt)), default=0)
+    if longest + claim.generation.max_new_tokens > context:
+        raise claim.error("generation.max_new_tokens",
+                          f"the longest generation prompt is {longest} tokens and the model reads at "
+                          f"most {context}: at most {max(context - longest, 0)} new tokens fit")
+
+
+MAX_SIDE_TOKENS = 256   # side-effect texts are sentences; a longer one is cut here
+
+
+def side_texts(claim, tokenizer, context: int | None, data=None):
+    """The side-effect texts, tokenized, if a listed metric needs them (else (None, None));
+    none of them is one of `data`'s facts (a known-facts claim's own facts, every split)."""
+    from loccheck.data.side_texts import load_side_texts
+    from loccheck.metrics import METRICS
+
+    if not any(METRICS[m].needs == "side_texts" for m in claim.all_metrics):
+        return None, None
+    spec = claim.side_effects
+    own = [data.facts[p.prompt] for split in ((data.train, data.validation, data.test) if data else ())
+           for p in split if p.prompt in data.facts]
+    try:
+        texts = load_side_texts(spec.path, base_dir=claim.path.parent if claim.path is not None else None,
+                                n_texts=spec.n_texts, exclude_subjects={f.subject for f in own},
+                                exclude_prompts={f.prompt for f in own})
+    except DataError as err:
+        raise claim.error(err.key or "side_effects.path", err.msg) from None
+    cap = min(MAX_SIDE_TOKENS, context or MAX_SIDE_TOKENS)
+    ids = [tuple(tokenizer(t).input_ids[:cap]) for t in texts.texts]
+    ids = tuple(t for t in ids if len(t) >= 2)           # a text must predict at least one token
+    if not ids:
+        raise claim.error("side_effects.path", f"{texts.source}: no text has two or more tokens")
+    return ids, {"sha256": texts.sha256, "n_texts": len(ids), "max_tokens": cap,
+                 "n_excluded": texts.n_excluded}

@@ -1,0 +1,195 @@
+"""The outcome of verifying one claim: `VerifyResult`, whose payload is result.json.
+
+Every number the report prints is computed here or in `verdict`/`stats`, once; the report only
+formats. `schema_version` 2 keeps each edit method's test under `tests[method]` (the first
+method's gives the verdict); `loccheck.report.upgrade` reads version 1 results too.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from loccheck import __version__
+from loccheck.files import strict_json
+
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """result.json as `payload`, with the verdict's numbers as attributes."""
+    payload: dict[str, Any]
+    report_dir: str | None = None          # where report.md and result.json were written
+    n_fitted: int = 0                      # edits fitted by this run (not read from the cache)
+    n_scored: int = 0                      # (edit, metric) scores computed by this run
+    outcomes: list = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.payload
+
+    @property
+    def test(self) -> dict:
+        """The test that gives the verdict (the first edit method's)."""
+        return self.payload["tests"][self.payload["primary_method"]]
+
+    verdict = property(lambda self: self.test["verdict"])
+    verdict_reason = property(lambda self: self.test["verdict_reason"])
+    # Numbers as floats: result.json's null (not finite, or not defined) reads back as nan.
+    p_value = property(lambda self: _nan_for_none(self.test["p_value"]))
+    claim_gain = property(lambda self: _nan_for_none(self.test["claim_gain"]))
+    ceiling_gain = property(lambda self: _nan_for_none(self.test["ceiling_gain"]))
+    null_gains = property(lambda self: [_nan_for_none(g) for g in self.test["null_gains"]])
+    null_mean = property(lambda self: _nan_for_none(self.test["null_mean"]))
+    optimality_ratio = property(lambda self: _nan_for_none(self.test["optimality_ratio"]))
+    n_null = property(lambda self: self.payload["n_null"])
+    n_null_fitted = property(lambda self: self.test["n_null_fitted"])
+    metric = property(lambda self: self.payload["metric"])
+    alpha = property(lambda self: self.payload["alpha"])
+    rho = property(lambda self: self.payload["rho"])
+    expect = property(lambda self: self.payload["expect"])
+    matches_expectation = property(lambda self: self.payload["matches_expectation"])
+    tests = property(lambda self: self.payload["tests"])
+    edits = property(lambda self: self.payload["edits"])
+    location = property(lambda self: self.payload["location"])
+
+
+def _nan_for_none(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor: str) -> VerifyResult:
+    from loccheck.heuristics import HEURISTICS
+    from loccheck.run.jobs import every_run
+    from loccheck.locations import format_location
+    from loccheck.metrics import METRICS
+    from loccheck.stats.null import count_locations
+    from loccheck.data.prompts import format_prompt
+
+    vs, metric = claim.verdict, claim.verdict.metric
+    methods = [e.method for e in claim.edits]
+    records = [o.record(base) for o in outcomes]
+    tests, summaries = _tests(claim, methods, records, location)
+    primary = tests[methods[0]]
+    heuristic = HEURISTICS[claim.heuristic.method]
+    evidence = None if proposal is None else heuristic.evidence(
+        claim.heuristic, proposal, location, not claim.location.from_heuristic)
+    sites = testbed.adapter.sites(location[0].kind)
+    rs, bs, data = claim.random_locations, claim.behavior, testbed.data
+    payload = {
+        "schema_version": SCHEMA_VERSION, "loccheck_version": __version__,
+        "claim_name": claim.name, "claim_file": str(claim.path) if claim.path is not None else None,
+        "claim_text": claim.claim, "expect": claim.expect,
+        "matches_expectation": primary["verdict"] == (claim.expect or "SUPPORTED"),
+        "location": format_location(location), "site_kind": location[0].kind,
+        "n_locations": count_locations(sites, len(location), location if rs.match_layers else None),
+        "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": evidence,
+        "metric": metric, "metrics": list(claim.all_metrics),
+        "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},
+        "alpha": vs.alpha, "rho": vs.rho, "n_null": len(nulls),
+        "n_null_fitted": primary["n_null_fitted"],
+        "primary_method": methods[0], "tests": tests, "metric_summaries": summaries,
+        "base_metrics": base, "edits": records,
+        **({"base_generations": g} if (g := testbed.memo.get("unedited generations")) else {}),
+        "data": _data_record(bs.dataset, data.summary(), testbed.prompt_format,
+                             format_prompt(testbed.tokenizer, data.test[0].prompt, testbed.prompt_format,
+                                           bs.system_prompt),
+                             {k: len(getattr(testbed, k)) for k in ("train", "validation", "test")}),
+        "model": {**testbed.loaded.info, **testbed.adapter.describe()},
+        "config": claim.effective_config(), "versions": _versions(),
+        "seeds": {**{f"edit[{i}]": e.seed for i, e in enumerate(claim.edits) if hasattr(e, "seed")},
+                  "random_locations": rs.seed, "split": bs.split.seed},
+        "executor": executor,
+    }
+    # Strict JSON in memory too: the report rendered now and one re-rendered from result.json
+    # read the same values (null where a number is not finite).
+    runs = every_run(outcomes)
+    return VerifyResult(strict_json(payload), n_fitted=sum(o.fitted for o in runs),
+                        n_scored=sum(o.n_scored for o in runs), outcomes=list(outcomes))
+
+
+def _tests(claim, methods, records, location) -> tuple[dict, dict]:
+    """Per edit method: the test of the verdict's metric, and every listed metric's values and
+    gains for the claim, the ceiling and the null (records are in job order: claim, ceiling,
+    then the null's draws)."""
+    from loccheck.metrics import METRICS
+    from loccheck.stats.pvalues import describe
+    from loccheck.stats.verdict import examine_location
+
+    vs, metric = claim.verdict, claim.verdict.metric
+    better = METRICS[metric].improvement
+    tests, summaries = {}, {}
+    for m in methods:
+        claim_r, ceiling_r, *randoms = [r for r in records if r["method"] == m]
+        tests[m] = examine_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
+                                    [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
+                                    rho=vs.rho, location_size=len(location), site=location[0].noun,
+                                    n_null=claim.random_locations.n,
+                                    stop=claim.random_locations.stop,
+                                    null_diverged=[r["diverged"] for r in randoms],
+                                    claim_diverged=claim_r["diverged"],
+                                    ceiling_diverged=ceiling_r["diverged"],
+                                    # methods without a training rule (ITI, ROME) have no "converged"
+                                    ceiling_converged=ceiling_r.get("converged", True),
+                                    ceiling_stopped=ceiling_r.get("stopped")).to_json()
+        randoms = randoms[:tests[m]["n_null_fitted"]]   # the null the test used
+        summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
+                               "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},
+                               "null_value": describe([r["metrics"][name] for r in randoms]).to_json(),
+                               "null_gain": describe([r["gains"][name] for r in randoms]).to_json(),
+                               **_metric_pvalue(name, metric, tests[m], claim_r, randoms)}
+                        for name in claim.all_metrics}
+    return tests, summaries
+
+
+def _metric_pvalue(name: str, verdict_metric: str, test: dict, claim_r: dict, randoms: list[dict]) -> dict:
+    """The claim's p-value on metric `name`, whether the verdict would depend on the metric. On
+    the verdict's metric it is the test's own p-value. On another metric it is computed by the
+    same convention (ties and draws without a usable gain count against the claim) on the null's
+    draws the test used: when the sequential null stopped early on the verdict's metric, that is
+    the first l of N draws, chosen by another metric's outcome, so the p-value is descriptive
+    (`p_value_draws` says on how many)."""
+    from loccheck.metrics import METRICS
+    from loccheck.stats.pvalues import null_test
+    from loccheck.stats.verdict import compared_gains
+
+    if name == verdict_metric:
+        return {"p_value": test["p_value"], "p_value_draws": test["n_null_fitted"], "p_value_descriptive": False}
+    if not randoms:
+        return {"p_value": None, "p_value_draws": 0, "p_value_descriptive": True}
+    better = METRICS[name].improvement
+    claim_gain, null = compared_gains(better(claim_r["gains"][name]), [better(r["gains"][name]) for r in randoms],
+                                      claim_diverged=claim_r["diverged"],
+                                      null_diverged=[r["diverged"] for r in randoms])
+    pvalue = 1.0 if claim_r["diverged"] or not _finite(claim_r["gains"][name]) else null_test(claim_gain, null).pvalue
+    return {"p_value": pvalue, "p_value_draws": len(randoms), "p_value_descriptive": bool(test["stopped_early"])}
+
+
+def _finite(value) -> bool:
+    import math
+
+    return value is not None and math.isfinite(value)
+
+
+def _data_record(dataset: str, summary: dict, fmt: str, example: str, n_tokenized: dict[str, int]) -> dict:
+    splits = summary["splits"]
+    return {"dataset": dataset, "source": summary["source"], "sha256": summary["sha256"],
+            "n_questions_read": summary["n_questions_read"],
+            "n_questions_dropped": summary["n_questions_dropped"],
+            "n_questions": {k: v["n_questions"] for k, v in splits.items()},
+            "n_pairs": {k: v["n_pairs"] for k, v in splits.items()},
+            "n_pairs_tokenized": n_tokenized,
+            "prompt_format": fmt, "example_prompt": example,
+            **({"kept": summary["kept"]["rule"], "n_pairs_checked": summary["kept"]["checked"],
+                "n_pairs_kept": summary["kept"]["kept"]} if summary.get("kept") else {})}
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "numpy": numpy.__version__, "loccheck": __version__}

@@ -1,0 +1,303 @@
+"""Orchestration: claim -> testbed -> heuristic -> location and null -> jobs -> verdict -> report.
+The CLI and the pytest plugin are thin layers on `verify`."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from loccheck.claim import Claim, load_claim
+from loccheck.errors import ClaimError, LoccheckError
+from loccheck.run.result import VerifyResult, build_result
+
+
+CHECKING = "checking the claim's inputs (data, model files, folders)"
+
+
+def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, write_report: bool = True,
+           overrides: dict[str, Any] | None = None, progress: bool | str | None = None,
+           cache_dir: str | Path | None = None, refresh: bool = False, executor="serial",
+           write_line=None, inputs=None) -> VerifyResult:
+    """Verify a localization claim (a path to a claim file or a loaded `Claim`).
+
+    For each of the claim's edit methods, fits the edit at the claimed location, at the whole
+    model (the ceiling) and at `random_locations.n` random locations of the same size, all with
+    the same data, order, budget and seed, and compares their gains on the held-out test
+    questions. The p-value is one-sided, ``(1 + #{null gains >= claim gain}) / (N + 1)``: ties
+    count against the claim. The first edit method's test gives the verdict.
+
+    Every fit is cached under a hash of everything that determines it (model, data, split,
+    location, edit settings, loccheck version), with its parameters, and every score per (fit,
+    metric): an unchanged claim re-runs without fitting anything, a larger null fits only the
+    new draws, and an added metric scores the stored edits. `refresh=True` refits everything.
+    `executor` is "serial" or an `Executor`; `progress` is None (a bar on a terminal, plain
+    lines elsewhere), True, False, or a mode ("bar", "lines", "off"); `write_line` receives the
+    plain lines (default: stderr). `inputs` is what `inspect` returned for this claim (it is
+    inspected here otherwise).
+    """
+    from loccheck.run.testbed import prepare_testbed
+    from loccheck.cache import FitCache, cache_dir as resolve_cache
+    from loccheck.run.executors import get_executor
+    from loccheck.run.jobs import JobRunner, unedited_scores
+
+    from loccheck.progress import Phases, progress_mode
+
+    claim = claim if isinstance(claim, Claim) else load_claim(claim)
+    if overrides:
+        claim = claim.with_overrides(overrides)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
+    phase = Phases(progress_mode(progress), write_line, title=f"{claim.name} ")
+    if inputs is None:
+        with phase(CHECKING, announce=False):
+            inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir)
+    executor = get_executor(executor)
+    cache_root = resolve_cache(cache_dir).absolute()     # workers elsewhere resolve it the same
+    cache = FitCache(cache_root, refresh=refresh)
+    with phase(f"loading the model ({claim.model.name}, {claim.model.dtype}) and the "
+               f"{claim.behavior.dataset} pairs"):
+        testbed = prepare_testbed(claim, cache_root, inputs)
+    from loccheck.heuristics import HEURISTICS
+
+    ranks = HEURISTICS[claim.heuristic.method].run is not None   # `manual` runs nothing: no phase line
+    with (phase(f"running the heuristic ({claim.heuristic.method}) on the {len(testbed.train)} train and "
+                f"{len(testbed.validation)} validation pairs") if ranks else contextlib.nullcontext()):
+        proposal = _propose(claim, testbed)                 # the heuristic: no test questions
+    location = proposal.top(claim.heuristic.top_k) if claim.location.from_heuristic else claim.location.parsed
+    nulls = _draw_null(claim, testbed, location)
+    metrics = claim.all_metrics
+    with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
+        base = unedited_scores(testbed, cache, metrics)
+    jobs = edit_jobs(claim, testbed.key, location, nulls, len(testbed.adapter.sites(claim.site_kind)))
+    fits = _progress(claim, len(jobs), progress, base, write_line)
+    runner = JobRunner(testbed, cache, metrics, testbed_factory=partial(prepare_testbed, claim, cache_root),
+                       on_step=fits.on_step)
+    outcomes = _run(claim, jobs, runner, executor, base, fits)
+    result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name)
+    if not write_report:
+        return result
+    from loccheck.files import write_json_atomic
+    from loccheck.report import render_report
+
+    with phase(f"writing the report to {out}"):
+        render_report(result.payload, out)
+        # What this run spent (not in result.json or report.md, which stay reproducible byte for byte)
+        write_json_atomic(run_costs(outcomes), out / "timings.json")
+        write_json_atomic(result.payload, out / "result.json")   # last: its presence means a complete report
+    return replace(result, report_dir=str(out))
+
+
+def run_costs(outcomes) -> dict:
+    """Seconds this run spent: fitting (per role) and scoring (per metric; 0 when cached)."""
+    from loccheck.run.jobs import every_run
+
+    fitting: dict[str, float] = {}
+    scoring: dict[str, float] = {}
+    outcomes = every_run(outcomes)
+    for o in outcomes:
+        if o.fitted:
+            fitting[o.job.role] = fitting.get(o.job.role, 0.0) + o.seconds - sum(o.score_seconds.values())
+        for m, seconds in o.score_seconds.items():
+            scoring[m] = scoring.get(m, 0.0) + seconds
+    return {"fitting_seconds": fitting, "scoring_seconds": scoring,
+            "n_fitted": sum(o.fitted for o in outcomes), "n_scored": sum(o.n_scored for o in outcomes)}
+
+
+def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None):
+    """Every check that can be made before fitting: the cache and report folders can be
+    written, the data loads, the model's files are sound, the location lies inside the model,
+    the prompts fit its context. Returns the `inspect.ClaimInputs` that `verify` takes. Every
+    error names the claim file (a folder that cannot be written is this claim's problem too),
+    for the CLI and the plugin alike."""
+    from loccheck.run.inspect import inspect_claim
+    from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.errors import ClaimError
+    from loccheck.files import check_writable_folder
+
+    try:
+        cache_root = resolve_cache(cache_dir)
+        check_writable_folder(cache_root, "cache folder")
+        inputs = inspect_claim(claim, cache_root)
+        if out_dir is not None:
+            check_writable_folder(out_dir, "report folder")
+    except ClaimError:
+        raise
+    except LoccheckError as err:
+        if claim.path is None:
+            raise
+        raise ClaimError(claim.path, None, None, err.key or "", err.msg) from None
+    return inputs
+
+
+def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple], n_sites: int) -> list:
+    """Per edit method, in claim order: the claim, the ceiling (all `n_sites` sites), then the
+    null's draws in order."""
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.run.jobs import Job
+
+    jobs = []
+    for section in claim.edits:
+        method = EDIT_METHODS[section.method]
+        size, metric = len(location), claim.verdict.metric
+        kind = location[0].kind
+        local = method.settings(section, size=size, claim_size=size, verdict_metric=metric, site_kind=kind)
+        ceiling = method.settings(section, size=n_sites, claim_size=size, verdict_metric=metric,
+                                  site_kind=kind, ceiling=True)
+        jobs += [Job(section.method, local, location, "claim", None, testbed_key),
+                 Job(section.method, ceiling, None, "ceiling", None, testbed_key)]
+        jobs += [Job(section.method, local, loc, "random", i, testbed_key) for i, loc in enumerate(nulls)]
+    return jobs
+
+
+def _run(claim, jobs, runner, executor, base, progress) -> list:
+    """The outcomes, in job order. Per edit method: the claim and the ceiling, then the null in
+    waves of the executor's width; with `random_locations.stop: sequential` a method's null
+    stops at the first wave after which the test is decided (`stats.sequential_decided`, on the
+    gains `verdict.compared_gains` defines, as the test itself). Then, for a method whose
+    ceiling is an optimum, the ceiling is continued from any fitted edit that fits the training
+    pairs better (`continued_ceiling`)."""
+    from loccheck.metrics import METRICS
+    from loccheck.stats.pvalues import sequential_decided, sequential_stop_count
+    from loccheck.stats.verdict import compared_gains, min_null_size
+
+    rs, vs = claim.random_locations, claim.verdict
+    sequential = rs.stop == "sequential" and rs.n >= min_null_size(vs.alpha)
+    h = sequential_stop_count(rs.n, vs.alpha) if sequential else None
+    better = METRICS[vs.metric].improvement
+
+    def gain(o):
+        return better(o.metrics[vs.metric] - base[vs.metric])
+    outcomes = []
+    try:
+        for method in dict.fromkeys(j.method for j in jobs):
+            mine = [j for j in jobs if j.method == method]
+            head, null_jobs = mine[:2], mine[2:]
+            head_outcomes = _fit(head, runner, executor, progress)
+            fitted = []
+            for start in range(0, len(null_jobs), executor.width):
+                fitted += _fit(null_jobs[start:start + executor.width], runner, executor, progress)
+                claim_gain, null = compared_gains(gain(head_outcomes[0]), [gain(o) for o in fitted],
+                                                  claim_diverged=head_outcomes[0].diverged,
+                                                  null_diverged=[o.diverged for o in fitted])
+                if sequential and sequential_decided(claim_gain, null, n_max=rs.n, h=h):
+                    break
+            if len(fitted) < len(null_jobs):
+                progress.note(f"{method}: the null is decided after {len(fitted)} of {rs.n} random "
+                              f"locations ({h} edit as well as the claim); {rs.n - len(fitted)} not fitted")
+            ceiling = continued_ceiling(head_outcomes[1], [head_outcomes[0], *fitted], runner, executor,
+                                        progress)
+            outcomes += [head_outcomes[0], ceiling, *fitted]
+    finally:
+        progress.close()
+    return outcomes
+
+
+def continued_ceiling(ceiling, edits, runner, executor, progress):
+    """The ceiling is the optimum of the whole-model edit, and every location's edit lies in its
+    family, so its training objective can be no worse than any location's. When a fitted edit's
+    objective is lower than the ceiling's by more than the convergence rule can resolve (tol of
+    the attainable improvement), the ceiling is fitted again starting from that edit's
+    parameters (the best such edit), by the same rule; its record says what was done
+    (`continued_from`, `first_fit`). Returns the ceiling's outcome to use."""
+    from dataclasses import replace as replace_
+    from loccheck.edits import EDIT_METHODS
+    from loccheck.edits.training import objective_optimum
+
+    job = ceiling.job
+    if not EDIT_METHODS[job.method].continues_ceiling or ceiling.diverged:
+        return ceiling
+    usable = [o for o in edits if not o.diverged and _objective(o) is not None]
+    if not usable or _objective(ceiling) is None:
+        return ceiling
+    best = min(usable, key=_objective)
+    train = job.settings.train
+    span = ceiling.info["initial_objective"] - objective_optimum(train.objective)
+    if not _objective(best) < _objective(ceiling) - train.convergence_tol * span:
+        return ceiling
+    progress.note(f"{job.method}: {best.job.label} fits the training pairs better than the whole-model "
+                  f"edit (objective {_objective(best):.4g} against {_objective(ceiling):.4g}): the "
+                  "whole-model edit is continued from it")
+    again = replace_(job, continued_from=best.job.key, start=(best.job.settings, best.job.location, best.state))
+    progress.more(1)
+    (outcome,) = _fit([again], runner, executor, progress)
+    first = {k: ceiling.info.get(k) for k in ("final_objective", "epochs", "stopped", "converged")}
+    info = {**outcome.info, "first_fit": {**first, "metrics": ceiling.metrics},
+            "continued_from": {"role": best.job.role, "index": best.job.index,
+                               "location": best.job.location_text, "final_objective": _objective(best)}}
+    return replace_(outcome, info=info, superseded=(ceiling,))
+
+
+def _objective(outcome) -> float | None:
+    import math
+
+    value = outcome.info.get("final_objective")
+    return value if isinstance(value, float) and math.isfinite(value) else None
+
+
+def _fit(jobs, runner, executor, progress) -> list:
+    done = [None] * len(jobs)
+    for i, outcome in executor.imap(runner, jobs):
+        done[i] = outcome
+        progress.finished(outcome)
+    return done
+
+
+def _progress(claim, n_jobs, progress, base, write_line):
+    from loccheck.progress import Progress, progress_mode
+
+    return Progress(n_jobs, progress_mode(progress), metric=claim.verdict.metric,
+                    base=base[claim.verdict.metric], write=write_line, title=f"{claim.name} ")
+
+
+def _propose(claim: Claim, testbed):
+    """The claim's heuristic on the data without its test split (None for `manual`)."""
+    from loccheck.heuristics import HEURISTICS
+
+    try:
+        return HEURISTICS[claim.heuristic.method].propose(
+            claim.heuristic, testbed.loaded, testbed.data.without_test(), testbed.cache_root,
+            seed=claim.behavior.split.seed)
+    except ClaimError:
+        raise
+    except LoccheckError as err:       # a heuristic knows its field, not the claim's file
+        raise claim.error(err.key or "heuristic", err.msg) from None
+
+
+def _draw_null(claim: Claim, testbed, location: tuple) -> list[tuple]:
+    from loccheck.stats.null import sample_null_locations
+
+    rs = claim.random_locations
+    try:
+        return sample_null_locations(testbed.adapter.sites(claim.site_kind), size=len(location), n=rs.n,
+                                     seed=rs.seed,
+                                     match_layers_of=location if rs.match_layers else None)
+    except LoccheckError as err:
+        raise claim.error("random_locations", err.msg) from None
+
+
+def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
+                     cache_dir: str | Path | None = None):
+    """Run the claim's heuristic: (the top-k sites, {site: score}, the Proposal). k from
+    `top_k`, else heuristic.top_k, else the number of claimed sites. The heuristic sees the
+    train and validation questions only."""
+    from loccheck.run.testbed import prepare_testbed
+    from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.heuristics import HEURISTICS
+
+    claim = claim if isinstance(claim, Claim) else load_claim(claim)
+    if HEURISTICS[claim.heuristic.method].run is None:   # checked before the model is loaded
+        ranking = ", ".join(n for n, h in HEURISTICS.items() if h.run is not None)
+        raise claim.error("heuristic.method", f"heuristic {claim.heuristic.method!r} ranks no sites, so "
+                          f"there is nothing to localize; use a heuristic that does ({ranking})")
+    if top_k is not None and top_k < 1:
+        raise LoccheckError(f"top_k must be at least 1, got {top_k}", key="top_k")
+    k = top_k if top_k is not None else getattr(claim.heuristic, "top_k", None) or len(claim.location.sites)
+    testbed = prepare_testbed(claim, resolve_cache(cache_dir))
+    n_sites = len(testbed.adapter.sites(claim.site_kind))
+    if not 1 <= k < n_sites:
+        raise claim.error("heuristic.top_k", f"top_k must be between 1 and {n_sites - 1} for this "
+                          f"model, got {k}")
+    proposal = _propose(claim, testbed)
+    sites = proposal.top(k)
+    return sites, {str(s): proposal.score(s) for s in sites}, proposal

@@ -1,0 +1,26 @@
+"""The claim files the project ships load, and name heads the target model has."""
+from pathlib import Path
+
+import pytest
+
+from loccheck.claim import load_claim
+
+CLAIMS = sorted((Path(__file__).resolve().parents[2] / "claims").rglob("*.yaml"))
+
+
+def test_there_are_shipped_claims():
+    assert {p.name for p in CLAIMS} >= {"iti_truthful.yaml", "alpaca7b_iti_truthful.yaml"}
+
+
+@pytest.mark.parametrize("path", CLAIMS, ids=lambda p: p.name)
+def test_shipped_claim_loads(path):
+    claim = load_claim(path)
+    assert claim.claim and claim.expect is not None
+
+
+def test_iti_truthful_fits_smollm2_and_the_null_can_reach_alpha():
+    claim = load_claim(CLAIMS[[p.name for p in CLAIMS].index("iti_truthful.yaml")])
+    assert claim.model.name == "smollm2-135m-instruct"
+    heads = claim.location.parsed
+    assert len(heads) == 16 and all(h.layer < 30 and h.head < 9 for h in heads)
+    assert 1 / (claim.random_locations.n + 1) <= claim.verdict.alpha

@@ -1,0 +1,99 @@
+"""A fit's identity covers every file of the model that can change its numbers (config,
+tokenizer, chat template, generation config, weights) and, for a hub model, the commit its
+revision resolved to: a changed model never gets another model's fits."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loccheck.run.testbed import prepare_testbed
+from loccheck.claim import parse_claim
+from loccheck.errors import LoccheckError
+from loccheck.models.loading import folder_sha256, open_model
+from loccheck.testing import claim_text
+
+pytestmark = pytest.mark.slow   # tiny torch models
+
+
+def _key(model_dir: Path, pairs: Path, tmp_path: Path) -> str:
+    claim = parse_claim(claim_text(model_dir, pairs, ["L1H2"], n=19), path=tmp_path / "c.yaml")
+    return prepare_testbed(claim, tmp_path / "cache").key
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change", ["config", "tokenizer", "chat_template", "generation_config", "new_file"])
+def test_every_non_weight_file_is_part_of_the_key(known_llama, tmp_path, change):
+    source, pairs = known_llama
+    model = tmp_path / "model"
+    shutil.copytree(source, model)
+    before = _key(model, pairs, tmp_path)
+    assert _key(model, pairs, tmp_path) == before                   # the same files: the same key
+    if change == "config":
+        _edit_json(model / "config.json", rms_norm_eps=1e-3)
+    elif change == "tokenizer":
+        _edit_json(model / "tokenizer_config.json", model_max_length=512)
+    elif change == "chat_template":
+        (model / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    elif change == "generation_config":
+        (model / "generation_config.json").write_text(json.dumps({"temperature": 0.5}))
+    else:
+        (model / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<pad>"}))
+    assert _key(model, pairs, tmp_path) != before
+
+
+def test_hidden_bookkeeping_files_are_not_part_of_the_model(known_llama, tmp_path):
+    source, _ = known_llama
+    model = tmp_path / "model"
+    shutil.copytree(source, model)
+    before = folder_sha256(model)
+    (model / ".git").mkdir()
+    (model / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert folder_sha256(model) == before
+
+
+def _hub_cache(root: Path, source: Path, commits: dict[str, float]) -> Path:
+    """A Hugging Face hub cache holding org/tiny at each commit (its config's rms_norm_eps
+    differs), with refs/main at the last one."""
+    repo = root / "models--org--tiny"
+    for commit, eps in commits.items():
+        snapshot = repo / "snapshots" / commit
+        shutil.copytree(source, snapshot)
+        _edit_json(snapshot / "config.json", rms_norm_eps=eps)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(list(commits)[-1])
+    return root
+
+
+def test_a_hub_model_is_keyed_by_its_resolved_commit(known_llama, tmp_path, monkeypatch):
+    source, _ = known_llama
+    a, b = "a" * 40, "b" * 40
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", source, {a: 1e-6, b: 1e-3})))
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+
+    latest = open_model("org/tiny", cache=tmp_path / "cache")      # no revision: refs/main
+    pinned = open_model("org/tiny", revision=a, cache=tmp_path / "cache")
+    assert latest.identity["commit"] == b and pinned.identity["commit"] == a
+    assert latest.sha256 != pinned.sha256 and None not in (latest.sha256, pinned.sha256)
+    assert pinned.sha256 == folder_sha256(tmp_path / "hub" / "models--org--tiny" / "snapshots" / a)
+
+
+def test_a_model_whose_commit_cannot_be_told_is_refused(tmp_path, monkeypatch):
+    from loccheck.models.loading import _hub_identity
+
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(LoccheckError, match="pin model.revision to a commit") as err:
+        _hub_identity("org/absent", None)
+    assert err.value.key == "model.revision"
