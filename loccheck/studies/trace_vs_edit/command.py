@@ -177,7 +177,7 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
         success = [r["after"] - r["before"] for r in results]
     out = {"claim": str(claim.path), "measures": measures, "corruptions": corruptions,
            "aggregate": claim.heuristic.aggregate, "window": window, "layers": layers, "n_facts": len(prompts),
-           "rome": settings, "analyses": {},
+           "rome": settings.to_json(), "analyses": {},
            "beats": {str(l): sum(results[k]["after"] > 0 for k, j in enumerate(jobs) if j.layer == l) / len(prompts)
                      for l in layers},
            "rows": []}
