@@ -19,7 +19,7 @@ from pathlib import Path
 
 from loccheck import __version__
 from loccheck.errors import LoccheckError, LoccheckWarning, printable
-from loccheck.options import add_cli_options, settings_from_cli
+from loccheck.options import add_cli_options, positive_int, settings_from_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,10 +30,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _at_least_one(text: str) -> int:
-    """A whole number >= 1 in ASCII digits (int() would also read '３' and '1_0')."""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return int(text)
+    """A count as the shared options read one (`options.positive_int`), said in one message."""
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,8 @@ EXECUTORS = ("serial", "ray")   # loccheck.run.executors.EXECUTORS; the choices 
 DEFAULT_REPORT_DIR = "reports"
 
 
-def _positive_int(text: str, maximum: int | None = None, why: str = "") -> int:
+def positive_int(text: str, maximum: int | None = None, why: str = "") -> int:
+    """A count of at least 1 (and at most `maximum`), for the CLI and the plugin alike."""
     # ASCII digits only: int() would read a fullwidth "３" as 3, a silent substitution
     if isinstance(text, str) and not (text.strip().isascii() and re.fullmatch(r"[+-]?[0-9_]+", text.strip())):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {_short(text)}")
@@ -88,7 +89,7 @@ class Option:
         return kw
 
     def _int(self, text: str) -> int:
-        return _positive_int(text, self.maximum, self.why)
+        return positive_int(text, self.maximum, self.why)
 
     def check(self, value: Any, where: str) -> Any:
         """Validate a value that did not come through argparse (an ini value)."""

@@ -12,7 +12,6 @@ numpy and the standard library only (a tokenizer is passed in).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +20,7 @@ import numpy as np
 
 from loccheck.data.pairs import PreferencePair
 from loccheck.data.prompts import answer_ids, prompt_ids
-from loccheck.data.sources import find_data_file, read_data_text
+from loccheck.data.sources import find_data_file, json_document, read_data_text
 from loccheck.errors import DataError
 
 KNOWN_FACTS_FILE = "known_1000.json"
@@ -44,11 +43,7 @@ class Fact:
 def read_known_facts(file: Path, text: str, *, seed: int, key: str = "behavior.path") -> list[Fact]:
     """The facts of a known_1000.json text, each with its seeded counterfactual target. A fact
     whose relation has no other attribute cannot get one and is left out."""
-    try:
-        records = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        why = err if isinstance(err, ValueError) else "nested too deeply"
-        raise DataError(f"{file}: invalid JSON: {why}", key=key) from None
+    records = json_document(file, text, key)
     if not isinstance(records, list) or not records:
         raise DataError(f"{file}: expected a non-empty JSON list of facts (ROME's known_1000.json)", key=key)
     rows = []

@@ -86,8 +86,8 @@ def generation_prompt(tokenizer, question: str, prompt_format: str, system_promp
 
 def generation_prompt_ids(tokenizer, question: str, prompt_format: str,
                           system_prompt: str | None) -> tuple[int, ...]:
-    text = generation_prompt(tokenizer, question, prompt_format, system_prompt)
-    return tuple(tokenizer(text, add_special_tokens=prompt_format != "chat").input_ids)
+    return _text_ids(tokenizer, generation_prompt(tokenizer, question, prompt_format, system_prompt),
+                     prompt_format)
 
 
 def cut_answer(text: str, prompt_format: str) -> str:
@@ -112,7 +112,11 @@ def answer_ended(text: str, prompt_format: str) -> bool:
 def prompt_ids(tokenizer, question: str, prompt_format: str, system_prompt: str | None) -> tuple[int, ...]:
     """A question's prompt as token ids. A chat template already writes its special tokens;
     plain text gets the tokenizer's BOS."""
-    text = format_prompt(tokenizer, question, prompt_format, system_prompt)
+    return _text_ids(tokenizer, format_prompt(tokenizer, question, prompt_format, system_prompt), prompt_format)
+
+
+def _text_ids(tokenizer, text: str, prompt_format: str) -> tuple[int, ...]:
+    # a chat template already writes its special tokens; plain text gets the tokenizer's BOS
     return tuple(tokenizer(text, add_special_tokens=prompt_format != "chat").input_ids)
 
 

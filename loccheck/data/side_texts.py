@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loccheck.data.known_facts import KNOWN_FACTS_FILE
-from loccheck.data.sources import candidate_paths, path_kind, read_data_text
+from loccheck.data.sources import candidate_paths, json_document, path_kind, read_data_text
 from loccheck.errors import DataError
 from loccheck.userfiles import expand_user
 
@@ -76,11 +76,7 @@ def _find_side_texts(path: str | None, base_dir: Path | None) -> Path:
 
 def _json_texts(file: Path, text: str) -> list[tuple[str, str | None]]:
     """(text, its fact's subject or None) of each item of a JSON list."""
-    try:
-        records = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise DataError(f"{file}: invalid JSON: {err if isinstance(err, ValueError) else 'nested too deeply'}",
-                        key="side_effects.path") from None
+    records = json_document(file, text, "side_effects.path")
     if not isinstance(records, list):
         raise DataError(f"{file}: expected a JSON list of facts or strings", key="side_effects.path")
     out = []

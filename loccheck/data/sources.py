@@ -83,6 +83,15 @@ def read_data_text(path: Path) -> tuple[str, str]:
     return text, hashlib.sha256(raw).hexdigest()
 
 
+def json_document(file: Path, text: str, key: str):
+    """A whole JSON file's value; invalid JSON is a DataError about claim field `key`."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        why = err if isinstance(err, ValueError) else "nested too deeply"
+        raise DataError(f"{file}: invalid JSON: {why}", key=key) from None
+
+
 def json_record(line: str, where: str) -> dict:
     """One JSONL line as a dict; anything else is a DataError at `where` (file:line)."""
     try:

@@ -4,10 +4,10 @@ random location (a registry).
 An edit method is one module in this folder holding its claim section (`method: <name>` in a
 claim's `edits:` list), its edit, its fit and its ceiling, registered as an `EditMethod`:
 
-- `settings(section, size=, claim_size=, verdict_metric=, site_kind=, ceiling=)`: the method's
-  `EditSettings`, built from its claim section, that determine one fit at a location of `size`
-  sites of `site_kind` (the ceiling: every site of the kind), the same procedure for every
-  location; this one typed object is what `fit` receives; its JSON and the location make the
+- `settings(section, verdict_metric=, site_kind=, ceiling=)`: the method's `EditSettings`,
+  built from its claim section, that determine one fit at a location of sites of `site_kind`
+  (`ceiling`: the whole model's fit), the same procedure for every location, whatever its
+  size; this one typed object is what `fit` receives; its JSON and the location make the
   fit's cache key, so two claims that fit the same edit share it;
 - `fit(testbed, settings, location, on_step=None)`: a `Fitted` edit; `location` None is the whole
   model; `on_step(step, n_steps, loss)` reports progress while it runs; a method with

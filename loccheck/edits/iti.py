@@ -264,8 +264,8 @@ class ITISettings(EditSettings):
     metric: str                  # alpha is chosen by the verdict's metric: part of the fit
 
 
-def _settings(section: ITIEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "head", ceiling: bool = False) -> ITISettings:
+def _settings(section: ITIEditSection, *, verdict_metric: str, site_kind: str = "head",
+              ceiling: bool = False) -> ITISettings:
     return ITISettings(tuple(section.alphas), section.positions, verdict_metric)
 
 
@@ -306,6 +306,7 @@ def _initial(testbed, settings: ITISettings, location) -> ITIEdit:
 
 def _restore(testbed, settings: ITISettings, location, state: dict):
     return _initial(testbed, settings, location).load_state(state)
+
 
 # --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
 

@@ -84,8 +84,8 @@ class OptimalSettings(EditSettings):
     site_kind: str               # "head" or "mlp"
 
 
-def _settings(section: OptimalEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "head", ceiling: bool = False) -> OptimalSettings:
+def _settings(section: OptimalEditSection, *, verdict_metric: str, site_kind: str = "head",
+              ceiling: bool = False) -> OptimalSettings:
     """One procedure for every location: the same settings; the ceiling's own learning rate,
     which does not depend on the claim (nor, then, does its cache key)."""
     from loccheck.edits.training import TrainConfig
@@ -324,6 +324,7 @@ def _fit(testbed, settings: OptimalSettings, location, on_step=None, start=None)
 def _restore(testbed, settings: OptimalSettings, location, state: dict):
     return _make(testbed, settings, location).load_state(state)
 
+
 # --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
 
 LOSS_CURVES_NAME = "loss_curves.png"
@@ -371,6 +372,7 @@ def _report_lines(r: dict) -> list[str]:
             "", table(rows, headers), "", note, "",
             f"![Training loss per step of the claimed-location edit, the whole-model edit and the "
             f"{r.get('n_null')} random-location edits]({LOSS_CURVES_NAME})"]
+
 
 def _continued_note(edits: list[dict]) -> str:
     """What was done to make the ceiling the optimum of the whole-model edit."""

@@ -112,8 +112,8 @@ class RomeSettings(EditSettings):
     ridge: float
 
 
-def _settings(section: RomeEditSection, *, size: int, claim_size: int, verdict_metric: str,
-              site_kind: str = "mlp", ceiling: bool = False) -> RomeSettings:
+def _settings(section: RomeEditSection, *, verdict_metric: str, site_kind: str = "mlp",
+              ceiling: bool = False) -> RomeSettings:
     """The settings of every fit; the text sample is read here, when a claim is inspected, so a
     missing, unreadable or empty one is refused before anything is fitted."""
     from loccheck.cache import file_sha256
@@ -142,7 +142,7 @@ def key_statistics(testbed, stats: StatsSample, layers) -> dict[int, np.ndarray]
 
     from loccheck.models.hooks import read_outputs
 
-    memo = testbed.memo.setdefault(("rome_stats", stats.sha256, stats.tokens), {})
+    memo = testbed.memo.setdefault(("rome_stats", stats), {})
     # every layer in one pass over the sample, the first time any is asked for
     missing = [l for l in range(testbed.adapter.n_layers) if l not in memo] if any(l not in memo for l in layers) else []
     if missing:
@@ -307,8 +307,7 @@ def inverse_statistics(testbed, settings: RomeSettings, layers) -> dict:
     import torch
 
     stats = key_statistics(testbed, settings.stats, layers)
-    memo = testbed.memo.setdefault(("rome_inverse", settings.stats.sha256, settings.stats.tokens,
-                                  settings.ridge), {})
+    memo = testbed.memo.setdefault(("rome_inverse", settings.stats, settings.ridge), {})
     for l in layers:
         if l not in memo:
             C = torch.from_numpy(stats[l])
@@ -358,7 +357,7 @@ def _fit(testbed, settings: RomeSettings, location, on_step=None) -> Fitted:
         if on_step is not None:
             on_step(n + 1, len(items), None)
         edit_fact(testbed, edit, inverse, ids, position, target, settings)
-    tokens = testbed.memo[("rome_stats", settings.stats.sha256, settings.stats.tokens)]["_tokens"]
+    tokens = testbed.memo[("rome_stats", settings.stats)]["_tokens"]
     return Fitted(edit, {"n_facts_edited": len(items), "stats_tokens": tokens})
 
 
@@ -368,6 +367,7 @@ def _initial(testbed, settings: RomeSettings, location) -> RomeEdit:
 
 def _restore(testbed, settings: RomeSettings, location, state: dict) -> RomeEdit:
     return _initial(testbed, settings, location).load_state(state)
+
 
 # --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
 

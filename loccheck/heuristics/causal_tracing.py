@@ -204,6 +204,7 @@ def _pinned(proposal: Proposal, sites, scores: dict) -> tuple[dict, str]:
             f"the {len(sites)} MLP layers with the largest mean indirect effect of causal tracing\n"
             f"# ({raw['n_facts']} train facts traced; validation and test facts unseen), pinned.")
 
+
 # --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
 
 TRACING_HEATMAP_NAME = "tracing_heatmap.png"

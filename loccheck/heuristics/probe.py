@@ -181,6 +181,7 @@ def _pinned(proposal: Proposal, sites, scores: dict) -> tuple[dict, str]:
             f"the {len(sites)} heads with the best\n# validation accuracy of per-head logistic probes "
             f"({probe.n_train} train and\n# {probe.n_val} validation answers; test questions unseen), pinned.")
 
+
 # --- its part of the report (from result.json alone; matplotlib is imported when it draws) ---
 
 PROBE_HEATMAP_NAME = "probe_heatmap.png"

@@ -32,13 +32,16 @@ def finite_values(values: Iterable) -> np.ndarray:
     a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     return a[np.isfinite(a)]
 
+
 def is_finite(x) -> bool:
     return x is not None and math.isfinite(float(x))
+
 
 def legend_below(fig) -> None:
     # Below the axes, so it never hides a marked gain or a curve.
     # One entry per row: three long labels side by side run off a 7-inch figure.
     fig.legend(loc="outside lower center", ncols=1, frameon=False)
+
 
 def save_figure(fig, path) -> Path:
     """Render `fig` to PNG bytes, close it, and write the bytes atomically."""

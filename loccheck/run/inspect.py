@@ -77,19 +77,24 @@ def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
     return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
 
 
-def _check_edit_settings(claim) -> None:
-    """Each edit method's settings can be made (a method may read a file for them)."""
+def edit_settings(claim, section, at: int | None, *, site_kind: str, ceiling: bool = False):
+    """`section`'s `EditSettings` (the claim's `edits[at]`; `at` None: a method's default
+    section). A method may read a file for them; its error names the field: its own
+    ("stats_path") under `edits[at]`, else the section itself."""
     from loccheck.edits import EDIT_METHODS
 
-    size = len(claim.location.sites) or getattr(claim.heuristic, "top_k", None) or 1
+    try:
+        return EDIT_METHODS[section.method].settings(section, verdict_metric=claim.verdict.metric,
+                                                     site_kind=site_kind, ceiling=ceiling)
+    except LoccheckError as err:
+        where = f"edits[{at}]" if at is not None else "edits"
+        raise claim.error(where + (f".{err.key}" if err.key and err.key != "edits" else ""), err.msg) from None
+
+
+def _check_edit_settings(claim) -> None:
+    """Each edit method's settings can be made, before any weights load."""
     for i, section in enumerate(claim.edits):
-        try:
-            EDIT_METHODS[section.method].settings(section, size=size, claim_size=size, site_kind=claim.site_kind,
-                                                  verdict_metric=claim.verdict.metric)
-        except LoccheckError as err:
-            # a method names its own field ("stats_path"); "edits" or none: the section itself
-            field = f"edits[{i}]" + (f".{err.key}" if err.key and err.key != "edits" else "")
-            raise claim.error(field, err.msg) from None
+        edit_settings(claim, section, i, site_kind=claim.site_kind)
 
 
 def _data_key(claim) -> str:

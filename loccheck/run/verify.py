@@ -69,7 +69,7 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     metrics = claim.all_metrics
     with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
         base = unedited_scores(testbed, cache, metrics)
-    jobs = edit_jobs(claim, testbed.key, location, nulls, len(testbed.adapter.sites(claim.site_kind)))
+    jobs = edit_jobs(claim, testbed.key, location, nulls)
     fits = _progress(claim, len(jobs), progress, base, write_line)
     runner = JobRunner(testbed, cache, metrics, testbed_factory=partial(prepare_testbed, claim, cache_root),
                        on_step=fits.on_step)
@@ -130,20 +130,17 @@ def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path |
     return inputs
 
 
-def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple], n_sites: int) -> list:
-    """Per edit method, in claim order: the claim, the ceiling (all `n_sites` sites), then the
-    null's draws in order."""
-    from loccheck.edits import EDIT_METHODS
+def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple]) -> list:
+    """Per edit method, in claim order: the claim, the ceiling (every site of the kind), then
+    the null's draws in order."""
+    from loccheck.run.inspect import edit_settings
     from loccheck.run.jobs import Job
 
     jobs = []
-    for section in claim.edits:
-        method = EDIT_METHODS[section.method]
-        size, metric = len(location), claim.verdict.metric
+    for i, section in enumerate(claim.edits):
         kind = location[0].kind
-        local = method.settings(section, size=size, claim_size=size, verdict_metric=metric, site_kind=kind)
-        ceiling = method.settings(section, size=n_sites, claim_size=size, verdict_metric=metric,
-                                  site_kind=kind, ceiling=True)
+        local = edit_settings(claim, section, i, site_kind=kind)
+        ceiling = edit_settings(claim, section, i, site_kind=kind, ceiling=True)
         jobs += [Job(section.method, local, location, "claim", None, testbed_key),
                  Job(section.method, ceiling, None, "ceiling", None, testbed_key)]
         jobs += [Job(section.method, local, loc, "random", i, testbed_key) for i, loc in enumerate(nulls)]

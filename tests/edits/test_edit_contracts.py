@@ -31,9 +31,7 @@ def _outputs(testbed):
 
 def _settings(claim, testbed, name, ceiling=False):
     section = next(e for e in claim.edits if e.method == name)
-    size, kind = len(claim.location.parsed), claim.site_kind
-    return EDIT_METHODS[name].settings(section, size=len(testbed.adapter.sites(kind)) if ceiling else size,
-                                       claim_size=size, verdict_metric=claim.verdict.metric, site_kind=kind,
+    return EDIT_METHODS[name].settings(section, verdict_metric=claim.verdict.metric, site_kind=claim.site_kind,
                                        ceiling=ceiling)
 
 

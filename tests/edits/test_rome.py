@@ -56,7 +56,7 @@ def _testbed(tmp_path, family="gpt_neox", edits=None):
         "".join(rng.choice(letters, 4)).capitalize() + " " + "".join(rng.choice(letters, 2)) + " "
         + rng.choice(letters) for _ in range(3000)))
     claim = parse_claim(_claim_text(tmp_path, edits=edits), path=tmp_path / "facts.yaml")
-    settings = EDIT_METHODS["rome"].settings(claim.edits[-1], size=1, claim_size=1, verdict_metric="x",
+    settings = EDIT_METHODS["rome"].settings(claim.edits[-1], verdict_metric="x",
                                              site_kind="mlp") if edits is None else None
     return prepare_testbed(claim, tmp_path / "cache"), settings
 

@@ -126,7 +126,7 @@ def test_kl_is_zero_for_the_identity_and_matches_full_logits(known_llama, tmp_pa
     testbed = prepare_testbed(claim, tmp_path / "cache")
     assert len(testbed.side) == 4                                  # "x" is a single token
     method = EDIT_METHODS["optimal"]
-    job = edit_jobs(claim, testbed.key, claim.location.parsed, [], 8)[0]
+    job = edit_jobs(claim, testbed.key, claim.location.parsed, [])[0]
     base = testbed.score(["kl", "log_likelihood"])
     assert base["kl"] == 0.0
     with method.initial(testbed, job.settings, job.location).attached(testbed.model):

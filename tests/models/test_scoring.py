@@ -69,7 +69,7 @@ def test_a_bfloat16_model_gains_what_float32_gains(known_llama, tmp_path):
     _, half = testbed("bfloat16")
     assert next(half.model.parameters()).dtype == torch.bfloat16
     method = EDIT_METHODS["optimal"]
-    job = edit_jobs(claim, full.key, claim.location.parsed, [], 8)[0]
+    job = edit_jobs(claim, full.key, claim.location.parsed, [])[0]
     state = method.fit(full, job.settings, job.location).edit.state()
 
     def gain(b):

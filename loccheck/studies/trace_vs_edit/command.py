@@ -108,16 +108,13 @@ def fraction_restored(peak: float, total: float) -> float:
 
 
 def rome_settings(claim):
+    """The claim's `rome` settings, else ROME's defaults."""
     from loccheck.edits import EDIT_METHODS
+    from loccheck.run.inspect import edit_settings
 
     at = next((i for i, e in enumerate(claim.edits) if e.method == "rome"), None)
     section = claim.edits[at] if at is not None else EDIT_METHODS["rome"].section()
-    try:
-        return EDIT_METHODS["rome"].settings(section, size=1, claim_size=1, verdict_metric=claim.verdict.metric,
-                                             site_kind="mlp")
-    except LoccheckError as err:
-        where = f"edits[{at}]" if at is not None else "edits"
-        raise claim.error(where + (f".{err.key}" if err.key and err.key != "edits" else ""), err.msg) from None
+    return edit_settings(claim, section, at, site_kind="mlp")
 
 
 def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: Path,
