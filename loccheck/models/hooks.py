@@ -121,23 +121,37 @@ def stopped_at(block, read: Callable):
 
 
 @contextlib.contextmanager
-def started_at(owner, name: str, first: int, hidden: Callable):
-    """Run only blocks `first`, `first` + 1, ... of the decoder layers (the module list
-    `owner.<name>`), the residual stream entering block `first` being `hidden()` instead of what
-    the blocks below would compute (`models.prefix`: a frozen prefix computed once). The list is
-    put back when the context exits, also on error."""
-    blocks = getattr(owner, name)
-    start = blocks[first]
+def started_at(blocks: Sequence, first: int, hidden: Callable, skipped: Callable = lambda x: x):
+    """Run only blocks `first`, `first` + 1, ... of the decoder layers `blocks` (the model's own
+    module list), the residual stream entering block `first` being `hidden()` instead of what
+    the blocks below would compute (`models.prefix`: a frozen prefix computed once).
 
+    The list stays whole, so block i keeps index i: forwards that look a layer's attention type,
+    mask or rotary embedding up by index (`config.layer_types[i]` in Qwen2, Gemma-2, ...) still
+    find block i's. A block below `first` is called as before but does not run: the call returns
+    `skipped(x)`, x its hidden-states input, which must have the structure the block's forward
+    returns (a tensor for most, Falcon's a tuple whose [0] its model reads); its hooks do not fire
+    and its attributes stay. Every block is put back when the context exits, also on error."""
     def pre_hook(module, args, kwargs):
         if args:
             return (hidden(),) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden()}
 
-    handle = start.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    setattr(owner, name, type(blocks)(list(blocks)[first:]))
+    def passed(self, *args, **kwargs):
+        return skipped(args[0] if args else kwargs["hidden_states"])
+
+    below = list(blocks)[:first]
+    classes = [type(block) for block in below]
+    # Called through a subclass whose __call__ passes the input on: an instance `forward` would
+    # still fire the block's own hooks, as if it ran.
+    passing = {cls: type(cls.__name__, (cls,), {"__call__": passed, "__module__": cls.__module__})
+               for cls in set(classes)}
+    handle = blocks[first].register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
+        for block, cls in zip(below, classes):
+            block.__class__ = passing[cls]
         yield
     finally:
-        setattr(owner, name, blocks)
+        for block, cls in zip(below, classes):
+            block.__class__ = cls
         handle.remove()

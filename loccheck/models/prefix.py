@@ -4,10 +4,13 @@ An edit hooked at or above block l (a head's output projection or an MLP's down 
 inside block l) cannot change what blocks 0 .. l-1 compute, nor the input of block l. So for a
 fixed set of inputs that input is computed once, before training, and every training step and
 whole-set evaluation runs only blocks l, l+1, ...: the forward below l is done once per fit
-instead of once per step (backward stops at l anyway). An input's states do not depend on the
-batch it is computed in (right padding; a row never attends to another row or to padding), so
-they are kept per input and re-padded into whatever batch it later joins; the result equals the
-plain forward to float rounding (tests/models/test_prefix.py).
+instead of once per step (backward stops at l anyway). The blocks below l stay in the model's
+list, each passing its input on without computing (`hooks.started_at`), so every block keeps its
+index and with it its layer type: a sliding-window layer above l gets its windowed mask. An
+input's states do not depend on the batch it is computed in (right padding; a row never attends
+to another row or to padding), so they are kept per input and re-padded into whatever batch it
+later joins; the result equals the plain forward to float rounding (tests/models/test_prefix.py,
+test_sliding_windows.py).
 """
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
-from loccheck.models.hooks import StopForward, started_at, stopped_at
+from loccheck.models.hooks import StopForward, read_outputs, started_at, stopped_at
+from loccheck.models.windows import mask_windows, packable
 
 
 class FrozenPrefix:
     """The input of block `first` for each of `items`, computed once with whatever is attached
     to `model` now (nothing below `first` may be edited later). `batch_inputs(items)` gives the
-    body's keyword inputs for a list of items, right-padded; `size(item)` its unpadded length."""
+    body's keyword inputs for a list of items, right-padded; `size(item)` its unpadded length.
+    The blocks below `first`, skipped later, return their input in the structure block
+    `first` - 1 returned here (a tensor, or a tuple whose [0] is the residual stream)."""
 
     def __init__(self, model, adapter, first: int, items: Sequence[Hashable],
                  batch_inputs: Callable[[list], dict], size: Callable[[Hashable], int],
@@ -30,13 +36,18 @@ class FrozenPrefix:
         if not 0 < first < adapter.n_layers:
             raise ValueError(f"a frozen prefix starts at block 1 .. {adapter.n_layers - 1}, not {first}")
         self.first = first
-        owner, _, self._name = adapter.blocks_path.rpartition(".")
-        self._owner = model.get_submodule(owner)
+        self._blocks = model.get_submodule(adapter.blocks_path)
+        self._skipped = _passing_on(None)
         self.states: dict = {}
         todo = sorted(set(items), key=size)
         body = getattr(model, model.base_model_prefix)
         got: list = []
-        with torch.no_grad(), stopped_at(adapter.blocks[first], got.append):
+
+        def read(row, x, y):                   # block first - 1's output: what a skipped block returns
+            self._skipped = _passing_on(y)
+
+        with torch.no_grad(), stopped_at(adapter.blocks[first], got.append), \
+                read_outputs([self._blocks[first - 1]], read):
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 got.clear()
@@ -56,8 +67,20 @@ class FrozenPrefix:
         hidden = states[0].new_zeros((len(items), max(len(h) for h in states), states[0].shape[-1]))
         for i, h in enumerate(states):
             hidden[i, :len(h)] = h
-        with started_at(self._owner, self._name, self.first, lambda: hidden):
+        with started_at(self._blocks, self.first, lambda: hidden, self._skipped):
             yield
+
+
+def _passing_on(example) -> Callable:
+    """What a skipped block returns for its input x, shaped as a block's output `example` was:
+    x, or (x, None, ...) for a block that returns a tuple (None: no example, a tensor)."""
+    if example is None or isinstance(example, torch.Tensor):
+        return lambda x: x
+    if isinstance(example, tuple) and example and isinstance(example[0], torch.Tensor):
+        rest = (None,) * (len(example) - 1)
+        return lambda x: (x,) + rest
+    raise TypeError(f"a decoder block returned a {type(example).__name__}; a frozen prefix needs a tensor "
+                    "or a tuple whose [0] is the residual stream")
 
 
 def lowest_edited_block(edit) -> int:
@@ -72,14 +95,15 @@ def _freezable(adapter, first: int) -> bool:
 
 def pair_prefix(model, adapter, first: int, pairs, pad_id: int) -> FrozenPrefix | None:
     """The prefix of preference pairs packed as `scoring.pair_logprobs` runs them
-    (`scoring.packed_pairs`) below block `first`, or None when there is none to freeze."""
+    (`scoring.packed_pairs`, with the model's windows) below block `first`, or None when there is
+    none to freeze, or the model's pairs are not packed (`windows.packable`)."""
     from loccheck.models.scoring import packed_pairs, pair_length
 
-    if not _freezable(adapter, first):
+    if not _freezable(adapter, first) or not packable(model):      # not packable: scored unpacked
         return None
-    weight = next(model.parameters())
-    return FrozenPrefix(model, adapter, first, pairs,
-                        lambda batch: packed_pairs(batch, pad_id, weight.dtype, weight.device).inputs, pair_length)
+    weight, windows = next(model.parameters()), mask_windows(model)
+    return FrozenPrefix(model, adapter, first, pairs, lambda batch: packed_pairs(
+        batch, pad_id, weight.dtype, weight.device, windows=windows).inputs, pair_length)
 
 
 def sequence_prefix(model, adapter, first: int, seqs, pad_id: int) -> FrozenPrefix | None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from loccheck.data.prompts import TokenizedPair
+from loccheck.models.windows import mask_windows, packable, windowed
 
 
 OnBatch = Callable[[torch.Tensor], None]
@@ -74,7 +75,7 @@ def _answer_logits(model, prompts, answers, pad_id: int, on_batch: OnBatch | Non
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
     rows_t = torch.tensor(rows, device=device)
     picked = hidden[rows_t, torch.tensor(cols, device=device)]                           # (n_tok, d)
-    return rows_t, float32_logits(model.get_output_embeddings(), picked), torch.tensor(targets, device=device)
+    return rows_t, vocab_logits(model, picked), torch.tensor(targets, device=device)
 
 
 @torch.no_grad()
@@ -91,6 +92,16 @@ def greedy_matches(model, prompts: Sequence[Sequence[int]], answers: Sequence[Se
             0, rows, (logits.argmax(-1) != targets).long())
         out += (wrong == 0).tolist()
     return out
+
+
+def vocab_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's logits from its last hidden states, in float32: the output embedding, then
+    the final logit soft-capping of the families that have one (Gemma-2), which changes
+    log-probabilities by nats at realistic logit scales. `models.checks` proves on every loaded
+    model that these are its own logits."""
+    logits = float32_logits(model.get_output_embeddings(), hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def float32_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -110,10 +121,11 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
 
     One forward of the pairs packed (`packed_pairs`: each prompt once, both answers after it).
     With `on_batch`, whose positions are defined for one answer per row (`answer_logprobs`), or
-    `packed=False`, one forward over 2 * batch plain sequences instead (chosen answers first):
-    the same numbers to float rounding. `prefix` (a `models.prefix.FrozenPrefix` of packed pairs
-    holding these) runs only the blocks above it."""
-    if on_batch is not None or not packed:
+    `packed=False`, or for a model whose layers' windows no packed mask can give
+    (`windows.packable`), one forward over 2 * batch plain sequences instead (chosen answers
+    first): the same numbers to float rounding. `prefix` (a `models.prefix.FrozenPrefix` of
+    packed pairs holding these) runs only the blocks above it."""
+    if on_batch is not None or not packed or not packable(model):
         if prefix is not None:
             raise ValueError("a frozen prefix holds packed pairs; these are scored unpacked")
         prompts = [p.prompt for p in pairs] * 2
@@ -121,11 +133,11 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
         lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch)
         return torch.stack([lp[: len(pairs)], lp[len(pairs):]], dim=1)
     device = next(model.parameters()).device
-    batch = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device)
+    batch = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device, windows=mask_windows(model))
     body = getattr(model, model.base_model_prefix)
     with _fed(prefix, pairs):
         hidden = body(**batch.inputs).last_hidden_state
-    logits = float32_logits(model.get_output_embeddings(), hidden[batch.rows, batch.cols])
+    logits = vocab_logits(model, hidden[batch.rows, batch.cols])
     token_logp = logits.log_softmax(-1).gather(-1, batch.targets[:, None]).squeeze(-1)
     return torch.zeros(len(pairs), 2, device=device).index_put((batch.rows, batch.answer), token_logp,
                                                                accumulate=True)
@@ -133,7 +145,7 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
 
 @dataclass(frozen=True)
 class PackedPairs:
-    inputs: dict             # the body's input_ids, attention_mask (4-D) and position_ids
+    inputs: dict             # the body's input_ids, attention_mask (4-D, or {layer type: 4-D}), position_ids
     rows: torch.Tensor       # for each answer token: its pair,
     cols: torch.Tensor       # the position whose output predicts it,
     targets: torch.Tensor    # the token,
@@ -144,7 +156,8 @@ def pair_length(pair: TokenizedPair) -> int:
     return len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
 
 
-def packed_pairs(pairs: Sequence[TokenizedPair], pad_id: int, dtype=torch.float32, device=None) -> PackedPairs:
+def packed_pairs(pairs: Sequence[TokenizedPair], pad_id: int, dtype=torch.float32, device=None, *,
+                 windows: int | None | dict[str, int | None] = None) -> PackedPairs:
     """Each pair as one row: prompt, chosen, rejected, right-padded. The rejected answer's
     tokens take the positions right after the prompt (as the chosen ones do) and attend to the
     prompt and to each other, never to the chosen answer, so every answer token sees exactly
@@ -152,7 +165,12 @@ def packed_pairs(pairs: Sequence[TokenizedPair], pad_id: int, dtype=torch.float3
     prompt computed once (most of a pair's tokens) and no second pass. The first token of both
     answers is predicted by the prompt's last position. The mask is additive (0 or the dtype's
     minimum), which the eager and sdpa attention implementations take; a padding position attends
-    to its row's first token, so no row of the mask is empty."""
+    to its row's first token, so no row of the mask is empty.
+
+    `windows` (`windows.mask_windows(model)`) are the layers' sliding windows, which transformers
+    does not add to a mask it is given: one for every layer (None: none) gives one mask, a dict
+    {layer type: window} one mask per layer type. A window is taken over position ids, so an
+    answer token sees the last `window` positions of its own sequence."""
     width = max(map(pair_length, pairs))
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(pairs), width), dtype=torch.long)
@@ -171,9 +189,18 @@ def packed_pairs(pairs: Sequence[TokenizedPair], pad_id: int, dtype=torch.float3
         cols += list(range(p - 1, p + c - 1)) + ([p - 1] + list(range(p + c, n - 1)))[:n - p - c]
         targets += list(pair.chosen) + list(pair.rejected)
         answer += [0] * c + [1] * (n - p - c)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    made: dict = {}                                   # window that binds (or None) -> its mask
+
+    def mask(window):                                 # (batch, 1, width, width), additive
+        seen = windowed(allowed, positions, window)
+        key = None if seen is allowed else window
+        if key not in made:
+            made[key] = torch.zeros(seen.shape, dtype=dtype).masked_fill_(
+                ~seen, torch.finfo(dtype).min)[:, None].to(device)
+        return made[key]
+    masks = ({kind: mask(w) for kind, w in windows.items()} if isinstance(windows, dict) else mask(windows))
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)   # noqa: E731
-    return PackedPairs({"input_ids": ids.to(device), "attention_mask": mask[:, None].to(device),
+    return PackedPairs({"input_ids": ids.to(device), "attention_mask": masks,
                         "position_ids": positions.to(device)},
                        as_tensor(rows), as_tensor(cols), as_tensor(targets), as_tensor(answer))
 
@@ -228,7 +255,7 @@ def side_effects(model, texts: Sequence[Sequence[int]], pad_id: int, batch_size:
     from loccheck.models.hooks import unedited
 
     device = next(model.parameters()).device
-    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
+    body = getattr(model, model.base_model_prefix)
     kl_sum, ll_sum, n = 0.0, 0.0, 0
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
@@ -240,7 +267,7 @@ def side_effects(model, texts: Sequence[Sequence[int]], pad_id: int, batch_size:
 
         def logp():
             hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][predicts]
-            return float32_logits(head, hidden).log_softmax(-1)      # (n_predicted, vocab)
+            return vocab_logits(model, hidden).log_softmax(-1)      # (n_predicted, vocab)
 
         with unedited():
             base = logp()
@@ -273,7 +300,7 @@ def greedy_answers(model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id:
     forward, as when answers are scored: `on_batch` marks the last prompt token of each row and
     every generated one."""
     device = next(model.parameters()).device
-    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
+    body = getattr(model, model.base_model_prefix)
     # transformers 5.25 renamed `past_key_values` (argument and output) to `cache`
     name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
     n = len(prompts)
@@ -306,7 +333,7 @@ def greedy_answers(model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id:
         step = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     **{name: cache})
         cache = getattr(step, name)
-        nxt = float32_logits(head, step.last_hidden_state[:, -1]).argmax(-1)   # (n,)
+        nxt = vocab_logits(model, step.last_hidden_state[:, -1]).argmax(-1)   # (n,)
         for i in range(n):
             if not live[i]:
                 continue
