@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of claim files (for editors)")
     schema.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    models = sub.add_parser("models", help="list the model families loccheck can load and where each "
+                                           "one's head and MLP sites are hooked")
+    models.add_argument("--debug", action="store_true", help="show tracebacks")
+
     init = sub.add_parser("init", help="write a commented claim template that loads as it is")
     init.add_argument("name", metavar="NAME",
                       help="claim name (writes claims/NAME.yaml) or a path ending in .yaml/.yml")
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     commands = {"verify": _verify, "localize": _localize, "report": _report, "schema": _schema,
-                "init": _init, "trace-vs-edit": _trace_vs_edit}
+                "init": _init, "trace-vs-edit": _trace_vs_edit, "models": _models}
     try:
         return commands[args.command](args)
     except LoccheckError as err:
@@ -130,6 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _models(args) -> int:
+    from tabulate import tabulate
+
+    from loccheck.models.families import family_table
+
+    rows = family_table()
+    print(tabulate([[r["family"], r["heads"], r["mlp"], r["notes"]] for r in rows],
+                   headers=["model_type", "head sites (slices of)", "MLP sites", "notes"], tablefmt="github"))
+    print("\nEvery model passes loccheck's structural checks (heads, mlp, logits) when it is loaded; an "
+          "unknown model_type is accepted under the first layout above whose checks it passes.")
+    return 0
 
 
 def _localize(args) -> int:

@@ -4,10 +4,11 @@ downloaded), models in which only chosen heads reach the residual stream, a char
 tokenizer, and a preference dataset an edit can learn. Saved to folders, they go through the
 same loading path as any model a claim names. torch is imported inside the functions.
 
-To add an architecture: register its adapter, give `tiny_model` a config for it and list it
-in FAMILIES; `known_model` zeroes the dead heads through the adapter (`head_slice`,
-`fan_in_fan_out`), so it needs nothing new, and tests/end_to_end/test_known_answers.py runs its known
-answers.
+To add an architecture: give its `model_type` a layout in `models/families.py` and a tiny
+config in TINY_CONFIGS here; `known_model` zeroes the dead heads through the adapter
+(`head_slice`, `fan_in_fan_out`), so it needs nothing new, and tests/models/test_families.py
+runs every contract and the planted known answers on it. FAMILIES, the three families every
+training test runs on, get the known answers in more depth (tests/end_to_end/).
 """
 from __future__ import annotations
 
@@ -19,38 +20,68 @@ import numpy as np
 
 from loccheck.locations import HeadLoc, MlpLoc
 
-FAMILIES = ["llama", "gpt2", "gpt_neox"]
+FAMILIES = ["llama", "gpt2", "gpt_neox"]   # the families every known-answer and training test runs on
 VOCAB = 100   # room for the character tokenizer of tests/known_models.py
 INIT = 0.5
 
+_SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+              num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_EXPERTS = dict(num_experts_per_tok=2, moe_intermediate_size=16)
+# Every family loccheck has an adapter for: its config class and what differs from _SIZES.
+# Gemma-2's final logit soft-capping is set low so that it changes these small logits by a lot.
+TINY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 8}),
+    "gemma": ("GemmaConfig", {"head_dim": 8}),
+    "gemma2": ("Gemma2Config", {"head_dim": 8, "final_logit_softcapping": 2.0}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 8}),
+    "phi3": ("Phi3Config", {}),
+    "phi": ("PhiConfig", {}),
+    "olmo2": ("Olmo2Config", {}),
+    "starcoder2": ("Starcoder2Config", {}),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "olmoe": ("OlmoeConfig", {"num_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": ("Qwen2MoeConfig", {"num_experts": 4, **_EXPERTS, "shared_expert_intermediate_size": 32}),
+    "qwen3_moe": ("Qwen3MoeConfig", {"num_experts": 4, **_EXPERTS, "head_dim": 8}),
+    "gptj": ("GPTJConfig", {"rotary_dim": 4}),
+    "falcon": ("FalconConfig", {}),
+    "gpt2": ("GPT2Config", {}),
+    "gpt_neox": ("GPTNeoXConfig", {}),
+}
+ALL_FAMILIES = list(TINY_CONFIGS)
+
 
 def tiny_model(family: str, seed: int = 0, n_layers: int = 2):
-    """A 2-layer (or `n_layers`), 4-head, width-32 causal LM with random weights, in eval mode
-    and frozen.
+    """A 2-layer (or `n_layers`), 4-head, width-32 causal LM of `family` (any of ALL_FAMILIES)
+    with random weights, in eval mode and frozen.
 
     The weights are drawn wider than the default (std 0.5, not 0.02): a default-initialised
     tiny model predicts almost the same distribution whatever its hidden state, so no edit
     could move it, and tests of training would test nothing."""
     import torch
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                              LlamaConfig, LlamaForCausalLM)
+    import transformers
 
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"no tiny config for {family!r}; families: {', '.join(ALL_FAMILIES)}")
+    name, extra = TINY_CONFIGS[family]
+    config = getattr(transformers, name)(**{**_SIZES, "num_hidden_layers": n_layers,
+                                            "initializer_range": INIT, **extra})
     torch.manual_seed(seed)
-    if family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-            num_attention_heads=4, num_key_value_heads=2, initializer_range=INIT, bos_token_id=1, eos_token_id=2,
-            pad_token_id=0))
-    elif family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=n_layers, n_head=4, initializer_range=INIT,
-                                           bos_token_id=1, eos_token_id=2, pad_token_id=0))
-    elif family == "gpt_neox":
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-            num_attention_heads=4, initializer_range=INIT, bos_token_id=1, eos_token_id=2, pad_token_id=0))
-    else:
-        raise ValueError(family)
+    model = transformers.AutoModelForCausalLM.from_config(config)
     return model.eval().requires_grad_(False)
+
+
+def token_pairs(seed: int = 0, n: int = 7) -> list:
+    """`n` preference pairs of random token ids (3..59): prompts of 2-8 tokens, answers of 1-4."""
+    from loccheck.data.prompts import TokenizedPair
+
+    rng = np.random.default_rng(seed)
+
+    def seq(lo, hi):
+        return tuple(int(t) for t in rng.integers(3, 60, size=int(rng.integers(lo, hi))))
+    return [TokenizedPair(seq(2, 9), seq(1, 5), seq(1, 5)) for _ in range(n)]
 
 
 def char_tokenizer(extra: Sequence[str] = (), split: str = "."):
@@ -107,7 +138,9 @@ def known_mlp_model(family: str, live: Iterable[MlpLoc], n_layers: int, seed: in
     with torch.no_grad():
         for site in adapter.sites("mlp"):
             if site not in live:
-                mlp = model.get_submodule(adapter.mlp_names[site.layer].rsplit(".", 1)[0])
+                # the MLP: the site's parent (the down projection's), or the sparse block itself
+                name = adapter.mlp_names[site.layer]
+                mlp = model.get_submodule(name if adapter.experts else name.rsplit(".", 1)[0])
                 for param in mlp.parameters():
                     param.zero_()
     return model

@@ -68,6 +68,7 @@ class EditMethod:
                                                      # location's edit that fits better
     report_lines: Callable[[dict], list[str]] | None = None      # its report section, from result.json
     report_figures: Callable[[dict, Path], None] | None = None   # draws its figures into the report folder
+    cannot_edit: Callable[[Any], str | None] | None = None       # why it cannot edit a model (its adapter), or None
 
 
 EDIT_METHODS: Registry[EditMethod] = Registry("edit method")

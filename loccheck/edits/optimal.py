@@ -110,7 +110,7 @@ def initial_read_vectors(adapter, seed: int, init_std: float, kind: str = "head"
 
 
 def _device(adapter):
-    return adapter.out_proj(0).weight.device
+    return adapter.device
 
 
 class _RankOneEdit:
@@ -199,7 +199,15 @@ class HeadEdit(_RankOneEdit):
 class MlpEdit(_RankOneEdit):
     """y^l <- y^l + <a^l, x^l> b^l, where y^l = W^l x^l is the output of layer l's MLP down
     projection: rank-1 LoRA on W^l (W^l + b^l a^l^T), for each layer of the location. The whole
-    model's edit is the same on every layer. b starts at zero (the identity)."""
+    model's edit is the same on every layer. b starts at zero (the identity).
+
+    In a mixture of experts there is no one down projection: the site is the sparse block's
+    output y^l (the chosen experts' weighted sum), and the edit reads that output itself,
+    y^l <- (I + b^l a^l^T) y^l: rank one, the identity at b = 0, one per layer (not per expert),
+    so a claim, the ceiling and the null edit the same kind of thing. It can only transform what
+    the experts wrote (a block that writes nothing cannot be edited into writing), as a dense
+    site's edit can only map the MLP's own hidden units; reading the block's input instead would
+    let any layer write anything. The router is untouched and its losses never enter."""
 
     def __init__(self, adapter, sites: Sequence[MlpLoc] | None, a_init):
         import torch
@@ -208,7 +216,7 @@ class MlpEdit(_RankOneEdit):
         adapter.check_inside(sites)
         self.adapter = adapter
         self.layers = [s.layer for s in sites]
-        device = adapter.mlp_out(0).weight.device
+        device = adapter.device
         self.a = torch.nn.Parameter(a_init[self.layers].clone().to(device))
         self.b = torch.nn.Parameter(torch.zeros(len(self.layers), adapter.model_width, device=device))
 
@@ -217,7 +225,8 @@ class MlpEdit(_RankOneEdit):
         return int(self.a.numel() + self.b.numel())
 
     def delta(self, row: int, x, y):
-        return (x.float() @ self.a[row])[..., None] * self.b[row]      # (batch, pos, d_model)
+        read = y if self.adapter.experts else x
+        return (read.float() @ self.a[row])[..., None] * self.b[row]   # (batch, pos, d_model)
 
     @contextlib.contextmanager
     def attached(self, model) -> Iterator["MlpEdit"]:

@@ -190,7 +190,7 @@ class RomeEdit:
         adapter.check_inside(sites)
         self.adapter, self.layers = adapter, [s.layer for s in sites]
         k = len(self.layers)
-        device = adapter.mlp_out(0).weight.device
+        device = adapter.device
         self.U = torch.zeros(k, 0, adapter.mlp_width, device=device) if U is None else U.to(device)
         self.R = torch.zeros(k, 0, adapter.model_width, device=device) if R is None else R.to(device)
 
@@ -349,6 +349,13 @@ def edit_fact(testbed, edit: RomeEdit, inverse: dict, ids, position: int, target
     return delta
 
 
+def _cannot_edit(adapter) -> str | None:
+    if adapter.experts:
+        return (f"rome updates an MLP's down projection, and a {adapter.family} model's MLP sites are "
+                "mixtures of experts, which have none; use method: optimal")
+    return None
+
+
 def _fit(testbed, settings: RomeSettings, location, on_step=None) -> Fitted:
     edit = RomeEdit(testbed.adapter, location)
     inverse = inverse_statistics(testbed, settings, edit.layers)
@@ -386,4 +393,5 @@ def _report_lines(r: dict) -> list[str]:
 
 register_edit_method(EditMethod("rome", RomeEditSection, _settings, _fit, _restore, _initial,
                                 "ROME's closed-form rank-one edit of each train fact in turn",
-                                site_kinds=("mlp",), datasets=("known_facts",), report_lines=_report_lines))
+                                site_kinds=("mlp",), datasets=("known_facts",), report_lines=_report_lines,
+                                cannot_edit=_cannot_edit))

@@ -104,11 +104,11 @@ def _with_first(y, value):
 
 
 def _answer_probs(model, ids, answer: int):
-    from loccheck.models.scoring import float32_logits
+    from loccheck.models.scoring import vocab_logits
 
     body = getattr(model, model.base_model_prefix)
     hidden = body(input_ids=ids).last_hidden_state[:, -1]
-    return float32_logits(model.get_output_embeddings(), hidden).softmax(-1)[:, answer]
+    return vocab_logits(model, hidden).softmax(-1)[:, answer]
 
 
 def trace_fact(model, adapter, item: TraceInput, corrupted_ids, embedding_noise=None, *,

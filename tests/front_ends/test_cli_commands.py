@@ -100,6 +100,20 @@ def test_report_bad_input_exits_2(tmp_path, capsys, content, message):
     assert not (tmp_path / "report.md").exists()
 
 
+def test_models_lists_every_family_and_where_its_sites_are(capsys):
+    from loccheck.models import supported_model_types
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| model_type")}
+    assert sorted(rows) == supported_model_types()
+    assert "input of model.layers.*.self_attn.o_proj" in rows["gemma2"]
+    assert "output of model.layers.*.mlp.down_proj, then post_feedforward_layernorm" in rows["gemma2"]
+    assert "output of model.layers.*.mlp " in rows["mixtral"] and "mixture of experts" in rows["mixtral"]
+    assert "input of transformer.h.*.attn.out_proj" in rows["gptj"]
+
+
 def test_schema_is_json_with_descriptions(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

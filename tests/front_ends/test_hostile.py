@@ -446,6 +446,32 @@ def test_unsupported_architecture(env, capsys):
     assert "model.name" in line and str(folder) in line and "'opt'" in line and "llama" in line
 
 
+def test_a_model_failing_a_structural_check(env, capsys):
+    # Cohere has no adapter; laid out like Llama its heads and MLPs pass, but it scales its
+    # logits, which loccheck's scoring does not reproduce: refused, never scored.
+    from transformers import CohereConfig, CohereForCausalLM
+
+    folder = env["tmp"] / "cohere"
+    torch.manual_seed(0)
+    CohereForCausalLM(CohereConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, initializer_range=0.5, bos_token_id=1, eos_token_id=2,
+                                   pad_token_id=0)).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    line = run_bad(env, capsys, _with_model(env, folder))
+    assert "model.name" in line and str(folder) in line and "'cohere'" in line
+    assert "check 'logits' failed" in line
+
+
+def test_a_quantised_model_loccheck_cannot_load(env, capsys):
+    folder = env["tmp"] / "quantised"
+    shutil.copytree(env["model"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    line = run_bad(env, capsys, _with_model(env, folder))
+    assert "model.name" in line and str(folder) in line
+
+
 def test_control_characters_in_a_model_config(env, capsys):
     folder = env["tmp"] / "evil-model"
     shutil.copytree(env["model"], folder)

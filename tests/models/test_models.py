@@ -33,7 +33,9 @@ def test_unsupported_architecture_is_a_clear_error():
     from transformers import OPTConfig, OPTForCausalLM
     model = OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
                                      ffn_dim=32, num_attention_heads=2, word_embed_proj_dim=16))
-    with pytest.raises(AdapterError, match=r"'opt' \(OPTForCausalLM\) is not supported.*gpt2"):
+    with pytest.raises(AdapterError, match=r"'opt' \(OPTForCausalLM\) has no adapter and matches none of "
+                                           r"loccheck's layouts: no list of layers where expected .* its "
+                                           r"top-level modules are model, lm_head; .*gpt2"):
         get_adapter(model)
 
 
@@ -123,3 +125,22 @@ def test_loading_errors_carry_their_claim_key_as_data(tmp_path):
     with pytest.raises(LoccheckError) as info:
         load_model(str(tmp_path / "m"), cache=tmp_path)
     assert info.value.key == "model.trust_remote_code"
+
+
+def test_a_config_asking_for_flash_attention_loads_with_the_pinned_one(tmp_path):
+    # loccheck's packed pairs pass a 4-D additive mask, which flash attention does not take: the
+    # implementation is pinned at load (sdpa here), whatever config.json asks for.
+    import json
+
+    from loccheck.models.loading import load_weights, open_model
+    from loccheck.testing import char_tokenizer, known_model
+
+    known_model("llama", [HeadLoc(1, 2)]).save_pretrained(tmp_path)
+    char_tokenizer().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "_attn_implementation": "flash_attention_2"}))
+    source = open_model(str(tmp_path), cache=tmp_path / "cache")
+    source.adapter()                                          # the weightless skeleton builds too
+    loaded = load_weights(source, device="cpu")
+    assert loaded.model.config._attn_implementation == "sdpa"
+    assert loaded.adapter.checks["heads"] == 0.0 and loaded.adapter.checks["logits"] <= 1e-5

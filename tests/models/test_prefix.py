@@ -15,7 +15,7 @@ from loccheck.models import get_adapter
 from loccheck.models.prefix import FrozenPrefix, lowest_edited_block, pair_prefix, sequence_prefix
 from loccheck.data.prompts import TokenizedPair
 from loccheck.models.scoring import all_pair_logprobs, answer_logprobs, packed_pairs, pair_length, pair_logprobs
-from loccheck.testing import FAMILIES, tiny_model
+from loccheck.testing import FAMILIES, tiny_model, token_pairs
 
 pytestmark = pytest.mark.slow   # tiny torch models
 
@@ -26,11 +26,7 @@ def _one_thread(one_torch_thread):
 
 
 def _pairs(seed=0, n=7):
-    rng = np.random.default_rng(seed)
-
-    def seq(lo, hi):
-        return tuple(int(t) for t in rng.integers(3, 60, size=int(rng.integers(lo, hi))))
-    return [TokenizedPair(seq(2, 9), seq(1, 5), seq(1, 5)) for _ in range(n)]
+    return token_pairs(seed, n)
 
 
 def _edits(adapter):
@@ -59,9 +55,7 @@ def _logprobs_and_grads(model, edit, score):
 
 def _unpacked(model, pairs):
     """Each answer as its own sequence after its prompt: what packing must reproduce."""
-    lp = answer_logprobs(model, [p.prompt for p in pairs] * 2,
-                         [p.chosen for p in pairs] + [p.rejected for p in pairs], 0)
-    return torch.stack([lp[:len(pairs)], lp[len(pairs):]], 1)
+    return pair_logprobs(model, pairs, 0, packed=False)
 
 
 def _close(got, want):
