@@ -8,9 +8,9 @@ Importing the package is cheap; torch and transformers load when a claim is veri
 """
 __version__ = "0.1.0"
 
-__all__ = ["HeadLoc", "Verdict", "VerifyResult", "load_claim", "verify", "__version__"]
+__all__ = ["HeadLoc", "Verdict", "VerifyResult", "load_claim", "localize", "verify", "__version__"]
 
-_LAZY = {"verify": "loccheck.run.verify", "VerifyResult": "loccheck.run.result",
+_LAZY = {"verify": "loccheck.run.verify", "localize": "loccheck.run.verify", "VerifyResult": "loccheck.run.result",
          "load_claim": "loccheck.claim", "Verdict": "loccheck.stats.verdict", "HeadLoc": "loccheck.locations"}
 
 

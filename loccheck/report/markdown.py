@@ -41,11 +41,21 @@ def _claim_lines(r: dict) -> list[str]:
     if heur.get("citation"):
         found += f" ({heur['citation']})"
     lines = ["## Claim", "", quote, "", f"- Claim file: `{r.get('claim_file')}`",
+             *_passed_in_lines(r.get("model") or {}),
              f"- Location ({len(loc)} {site_noun(r)}s): " + ", ".join(f"`{h}`" for h in loc),
              f"- Found by: {found}"]
     extra = [k for k in ordered(heur) if k not in ("method", "citation") and heur[k] is not None]
     lines += [f"  - {k}: {value(heur[k])}" for k in extra]
     return lines
+
+
+def _passed_in_lines(model: dict) -> list[str]:
+    """For a model passed to `loccheck.verify(model=...)`: what it was, and its identity."""
+    if model.get("resolved") != "passed in":
+        return []
+    return [f"- Model: {model.get('source')}, weights sha256 `{model.get('weights_sha256')}` "
+            f"(model, config and tokenizer: `{model.get('sha256')}`); the claim's model.name "
+            f"`{model.get('name')}` is its label, and model.device and model.dtype did not apply"]
 
 
 def _interpretation(r: dict) -> str:
@@ -255,18 +265,23 @@ def methods_lines(r: dict) -> list[str]:
 def _repro_lines(r: dict) -> list[str]:
     model, data = r.get("model") or {}, r.get("data") or {}
     versions, seeds = r.get("versions") or {}, r.get("seeds") or {}
-    model_keys = ordered(model, ("name", "resolved", "sha256", "architecture", "n_layers",
-                                 "n_heads", "head_dim", "device", "dtype"))
+    model_keys = ordered(model, ("name", "resolved", "source", "sha256", "weights_sha256", "config_sha256",
+                                 "tokenizer_sha256", "architecture", "n_layers", "n_heads", "head_dim",
+                                 "device", "dtype"))
     data_keys = [k for k in ordered(data, ("dataset", "source", "sha256", "prompt_format"))
                  if k not in ("example_prompt", "n_questions", "n_pairs")]
     nq, npairs = data.get("n_questions") or {}, data.get("n_pairs") or {}
     splits = ordered({**nq, **npairs}, _SPLITS)
     config = canonical(r.get("config") or {}, _CONFIG_ORDER)
-    lines = ["## Reproducibility", "", "Re-run this check with:", "",
-             fence(f"loccheck verify {r.get('claim_file')}", "sh"), "",
+    rerun = (["Re-run this check with:", "", fence(f"loccheck verify {r.get('claim_file')}", "sh")]
+             if model.get("resolved") != "passed in" else
+             ["Re-run this check from Python with the same model (the sha256 below):", "",
+              fence(f"loccheck.verify({str(r.get('claim_file'))!r}, model=model, tokenizer=tokenizer)",
+                    "python")])
+    lines = ["## Reproducibility", "", *rerun, "",
              "### Versions", "", table([[k, value(versions[k])] for k in ordered(versions)],
                                        ["package", "version"]), "",
-             "### Model", "", table([[k, value(model[k])] for k in model_keys], ["field", "value"]), "",
+             "### Model", "", table([[k, _model_value(model[k])] for k in model_keys], ["field", "value"]), "",
              "### Data", "", table([[k, value(data[k])] for k in data_keys], ["field", "value"]), "",
              table([[s, fmt(nq.get(s)), fmt(npairs.get(s))] for s in splits],
                    ["split", "questions", "pairs"]), ""]
@@ -277,6 +292,14 @@ def _repro_lines(r: dict) -> list[str]:
               "### Effective configuration", "",
               fence(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "yaml")]
     return lines
+
+
+def _model_value(v) -> str:
+    """A model field; the sites (where each kind is hooked) and the structural checks' largest
+    deviations are mappings, written out as "name: value" pairs."""
+    if isinstance(v, dict):   # sorted: a report re-rendered from result.json (sorted keys) is the same
+        return "; ".join(f"{k}: {fmt(x) if isinstance(x, float) else x}" for k, x in sorted(v.items()))
+    return value(v)
 
 
 def render_markdown(result: dict) -> str:

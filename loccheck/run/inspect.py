@@ -39,7 +39,7 @@ class ClaimInputs:
     anything, so bad input in b never costs a's fitting."""
     claim: Any
     data: Any                          # data.BehaviorData
-    source: Any                        # models.loading.ModelSource
+    source: Any                        # models.loading.ModelSource, or models.given.GivenModel
     prompt_format: str
     splits: dict                       # split name -> tokenized pairs
     device: str
@@ -48,23 +48,30 @@ class ClaimInputs:
     side_identity: dict | None = None
 
 
-def inspect_claim(claim, cache_root: Path) -> ClaimInputs:
-    """Load the claim's data, open its model (not the weights), check the location, tokenize."""
+def inspect_claim(claim, cache_root: Path, given=None) -> ClaimInputs:
+    """Load the claim's data, open its model (not the weights), check the location, tokenize.
+    `given`: a passed-in model (`models.given.GivenModel`), used instead of the claim's
+    model.name, on its own device and in its own dtype (model.device and model.dtype do not
+    apply); its errors are about the model passed, not the claim file."""
     from loccheck.models.loading import open_model, resolve_device, resolve_dtype
     from loccheck.data.prompts import resolve_format
 
     ms, bs = claim.model, claim.behavior
     data = load_claim_data(claim)            # data first: a bad data path fails before a model is opened
-    try:
-        device = resolve_device(ms.device)
-        dtype = str(resolve_dtype(ms.dtype, device)).removeprefix("torch.")
-        source = open_model(ms.name, revision=ms.revision, trust_remote_code=ms.trust_remote_code,
-                            cache=cache_root)
+    if given is not None:
+        source, device, dtype = given, given.device, given.dtype
         adapter = source.adapter()
-    except LoccheckError as err:
-        raise claim.error(err.key or "model.name", err.msg) from None
+    else:
+        try:
+            device = resolve_device(ms.device)
+            dtype = str(resolve_dtype(ms.dtype, device)).removeprefix("torch.")
+            source = open_model(ms.name, revision=ms.revision, trust_remote_code=ms.trust_remote_code,
+                                cache=cache_root)
+            adapter = source.adapter()
+        except LoccheckError as err:
+            raise claim.error(err.key or "model.name", err.msg) from None
     check_location_size(claim, adapter)
-    _check_edit_settings(claim)
+    _check_edit_settings(claim, adapter)
     try:
         fmt = ("text" if bs.dataset == "known_facts" and bs.prompt_format == "auto" else
                resolve_format(source.tokenizer, bs.prompt_format, bs.system_prompt))
@@ -91,9 +98,15 @@ def edit_settings(claim, section, at: int | None, *, site_kind: str, ceiling: bo
         raise claim.error(where + (f".{err.key}" if err.key and err.key != "edits" else ""), err.msg) from None
 
 
-def _check_edit_settings(claim) -> None:
-    """Each edit method's settings can be made, before any weights load."""
+def _check_edit_settings(claim, adapter) -> None:
+    """Each edit method can edit this model and its settings can be made, before any weights load."""
+    from loccheck.edits import EDIT_METHODS
+
     for i, section in enumerate(claim.edits):
+        refuse = EDIT_METHODS[section.method].cannot_edit
+        why = refuse(adapter) if refuse is not None else None
+        if why:
+            raise claim.error(f"edits[{i}].method", why)
         edit_settings(claim, section, i, site_kind=claim.site_kind)
 
 

@@ -176,15 +176,20 @@ def kernel_set(device: str) -> str:
     return device
 
 
-def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None) -> Testbed:
-    """The claim's testbed: its inputs (inspected here unless given) and the model's weights."""
+def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, given=None) -> Testbed:
+    """The claim's testbed: its inputs (inspected here unless given) and the model's weights
+    (`given`, or the inputs' source, a passed-in `models.given.GivenModel`: that model as it is)."""
+    from loccheck.models.given import GivenModel
     from loccheck.models.loading import load_weights
 
-    inputs = inputs if inputs is not None else inspect_claim(claim, cache_root)
-    try:
-        loaded = load_weights(inputs.source, device=inputs.device, dtype=inputs.dtype)
-    except LoccheckError as err:
-        raise claim.error(err.key or "model.name", err.msg) from None
+    inputs = inputs if inputs is not None else inspect_claim(claim, cache_root, given)
+    if isinstance(inputs.source, GivenModel):        # passed in: used as it is, never loaded
+        loaded = inputs.source.loaded()
+    else:
+        try:
+            loaded = load_weights(inputs.source, device=inputs.device, dtype=inputs.dtype)
+        except LoccheckError as err:
+            raise claim.error(err.key or "model.name", err.msg) from None
     bs, data, splits = claim.behavior, inputs.data, inputs.splits
     side, side_identity = inputs.side, inputs.side_identity
     if bs.dataset == "known_facts":

@@ -19,7 +19,7 @@ CHECKING = "checking the claim's inputs (data, model files, folders)"
 def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, write_report: bool = True,
            overrides: dict[str, Any] | None = None, progress: bool | str | None = None,
            cache_dir: str | Path | None = None, refresh: bool = False, executor="serial",
-           write_line=None, inputs=None) -> VerifyResult:
+           write_line=None, inputs=None, model=None, tokenizer=None) -> VerifyResult:
     """Verify a localization claim (a path to a claim file or a loaded `Claim`).
 
     For each of the claim's edit methods, fits the edit at the claimed location, at the whole
@@ -36,7 +36,56 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     lines elsewhere), True, False, or a mode ("bar", "lines", "off"); `write_line` receives the
     plain lines (default: stderr). `inputs` is what `inspect` returned for this claim (it is
     inspected here otherwise).
+
+    `model` and `tokenizer`: a causal LM the caller has already loaded, and its tokenizer, used
+    instead of loading the claim's model. The model runs as it is, on its own device and in its
+    own dtype (the claim's model.device, model.dtype, model.revision and
+    model.trust_remote_code do not apply, and model.name is only the run's label: nothing is
+    opened under it). Its fits are cached under a sha256 of its state dict, config and tokenizer
+    (computed once per call), so only exactly the same weights are served from the cache. It is
+    given back as it came, also when verification fails: loccheck never writes a weight, and
+    every parameter's requires_grad, every module's training flag and hooks are restored. A
+    model loccheck cannot read (meta tensors, accelerate offloading, quantised weights, several
+    devices) or run (flash attention: load it with attn_implementation="sdpa" or "eager") is a
+    one-line `LoccheckError`; the Ray executor, whose workers load the model themselves, is
+    refused. The report and result.json say the model was passed in.
     """
+    claim = claim if isinstance(claim, Claim) else load_claim(claim)
+    if overrides:
+        claim = claim.with_overrides(overrides)
+    with passed_in(claim, model, tokenizer, executor, inputs) as given:
+        return _verify(claim, out_dir=out_dir, write_report=write_report, progress=progress,
+                       cache_dir=cache_dir, refresh=refresh, executor=executor, write_line=write_line,
+                       inputs=inputs, given=given)
+
+
+@contextlib.contextmanager
+def passed_in(claim: Claim, model, tokenizer, executor="serial", inputs=None):
+    """The passed-in model, checked (`models.given.GivenModel`; None when none was passed),
+    held as `left_as_found` holds it while the block runs."""
+    from loccheck.models.given import GivenModel, given_model, left_as_found
+
+    if model is None:
+        if tokenizer is not None:
+            raise ValueError("`tokenizer` was given without `model`; pass both, or neither to load the "
+                             "claim's model.name")
+        yield None
+        return
+    if getattr(executor, "name", executor) == "ray":
+        raise LoccheckError("a passed-in model cannot run on Ray: each Ray worker loads the model itself "
+                            "from the claim's model.name; use executor='serial', or save the model "
+                            "(save_pretrained) and name its folder in the claim", key="executor")
+    if inputs is not None and not (isinstance(inputs.source, GivenModel) and inputs.source.model is model):
+        raise ValueError("`inputs` were inspected for another model than `model`; inspect with "
+                         "the same model, or leave `inputs` out")
+    with left_as_found(model):
+        given = inputs.source if inputs is not None else given_model(model, tokenizer, claim.model.name)
+        given.adapter()                    # the architecture and its checks, before any data work
+        yield given
+
+
+def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh, executor, write_line,
+            inputs, given) -> VerifyResult:
     from loccheck.run.testbed import prepare_testbed
     from loccheck.cache import FitCache, cache_dir as resolve_cache
     from loccheck.run.executors import get_executor
@@ -44,19 +93,17 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
 
     from loccheck.progress import Phases, progress_mode
 
-    claim = claim if isinstance(claim, Claim) else load_claim(claim)
-    if overrides:
-        claim = claim.with_overrides(overrides)
     out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
     phase = Phases(progress_mode(progress), write_line, title=f"{claim.name} ")
     if inputs is None:
         with phase(CHECKING, announce=False):
-            inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir)
+            inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir, given=given)
     executor = get_executor(executor)
     cache_root = resolve_cache(cache_dir).absolute()     # workers elsewhere resolve it the same
     cache = FitCache(cache_root, refresh=refresh)
-    with phase(f"loading the model ({claim.model.name}, {claim.model.dtype}) and the "
-               f"{claim.behavior.dataset} pairs"):
+    what = (f"loading the model ({claim.model.name}, {claim.model.dtype}) and" if given is None else
+            f"hashing the passed-in model ({given.facts}) and loading")
+    with phase(f"{what} the {claim.behavior.dataset} pairs"):
         testbed = prepare_testbed(claim, cache_root, inputs)
     from loccheck.heuristics import HEURISTICS
 
@@ -71,8 +118,8 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
         base = unedited_scores(testbed, cache, metrics)
     jobs = edit_jobs(claim, testbed.key, location, nulls)
     fits = _progress(claim, len(jobs), progress, base, write_line)
-    runner = JobRunner(testbed, cache, metrics, testbed_factory=partial(prepare_testbed, claim, cache_root),
-                       on_step=fits.on_step)
+    factory = partial(prepare_testbed, claim, cache_root) if given is None else _given_model_elsewhere
+    runner = JobRunner(testbed, cache, metrics, testbed_factory=factory, on_step=fits.on_step)
     outcomes = _run(claim, jobs, runner, executor, base, fits)
     result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name)
     if not write_report:
@@ -86,6 +133,13 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
         write_json_atomic(run_costs(outcomes), out / "timings.json")
         write_json_atomic(result.payload, out / "result.json")   # last: its presence means a complete report
     return replace(result, report_dir=str(out))
+
+
+def _given_model_elsewhere():
+    """The testbed factory of a run on a passed-in model: that model exists in this process only."""
+    raise LoccheckError("a passed-in model exists only in the process it was passed to: an executor "
+                        "that fits elsewhere cannot rebuild it; use executor='serial', or save the model "
+                        "and name its folder in the claim", key="executor")
 
 
 def run_costs(outcomes) -> dict:
@@ -104,12 +158,13 @@ def run_costs(outcomes) -> dict:
             "n_fitted": sum(o.fitted for o in outcomes), "n_scored": sum(o.n_scored for o in outcomes)}
 
 
-def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None):
+def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None, given=None):
     """Every check that can be made before fitting: the cache and report folders can be
     written, the data loads, the model's files are sound, the location lies inside the model,
     the prompts fit its context. Returns the `inspect.ClaimInputs` that `verify` takes. Every
     error names the claim file (a folder that cannot be written is this claim's problem too),
-    for the CLI and the plugin alike."""
+    for the CLI and the plugin alike. `given`: a passed-in model (`passed_in`), checked
+    instead of the claim's model.name."""
     from loccheck.run.inspect import inspect_claim
     from loccheck.cache import cache_dir as resolve_cache
     from loccheck.errors import ClaimError
@@ -118,7 +173,7 @@ def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path |
     try:
         cache_root = resolve_cache(cache_dir)
         check_writable_folder(cache_root, "cache folder")
-        inputs = inspect_claim(claim, cache_root)
+        inputs = inspect_claim(claim, cache_root, given)
         if out_dir is not None:
             check_writable_folder(out_dir, "report folder")
     except ClaimError:
@@ -274,10 +329,11 @@ def _draw_null(claim: Claim, testbed, location: tuple) -> list[tuple]:
 
 
 def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
-                     cache_dir: str | Path | None = None):
+                     cache_dir: str | Path | None = None, model=None, tokenizer=None):
     """Run the claim's heuristic: (the top-k sites, {site: score}, the Proposal). k from
     `top_k`, else heuristic.top_k, else the number of claimed sites. The heuristic sees the
-    train and validation questions only."""
+    train and validation questions only. `model` and `tokenizer`: an already loaded model, used
+    as it is and given back as it came, as `verify` takes them (model.name is then a label)."""
     from loccheck.run.testbed import prepare_testbed
     from loccheck.cache import cache_dir as resolve_cache
     from loccheck.heuristics import HEURISTICS
@@ -290,11 +346,15 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
     if top_k is not None and top_k < 1:
         raise LoccheckError(f"top_k must be at least 1, got {top_k}", key="top_k")
     k = top_k if top_k is not None else getattr(claim.heuristic, "top_k", None) or len(claim.location.sites)
-    testbed = prepare_testbed(claim, resolve_cache(cache_dir))
-    n_sites = len(testbed.adapter.sites(claim.site_kind))
-    if not 1 <= k < n_sites:
-        raise claim.error("heuristic.top_k", f"top_k must be between 1 and {n_sites - 1} for this "
-                          f"model, got {k}")
-    proposal = _propose(claim, testbed)
+    with passed_in(claim, model, tokenizer) as given:
+        testbed = prepare_testbed(claim, resolve_cache(cache_dir), given=given)
+        n_sites = len(testbed.adapter.sites(claim.site_kind))
+        if not 1 <= k < n_sites:
+            raise claim.error("heuristic.top_k", f"top_k must be between 1 and {n_sites - 1} for this "
+                              f"model, got {k}")
+        proposal = _propose(claim, testbed)
     sites = proposal.top(k)
     return sites, {str(s): proposal.score(s) for s in sites}, proposal
+
+
+localize = propose_location     # loccheck.localize: the Python side of `loccheck localize`
