@@ -63,8 +63,21 @@ class Progress:
             self._tqdm = tqdm
             self.outer = tqdm(total=n_jobs, desc="edits", unit="edit", position=0, dynamic_ncols=True)
 
+    LINE_EVERY = 60.0    # seconds between the lines of one long fit, where no bar shows
+
     def on_step(self, step: int, n_steps: int, loss: float | None = None) -> None:
-        """A training step (or an alpha tried) of the edit being fitted in this process."""
+        """A training step (or an alpha tried) of the edit being fitted in this process. In
+        "lines" mode a fit that runs long says where it is once a minute: a CI log of a
+        big model's run is not silent for hours."""
+        if self.mode == "lines":
+            now = time.monotonic()
+            if step == 1:
+                self._last_line = now
+            elif now - getattr(self, "_last_line", now) >= self.LINE_EVERY:
+                self._last_line = now
+                tail = f", loss {loss:.3g}" if loss is not None else ""
+                self._write(f"loccheck: {self.title}[{self.done + 1}/{self.total}] fitting: step {step} "
+                            f"of at most {n_steps}{tail}")
         if self.mode != "bar":
             return
         if self.inner is None or step == 1:
