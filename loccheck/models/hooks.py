@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from typing import Callable, Sequence
 
 # While set, displacement hooks leave their inputs alone: the unedited model's outputs with an
@@ -137,21 +138,28 @@ def started_at(blocks: Sequence, first: int, hidden: Callable, skipped: Callable
             return (hidden(),) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden()}
 
-    def passed(self, *args, **kwargs):
-        return skipped(args[0] if args else kwargs["hidden_states"])
-
     below = list(blocks)[:first]
     classes = [type(block) for block in below]
-    # Called through a subclass whose __call__ passes the input on: an instance `forward` would
-    # still fire the block's own hooks, as if it ran.
-    passing = {cls: type(cls.__name__, (cls,), {"__call__": passed, "__module__": cls.__module__})
-               for cls in set(classes)}
     handle = blocks[first].register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
         for block, cls in zip(below, classes):
-            block.__class__ = passing[cls]
+            object.__setattr__(block, "_loccheck_skipped", skipped)   # not nn.Module.__setattr__: a plain attribute
+            block.__class__ = _passing_class(cls)
         yield
     finally:
         for block, cls in zip(below, classes):
             block.__class__ = cls
+            block.__dict__.pop("_loccheck_skipped", None)
         handle.remove()
+
+
+def _passed(self, *args, **kwargs):
+    return self._loccheck_skipped(args[0] if args else kwargs["hidden_states"])
+
+
+@functools.cache
+def _passing_class(cls):
+    """`cls` with a __call__ that passes the input on (`started_at`), made once per class: the
+    prefix is entered at every training step. An instance `forward` would still fire the
+    block's own hooks, as if it ran."""
+    return type(cls.__name__, (cls,), {"__call__": _passed, "__module__": cls.__module__})

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from loccheck.data.prompts import TokenizedPair
-from loccheck.models.windows import mask_windows, packable, windowed
+from loccheck.models.windows import mask_windows, windowed
 
 
 OnBatch = Callable[[torch.Tensor], None]
@@ -125,7 +125,8 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
     (`windows.packable`), one forward over 2 * batch plain sequences instead (chosen answers
     first): the same numbers to float rounding. `prefix` (a `models.prefix.FrozenPrefix` of
     packed pairs holding these) runs only the blocks above it."""
-    if on_batch is not None or not packed or not packable(model):
+    windows = _packed_windows(model) if on_batch is None and packed else None
+    if windows is _UNPACKABLE or on_batch is not None or not packed:
         if prefix is not None:
             raise ValueError("a frozen prefix holds packed pairs; these are scored unpacked")
         prompts = [p.prompt for p in pairs] * 2
@@ -133,7 +134,7 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
         lp = answer_logprobs(model, prompts, answers, pad_id, on_batch=on_batch)
         return torch.stack([lp[: len(pairs)], lp[len(pairs):]], dim=1)
     device = next(model.parameters()).device
-    batch = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device, windows=mask_windows(model))
+    batch = packed_pairs(pairs, pad_id, next(model.parameters()).dtype, device, windows=windows)
     body = getattr(model, model.base_model_prefix)
     with _fed(prefix, pairs):
         hidden = body(**batch.inputs).last_hidden_state
@@ -141,6 +142,18 @@ def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, *,
     token_logp = logits.log_softmax(-1).gather(-1, batch.targets[:, None]).squeeze(-1)
     return torch.zeros(len(pairs), 2, device=device).index_put((batch.rows, batch.answer), token_logp,
                                                                accumulate=True)
+
+
+_UNPACKABLE = object()
+
+
+def _packed_windows(model):
+    """The windows a packed mask for `model` carries (`windows.mask_windows`), or _UNPACKABLE
+    where no packed mask can give every layer its window: worked out once per call."""
+    try:
+        return mask_windows(model)
+    except ValueError:
+        return _UNPACKABLE
 
 
 @dataclass(frozen=True)
