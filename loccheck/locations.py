@@ -1,11 +1,17 @@
 """Sites and locations (torch-free).
 
 A *site* is one place an edit can act: an attention head, `L{layer}H{head}` (0-based), whose
-value is its slice of the input of the layer's attention output projection, or a layer's MLP,
-`L{layer}M`, whose value is the MLP's output where it enters the residual stream. A *location* is a
-sorted tuple of distinct sites of one kind. Site kinds register here with their spelling; an
-adapter (loccheck.models) says which sites a model has and where each one is hooked, and the
-null draws from those sites, so nothing below assumes heads.
+value is its slice of the input of the layer's attention output projection; a layer's MLP,
+`L{layer}M`, whose value is the MLP's output where it enters the residual stream; one of an MLP's
+hidden units, `L{layer}N{unit}` (a neuron: one coordinate of the down projection's input); a
+latent of a sparse autoencoder's dictionary at a layer, `L{layer}F{latent}` (its decoder row, a
+direction of the residual stream after that layer); or a subspace of the residual stream after a
+layer, `L{layer}S{dim}@{basis}`, named by where its basis comes from (a file's sha256, a Haar
+draw, the identity). A *location* is a sorted tuple of distinct sites of one kind; a subspace is
+a location of one site. Site kinds register here with their spelling; an adapter
+(loccheck.models) says which sites a model has and where each one is hooked (a dictionary's
+latents are the dictionary's), and the null draws from those sites, so nothing below assumes
+heads.
 """
 from __future__ import annotations
 
@@ -79,6 +85,89 @@ class MlpLoc:
 SITE_KINDS.register("mlp", MlpLoc)
 
 
+@dataclass(frozen=True, order=True)
+class NeuronLoc:
+    """Hidden unit `unit` of layer `layer`'s MLP: coordinate `unit` of its down projection's input."""
+    layer: int
+    unit: int
+
+    kind: ClassVar[str] = "neuron"
+    noun: ClassVar[str] = "neuron"
+    pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)N([0-9]+)")
+    example: ClassVar[str] = "L5N1234"
+
+    @classmethod
+    def parse(cls, text: str) -> "NeuronLoc":
+        return _parse(cls, text, "a neuron must look like 'L5N1234' (0-based layer and hidden unit)")
+
+    def __str__(self) -> str:
+        return f"L{self.layer}N{self.unit}"
+
+
+SITE_KINDS.register("neuron", NeuronLoc)
+
+
+@dataclass(frozen=True, order=True)
+class LatentLoc:
+    """Latent `latent` of the claim's sparse-autoencoder dictionary, which reads and writes the
+    residual stream after layer `layer`: its decoder row is a direction of that stream."""
+    layer: int
+    latent: int
+
+    kind: ClassVar[str] = "latent"
+    noun: ClassVar[str] = "SAE latent"
+    pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)F([0-9]+)")
+    example: ClassVar[str] = "L12F4123"
+
+    @classmethod
+    def parse(cls, text: str) -> "LatentLoc":
+        return _parse(cls, text, "an SAE latent must look like 'L12F4123' (0-based layer and latent)")
+
+    def __str__(self) -> str:
+        return f"L{self.layer}F{self.latent}"
+
+
+SITE_KINDS.register("latent", LatentLoc)
+
+
+@dataclass(frozen=True, order=True)
+class SubspaceLoc:
+    """A `dim`-dimensional subspace of the residual stream after layer `layer`. `basis` says
+    where its orthonormal basis comes from, and is what makes two subspaces the same:
+    "sha256:<hex>" a file's (or a dictionary's named rows'), "haar:<seed>:<draw>" a uniform
+    (Haar) draw of the null, "identity" the whole stream (dim is then the model's width)."""
+    layer: int
+    dim: int
+    basis: str
+
+    kind: ClassVar[str] = "subspace"
+    noun: ClassVar[str] = "subspace"
+    pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)S([0-9]+)@(sha256:[0-9a-f]{64}|haar:[0-9]+:[0-9]+|identity)")
+    example: ClassVar[str] = "L12S1@sha256:<64 hex digits>"
+
+    @classmethod
+    def parse(cls, text: str) -> "SubspaceLoc":
+        m = cls.pattern.fullmatch(text.strip()) if isinstance(text, str) else None
+        if m is None:
+            raise ValueError(f"a subspace must look like 'L12S1@sha256:...', 'L12S1@haar:0:3' or "
+                             f"'L12S576@identity', got {text!r}")
+        return cls(int(m.group(1)), int(m.group(2)), m.group(3))
+
+    def __str__(self) -> str:
+        return f"L{self.layer}S{self.dim}@{self.basis}"
+
+    @property
+    def short(self) -> str:
+        """Its spelling with a file's sha256 cut to 12 digits, for tables."""
+        return str(self) if not self.basis.startswith("sha256:") else str(self)[: str(self).index("@") + 20]
+
+
+SITE_KINDS.register("subspace", SubspaceLoc)
+
+# The kinds whose sites are directions of the residual stream after a layer: their edit acts there.
+RESIDUAL_KINDS = ("subspace", "latent")
+
+
 def site_noun(kind: str) -> str:
     """What prose calls a site of `kind` ("head", "MLP layer")."""
     return SITE_KINDS[kind].noun if kind in SITE_KINDS else kind
@@ -87,6 +176,11 @@ def site_noun(kind: str) -> str:
 def mlp_sites(n_layers: int) -> tuple[MlpLoc, ...]:
     """Every MLP site of an n_layers model, in layer order."""
     return tuple(MlpLoc(l) for l in range(n_layers))
+
+
+def neuron_sites(n_layers: int, width: int) -> tuple[NeuronLoc, ...]:
+    """Every hidden unit of an n_layers model whose MLPs have `width` units, layer-major."""
+    return tuple(NeuronLoc(l, u) for l in range(n_layers) for u in range(width))
 
 
 def head_sites(n_layers: int, n_heads: int) -> tuple[HeadLoc, ...]:

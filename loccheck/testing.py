@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from loccheck.locations import HeadLoc, MlpLoc
+from loccheck.locations import HeadLoc, MlpLoc, NeuronLoc
 
 FAMILIES = ["llama", "gpt2", "gpt_neox"]   # the families every known-answer and training test runs on
 VOCAB = 100   # room for the character tokenizer of tests/known_models.py
@@ -146,12 +146,71 @@ def known_mlp_model(family: str, live: Iterable[MlpLoc], n_layers: int, seed: in
     return model
 
 
+def known_neuron_model(family: str, live: Iterable[NeuronLoc], n_layers: int, seed: int = 0):
+    """A tiny model of `n_layers` in which only the `live` hidden units reach the residual
+    stream: every other unit's column of its layer's down projection is zero. A dead unit still
+    computes its activation, but whatever an edit adds to it is multiplied by zero weights."""
+    import torch
+
+    from loccheck.models import get_adapter
+
+    model = tiny_model(family, seed=seed, n_layers=n_layers)
+    adapter = get_adapter(model)
+    live = set(live)
+    with torch.no_grad():
+        for layer in range(adapter.n_layers):
+            weight = adapter.mlp_out(layer).weight
+            dead = [u for u in range(adapter.mlp_width) if NeuronLoc(layer, u) not in live]
+            if adapter.fan_in_fan_out:          # GPT-2 Conv1D: weight is (in, out)
+                weight[dead, :] = 0
+            else:
+                weight[:, dead] = 0
+    return model
+
+
+def planted_direction(width: int, seed: int = 0) -> np.ndarray:
+    """A unit vector of R^width, and with it `known_direction_model`'s readout."""
+    v = np.random.default_rng(seed).standard_normal(width)
+    return v / np.linalg.norm(v)
+
+
+def known_direction_model(direction: np.ndarray, n_layers: int = 2, seed: int = 0, scale: float = 1.0):
+    """A tiny Llama whose residual stream never holds the unit vector v = `direction` and
+    whose output reads that stream only along v.
+
+    Every write to the stream (the embeddings, each layer's attention and MLP output
+    projection) has its v component projected out, and the unembedding is E v^T (E random, the
+    final norm's weights ones): every logit is E_t (v . n(h)), n the final RMS norm. Unedited,
+    v . h = 0 at every position, so every logit is 0; an edit of the stream after the last layer
+    reaches the output only through its component along v. An edit orthogonal to v leaves
+    v . h = 0 (to float rounding) and the output uniform, however it rescales the norm; one along
+    a direction u moves v . n(h) by at most |u . v| of what one along v can."""
+    import torch
+
+    model = tiny_model("llama", seed=seed, n_layers=n_layers)
+    v = torch.as_tensor(direction, dtype=torch.float32)
+    away = torch.eye(v.numel()) - torch.outer(v, v)                     # projects v out
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight                     # (vocab, d)
+        embed.copy_(embed @ away)
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):  # weight (d, in)
+                proj.weight.copy_(away @ proj.weight)
+        model.model.norm.weight.fill_(1.0)
+        e = torch.randn(model.config.vocab_size, generator=gen) * scale
+        model.get_output_embeddings().weight.copy_(e[:, None] * v[None, :])
+    return model
+
+
 def write_model_dir(path: Path, family: str, live: Iterable, seed: int = 0, n_layers: int = 2) -> Path:
-    """A known-answer model saved with its tokenizer: live heads (HeadLoc), or live MLP layers
-    (MlpLoc) in an `n_layers` model."""
+    """A known-answer model saved with its tokenizer: live heads (HeadLoc), live MLP layers
+    (MlpLoc) or live neurons (NeuronLoc) in an `n_layers` model."""
     path.mkdir(parents=True, exist_ok=True)
     live = list(live)
-    if live and live[0].kind == "mlp":
+    if live and live[0].kind == "neuron":
+        model = known_neuron_model(family, live, n_layers, seed)
+    elif live and live[0].kind == "mlp":
         model = known_mlp_model(family, live, n_layers, seed)
     else:
         model = known_model(family, live, seed)

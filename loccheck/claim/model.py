@@ -14,6 +14,7 @@ from loccheck.claim.sections import (BehaviorSpec, EditSection, GenerationSpec, 
 from loccheck.edits import EDIT_METHODS
 from loccheck.errors import ClaimError
 from loccheck.heuristics import HEURISTICS
+from loccheck.locations import RESIDUAL_KINDS
 from loccheck.metrics import METRICS
 from loccheck.schema import Section, fail
 
@@ -80,9 +81,16 @@ class Claim(Section):
                            ("heuristic", "method"))
             if getattr(self.heuristic, "top_k", None) is None:
                 raise fail("location.from_heuristic: true needs heuristic.top_k", ("heuristic", "top_k"))
-        elif kind is not None and self.location.parsed[0].kind != kind:
+        elif kind is not None and self.location.kind != kind:
             raise fail(f"heuristic {self.heuristic.method!r} proposes {kind} sites, but the location "
-                       f"holds {self.location.parsed[0].kind} sites", ("heuristic", "method"))
+                       f"holds {self.location.kind} sites", ("heuristic", "method"))
+        draw = self.random_locations.draw
+        if draw == "haar" and self.site_kind not in RESIDUAL_KINDS:
+            raise fail(f"a Haar draw is a random subspace of the residual stream; the claim's "
+                       f"{self.site_kind} sites are drawn as sites", ("random_locations", "draw"))
+        if draw == "sites" and self.site_kind == "subspace":
+            raise fail("a subspace has no sites to draw: its null is random subspaces of its dimension "
+                       "(draw: haar)", ("random_locations", "draw"))
         return self
 
     @property
@@ -96,9 +104,12 @@ class Claim(Section):
     @property
     def site_kind(self) -> str:
         """The kind of the claimed sites (from the heuristic when it picks them)."""
-        if self.location.sites:
-            return self.location.parsed[0].kind
-        return HEURISTICS[self.heuristic.method].kind
+        return self.location.kind or HEURISTICS[self.heuristic.method].kind
+
+    @property
+    def null_draw(self) -> str:
+        """How the null's locations are drawn: "sites" or "haar" (`random_locations.draw`)."""
+        return self.random_locations.draw or ("haar" if self.site_kind == "subspace" else "sites")
 
     @property
     def all_metrics(self) -> tuple[str, ...]:

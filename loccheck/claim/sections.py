@@ -10,7 +10,7 @@ from pydantic import AfterValidator, Discriminator, Field, StrictBool, StrictInt
 
 from loccheck.edits import EDIT_METHODS
 from loccheck.heuristics import HEURISTICS
-from loccheck.locations import parse_location, parse_site
+from loccheck.locations import LatentLoc, make_location, parse_location, parse_site
 from loccheck.metrics import METRICS
 from loccheck.schema import Number, Section, Seed, fail
 from loccheck.stats.null import MAX_N_NULL, MAX_N_NULL_WHY
@@ -148,10 +148,45 @@ class GenerationSpec(Section):
         return self
 
 
+def _sha256(text: str) -> str:
+    if re.fullmatch(r"[0-9a-f]{64}", text) is None:
+        raise ValueError(f"sha256 must be 64 lower-case hex digits, got {text!r}")
+    return text
+
+
+class SubspaceSpec(Section):
+    layer: StrictInt = Field(description="The subspace lies in the residual stream after this decoder layer (0-based).", ge=0)
+    basis: str = Field(description="File of its basis vectors, one per row, each of the model's width: .npy, "
+                                   ".npz or .safetensors (with `key`), or .pt of plain tensors; a path "
+                                   "relative to the claim file. Orthonormalised when read.")
+    key: str | None = Field(None, description="The array's name in an .npz, .safetensors or .pt file.")
+    sha256: Annotated[str, AfterValidator(_sha256)] | None = Field(
+        None, description="sha256 of the basis file; checked when given (`loccheck localize` writes it).")
+
+
+class DictionarySpec(Section):
+    path: str = Field(description="The sparse autoencoder's weights (.safetensors, .npz, .npy or .pt), "
+                                  "relative to the claim file; never downloaded.")
+    key: str | None = Field(None, description="Name of the decoder matrix in the file (SAELens: W_dec), "
+                                              "(n_latents, width) or (width, n_latents).")
+    layer: StrictInt = Field(description="The dictionary reads and writes the residual stream after this "
+                                         "decoder layer (0-based).", ge=0)
+    hook: Literal["resid_post"] = Field("resid_post", description="Where at that layer: the residual stream "
+                                                                  "after the layer (the one hook point supported).")
+    sha256: Annotated[str, AfterValidator(_sha256)] | None = Field(
+        None, description="sha256 of the dictionary file; checked when given.")
+
+
 class LocationSpec(Section):
     sites: tuple[Annotated[str, AfterValidator(_site)], ...] = Field(
-        (), description="Claimed sites, all of one kind: heads as 'L{layer}H{head}', 0-based, "
-                        "e.g. ['L12H3', 'L14H0'].")
+        (), description="Claimed sites, all of one kind: heads as 'L{layer}H{head}', MLP layers as "
+                        "'L{layer}M', MLP neurons as 'L{layer}N{unit}', all 0-based, e.g. ['L12H3', 'L14H0'].")
+    subspace: SubspaceSpec | None = Field(None, description="A subspace of the residual stream after a "
+                                                            "layer, from a file of basis vectors.")
+    latents: tuple[Annotated[StrictInt, Field(ge=0)], ...] = Field(
+        (), description="Latents (0-based indices) of `dictionary`: the location is the span of their "
+                        "decoder rows.")
+    dictionary: DictionarySpec | None = Field(None, description="The sparse autoencoder `latents` index.")
     from_heuristic: StrictBool = Field(False, description="Take the top_k sites proposed by the heuristic instead.")
 
     @model_validator(mode="after")
@@ -166,15 +201,42 @@ class LocationSpec(Section):
             if kind != kinds[0]:
                 raise fail(f"a location holds sites of one kind: {self.sites[i]} is a {kind} site, "
                            f"{self.sites[0]} a {kinds[0]} site", at=("sites", i))
-        if self.sites and self.from_heuristic:
-            raise fail("give either sites or from_heuristic: true, not both", at=("from_heuristic",))
-        if not self.sites and not self.from_heuristic:
-            raise fail("location needs non-empty sites (e.g. [L12H3]) or from_heuristic: true", at=("sites",))
+        for i, site in enumerate(self.sites):
+            if parse_site(site).kind not in ("head", "mlp", "neuron"):
+                raise fail(f"{site} is not a site to list: name a subspace under `subspace:` and SAE "
+                           "latents under `latents:` with their `dictionary:`", at=("sites", i))
+        given = [name for name in ("sites", "subspace", "latents", "from_heuristic") if getattr(self, name)]
+        if len(given) > 1:
+            raise fail(f"give one of sites, subspace, latents or from_heuristic: true, not {' and '.join(given)}",
+                       at=(given[1],))
+        if not given:
+            raise fail("location needs non-empty sites (e.g. [L12H3]), a subspace, latents of a dictionary, "
+                       "or from_heuristic: true", at=("sites",))
+        for i, latent in enumerate(self.latents):
+            if latent in self.latents[:i]:
+                raise fail(f"duplicate latent {latent} (also latents[{self.latents.index(latent)}])", at=("latents", i))
+        if self.latents and self.dictionary is None:
+            raise fail("latents need the dictionary they index (`dictionary: {path: ..., layer: ...}`)",
+                       at=("latents",))
+        if self.dictionary is not None and not self.latents:
+            raise fail("a dictionary needs the claimed `latents` (its indices)", at=("dictionary",))
         return self
 
     @property
+    def kind(self) -> str | None:
+        """The kind of the claimed location (None when the heuristic picks it)."""
+        if self.subspace is not None:
+            return "subspace"
+        if self.latents:
+            return "latent"
+        return parse_site(self.sites[0]).kind if self.sites else None
+
+    @property
     def parsed(self) -> tuple:
-        """The claimed sites as a location (sorted), or () when the heuristic picks them."""
+        """The claimed sites as a location (sorted), or () when the heuristic picks them or the
+        location is a subspace (its basis is read with the data: `run.inspect`)."""
+        if self.latents:
+            return make_location(LatentLoc(self.dictionary.layer, i) for i in self.latents)
         return parse_location(self.sites) if self.sites else ()
 
 
@@ -186,6 +248,11 @@ class RandomLocationsSpec(Section):
                                   "enough of them edit as well as the claim); a claim the full null "
                                   "would support still fits all n. 'full': always fit all n.")
     match_layers: StrictBool = Field(False, description="Draw random sites from the claimed sites' layers.")
+    draw: Literal["sites", "haar"] | None = Field(
+        None, description="How a random location is drawn: 'sites', as many sites of the claim's kind "
+                          "(heads, MLP layers, neurons, other latents of the same dictionary), uniformly; "
+                          "'haar', a uniformly random subspace of the same dimension at the same layer. "
+                          "Default: 'haar' for a subspace (its only null), 'sites' otherwise.")
     seed: Seed = Field(0, description="Seed of the random-location draw.")
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import AfterValidator, Field, StrictInt
 
 from loccheck.edits import EditMethod, EditSettings, Fitted, register_edit_method
-from loccheck.locations import HeadLoc, MlpLoc
+from loccheck.locations import RESIDUAL_KINDS, MlpLoc
 from loccheck.render.format import edit_name, edits_of, fmt, site_noun, sites, table
 from loccheck.schema import Number, Section, Seed
 
@@ -67,7 +67,12 @@ class OptimalEditSection(Section):
     weight_decay: Number = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: Number = Field(0.0, ge=0, lt=1, description="Share of the first epoch's steps with linear warmup.")
     init_std: Number = Field(0.01, gt=0, description="Std of the random init of the LoRA 'a' vector.")
-    read: Literal["all", "location"] = Field("all", description="Edit reads from all heads or only the location.")
+    read: Literal["all", "location"] = Field("all", description="Edit reads from all of the layer's sites (every head, "
+                                                               "hidden unit or direction of the stream) or only the location's.")
+    positions: Literal["all", "answer"] = Field(
+        "all", description="Token positions the edit acts at: every position, or the prompt's last token "
+                           "and every answer token (as ITI edits); 'answer' is trained on unpacked "
+                           "pairs (each prompt computed for both answers), about twice the cost.")
     max_epochs: StrictInt = Field(10, ge=1, description="Cap on passes over the training pairs; an edit "
                                                         "that has not converged by then is reported capped.")
     convergence_tol: Number = Field(0.02, gt=0, lt=1, description=(
@@ -81,7 +86,8 @@ class OptimalSettings(EditSettings):
     train: TrainConfig           # how it is trained (objective, rate, budget, convergence, seed)
     read: str                    # "all" or "location"
     init_std: float
-    site_kind: str               # "head" or "mlp"
+    site_kind: str               # "head", "mlp", "neuron", "subspace" or "latent"
+    positions: str = "all"       # "all", or "answer": the prompt's last token and the answer's
 
 
 def _settings(section: OptimalEditSection, *, verdict_metric: str, site_kind: str = "head",
@@ -96,16 +102,18 @@ def _settings(section: OptimalEditSection, *, verdict_metric: str, site_kind: st
                         weight_decay=section.weight_decay, warmup_ratio=section.warmup_ratio,
                         max_epochs=section.max_epochs, convergence_tol=section.convergence_tol,
                         seed=section.seed)
-    return OptimalSettings(train, section.read, section.init_std, site_kind)
+    return OptimalSettings(train, section.read, section.init_std, site_kind, section.positions)
 
 
 def initial_read_vectors(adapter, seed: int, init_std: float, kind: str = "head"):
-    """(n_layers, read width) initial a^l, the read width being all heads' (n_heads * head_dim)
-    or the MLP's hidden size; row l is the same whatever else is edited."""
+    """(n_layers, read width) initial a^l, the read width being all heads' (n_heads * head_dim),
+    the MLP's hidden size (MLP layers, neurons) or the residual stream's (subspaces, SAE
+    latents); row l is the same whatever else is edited."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    width = adapter.width if kind == "head" else adapter.mlp_width
+    width = {"head": adapter.width, "mlp": adapter.mlp_width, "neuron": adapter.mlp_width}.get(
+        kind, adapter.model_width)
     return torch.randn(adapter.n_layers, width, generator=gen) * init_std
 
 
@@ -149,31 +157,52 @@ class _RankOneEdit:
         return self
 
 
-class HeadEdit(_RankOneEdit):
-    """o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), for each edited layer l.
+class _MaskedInputEdit(_RankOneEdit):
+    """o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input o^l of a projection of layer l, for each
+    edited layer l: the input of the attention output projection (heads), or of the MLP's down
+    projection (neurons, its hidden units). m^l masks the coordinates of the location's sites in
+    layer l, so b is zero outside them: the per-site intervention vectors summed into one write,
+    which W^l maps to exactly the reparameterized LoRA's write vector. With `read="location"`, a^l
+    is masked the same way (it reads only the location's sites). Every site unmasked is rank-1
+    LoRA on every layer's projection (W^l + W^l b^l a^l^T)."""
+    kind = ""
 
-    m^l masks the coordinates of the heads of the location in layer l, so b_h^l is zero for
-    every head outside it; W^l b^l is then exactly the reparameterized LoRA's write vector.
-    With `read="location"`, a^l is masked the same way (it reads only the location's heads).
-    """
-
-    def __init__(self, adapter, heads: Sequence[HeadLoc] | None, a_init, read: str = "all"):
+    def __init__(self, adapter, sites: Sequence | None, a_init, read: str = "all", positions: str = "all"):
         import torch
 
         if read not in ("all", "location"):
             raise ValueError(f"`read` must be 'all' or 'location', got {read!r}")
         self.adapter = adapter
-        heads = adapter.all_heads() if heads is None else sorted(heads)
-        adapter.check_inside(heads)
-        self.layers = sorted({h.layer for h in heads})
-        write = torch.zeros(len(self.layers), adapter.width)      # (n_edit_layers, H * D)
-        for h in heads:
-            write[self.layers.index(h.layer), adapter.head_slice(h)] = 1.0
+        sites = adapter.sites(self.kind) if sites is None else sorted(sites)
+        adapter.check_inside(sites)
+        self.layers = sorted({s.layer for s in sites})
+        width = self.width(adapter)
+        write = torch.zeros(len(self.layers), width)
+        rows = torch.tensor([self.layers.index(s.layer) for s in sites], dtype=torch.long)
+        cols = [self.coordinates(adapter, s) for s in sites]
+        for row, col in zip(rows.tolist(), cols):
+            write[row, col] = 1.0
         read_mask = write.clone() if read == "location" else torch.ones_like(write)
         device = _device(adapter)
         self.write_mask, self.read_mask = write.to(device), read_mask.to(device)
         self.a = torch.nn.Parameter((a_init[self.layers].clone() * read_mask).to(device))
-        self.b = torch.nn.Parameter(torch.zeros(len(self.layers), adapter.width, device=device))
+        self.b = torch.nn.Parameter(torch.zeros(len(self.layers), width, device=device))
+        self._positions = AtPositions(positions)
+
+    @staticmethod
+    def width(adapter) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def coordinates(adapter, site) -> slice:
+        raise NotImplementedError
+
+    def modules(self) -> list | None:
+        return None
+
+    @property
+    def on_batch(self):
+        return self._positions.on_batch
 
     def effective_rows(self, row: int):
         return self.a[row] * self.read_mask[row], self.b[row] * self.write_mask[row]
@@ -186,14 +215,145 @@ class HeadEdit(_RankOneEdit):
     def delta(self, row: int, o):
         a = self.a[row] * self.read_mask[row]
         b = self.b[row] * self.write_mask[row]
-        return (o.float() @ a)[..., None] * b                          # (batch, pos, H * D)
+        return self._positions.only((o.float() @ a)[..., None] * b)
 
     @contextlib.contextmanager
-    def attached(self, model) -> Iterator["HeadEdit"]:
+    def attached(self, model) -> Iterator["_MaskedInputEdit"]:
         from loccheck.models.hooks import displaced_inputs
 
-        with displaced_inputs(self.adapter, self.layers, self.delta):
+        with self._positions.held(), displaced_inputs(self.adapter, self.layers, self.delta, self.modules()):
             yield self
+
+
+class HeadEdit(_MaskedInputEdit):
+    """The masked edit at the input of W^l, the attention output projection (o_proj): its
+    coordinates are the heads' outputs concatenated, head h's the slice of its head_dim."""
+    kind = "head"
+
+    @staticmethod
+    def width(adapter) -> int:
+        return adapter.width
+
+    @staticmethod
+    def coordinates(adapter, site) -> slice:
+        return adapter.head_slice(site)
+
+
+class NeuronEdit(_MaskedInputEdit):
+    """The masked edit at the input of W^l, the MLP's down projection: its coordinates are the
+    MLP's hidden units, neuron u the coordinate u. Every unit unmasked is rank-1 LoRA on every
+    down projection, the same functions as the MLP sites' ceiling (`MlpEdit`) reaches."""
+    kind = "neuron"
+
+    @staticmethod
+    def width(adapter) -> int:
+        return adapter.mlp_width
+
+    @staticmethod
+    def coordinates(adapter, site) -> slice:
+        return slice(site.unit, site.unit + 1)
+
+    def modules(self) -> list:
+        return [self.adapter.mlp_out(layer) for layer in self.layers]
+
+
+class SubspaceEdit(_RankOneEdit):
+    """h <- h + <a, h> U^T c in the residual stream h after layer l: U (k, width) orthonormal
+    rows spanning the location (a subspace, or an SAE's named decoder rows), c (k) and a (width)
+    learned, c starting at zero (the identity). What it writes lies in span(U) whatever a is.
+    With U the identity it is every rank-1 edit of that stream: the location's ceiling, in
+    whose family every subspace of the layer lies. With `read="location"`, a is projected onto
+    span(U) (it reads only the subspace)."""
+
+    def __init__(self, adapter, layer: int, basis, a_init, read: str = "all", positions: str = "all"):
+        import torch
+
+        if read not in ("all", "location"):
+            raise ValueError(f"`read` must be 'all' or 'location', got {read!r}")
+        if not 0 <= layer < adapter.n_layers:
+            from loccheck.errors import AdapterError
+            raise AdapterError(f"layer {layer} is outside the model: it has {adapter.n_layers} layers (0-based)")
+        self.adapter, self.layers, self.read = adapter, [layer], read
+        device = adapter.device
+        self.U = torch.as_tensor(np.asarray(basis), dtype=torch.float32).to(device)   # (k, width)
+        a = a_init[[layer]].clone().to(device)
+        if read == "location":
+            a = (a @ self.U.T) @ self.U
+        self.a = torch.nn.Parameter(a)                                                 # (1, width)
+        self.b = torch.nn.Parameter(torch.zeros(1, self.U.shape[0], device=device))    # (1, k): c
+        self._positions = AtPositions(positions)
+
+    @property
+    def on_batch(self):
+        return self._positions.on_batch
+
+    @property
+    def n_params(self) -> int:
+        return int(self.U.shape[0] + (self.U.shape[0] if self.read == "location" else self.U.shape[1]))
+
+    def _read(self):
+        return (self.a @ self.U.T) @ self.U if self.read == "location" else self.a
+
+    def effective_rows(self, row: int):
+        """(a, the write vector U^T c), both in the stream's coordinates."""
+        return self._read()[row], self.b[row] @ self.U
+
+    def absorb(self, other) -> "SubspaceEdit":
+        """Start from `other`, an edit of a subspace of this one's at the same layer: its write
+        vector, in this basis (exact when span(other) lies in span(self)), and its read vector."""
+        import torch
+
+        a, write = other.effective_rows(0)
+        with torch.no_grad():
+            self.a[0] = a.to(self.a.device)
+            self.b[0] = write.to(self.U.device) @ self.U.T
+        return self
+
+    def delta(self, row: int, h):
+        write = self.b[row] @ self.U                                     # (width,)
+        return self._positions.only((h.float() @ self._read()[row])[..., None] * write)
+
+    @contextlib.contextmanager
+    def attached(self, model) -> Iterator["SubspaceEdit"]:
+        from loccheck.models.hooks import displaced_residual
+
+        with self._positions.held(), displaced_residual([self.adapter.blocks[self.layers[0]]], self.delta):
+            yield self
+
+
+class AtPositions:
+    """Which token positions an edit acts at: "all", or "answer", the prompt's last token and
+    every answer token (as ITI edits), whose mask scoring passes before each forward
+    (`on_batch`: `scoring.answer_logprobs` marks exactly those positions)."""
+
+    def __init__(self, positions: str):
+        if positions not in ("all", "answer"):
+            raise ValueError(f"`positions` must be 'all' or 'answer', got {positions!r}")
+        self.positions, self._mask = positions, None
+
+    @property
+    def on_batch(self):
+        return self.set_mask if self.positions == "answer" else None
+
+    def set_mask(self, mask) -> None:
+        self._mask = mask
+
+    @contextlib.contextmanager
+    def held(self):
+        try:
+            yield
+        finally:
+            self._mask = None
+
+    def only(self, delta):
+        """`delta` (batch, pos, width) kept at the policy's positions."""
+        if self.positions == "all":
+            return delta
+        if self._mask is None or self._mask.shape != delta.shape[:2]:
+            raise RuntimeError("an edit at the answer positions needs the positions of each forward: "
+                               "score with on_batch=edit.on_batch (a forward of another shape, "
+                               "incremental decoding, cannot be edited at these positions)")
+        return delta * self._mask[..., None].to(delta.dtype)
 
 
 class MlpEdit(_RankOneEdit):
@@ -209,9 +369,10 @@ class MlpEdit(_RankOneEdit):
     site's edit can only map the MLP's own hidden units; reading the block's input instead would
     let any layer write anything. The router is untouched and its losses never enter."""
 
-    def __init__(self, adapter, sites: Sequence[MlpLoc] | None, a_init):
+    def __init__(self, adapter, sites: Sequence[MlpLoc] | None, a_init, positions: str = "all"):
         import torch
 
+        self._positions = AtPositions(positions)
         sites = adapter.sites("mlp") if sites is None else sorted(sites)
         adapter.check_inside(sites)
         self.adapter = adapter
@@ -226,13 +387,17 @@ class MlpEdit(_RankOneEdit):
 
     def delta(self, row: int, x, y):
         read = y if self.adapter.experts else x
-        return (read.float() @ self.a[row])[..., None] * self.b[row]   # (batch, pos, d_model)
+        return self._positions.only((read.float() @ self.a[row])[..., None] * self.b[row])   # (batch, pos, d_model)
+
+    @property
+    def on_batch(self):
+        return self._positions.on_batch
 
     @contextlib.contextmanager
     def attached(self, model) -> Iterator["MlpEdit"]:
         from loccheck.models.hooks import displaced_outputs
 
-        with displaced_outputs([self.adapter.mlp_out(l) for l in self.layers], self.delta):
+        with self._positions.held(), displaced_outputs([self.adapter.mlp_out(l) for l in self.layers], self.delta):
             yield self
 
 
@@ -302,12 +467,19 @@ class FullLoraEdit:
 
 def _make(testbed, settings: OptimalSettings, location):
     """The edit before training (the identity); `location` None is the whole model, every site
-    of the kind unmasked: the same parameterization as at a location, so the ceiling is a fair one."""
-    kind = settings.site_kind
+    of the kind unmasked: the same parameterization as at a location, so the ceiling is a fair one.
+    A subspace's ceiling is a location too: the whole residual stream at its layer
+    (`ceiling_location`)."""
+    kind = location[0].kind if location else settings.site_kind
     a_init = initial_read_vectors(testbed.adapter, settings.train.seed, settings.init_std, kind)
+    adapter, positions = testbed.adapter, settings.positions
     if kind == "mlp":
-        return MlpEdit(testbed.adapter, location, a_init)
-    return HeadEdit(testbed.adapter, location, a_init, read=settings.read)
+        return MlpEdit(adapter, location, a_init, positions=positions)
+    if kind in RESIDUAL_KINDS:
+        return SubspaceEdit(adapter, location[0].layer, testbed.basis_of(location), a_init,
+                            read=settings.read, positions=positions)
+    edit = NeuronEdit if kind == "neuron" else HeadEdit
+    return edit(adapter, location, a_init, read=settings.read, positions=positions)
 
 
 def _fit(testbed, settings: OptimalSettings, location, on_step=None, start=None) -> Fitted:
@@ -318,8 +490,9 @@ def _fit(testbed, settings: OptimalSettings, location, on_step=None, start=None)
     edit = _make(testbed, settings, location)
     if start is not None:
         edit.absorb(_restore(testbed, *start))
+    reference = testbed.reference          # the unedited model's: computed before the edit is attached
     with edit.attached(testbed.model):
-        fit = train_edit(testbed.model, edit, testbed.train, testbed.reference, settings.train, testbed.pad_id,
+        fit = train_edit(testbed.model, edit, testbed.train, reference, settings.train, testbed.pad_id,
                          on_step=on_step, warm=start is not None)
     return Fitted(edit, {"learning_rate": settings.train.learning_rate, "steps": len(fit.loss_curve),
                          "epochs": fit.epochs, "initial_objective": fit.initial_objective,
@@ -452,5 +625,6 @@ def plot_loss_curves(edits: Sequence[dict], path: str | os.PathLike, *, site: st
 
 register_edit_method(EditMethod("optimal", OptimalEditSection, _settings, _fit, _restore, _make,
                                 "rank-1 edit restricted to the location, fitted by IPO/DPO",
-                                site_kinds=("head", "mlp"), continues_ceiling=True,
+                                site_kinds=("head", "mlp", "neuron", "subspace", "latent"),
+                                continues_ceiling=True,
                                 report_lines=_report_lines, report_figures=_report_figures))

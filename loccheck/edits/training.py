@@ -128,9 +128,10 @@ def epoch_batches(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[
 
 
 def whole_objective(model, pairs: Sequence[TokenizedPair], reference: torch.Tensor,
-                    cfg: TrainConfig, pad_id: int, prefix=None, packed: bool = True) -> float:
+                    cfg: TrainConfig, pad_id: int, prefix=None, packed: bool = True, on_batch=None) -> float:
     """The objective on every training pair at the current parameters (no gradients)."""
-    policy = all_pair_logprobs(model, pairs, pad_id, prefix=prefix, packed=packed).to(reference.device)
+    policy = all_pair_logprobs(model, pairs, pad_id, prefix=prefix, packed=packed,
+                               on_batch=on_batch).to(reference.device)
     h = preference_logratio(policy, reference.double())
     return float(preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta))
 
@@ -190,6 +191,8 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
     from loccheck.models.scoring import pair_length
 
     device = reference.device
+    on_batch = getattr(edit, "on_batch", None)     # an edit at some positions only: scored unpacked
+    packed = packed and on_batch is None
     prefix = None
     if freeze_prefix and packed:
         prefix = pair_prefix(model, getattr(edit, "adapter", None), lowest_edited_block(edit), pairs, pad_id)
@@ -199,7 +202,7 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
     optimum = objective_optimum(cfg.objective)
     # computed, not assumed: an edit that never moves then compares equal to it bit for bit (the
     # identity's exact objective and this one differ by round-off, which differs between CPUs)
-    curve = [whole_objective(model, pairs, reference, cfg, pad_id, prefix, packed)]
+    curve = [whole_objective(model, pairs, reference, cfg, pad_id, prefix, packed, on_batch)]
     origin = identity_objective(cfg) if warm else curve[0]
     lr, backtracks, moved = cfg.learning_rate, 0, False
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -211,7 +214,8 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
         for idx in epoch_batches(lengths, cfg, epoch):
             for group in optimizer.param_groups:   # linear warmup over the first steps
                 group["lr"] = lr * min(1.0, (len(losses) + 1) / warmup) if warmup else lr
-            policy = pair_logprobs(model, [pairs[i] for i in idx], pad_id, prefix=prefix, packed=packed)
+            policy = pair_logprobs(model, [pairs[i] for i in idx], pad_id, prefix=prefix, packed=packed,
+                                   on_batch=on_batch)
             h = preference_logratio(policy.double(), reference[idx].to(device))
             loss = preference_loss(cfg.objective, h, tau=cfg.tau, beta=cfg.beta)
             optimizer.zero_grad(set_to_none=True)
@@ -221,7 +225,7 @@ def train_edit(model, edit, pairs: Sequence[TokenizedPair], reference: torch.Ten
             losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(len(losses), total, losses[-1])
-        curve.append(whole_objective(model, pairs, reference, cfg, pad_id, prefix, packed))
+        curve.append(whole_objective(model, pairs, reference, cfg, pad_id, prefix, packed, on_batch))
         if curve[-1] <= best_value:                     # kept
             best, best_value = [p.detach().clone() for p in params], curve[-1]
         else:                                           # worse, or not finite: back to the best, at half the rate

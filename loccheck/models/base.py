@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loccheck.errors import AdapterError
-from loccheck.locations import HeadLoc, head_sites, mlp_sites, outside
+from loccheck.locations import HeadLoc, head_sites, mlp_sites, neuron_sites, outside
 
 if TYPE_CHECKING:   # annotations only: importing the adapters must not load torch
     from torch import nn
@@ -54,13 +54,20 @@ class Adapter:
             return head_sites(self.n_layers, self.n_heads)
         if kind == "mlp" and self.mlp_projections:
             return mlp_sites(self.n_layers)
+        if kind == "neuron" and self.mlp_projections:
+            if self.experts:
+                raise AdapterError(f"a {self.family} model's MLPs are mixtures of experts: each expert "
+                                   "has its own hidden units, and no unit is one MLP's neuron; claim "
+                                   "its MLP layers (L12M) instead")
+            return neuron_sites(self.n_layers, self.mlp_read_width)
         raise AdapterError(f"a {self.family} adapter has no sites of kind {kind!r}")
 
     def check_inside(self, location) -> None:
         """AdapterError naming the first site of `location` the model does not have."""
         bad = outside(location, self.sites(location[0].kind)) if location else []
         if bad:
-            shape = f" x {self.n_heads} heads" if bad[0].kind == "head" else ""
+            shape = {"head": f" x {self.n_heads} heads",
+                     "neuron": f" x {self.mlp_read_width} MLP hidden units"}.get(bad[0].kind, "")
             raise AdapterError(f"{bad[0]} is outside the model: it has {self.n_layers} layers{shape} (0-based)")
 
     # --- head sites: where they are hooked ---

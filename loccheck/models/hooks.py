@@ -23,10 +23,12 @@ def unedited():
 
 
 @contextlib.contextmanager
-def _input_hooks(adapter, layers: Sequence[int], hook_for: Callable[[int, int], Callable]):
-    """A forward pre-hook `hook_for(row, layer)` on each listed layer's output projection."""
-    handles = [adapter.out_proj(layer).register_forward_pre_hook(hook_for(row, layer))
-               for row, layer in enumerate(layers)]
+def _input_hooks(adapter, layers: Sequence[int], hook_for: Callable[[int, int], Callable], modules=None):
+    """A forward pre-hook `hook_for(row, layer)` on each listed layer's output projection (or
+    on `modules[row]`)."""
+    modules = [adapter.out_proj(layer) for layer in layers] if modules is None else modules
+    handles = [module.register_forward_pre_hook(hook_for(row, layer))
+               for row, (layer, module) in enumerate(zip(layers, modules))]
     try:
         yield
     finally:
@@ -34,9 +36,10 @@ def _input_hooks(adapter, layers: Sequence[int], hook_for: Callable[[int, int], 
             handle.remove()
 
 
-def displaced_inputs(adapter, layers: Sequence[int], displacement: Callable):
+def displaced_inputs(adapter, layers: Sequence[int], displacement: Callable, modules=None):
     """Add `displacement(row, o)` to o, the input of each listed layer's output projection
-    (row indexes `layers`), while the context is open."""
+    (row indexes `layers`), or of `modules[row]` (the MLPs' down projections: their hidden
+    units), while the context is open."""
     def hook_for(row: int, layer: int):
         def pre_hook(module, args):
             if _UNEDITED.get():
@@ -46,7 +49,7 @@ def displaced_inputs(adapter, layers: Sequence[int], displacement: Callable):
             # before the sum would lose most of its bits.
             return ((o.float() + displacement(row, o)).to(o.dtype),) + tuple(args[1:])
         return pre_hook
-    return _input_hooks(adapter, layers, hook_for)
+    return _input_hooks(adapter, layers, hook_for, modules)
 
 
 def read_inputs(adapter, layers: Sequence[int], read: Callable):
@@ -80,6 +83,20 @@ def displaced_outputs(modules: Sequence, displacement: Callable):
             return (y.float() + displacement(row, args[0], y)).to(y.dtype)   # float32, as above
         return hook
     return _output_hooks(modules, hook_for)
+
+
+def displaced_residual(blocks: Sequence, displacement: Callable):
+    """Add `displacement(row, h)` to h, the residual stream leaving each listed decoder layer
+    (its output, or its output's [0] where a block returns a tuple), while the context is open."""
+    def hook_for(row: int):
+        def hook(module, args, out):
+            if _UNEDITED.get():
+                return None
+            h = out[0] if isinstance(out, tuple) else out
+            h = (h.float() + displacement(row, h)).to(h.dtype)              # float32, as above
+            return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        return hook
+    return _output_hooks(blocks, hook_for)
 
 
 def replaced_outputs(modules: Sequence, replace: Callable):

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loccheck.errors import DataError, LoccheckError
 
 
-def check_location_size(claim, adapter) -> None:
+def check_location_size(claim, adapter, residual: "Residual | None" = None) -> None:
     """The claimed location must lie inside the model and leave room for a null."""
     kind = claim.site_kind
-    n_sites = len(adapter.sites(kind))
+    if kind == "subspace":            # its dimension was checked against the width when read
+        return
+    try:
+        n_sites = len(residual.sites(kind, adapter) if residual is not None else adapter.sites(kind))
+    except LoccheckError as err:
+        raise claim.error("location.sites" if claim.location.sites else "heuristic.method", err.msg) from None
     if claim.location.sites:
         for i, site in enumerate(claim.location.parsed):
             try:
@@ -24,9 +29,9 @@ def check_location_size(claim, adapter) -> None:
             except LoccheckError as err:
                 raise claim.error(f"location.sites[{claim.location.sites.index(str(site))}]", err.msg) from None
     top_k = getattr(claim.heuristic, "top_k", None) if claim.location.from_heuristic else None
-    size = top_k or len(claim.location.sites)
+    size = top_k or len(claim.location.sites) or len(claim.location.latents)
     if size >= n_sites:
-        key = "heuristic.top_k" if top_k else "location.sites"
+        key = "heuristic.top_k" if top_k else "location.latents" if claim.location.latents else "location.sites"
         raise claim.error(key, f"the location would be every {kind} site of the model ({size}); "
                           "there is no random location of the same size to compare with")
 
@@ -46,6 +51,90 @@ class ClaimInputs:
     dtype: str
     side: tuple | None = None          # tokenized side-effect texts, when a metric needs them
     side_identity: dict | None = None
+    residual: "Residual | None" = None  # a residual-stream location's basis or dictionary
+
+
+@dataclass
+class Residual:
+    """What a location in the residual stream is made of, read before any weights load: a
+    subspace's basis file (`bases`, by the basis id its `SubspaceLoc` names), or the sparse
+    autoencoder whose latents the claim names (`dictionary`)."""
+    location: tuple = ()                             # the claimed location, when the claim names one
+    bases: dict = field(default_factory=dict)        # basis id -> (k, width) orthonormal rows
+    dictionary: Any = None                           # data.bases.Dictionary
+    dictionary_layer: int | None = None
+    identity: dict | None = None                     # what the fits depend on beyond their locations
+
+    def sites(self, kind: str, adapter) -> tuple:
+        """Every site of `kind` the null can draw: a dictionary's latents, else the model's."""
+        if kind == "latent":
+            from loccheck.locations import LatentLoc
+
+            return tuple(LatentLoc(self.dictionary_layer, i) for i in range(self.dictionary.n_latents))
+        return adapter.sites(kind)
+
+    def basis_of(self, location, width: int):
+        """(k, width) orthonormal rows spanning a residual-stream location."""
+        import numpy as np
+        from loccheck.stats.null import haar_basis
+
+        site = location[0]
+        if site.kind == "latent":
+            return self.dictionary.basis([s.latent for s in location], field="location.latents")
+        if site.basis == "identity":
+            return np.eye(width)
+        if site.basis.startswith("haar:"):
+            _, seed, draw = site.basis.split(":")
+            return haar_basis(width, site.dim, int(seed), int(draw))
+        if site.basis not in self.bases:
+            raise LoccheckError(f"the basis of {site} was not read: name its file under location.subspace",
+                                key="location.subspace")
+        return self.bases[site.basis]
+
+
+def basis_id(file_sha256: str, key: str | None) -> str:
+    """The id a basis read from a file goes by in its `SubspaceLoc`: the file's sha256, or with
+    a key (one of several arrays in the file) the sha256 of "<file sha256>/<key>"."""
+    import hashlib
+
+    return "sha256:" + (file_sha256 if key is None else
+                        hashlib.sha256(f"{file_sha256}/{key}".encode()).hexdigest())
+
+
+def read_residual(claim, adapter) -> Residual | None:
+    """A subspace's basis or an SAE's dictionary, read and checked against the model (its
+    layers, its width) and the claim's sha256; None for a location of other sites."""
+    from loccheck.data.bases import read_basis, read_dictionary
+    from loccheck.locations import SubspaceLoc
+
+    loc = claim.location
+    spec = loc.subspace or loc.dictionary
+    if spec is None:
+        return None
+    name = "subspace" if loc.subspace is not None else "dictionary"
+    if spec.layer >= adapter.n_layers:
+        raise claim.error(f"location.{name}.layer", f"layer {spec.layer} is outside the model: it has "
+                          f"{adapter.n_layers} layers (0-based)")
+    base_dir = claim.path.parent if claim.path is not None else None
+    field_ = f"location.{name}." + ("basis" if name == "subspace" else "path")
+    try:
+        read = read_basis if name == "subspace" else read_dictionary
+        got = read(getattr(spec, "basis", None) or getattr(spec, "path", None), key=spec.key,
+                   width=adapter.model_width, field=field_, base_dir=base_dir)
+        if spec.sha256 is not None and got.sha256 != spec.sha256:
+            raise LoccheckError(f"{got.path} has sha256 {got.sha256}, not the {spec.sha256} the claim "
+                                "names: the file changed since the claim was written",
+                                key=f"location.{name}.sha256")
+        if name == "dictionary":
+            got.basis(loc.latents, field="location.latents")      # indices inside, rows independent
+    except LoccheckError as err:
+        raise claim.error(err.key or field_, err.msg) from None
+    if name == "subspace":
+        site = SubspaceLoc(spec.layer, got.dim, basis_id(got.sha256, spec.key))
+        return Residual((site,), {site.basis: got.vectors})      # its location names it: no identity
+    return Residual(loc.parsed, dictionary=got, dictionary_layer=spec.layer,
+                    identity={"dictionary": {"sha256": got.sha256, "key": spec.key, "layer": spec.layer,
+                                             "hook": spec.hook}})
 
 
 def inspect_claim(claim, cache_root: Path, given=None) -> ClaimInputs:
@@ -70,7 +159,8 @@ def inspect_claim(claim, cache_root: Path, given=None) -> ClaimInputs:
             adapter = source.adapter()
         except LoccheckError as err:
             raise claim.error(err.key or "model.name", err.msg) from None
-    check_location_size(claim, adapter)
+    residual = read_residual(claim, adapter)
+    check_location_size(claim, adapter, residual)
     _check_edit_settings(claim, adapter)
     try:
         fmt = ("text" if bs.dataset == "known_facts" and bs.prompt_format == "auto" else
@@ -81,7 +171,7 @@ def inspect_claim(claim, cache_root: Path, given=None) -> ClaimInputs:
     side, side_identity = side_texts(claim, source.tokenizer, model_context(source.config), data)
     _check_judge(claim, cache_root)
     _check_generation_prompts(claim, data, source.tokenizer, fmt, model_context(source.config))
-    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity)
+    return ClaimInputs(claim, data, source, fmt, splits, str(device), dtype, side, side_identity, residual)
 
 
 def edit_settings(claim, section, at: int | None, *, site_kind: str, ceiling: bool = False):

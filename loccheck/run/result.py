@@ -74,15 +74,17 @@ def build_result(claim, testbed, location, proposal, nulls, base, outcomes, exec
     heuristic = HEURISTICS[claim.heuristic.method]
     evidence = None if proposal is None else heuristic.evidence(
         claim.heuristic, proposal, location, not claim.location.from_heuristic)
-    sites = testbed.adapter.sites(location[0].kind)
     rs, bs, data = claim.random_locations, claim.behavior, testbed.data
+    # a Haar null draws from a continuum of subspaces
+    n_locations = None if claim.null_draw == "haar" else count_locations(
+        testbed.sites(location[0].kind), len(location), location if rs.match_layers else None)
     payload = {
         "schema_version": SCHEMA_VERSION, "loccheck_version": __version__,
         "claim_name": claim.name, "claim_file": str(claim.path) if claim.path is not None else None,
         "claim_text": claim.claim, "expect": claim.expect,
         "matches_expectation": primary["verdict"] == (claim.expect or "SUPPORTED"),
         "location": format_location(location), "site_kind": location[0].kind,
-        "n_locations": count_locations(sites, len(location), location if rs.match_layers else None),
+        "n_locations": n_locations, "null_draw": claim.null_draw,
         "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": evidence,
         "metric": metric, "metrics": list(claim.all_metrics),
         "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},

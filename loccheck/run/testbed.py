@@ -31,6 +31,7 @@ class Testbed:
     memo: dict = field(default_factory=dict)        # per-testbed results of edit methods (ITI's directions)
     claim: Any = None                               # the claim, so a late error can name its file
     last_generations: dict | None = None            # the latest judged answers' record (a sample)
+    residual: Any = None                            # run.inspect.Residual: a residual-stream location's basis
     _reference: Any = None
 
     @property
@@ -52,6 +53,19 @@ class Testbed:
     @property
     def key(self) -> str:
         return content_key(self.identity)
+
+    def sites(self, kind: str) -> tuple:
+        """Every site of `kind` a location can hold: the model's, or the claim's dictionary's latents."""
+        return self.residual.sites(kind, self.adapter) if self.residual is not None else self.adapter.sites(kind)
+
+    def basis_of(self, location):
+        """(k, width) orthonormal rows spanning a location in the residual stream (a subspace,
+        SAE latents)."""
+        if self.residual is None:
+            from loccheck.run.inspect import Residual
+
+            self.residual = Residual()
+        return self.residual.basis_of(location, self.adapter.model_width)
 
     @property
     def reference(self):
@@ -205,10 +219,12 @@ def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, 
                          "max_questions": bs.max_questions,
                          "max_pairs_per_question": bs.max_pairs_per_question,
                          "prompt_format": inputs.prompt_format, "system_prompt": bs.system_prompt,
-                         **({"kept": data.kept["rule"]} if data.kept else {})}}
+                         **({"kept": data.kept["rule"]} if data.kept else {})},
+                **({"residual": inputs.residual.identity} if inputs.residual and inputs.residual.identity else {})}
     return Testbed(loaded, data, splits["train"], splits["validation"], splits["test"],
                  inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
-                 generation=claim.generation, side=side, side_identity=side_identity, claim=claim)
+                 generation=claim.generation, side=side, side_identity=side_identity, claim=claim,
+                 residual=inputs.residual)
 
 
 def _known_facts(claim, inputs: ClaimInputs, loaded, cache_root: Path):

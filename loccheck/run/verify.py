@@ -111,12 +111,12 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
     with (phase(f"running the heuristic ({claim.heuristic.method}) on the {len(testbed.train)} train and "
                 f"{len(testbed.validation)} validation pairs") if ranks else contextlib.nullcontext()):
         proposal = _propose(claim, testbed)                 # the heuristic: no test questions
-    location = proposal.top(claim.heuristic.top_k) if claim.location.from_heuristic else claim.location.parsed
+    location = claimed_location(claim, testbed, proposal)
     nulls = _draw_null(claim, testbed, location)
     metrics = claim.all_metrics
     with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
         base = unedited_scores(testbed, cache, metrics)
-    jobs = edit_jobs(claim, testbed.key, location, nulls)
+    jobs = edit_jobs(claim, testbed.key, location, nulls, ceiling_location(location, testbed.adapter))
     fits = _progress(claim, len(jobs), progress, base, write_line)
     factory = partial(prepare_testbed, claim, cache_root) if given is None else _given_model_elsewhere
     runner = JobRunner(testbed, cache, metrics, testbed_factory=factory, on_step=fits.on_step)
@@ -185,9 +185,31 @@ def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path |
     return inputs
 
 
-def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple]) -> list:
-    """Per edit method, in claim order: the claim, the ceiling (every site of the kind), then
-    the null's draws in order."""
+def claimed_location(claim: Claim, testbed, proposal) -> tuple:
+    """The location on trial: the heuristic's top k, a subspace read from its file, or the
+    claim's sites."""
+    if claim.location.from_heuristic:
+        return proposal.top(claim.heuristic.top_k)
+    if testbed.residual is not None and testbed.residual.location:
+        return testbed.residual.location
+    return claim.location.parsed
+
+
+def ceiling_location(location: tuple, adapter) -> tuple | None:
+    """What the ceiling edits: every site of the location's kind (None), or for a location in
+    the residual stream after a layer, that whole stream: the same edit with the identity for a
+    basis, in whose family every subspace of that layer lies."""
+    from loccheck.locations import RESIDUAL_KINDS, SubspaceLoc
+
+    if location[0].kind not in RESIDUAL_KINDS:
+        return None
+    return (SubspaceLoc(location[0].layer, adapter.model_width, "identity"),)
+
+
+def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple],
+              ceiling: tuple | None = None) -> list:
+    """Per edit method, in claim order: the claim, the ceiling (`ceiling_location`), then the
+    null's draws in order."""
     from loccheck.run.inspect import edit_settings
     from loccheck.run.jobs import Job
 
@@ -195,9 +217,9 @@ def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple
     for i, section in enumerate(claim.edits):
         kind = location[0].kind
         local = edit_settings(claim, section, i, site_kind=kind)
-        ceiling = edit_settings(claim, section, i, site_kind=kind, ceiling=True)
+        whole = edit_settings(claim, section, i, site_kind=kind, ceiling=True)
         jobs += [Job(section.method, local, location, "claim", None, testbed_key),
-                 Job(section.method, ceiling, None, "ceiling", None, testbed_key)]
+                 Job(section.method, whole, ceiling, "ceiling", None, testbed_key)]
         jobs += [Job(section.method, local, loc, "random", i, testbed_key) for i, loc in enumerate(nulls)]
     return jobs
 
@@ -317,11 +339,15 @@ def _propose(claim: Claim, testbed):
 
 
 def _draw_null(claim: Claim, testbed, location: tuple) -> list[tuple]:
-    from loccheck.stats.null import sample_null_locations
+    from loccheck.locations import SubspaceLoc
+    from loccheck.stats.null import sample_null_locations, sample_null_subspaces
 
     rs = claim.random_locations
+    if claim.null_draw == "haar":
+        site = location[0] if location[0].kind == "subspace" else SubspaceLoc(location[0].layer, len(location), "")
+        return sample_null_subspaces(site, n=rs.n, seed=rs.seed)
     try:
-        return sample_null_locations(testbed.adapter.sites(claim.site_kind), size=len(location), n=rs.n,
+        return sample_null_locations(testbed.sites(claim.site_kind), size=len(location), n=rs.n,
                                      seed=rs.seed,
                                      match_layers_of=location if rs.match_layers else None)
     except LoccheckError as err:
@@ -348,7 +374,7 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
     k = top_k if top_k is not None else getattr(claim.heuristic, "top_k", None) or len(claim.location.sites)
     with passed_in(claim, model, tokenizer) as given:
         testbed = prepare_testbed(claim, resolve_cache(cache_dir), given=given)
-        n_sites = len(testbed.adapter.sites(claim.site_kind))
+        n_sites = len(testbed.sites(claim.site_kind))
         if not 1 <= k < n_sites:
             raise claim.error("heuristic.top_k", f"top_k must be between 1 and {n_sites - 1} for this "
                               f"model, got {k}")

@@ -141,3 +141,35 @@ def _draw(rng: np.random.Generator, sites: tuple, size: int, strata) -> tuple:
         picked = [layer[int(i)] for layer, c in strata
                   for i in rng.choice(len(layer), size=c, replace=False)]
     return tuple(sorted(picked))
+
+
+# --- subspaces of the residual stream: the Haar null ---
+
+def haar_basis(width: int, dim: int, seed: int, draw: int) -> np.ndarray:
+    """(dim, width) orthonormal rows spanning a uniformly random (Haar) `dim`-dimensional
+    subspace of R^width: draw `draw` of `seed`, a function of (width, dim, seed, draw) only.
+    The Q of a Gaussian matrix's QR, its columns' signs fixed by R's diagonal, is Haar
+    distributed (Mezzadri 2007); without the fix QR's sign convention would bias it."""
+    width, dim = operator.index(width), operator.index(dim)
+    if not 1 <= dim < width:
+        raise ValueError(f"`dim` must be in [1, {width - 1}] (below the width {width}), got {dim}")
+    gaussian = _draw_rng(seed, draw).standard_normal((width, dim))
+    q, r = np.linalg.qr(gaussian)
+    return (q * np.sign(np.diag(r))).T
+
+
+def sample_null_subspaces(site, *, n: int, seed: int) -> list[tuple]:
+    """`n` random locations for a claimed subspace `site` (`locations.SubspaceLoc`) or a claimed
+    set of `site.dim` directions at `site.layer`: subspaces of the same dimension at the same
+    layer, each uniformly distributed (Haar), draw i seeded by (seed, i) only. The claim is no
+    draw of this null (it is a point of a continuum), but under the null hypothesis, that its
+    subspace edits as a uniformly random one does, its gain and the N draws' are exchangeable, so
+    p = (1 + #{null >= claim}) / (N + 1) is exact, as for sites."""
+    from loccheck.locations import SubspaceLoc
+
+    n, seed = operator.index(n), operator.index(seed)
+    if n < 1:
+        raise ValueError(f"`n` must be >= 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"`seed` must be >= 0, got {seed}")
+    return [(SubspaceLoc(site.layer, site.dim, f"haar:{seed}:{i}"),) for i in range(n)]

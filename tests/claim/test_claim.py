@@ -109,19 +109,20 @@ def test_minimal_claim_fills_defaults():
         "behavior": {"dataset": "truthfulqa", "path": None, "prompt_format": "auto", "system_prompt": None,
                      "max_questions": None, "max_pairs_per_question": None,
                      "split": {"train": 0.6, "validation": 0.2, "test": 0.2, "seed": 0}},
-        "location": {"sites": ["L0H1"], "from_heuristic": False},
+        "location": {"sites": ["L0H1"], "subspace": None, "latents": [], "dictionary": None,
+                     "from_heuristic": False},
         "heuristic": {"method": "manual", "citation": None, "notes": None},
         "edits": [{"method": "optimal",
                    "objective": "ipo", "tau": 0.1, "beta": 0.1, "batch_size": 4,
                    "learning_rate": 5e-4, "ceiling_learning_rate": 1e-4, "weight_decay": 0.0,
-                   "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "max_epochs": 10,
+                   "warmup_ratio": 0.0, "init_std": 0.01, "read": "all", "positions": "all", "max_epochs": 10,
                    "convergence_tol": 0.02, "seed": 0}],
         "metrics": ["preference_margin", "preference_accuracy"],
         "side_effects": {"path": None, "n_texts": 100},
         "generation": {"max_new_tokens": 32, "show_answers": 5, "judge": "offline", "judge_model": None,
                        "judge_base_url": None, "judge_max_tokens": 512, "judge_temperature": 0.0,
                        "judge_max_unread": 0.1},
-        "random_locations": {"n": 100, "stop": "sequential", "match_layers": False, "seed": 0},
+        "random_locations": {"n": 100, "stop": "sequential", "match_layers": False, "draw": None, "seed": 0},
         "verdict": {"metric": "preference_margin", "alpha": 0.05, "rho": 0.9},
         "expect": None,
     }
@@ -220,7 +221,8 @@ def test_empty_heads(tmp_path):
 def test_heads_and_from_heuristic_together(tmp_path):
     text = "claim: x\nlocation:\n  sites: [L1H1]\n  from_heuristic: true\nheuristic: {method: probe, top_k: 3}\n"
     message, path = load_error(tmp_path, text)
-    assert message.startswith(f"{path}:4:19: location.from_heuristic: give either sites")
+    assert message.startswith(f"{path}:4:19: location.from_heuristic: give one of sites, subspace, latents or "
+                              "from_heuristic: true, not sites and from_heuristic")
 
 
 def test_from_heuristic_needs_probe(tmp_path):
