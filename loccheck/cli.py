@@ -153,7 +153,7 @@ def _localize(args) -> int:
     import yaml
 
     from loccheck.claim import load_claim
-    from loccheck.files import write_text_atomic
+    from loccheck.files import write_bytes_atomic, write_text_atomic
     from loccheck.heuristics import HEURISTICS
     from loccheck.run.verify import propose_location
 
@@ -161,11 +161,21 @@ def _localize(args) -> int:
     sites, scores, proposal = propose_location(claim, top_k=args.top_k,
                                                cache_dir=settings_from_cli(args).cache_dir)
     config = claim.effective_config()
-    config["location"] = {"sites": [str(s) for s in sites], "from_heuristic": False}
-    pinned, why = HEURISTICS[claim.heuristic.method].pinned(proposal, sites, scores)
-    config["heuristic"] = {**config["heuristic"], "top_k": len(sites), **pinned}
     out = args.out or args.claim.with_name(f"{args.claim.stem}_localized.yaml")
+    location = {"sites": [str(s) for s in sites], "from_heuristic": False}
+    basis = None
+    if sites[0].kind == "subspace":      # a subspace is pinned as a file of its basis beside the claim
+        from loccheck.heuristics.direction_probe import direction_file_bytes
+
+        basis = (out.with_suffix(".npy"), direction_file_bytes(proposal.raw.basis_of(sites[0])))
+        location = {"subspace": {"layer": sites[0].layer, "basis": basis[0].name, "key": None,
+                                 "sha256": sites[0].basis.removeprefix("sha256:")}, "from_heuristic": False}
+    config["location"] = location
+    pinned, why = HEURISTICS[claim.heuristic.method].pinned(proposal, sites, scores)
+    config["heuristic"] = {**config["heuristic"], "top_k": sites[0].dim if basis else len(sites), **pinned}
     header = f"# Written by `loccheck localize {args.claim}`: {why}\n"
+    if basis is not None:
+        write_bytes_atomic(basis[1], basis[0])
     write_text_atomic(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), out)
     load_claim(out)  # what we wrote must be a valid claim
     print(f"{out}: " + ", ".join(f"{s} ({scores[str(s)]:.3f})" for s in sites))

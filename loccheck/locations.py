@@ -52,6 +52,7 @@ class HeadLoc:
     noun: ClassVar[str] = "head"         # what prose calls it
     pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)H([0-9]+)")
     example: ClassVar[str] = "L12H3"
+    listed: ClassVar[bool] = True        # a claim lists it under `sites:`
 
     @classmethod
     def parse(cls, text: str) -> "HeadLoc":
@@ -73,6 +74,7 @@ class MlpLoc:
     noun: ClassVar[str] = "MLP layer"
     pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)M")
     example: ClassVar[str] = "L12M"
+    listed: ClassVar[bool] = True        # a claim lists it under `sites:`
 
     @classmethod
     def parse(cls, text: str) -> "MlpLoc":
@@ -95,6 +97,7 @@ class NeuronLoc:
     noun: ClassVar[str] = "neuron"
     pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)N([0-9]+)")
     example: ClassVar[str] = "L5N1234"
+    listed: ClassVar[bool] = True        # a claim lists it under `sites:`
 
     @classmethod
     def parse(cls, text: str) -> "NeuronLoc":
@@ -118,6 +121,7 @@ class LatentLoc:
     noun: ClassVar[str] = "SAE latent"
     pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)F([0-9]+)")
     example: ClassVar[str] = "L12F4123"
+    listed: ClassVar[bool] = False       # named by index under `latents:`, with its dictionary
 
     @classmethod
     def parse(cls, text: str) -> "LatentLoc":
@@ -144,6 +148,7 @@ class SubspaceLoc:
     noun: ClassVar[str] = "subspace"
     pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)S([0-9]+)@(sha256:[0-9a-f]{64}|haar:[0-9]+:[0-9]+|identity)")
     example: ClassVar[str] = "L12S1@sha256:<64 hex digits>"
+    listed: ClassVar[bool] = False       # named by its basis file under `subspace:`
 
     @classmethod
     def parse(cls, text: str) -> "SubspaceLoc":
@@ -194,7 +199,7 @@ def parse_site(text: str):
         for _, cls in SITE_KINDS.items():
             if cls.pattern.fullmatch(text.strip()):
                 return cls.parse(text)
-    examples = " or ".join(repr(cls.example) for _, cls in SITE_KINDS.items())
+    examples = " or ".join(repr(cls.example) for _, cls in SITE_KINDS.items() if cls.listed)
     raise ValueError(f"a site must look like {examples} (0-based), got {text!r}")
 
 

@@ -202,7 +202,7 @@ class LocationSpec(Section):
                 raise fail(f"a location holds sites of one kind: {self.sites[i]} is a {kind} site, "
                            f"{self.sites[0]} a {kinds[0]} site", at=("sites", i))
         for i, site in enumerate(self.sites):
-            if parse_site(site).kind not in ("head", "mlp", "neuron"):
+            if not type(parse_site(site)).listed:
                 raise fail(f"{site} is not a site to list: name a subspace under `subspace:` and SAE "
                            "latents under `latents:` with their `dictionary:`", at=("sites", i))
         given = [name for name in ("sites", "subspace", "latents", "from_heuristic") if getattr(self, name)]

@@ -61,15 +61,17 @@ class BehaviorData:
             out += [(g, prompt, a, 1) for a in true] + [(g, prompt, a, 0) for a in false]
         return out
 
-    def without_test(self) -> "HeuristicData":
-        """The data a heuristic may see: the train and validation questions, no test split."""
+    def without_test(self, prompt_format: str = "qa", system_prompt: str | None = None) -> "HeuristicData":
+        """The data a heuristic may see: the train and validation questions, no test split, with
+        the prompt format the claim's edits use (for a heuristic that reads the pairs as they do)."""
         keep = set(self.groups["train"]) | set(self.groups["validation"])
         prompts = {p.prompt for p in self.train + self.validation}
         return HeuristicData(train=self.train, validation=self.validation,
                              groups={s: self.groups[s] for s in ("train", "validation")},
                              source=self.source, sha256=self.sha256,
                              answers={g: a for g, a in self.answers.items() if g in keep},
-                             facts={p: f for p, f in self.facts.items() if p in prompts})
+                             facts={p: f for p, f in self.facts.items() if p in prompts},
+                             prompt_format=prompt_format, system_prompt=system_prompt)
 
     def summary(self) -> dict:
         splits = {s: {"n_questions": len(self.groups[s]), "n_pairs": len(getattr(self, s))}
@@ -91,6 +93,8 @@ class HeuristicData:
     sha256: str
     answers: Answers = field(default_factory=dict)
     facts: dict = field(default_factory=dict)
+    prompt_format: str = "qa"                 # how the claim's edits see a prompt (`prompts.resolve_format`)
+    system_prompt: str | None = None
 
     def labelled(self, split: str) -> list[tuple[str, str, str, int]]:
         if split not in ("train", "validation"):

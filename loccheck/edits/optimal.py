@@ -1,7 +1,12 @@
 """`method: optimal`: the optimal localized edit (METHOD.md), fitted by preference optimisation.
 
 At a location of MLP sites it is rank-1 LoRA on each site's down projection (`MlpEdit`), and
-its ceiling the same on every layer.
+its ceiling the same on every layer. At neurons it is the heads' masked edit at the down
+projection's input, its hidden units (`NeuronEdit`), its ceiling every unit of every layer. At a
+subspace of the residual stream after a layer, or at SAE latents (the span of their decoder
+rows), it writes only inside that span, h <- h + <a, h> U^T c (`SubspaceEdit`), and its ceiling is
+the same edit with U the identity: the whole stream at that layer. Any of them may act at the
+answer's positions only (`positions: answer`, `AtPositions`).
 
 At a location of heads it is the rank-1 LoRA reparameterized so it can be restricted to those
 heads: o^l <- o^l + <a^l, o^l> (m^l * b^l) at the input of W^l (o_proj), m^l masking the

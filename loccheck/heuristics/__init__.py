@@ -67,4 +67,4 @@ def register_heuristic(heuristic: Heuristic) -> Heuristic:
     return HEURISTICS.register(heuristic.name, heuristic)
 
 
-from loccheck.heuristics import causal_tracing, manual, probe  # noqa: E402,F401  (register the built-ins)
+from loccheck.heuristics import causal_tracing, direction_probe, manual, neuron_attribution, probe  # noqa: E402,F401  (register the built-ins)

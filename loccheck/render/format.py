@@ -8,7 +8,7 @@ import re
 
 from tabulate import tabulate
 
-ROLE_NAMES = {"claim": "claimed location", "ceiling": "whole model"}
+ROLE_NAMES = {"claim": "claimed location", "ceiling": "whole model", "whole_model": "whole model (every head)"}
 P_CONVENTION = ("p = (1 + #{null gains >= claim gain}) / (N + 1), one-sided, "
                 "ties count against the claim")
 
@@ -73,6 +73,39 @@ def site_noun(r: dict) -> str:
     from loccheck.locations import site_noun as noun
 
     return noun(r.get("site_kind", "head"))
+
+
+def location_words(r: dict) -> dict[str, str]:
+    """How prose names a result's location, its random ones and its ceiling: "the claimed
+    heads", "random 16-head locations", "random head sets of the same size", "the whole-model
+    edit"; a subspace or SAE latents are directions of one layer's residual stream, so their
+    random locations are subspaces or other latents there, and their ceiling the whole stream."""
+    kind, loc = r.get("site_kind", "head"), r.get("location") or []
+    size, noun = len(loc), site_noun(r)
+    words = {"claimed": f"the claimed {noun}s", "random": f"random {size}-{noun} locations",
+             "random_sets": f"Random {noun} sets of the same size", "others": f"other sets of {noun}s",
+             "location": f"{size} {noun}s", "ceiling": "the whole-model edit"}
+    if kind not in ("subspace", "latent") or not loc:
+        return words
+    layer = int(str(loc[0])[1:].split("S")[0].split("F")[0])
+    dim = int(str(loc[0]).split("S")[1].split("@")[0]) if kind == "subspace" else size
+    haar = (f"random {dim}-dimensional subspaces of the residual stream after layer {layer} "
+            "(uniform, Haar)")
+    if kind == "subspace":
+        words.update(claimed="the claimed subspace", random=haar, others="other subspaces",
+                     random_sets="Random subspaces of the same dimension",
+                     location=f"a {dim}-dimensional subspace of the residual stream after layer {layer}")
+    else:
+        words.update(claimed="the claimed latents", others="other sets of latents",
+                     location=f"{size} SAE latents, the span of their decoder rows in the residual "
+                              f"stream after layer {layer}")
+        if r.get("null_draw") == "haar":
+            words.update(random=haar, random_sets="Random subspaces of the same dimension")
+        else:
+            words.update(random=f"random sets of {size} other latents of the same dictionary",
+                         random_sets="Random sets of as many latents of the same dictionary")
+    words["ceiling"] = f"the edit of the whole residual stream after layer {layer}"
+    return words
 
 
 def sites(location, limit: int = 4, kind: str = "head") -> str:

@@ -11,8 +11,8 @@ import math
 
 import yaml
 
-from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, method_order, ordered, primary,
-                                    site_noun, spread, table, value)
+from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, location_words, method_order,
+                                    ordered, primary, site_noun, spread, table, value)
 from loccheck.report.answers import answers_lines
 
 REPORT_NAME, NULL_HIST_NAME, METHODS_NAME = "report.md", "null_hist.png", "methods.png"
@@ -42,10 +42,29 @@ def _claim_lines(r: dict) -> list[str]:
         found += f" ({heur['citation']})"
     lines = ["## Claim", "", quote, "", f"- Claim file: `{r.get('claim_file')}`",
              *_passed_in_lines(r.get("model") or {}),
-             f"- Location ({len(loc)} {site_noun(r)}s): " + ", ".join(f"`{h}`" for h in loc),
+             f"- Location ({location_words(r)['location']}): " + ", ".join(f"`{h}`" for h in loc),
+             *_ceiling_line(r),
              f"- Found by: {found}"]
     extra = [k for k in ordered(heur) if k not in ("method", "citation") and heur[k] is not None]
     lines += [f"  - {k}: {value(heur[k])}" for k in extra]
+    return lines
+
+
+def _ceiling_line(r: dict) -> list[str]:
+    """Where a location in one layer's residual stream is compared to: that whole stream."""
+    if r.get("site_kind") not in ("subspace", "latent"):
+        return []
+    lines = [f"- Ceiling: {location_words(r)['ceiling']}, the same edit with nothing restricted, in "
+             "whose family every subspace of that layer lies; it gives the verdict, and \"whole "
+             "model\" below means it"]
+    whole = primary(r).get("whole_model")
+    if whole is not None:
+        share = whole.get("claim_share")
+        lines.append(f"- Beside it, the whole-model edit (every head, as a head claim's ceiling) gains "
+                     f"{fmt(whole.get('gain'))}" + (f"; the claim reaches {share:.0%} of that" if share is not None
+                                                    else "") + ("" if whole.get("converged", True) else
+                                                                " (it did not converge)")
+                     + ": reported, not tested (an edit of another form and other layers)")
     return lines
 
 
@@ -72,7 +91,8 @@ def _interpretation(r: dict) -> str:
              if r.get("n_locations") else "")
     scope = (f"The test uses `{metric}` only; other metrics in the tables are descriptive, and "
              "nothing here speaks to other behaviours, datasets or models.")
-    what, them = f"random {size}-{kind} locations", f"the claimed {kind}s"
+    words = location_words(r)
+    what, them = words["random"], words["claimed"]
     claim_gain = t.get("claim_gain")
     if v == "NO_EFFECT":
         happened = ("diverged" if t.get("ceiling_diverged") else
@@ -90,21 +110,21 @@ def _interpretation(r: dict) -> str:
     elif v == "FALSIFIED":
         text = (f"{beaten} {n} {what} reached a `{metric}` gain at least as large as {them} "
                 f"(p = {p} > alpha = {alpha}); {them} reach {pct} of the whole-model effect. "
-                f"Random {kind} sets of the same size edit the behaviour as well, so success at "
+                f"{words['random_sets']} edit the behaviour as well, so success at "
                 "editing it through these sites is no evidence that it lives in them. This does "
                 "not show that they are irrelevant to the behaviour: they may carry it, but so, "
-                f"apparently, do many other sets of {kind}s.")
+                f"apparently, do many {words['others']}.")
     elif v == "SUPPORTED":
         text = (f"{beaten} {n} {what} matched {them}' `{metric}` gain (p = {p} <= alpha = "
                 f"{alpha}), and {them} reach {pct} of the whole-model effect (rho = {rho}). Among "
                 "locations of this size they are special for this behaviour, and editing them "
                 "alone gets close to the best any edit of the whole model achieves. This does not "
                 f"show uniqueness beyond the sampled null ({n} random sets{space}), that the "
-                f"behaviour is absent from other {kind}s, or that an edit of another kind would agree.")
+                f"behaviour is absent from {words['others']}, or that an edit of another kind would agree.")
     elif v == "SPECIFIC_BUT_WEAK":
         text = (f"{them[0].upper() + them[1:]} beat {n} {what} (p = {p} <= alpha = {alpha}), but "
                 f"reach only {pct} of the whole-model effect, short of rho = {rho}. They are "
-                f"specific: editing them works better than editing random {kind}s of the same size. "
+                f"specific: editing them works better than editing {words['random']}. "
                 "They are not sufficient: the rest of the achievable effect needs parts of the "
                 "model outside them, so the behaviour is not localized in them alone.")
     elif v == "SPECIFIC":
@@ -231,10 +251,10 @@ def metric_hist_name(metric: str) -> str:
 
 
 def _figure_lines(r: dict) -> list[str]:
-    n, size, kind = r.get("n_null"), len(r.get("location") or []), site_noun(r)
+    n, words = r.get("n_null"), location_words(r)
     lines = ["## Figures", "",
-             f"![Null distribution of {r['metric']} gain at {n} random {size}-{kind} locations, "
-             f"with the claimed {kind}s and the whole-model edit marked]({NULL_HIST_NAME})"]
+             f"![Null distribution of {r['metric']} gain at {n} {words['random']}, "
+             f"with {words['claimed']} and the whole-model edit marked]({NULL_HIST_NAME})"]
     for m in other_metrics(r):
         lines += ["", f"![Null distribution of {m} gain (descriptive)]({metric_hist_name(m)})"]
     return lines

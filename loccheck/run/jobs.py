@@ -26,7 +26,7 @@ class Job:
     method: str                  # a registered edit method
     settings: Any                # what determines the fit: the method's EditSettings
     location: tuple | None       # sorted sites; None is the whole model (the ceiling)
-    role: str                    # "claim", "ceiling" or "random"
+    role: str                    # "claim", "ceiling", "random", or "whole_model" (beside a layer's ceiling)
     index: int | None            # the draw's index for role "random"
     testbed_key: str               # identity of the model and data (Testbed.key)
     continued_from: str | None = None   # the key of the fitted edit `start` holds
@@ -50,7 +50,8 @@ class Job:
 
     @property
     def label(self) -> str:
-        name = {"claim": "claim", "ceiling": "whole model"}.get(self.role, f"random {self.index}")
+        name = {"claim": "claim", "ceiling": "whole model",
+                "whole_model": "whole model (every head)"}.get(self.role, f"random {self.index}")
         if self.continued_from is not None:
             name += " (continued)"
         return f"{name} [{self.method}]"

@@ -115,7 +115,9 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
     """Per edit method: the test of the verdict's metric, and every listed metric's values and
     gains for the claim, the ceiling and the null (records are in job order: claim, ceiling,
     then the null's draws)."""
+    from loccheck.locations import format_location
     from loccheck.metrics import METRICS
+    from loccheck.render.format import location_words
     from loccheck.stats.pvalues import describe
     from loccheck.stats.verdict import examine_location
 
@@ -123,10 +125,16 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
     better = METRICS[metric].improvement
     tests, summaries = {}, {}
     for m in methods:
-        claim_r, ceiling_r, *randoms = [r for r in records if r["method"] == m]
+        mine = [r for r in records if r["method"] == m]
+        claim_r, ceiling_r = mine[0], mine[1]
+        randoms = [r for r in mine if r["role"] == "random"]
+        whole = next((r for r in mine if r["role"] == "whole_model"), None)
         tests[m] = examine_location(better(claim_r["gains"][metric]), better(ceiling_r["gains"][metric]),
                                     [better(r["gains"][metric]) for r in randoms], alpha=vs.alpha,
                                     rho=vs.rho, location_size=len(location), site=location[0].noun,
+                                    random_what=location_words({"site_kind": location[0].kind,
+                                                                "location": format_location(location),
+                                                                "null_draw": claim.null_draw})["random"],
                                     n_null=claim.random_locations.n,
                                     stop=claim.random_locations.stop,
                                     null_diverged=[r["diverged"] for r in randoms],
@@ -135,6 +143,11 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
                                     # methods without a training rule (ITI, ROME) have no "converged"
                                     ceiling_converged=ceiling_r.get("converged", True),
                                     ceiling_stopped=ceiling_r.get("stopped")).to_json()
+        if whole is not None:      # the whole model's edit beside a layer's ceiling: reported, not tested
+            gain = better(whole["gains"][metric])
+            tests[m]["whole_model"] = {"gain": gain, "diverged": whole["diverged"],
+                                       "converged": whole.get("converged"),
+                                       "claim_share": tests[m]["claim_gain"] / gain if gain > 0 else None}
         randoms = randoms[:tests[m]["n_null_fitted"]]   # the null the test used
         summaries[m] = {name: {"claim": {"value": claim_r["metrics"][name], "gain": claim_r["gains"][name]},
                                "ceiling": {"value": ceiling_r["metrics"][name], "gain": ceiling_r["gains"][name]},

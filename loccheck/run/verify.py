@@ -189,10 +189,29 @@ def claimed_location(claim: Claim, testbed, proposal) -> tuple:
     """The location on trial: the heuristic's top k, a subspace read from its file, or the
     claim's sites."""
     if claim.location.from_heuristic:
-        return proposal.top(claim.heuristic.top_k)
+        location = proposal.top(claim.heuristic.top_k)
+        if location[0].kind == "subspace":            # its basis, exactly as from the file localize writes
+            _register_basis(testbed, location[0], proposal.raw.basis_of(location[0]))
+        return location
     if testbed.residual is not None and testbed.residual.location:
         return testbed.residual.location
     return claim.location.parsed
+
+
+def _register_basis(testbed, site, vectors) -> None:
+    """A heuristic's subspace, as the .npy file `loccheck localize` writes holds it (read back and
+    orthonormalised by the same code): a claim that names that file fits the same edit."""
+    import io
+
+    import numpy as np
+    from loccheck.data.bases import orthonormal_rows
+    from loccheck.heuristics.direction_probe import direction_file_bytes
+    from loccheck.run.inspect import Residual
+
+    if testbed.residual is None:
+        testbed.residual = Residual()
+    saved = np.load(io.BytesIO(direction_file_bytes(vectors)), allow_pickle=False)
+    testbed.residual.bases[site.basis] = orthonormal_rows(saved, what="the heuristic's basis", field="heuristic")
 
 
 def ceiling_location(location: tuple, adapter) -> tuple | None:
@@ -210,6 +229,7 @@ def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple
               ceiling: tuple | None = None) -> list:
     """Per edit method, in claim order: the claim, the ceiling (`ceiling_location`), then the
     null's draws in order."""
+    from loccheck.edits import EDIT_METHODS
     from loccheck.run.inspect import edit_settings
     from loccheck.run.jobs import Job
 
@@ -220,6 +240,11 @@ def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple
         whole = edit_settings(claim, section, i, site_kind=kind, ceiling=True)
         jobs += [Job(section.method, local, location, "claim", None, testbed_key),
                  Job(section.method, whole, ceiling, "ceiling", None, testbed_key)]
+        if ceiling is not None and "head" in EDIT_METHODS[section.method].site_kinds:
+            # a layer's stream is the verdict's ceiling; the whole model's edit (every head, the
+            # head claims' ceiling) is fitted beside it and reported
+            every_head = edit_settings(claim, section, i, site_kind="head", ceiling=True)
+            jobs.append(Job(section.method, every_head, None, "whole_model", None, testbed_key))
         jobs += [Job(section.method, local, loc, "random", i, testbed_key) for i, loc in enumerate(nulls)]
     return jobs
 
@@ -246,7 +271,8 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
     try:
         for method in dict.fromkeys(j.method for j in jobs):
             mine = [j for j in jobs if j.method == method]
-            head, null_jobs = mine[:2], mine[2:]
+            head = [j for j in mine if j.role != "random"]     # the claim, the ceiling(s)
+            null_jobs = mine[len(head):]
             head_outcomes = _fit(head, runner, executor, progress)
             fitted = []
             for start in range(0, len(null_jobs), executor.width):
@@ -261,7 +287,7 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
                               f"locations ({h} edit as well as the claim); {rs.n - len(fitted)} not fitted")
             ceiling = continued_ceiling(head_outcomes[1], [head_outcomes[0], *fitted], runner, executor,
                                         progress)
-            outcomes += [head_outcomes[0], ceiling, *fitted]
+            outcomes += [head_outcomes[0], ceiling, *head_outcomes[2:], *fitted]
     finally:
         progress.close()
     return outcomes
@@ -330,7 +356,8 @@ def _propose(claim: Claim, testbed):
 
     try:
         return HEURISTICS[claim.heuristic.method].propose(
-            claim.heuristic, testbed.loaded, testbed.data.without_test(), testbed.cache_root,
+            claim.heuristic, testbed.loaded, testbed.data.without_test(testbed.prompt_format, testbed.system_prompt),
+            testbed.cache_root,
             seed=claim.behavior.split.seed)
     except ClaimError:
         raise
@@ -372,13 +399,19 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
     if top_k is not None and top_k < 1:
         raise LoccheckError(f"top_k must be at least 1, got {top_k}", key="top_k")
     k = top_k if top_k is not None else getattr(claim.heuristic, "top_k", None) or len(claim.location.sites)
+    if claim.site_kind == "subspace" and k != claim.heuristic.top_k:    # top_k is what it fits: the dimension
+        claim = claim.with_overrides({"heuristic.top_k": k})
     with passed_in(claim, model, tokenizer) as given:
         testbed = prepare_testbed(claim, resolve_cache(cache_dir), given=given)
-        n_sites = len(testbed.sites(claim.site_kind))
+        n_sites = (testbed.adapter.model_width if claim.site_kind == "subspace"    # k: its dimension
+                   else len(testbed.sites(claim.site_kind)))
         if not 1 <= k < n_sites:
             raise claim.error("heuristic.top_k", f"top_k must be between 1 and {n_sites - 1} for this "
                               f"model, got {k}")
         proposal = _propose(claim, testbed)
+    if claim.site_kind != "subspace" and k > len(proposal.ranked):
+        raise claim.error("heuristic.top_k", f"top_k must be at most {len(proposal.ranked)}, the sites the "
+                          f"heuristic ranks, got {k}")
     sites = proposal.top(k)
     return sites, {str(s): proposal.score(s) for s in sites}, proposal
 

@@ -156,6 +156,7 @@ def decide_verdict(
     rho: float,
     location_size: int | None = None,
     site: str = "head",
+    random_what: str | None = None,
     claim_diverged: bool = False,
     ceiling_diverged: bool = False,
     ceiling_unfit: str | None = None,
@@ -180,6 +181,8 @@ def decide_verdict(
         Number of sites in the location; only used to word the reason.
     site : str
         The sites' kind ("head"), to word the reason.
+    random_what : str, optional
+        What the random locations are, to word the reason (default "random 16-head locations").
     claim_diverged, ceiling_diverged : bool
         Whether the claim's or the whole model's edit diverged (its gain is then not used).
     ceiling_unfit : str, optional
@@ -201,7 +204,8 @@ def decide_verdict(
     min_p = 1.0 / (n_null + 1)
     ratio = float("nan") if claim_diverged or ceiling_diverged else optimality_ratio(claim_gain, ceiling_gain)
 
-    what = f"random {location_size}-{site} locations" if location_size else "random locations of the same size"
+    what = random_what or (f"random {location_size}-{site} locations" if location_size else
+                           "random locations of the same size")
     k = max(0, round(pvalue * (n_null + 1)) - 1)   # null draws at least as good as the claim
 
     if min_p > alpha:
@@ -357,6 +361,7 @@ def compared_gains(claim_gain: float, null_gains, *, claim_diverged: bool = Fals
 
 def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alpha: float, rho: float,
                      location_size: int | None = None, site: str = "head", n_null: int | None = None,
+                     random_what: str | None = None,
                      stop: str = "full", null_diverged=None, claim_diverged: bool = False,
                      ceiling_diverged: bool = False, ceiling_converged: bool = True,
                      ceiling_stopped: str | None = None) -> LocationTest:
@@ -407,7 +412,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
              f"{claim_gain:.3g}) by more than noise" if short else None)
     decision = decide_verdict(pvalue=max(pvalue, 1 / (n_null + 1)), n_null=n_null, alpha=alpha,
                               claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
-                              location_size=location_size, site=site,
+                              location_size=location_size, site=site, random_what=random_what,
                               claim_diverged=claim_diverged, ceiling_diverged=ceiling_diverged,
                               ceiling_unfit=unfit,
                               sequential=(seq.h, seq.n_drawn) if seq is not None and seq.stopped_early else None)

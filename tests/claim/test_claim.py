@@ -232,7 +232,7 @@ def test_from_heuristic_needs_probe(tmp_path):
     assert message == f"{path}:4:3: heuristic.top_k: location.from_heuristic: true needs heuristic.top_k"
     message, path = load_error(tmp_path, "claim: x\nlocation: {from_heuristic: true}\nheuristic: {citation: x}\n")
     assert message.startswith(f"{path}:3:12: heuristic.method: location.from_heuristic: true needs a "
-                              "heuristic that proposes sites (method: causal_tracing, probe)")
+                              "heuristic that proposes sites (method: causal_tracing, direction_probe, neuron_attribution, probe)")
 
 
 def test_random_locations_n_zero(tmp_path):

@@ -24,3 +24,14 @@ def test_iti_truthful_fits_smollm2_and_the_null_can_reach_alpha():
     heads = claim.location.parsed
     assert len(heads) == 16 and all(h.layer < 30 and h.head < 9 for h in heads)
     assert 1 / (claim.random_locations.n + 1) <= claim.verdict.alpha
+
+
+def test_the_shipped_truth_direction_is_the_file_it_names():
+    """Its basis file is one direction of SmolLM2's 576-wide residual stream, with the sha256 the
+    claim pins (read as `verify` reads it, without the model)."""
+    from loccheck.data.bases import read_basis
+
+    path = CLAIMS[[p.name for p in CLAIMS].index("truth_direction_smollm2.yaml")]
+    spec = load_claim(path).location.subspace
+    basis = read_basis(spec.basis, key=spec.key, width=576, field="location.subspace.basis", base_dir=path.parent)
+    assert basis.dim == 1 and basis.sha256 == spec.sha256 and spec.layer < 30

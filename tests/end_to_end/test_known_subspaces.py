@@ -73,13 +73,20 @@ def _verify(planted, tmp_path, location, draw=None, stop=None, seed=0):
     return result
 
 
+def _randoms(result):
+    return [e for e in result.edits if e["role"] == "random"]
+
+
 def test_the_planted_direction_is_supported_against_haar_draws(planted, tmp_path):
     result = _verify(planted, tmp_path, "{subspace: {layer: 1, basis: v.npy}}")
     assert result.verdict == "SUPPORTED" and result.p_value == 1 / (N + 1)
     assert max(result.null_gains) < result.claim_gain / 2
     assert result.edits[0]["location"][0].startswith("L1S1@sha256:")
     assert result.edits[1]["location"] == [f"L1S{WIDTH}@identity"]
-    assert [e["location"][0] for e in result.edits[2:4]] == ["L1S1@haar:0:0", "L1S1@haar:0:1"]
+    # beside the layer's ceiling, the whole model's edit (every head), reported, not tested
+    assert result.edits[2]["role"] == "whole_model" and result.edits[2]["location"] == "all"
+    assert result.test["whole_model"]["gain"] == result.edits[2]["gains"]["preference_margin"]
+    assert [e["location"][0] for e in _randoms(result)[:2]] == ["L1S1@haar:0:0", "L1S1@haar:0:1"]
 
 
 def test_an_orthogonal_direction_is_falsified(planted, tmp_path):
@@ -92,7 +99,7 @@ def test_the_live_latent_is_supported_against_the_other_latents(planted, tmp_pat
     result = _verify(planted, tmp_path, "{latents: [0], dictionary: {path: sae.npy, layer: 1}}")
     assert all(abs(g) < 1e-4 for g in result.null_gains) and len(result.null_gains) == N
     assert result.verdict == "SUPPORTED" and result.p_value == 1 / (N + 1)
-    assert all(e["location"] != ["L1F0"] for e in result.edits[2:])
+    assert all(e["location"] != ["L1F0"] for e in _randoms(result))
 
 
 @pytest.mark.parametrize("draw", [None, "haar"])
@@ -104,6 +111,32 @@ def test_a_dead_latent_is_falsified(planted, tmp_path, draw):
     assert abs(result.claim_gain) < 1e-4
     assert result.verdict == "FALSIFIED"
     if draw is None:
-        assert ["L1F0"] in [e["location"] for e in result.edits[2:]] and result.p_value >= 2 / (N + 1)
+        assert ["L1F0"] in [e["location"] for e in _randoms(result)] and result.p_value >= 2 / (N + 1)
     else:
         assert result.p_value == 1.0
+
+
+def test_localize_pins_the_direction_as_a_file_the_claim_names(planted, tmp_path, monkeypatch):
+    """`loccheck localize` on a direction_probe claim writes the direction beside the new claim
+    and names it by its sha256; `verify` on the heuristic's claim and on the pinned file fits
+    the same subspace (the same location, so the same cache keys)."""
+    from loccheck.claim import load_claim
+    from loccheck.cli import main
+    from loccheck.run.verify import inspect
+
+    root, pairs = planted
+    monkeypatch.setenv("LOCCHECK_CACHE_DIR", str(tmp_path / "cache"))
+    split = "{train: 0.5, validation: 0.25, test: 0.25, seed: 0}"
+    text = claim_text(root / "model", pairs, ["L0H0"], n=N, edit=BUDGET, split=split).replace(
+        "location: {sites: [L0H0]}",
+        "location: {from_heuristic: true}\nheuristic: {method: direction_probe, top_k: 1, layers: [1]}")
+    (tmp_path / "probe.yaml").write_text(text)
+    assert main(["localize", str(tmp_path / "probe.yaml")]) == 0
+    pinned = load_claim(tmp_path / "probe_localized.yaml")
+    spec = pinned.location.subspace
+    assert spec.layer == 1 and spec.basis == "probe_localized.npy" and pinned.heuristic.top_k == 1
+    site = inspect(pinned, out_dir=None, cache_dir=tmp_path / "cache").residual.location[0]
+    assert str(site) == f"L1S1@sha256:{spec.sha256}"
+    found = verify(load_claim(tmp_path / "probe.yaml"), write_report=False, progress=False,
+                   overrides={"random_locations.n": 1})
+    assert found.edits[0]["location"] == [str(site)]

@@ -127,8 +127,9 @@ def test_schema_is_json_with_descriptions(capsys):
     assert {ref["$ref"] for ref in edits["items"]["oneOf"]} == {
         "#/$defs/OptimalEditSection", "#/$defs/ITIEditSection", "#/$defs/RomeEditSection"}
     assert {ref["$ref"] for ref in schema["properties"]["heuristic"]["oneOf"]} == {
-        "#/$defs/ManualHeuristicSection", "#/$defs/ProbeHeuristicSection", "#/$defs/CausalTracingSection"}
-    assert "sites" in schema["$defs"]["LocationSpec"]["properties"]
+        "#/$defs/ManualHeuristicSection", "#/$defs/ProbeHeuristicSection", "#/$defs/CausalTracingSection",
+        "#/$defs/NeuronAttributionSection", "#/$defs/DirectionProbeSection"}
+    assert {"sites", "subspace", "latents", "dictionary"} <= set(schema["$defs"]["LocationSpec"]["properties"])
 
 
 def test_init_writes_a_template_that_loads_and_never_overwrites(tmp_path, monkeypatch, capsys):

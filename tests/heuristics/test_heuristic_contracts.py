@@ -20,6 +20,10 @@ def test_heuristic_refuses_data_with_a_test_split(contract_testbed, contract_fac
     proposal = HEURISTICS[name].propose(section, testbed.loaded, testbed.data.without_test(), testbed.cache_root)
     if HEURISTICS[name].kind is None:
         assert proposal is None
+    elif HEURISTICS[name].kind == "subspace":   # subspaces are a continuum: one proposed per layer
+        ranked = [site for site, _ in proposal.ranked]
+        assert sorted(s.layer for s in ranked) == list(range(testbed.adapter.n_layers))
+        assert {s.kind for s in ranked} == {"subspace"}
     else:   # a ranking of every site of its kind, best first
         ranked = [site for site, _ in proposal.ranked]
         assert sorted(ranked) == sorted(testbed.adapter.sites(HEURISTICS[name].kind))

@@ -51,6 +51,27 @@ def test_ray_gives_the_serial_numbers(cluster, known_llama, tmp_path, one_torch_
     assert {**spread.payload, "executor": "serial"} == serial.payload    # every number, in job order
 
 
+@pytest.mark.parametrize("location", ["{sites: [L1N5, L0N60]}", "{subspace: {layer: 0, basis: basis.npy}}",
+                                      "{latents: [3, 0], dictionary: {path: sae.npy, layer: 1}}"])
+def test_ray_gives_the_serial_numbers_at_neurons_subspaces_and_latents(cluster, known_llama, tmp_path,
+                                                                       one_torch_thread, location):
+    """Each worker reads the basis or the dictionary again, from the claim."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "basis.npy", rng.standard_normal((2, 32)))
+    np.save(tmp_path / "sae.npy", rng.standard_normal((16, 32)).astype(np.float32))
+    model_dir, pairs = known_llama
+    claim = parse_claim(claim_text(model_dir, pairs, ["L1H2"], n=4, stop="full").replace(
+        "location: {sites: [L1H2]}", f"location: {location}"), path=tmp_path / "kinds.yaml")
+    serial = verify(claim, write_report=False, cache_dir=tmp_path / "serial", progress=False)
+    executor = RayExecutor(cpus_per_worker=1)
+    spread = verify(claim, write_report=False, cache_dir=tmp_path / "ray", progress=False, executor=executor)
+    executor.shutdown()
+    assert spread.n_fitted == serial.n_fitted >= 6
+    assert {**spread.payload, "executor": "serial"} == serial.payload
+
+
 def test_trace_vs_edit_on_ray_gives_the_serial_numbers(cluster, tmp_path, one_torch_thread):
     from loccheck.claim import load_claim
     from loccheck.studies.trace_vs_edit.command import trace_vs_edit
