@@ -84,7 +84,8 @@ def location_words(r: dict) -> dict[str, str]:
     size, noun = len(loc), site_noun(r)
     words = {"claimed": f"the claimed {noun}s", "random": f"random {size}-{noun} locations",
              "random_sets": f"Random {noun} sets of the same size", "others": f"other sets of {noun}s",
-             "location": f"{size} {noun}s", "ceiling": "the whole-model edit"}
+             "location": f"{size} {noun}s", "ceiling": "the whole-model edit",
+             "their": f"the claimed {noun}s'", "reach": "reach", "beat": "beat"}
     if kind not in ("subspace", "latent") or not loc:
         return words
     layer = int(str(loc[0])[1:].split("S")[0].split("F")[0])
@@ -92,11 +93,12 @@ def location_words(r: dict) -> dict[str, str]:
     haar = (f"random {dim}-dimensional subspaces of the residual stream after layer {layer} "
             "(uniform, Haar)")
     if kind == "subspace":
-        words.update(claimed="the claimed subspace", random=haar, others="other subspaces",
+        words.update(claimed="the claimed subspace", their="the claimed subspace's", reach="reaches",
+                     beat="beats", random=haar, others="other subspaces",
                      random_sets="Random subspaces of the same dimension",
                      location=f"a {dim}-dimensional subspace of the residual stream after layer {layer}")
     else:
-        words.update(claimed="the claimed latents", others="other sets of latents",
+        words.update(claimed="the claimed latents", their="the claimed latents'", others="other sets of latents",
                      location=f"{size} SAE latents, the span of their decoder rows in the residual "
                               f"stream after layer {layer}")
         if r.get("null_draw") == "haar":

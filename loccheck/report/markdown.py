@@ -109,26 +109,26 @@ def _interpretation(r: dict) -> str:
                 "not move the behaviour, so it gives no evidence that the behaviour lives in them.")
     elif v == "FALSIFIED":
         text = (f"{beaten} {n} {what} reached a `{metric}` gain at least as large as {them} "
-                f"(p = {p} > alpha = {alpha}); {them} reach {pct} of the whole-model effect. "
+                f"(p = {p} > alpha = {alpha}); {them} {words['reach']} {pct} of the whole-model effect. "
                 f"{words['random_sets']} edit the behaviour as well, so success at "
                 "editing it through these sites is no evidence that it lives in them. This does "
                 "not show that they are irrelevant to the behaviour: they may carry it, but so, "
                 f"apparently, do many {words['others']}.")
     elif v == "SUPPORTED":
-        text = (f"{beaten} {n} {what} matched {them}' `{metric}` gain (p = {p} <= alpha = "
-                f"{alpha}), and {them} reach {pct} of the whole-model effect (rho = {rho}). Among "
+        text = (f"{beaten} {n} {what} matched {words['their']} `{metric}` gain (p = {p} <= alpha = "
+                f"{alpha}), and {them} {words['reach']} {pct} of the whole-model effect (rho = {rho}). Among "
                 "locations of this size they are special for this behaviour, and editing them "
                 "alone gets close to the best any edit of the whole model achieves. This does not "
                 f"show uniqueness beyond the sampled null ({n} random sets{space}), that the "
                 f"behaviour is absent from {words['others']}, or that an edit of another kind would agree.")
     elif v == "SPECIFIC_BUT_WEAK":
-        text = (f"{them[0].upper() + them[1:]} beat {n} {what} (p = {p} <= alpha = {alpha}), but "
-                f"reach only {pct} of the whole-model effect, short of rho = {rho}. They are "
+        text = (f"{them[0].upper() + them[1:]} {words['beat']} {n} {what} (p = {p} <= alpha = {alpha}), but "
+                f"{words['reach']} only {pct} of the whole-model effect, short of rho = {rho}. They are "
                 f"specific: editing them works better than editing {words['random']}. "
                 "They are not sufficient: the rest of the achievable effect needs parts of the "
                 "model outside them, so the behaviour is not localized in them alone.")
     elif v == "SPECIFIC":
-        text = (f"{them[0].upper() + them[1:]} beat {n} {what} (p = {p} <= alpha = {alpha}): they "
+        text = (f"{them[0].upper() + them[1:]} {words['beat']} {n} {what} (p = {p} <= alpha = {alpha}): they "
                 f"are specific. Whether they are effective is not decided: they reach {pct} of the "
                 "whole-model gain, but the whole-model edit is no optimum to measure that against ("
                 + _ceiling_state(t) + "). A ceiling that converges (a larger `max_epochs`, another "

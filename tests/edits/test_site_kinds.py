@@ -1,6 +1,7 @@
 """The optimal edit at every site kind (heads, MLP layers, neurons, subspaces, SAE latents), at
 every position policy: it starts as the identity (the model's outputs bit for bit), leaves the
-model as it was, is rebuilt from its stored parameters to score what it scored, writes only
+model as it was, is rebuilt from its stored parameters to score what it scored on every metric
+(side effects and judged greedy answers too, at the answer's positions as well), writes only
 where its location lets it, and lies inside its ceiling's family (absorbed, the same function)."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from loccheck.edits import EDIT_METHODS
 from loccheck.locations import SubspaceLoc
+from loccheck.metrics import METRICS
 
 pytestmark = pytest.mark.slow   # real edits on a tiny Llama (torch)
 
@@ -41,7 +43,10 @@ def _testbed(known_llama, files, kind, positions="all"):
     model_dir, pairs = known_llama
     edit = ("{max_epochs: 2, batch_size: 4, learning_rate: 0.05, ceiling_learning_rate: 0.05, "
             f"init_std: 0.1, positions: {positions}}}")
-    text = claim_text(model_dir, pairs, ["L1H2"], n=2, edit=edit).replace(
+    texts = files / "texts.txt"                       # for the side-effect metrics
+    texts.write_text("the river runs to the sea\nan apple fell down\n")
+    every_metric = f"metrics: [{', '.join(METRICS)}]\nside_effects: {{path: '{texts}'}}\n"
+    text = claim_text(model_dir, pairs, ["L1H2"], n=2, edit=edit, extra=every_metric).replace(
         "location: {sites: [L1H2]}", f"location: {LOCATIONS[kind]}")
     claim = parse_claim(text, path=files / f"{kind}.yaml")
     return claim, prepare_testbed(claim, files / "cache")
@@ -76,12 +81,12 @@ def test_every_kind_starts_as_the_identity_and_restores(known_llama, files, kind
         assert np.array_equal(_logprobs(testbed, on_batch=edit.on_batch), same_way)
     fitted = METHOD.fit(testbed, settings, location)
     assert np.array_equal(_logprobs(testbed), before), "the model changed"
-    with fitted.edit.attached(testbed.model):
-        scored = testbed.score(["preference_margin"], on_batch=fitted.edit.on_batch)
+    with fitted.edit.attached(testbed.model):       # every metric: side effects and judged answers too
+        scored = testbed.score(list(METRICS), on_batch=fitted.edit.on_batch)
     assert scored["preference_margin"] != pytest.approx(testbed.score(["preference_margin"])["preference_margin"])
     restored = METHOD.restore(testbed, settings, location, fitted.edit.state())
     with restored.attached(testbed.model):
-        assert testbed.score(["preference_margin"], on_batch=restored.on_batch) == scored
+        assert testbed.score(list(METRICS), on_batch=restored.on_batch) == scored
     # inside its ceiling's family: the ceiling started from it computes the same function
     ceiling = METHOD.initial(testbed, METHOD.settings(claim.edits[0], verdict_metric="preference_margin",
                                                       site_kind=kind, ceiling=True), _ceiling(testbed, location))

@@ -9,7 +9,7 @@ Why each verdict is forced, on every architecture in FAMILIES:
 * The live claim {L1N5}: the null seed draws 19 single units, none of them L1N5 (asserted), so
   every null gain is exactly 0 and any positive claim gain gives p = 1/20. The ceiling (every
   unit of every layer) writes through the same one live column, from the same initial read
-  vector, at the same rate: it is the claim's edit bit for bit (ratio exactly 1).
+  vector, at the same rate: it is the claim's edit step for step (ratio 1, to float rounding).
 * A dead unit of the same layer ({L1N7}): gain 0.0, tied by every dead draw: p = 1, FALSIFIED.
 * `match_layers: true` draws the null from layer 1's units only; the verdict is the same.
 """
@@ -78,7 +78,10 @@ def test_the_live_neuron_is_supported(known, pairs, tmp_path, extra):
     assert result.null_gains == [0.0] * N                 # dead units, bit for bit
     assert result.p_value == 1 / (N + 1) <= ALPHA
     assert result.claim_gain > 0.05
-    assert result.ceiling_gain == result.claim_gain       # one live column: the same edit
+    # one live column: the same edit, step for step; bit for bit under AVX-512 kernels, to 1e-5
+    # under AVX2 ones, where the claim's frozen prefix (blocks below layer 1 run once) and the
+    # ceiling's full forward (it edits layer 0 too) round differently
+    assert result.ceiling_gain == pytest.approx(result.claim_gain, rel=1e-5)
     assert result.verdict == "SUPPORTED"
     claim, ceiling = result.edits[0], result.edits[1]
     assert claim["location"] == [str(LIVE)] and ceiling["location"] == "all"
