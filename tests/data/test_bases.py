@@ -56,7 +56,18 @@ WRITERS = {   # name: (file name, key to read with, writer of {key: array} or on
 }
 
 
-@pytest.mark.parametrize("fmt", WRITERS)
+TORCH = {"safetensors-bf16", "pt-tensor", "pth-dict", "corrupt-pt", "pt-list", "key-for-tensor"}
+
+
+def _cases(ids, values=None):
+    """Parameters with the cases that write or read through torch marked slow (the fast tier
+    imports no torch)."""
+    values = ids if values is None else values
+    return [pytest.param(*(v if isinstance(v, tuple) else (v,)), id=i,
+                         marks=[pytest.mark.slow] if i in TORCH else []) for i, v in zip(ids, values)]
+
+
+@pytest.mark.parametrize("fmt", _cases(list(WRITERS)))
 def test_every_format_gives_the_orthonormal_basis_of_the_files_vectors(tmp_path, fmt):
     name, key, write = WRITERS[fmt]
     write(tmp_path / name, VECTORS)
@@ -142,7 +153,7 @@ def _torch_list(p):
     torch.save([torch.ones(WIDTH)], p)
 
 
-@pytest.mark.parametrize("name,key,write,words", [c[1:] for c in BAD_BASES], ids=[c[0] for c in BAD_BASES])
+@pytest.mark.parametrize("name,key,write,words", _cases([c[0] for c in BAD_BASES], [c[1:] for c in BAD_BASES]))
 def test_a_bad_basis_file_is_one_line_about_the_field(tmp_path, name, key, write, words):
     path = tmp_path / name
     if write is not None:
@@ -182,6 +193,7 @@ def test_a_dictionary_in_either_orientation(tmp_path, stored, transposed):
     assert d.sha256 == hashlib.sha256((tmp_path / "sae.npz").read_bytes()).hexdigest()
 
 
+@pytest.mark.slow   # a bf16 safetensors file is written through torch
 def test_the_basis_of_latents_spans_their_decoder_rows(tmp_path):
     _safetensors_bf16(tmp_path / "sae.safetensors", {"W_dec": DECODER.T})   # a Linear's weight
     d = read_dictionary(tmp_path / "sae.safetensors", key="W_dec", width=WIDTH, field=DICT_FIELD)
