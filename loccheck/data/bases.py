@@ -206,11 +206,13 @@ def _read(file: Path, field: str) -> bytes:
 
 def _pick(file: Path, loaded, key: str | None, field: str) -> tuple[str | None, np.ndarray]:
     """(its name, the array) that `key` names in what a parser returned: one array, or a
-    mapping of names to arrays; without a key, a mapping must hold exactly one."""
+    mapping of names to arrays; without a key, a mapping must hold exactly one. An error about
+    a key that was given is about the claim's `key` field, the sibling of `field`."""
+    key_field = field.rsplit(".", 1)[0] + ".key" if "." in field else field
     if not isinstance(loaded, Mapping):
         if key is not None:
             raise DataError(f"{file}: holds a single unnamed array, so there is no key {key!r} "
-                            "to look up; remove the key", key=field)
+                            "to look up; remove the key", key=key_field)
         return None, loaded
     names = list(loaded)
     if not names:
@@ -221,7 +223,7 @@ def _pick(file: Path, loaded, key: str | None, field: str) -> tuple[str | None, 
                             "to use with a key", key=field)
         key = names[0]
     elif key not in names:
-        raise DataError(f"{file}: has no array {key!r}; it holds {_listing(names)}", key=field)
+        raise DataError(f"{file}: has no array {key!r}; it holds {_listing(names)}", key=key_field)
     return key, np.asarray(loaded[key])
 
 

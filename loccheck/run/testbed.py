@@ -190,9 +190,11 @@ def kernel_set(device: str) -> str:
     return device
 
 
-def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, given=None) -> Testbed:
+def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, given=None,
+                    bases: dict | None = None) -> Testbed:
     """The claim's testbed: its inputs (inspected here unless given) and the model's weights
-    (`given`, or the inputs' source, a passed-in `models.given.GivenModel`: that model as it is)."""
+    (`given`, or the inputs' source, a passed-in `models.given.GivenModel`: that model as it is).
+    `bases`: subspaces a heuristic proposed (basis id -> rows), for a testbed built elsewhere."""
     from loccheck.models.given import GivenModel
     from loccheck.models.loading import load_weights
 
@@ -221,10 +223,16 @@ def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, 
                          "prompt_format": inputs.prompt_format, "system_prompt": bs.system_prompt,
                          **({"kept": data.kept["rule"]} if data.kept else {})},
                 **({"residual": inputs.residual.identity} if inputs.residual and inputs.residual.identity else {})}
-    return Testbed(loaded, data, splits["train"], splits["validation"], splits["test"],
-                 inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
-                 generation=claim.generation, side=side, side_identity=side_identity, claim=claim,
-                 residual=inputs.residual)
+    testbed = Testbed(loaded, data, splits["train"], splits["validation"], splits["test"],
+                      inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
+                      generation=claim.generation, side=side, side_identity=side_identity, claim=claim,
+                      residual=inputs.residual)
+    if bases:
+        from loccheck.run.inspect import Residual
+
+        testbed.residual = testbed.residual or Residual()
+        testbed.residual.bases.update(bases)
+    return testbed
 
 
 def _known_facts(claim, inputs: ClaimInputs, loaded, cache_root: Path):

@@ -118,7 +118,11 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
         base = unedited_scores(testbed, cache, metrics)
     jobs = edit_jobs(claim, testbed.key, location, nulls, ceiling_location(location, testbed.adapter))
     fits = _progress(claim, len(jobs), progress, base, write_line)
-    factory = partial(prepare_testbed, claim, cache_root) if given is None else _given_model_elsewhere
+    # a worker elsewhere builds its own testbed from the claim; a heuristic's subspace goes with it
+    proposed = (testbed.residual.bases if claim.location.from_heuristic and testbed.residual is not None
+                else None)
+    factory = (partial(prepare_testbed, claim, cache_root, bases=proposed) if given is None
+               else _given_model_elsewhere)
     runner = JobRunner(testbed, cache, metrics, testbed_factory=factory, on_step=fits.on_step)
     outcomes = _run(claim, jobs, runner, executor, base, fits)
     result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name)

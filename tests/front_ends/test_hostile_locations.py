@@ -52,7 +52,7 @@ CASES = {  # id: (location line, substrings the error line must contain besides 
     "sha256-changed": (SUBSPACE.format(layer=1, basis="good.npy", more=", sha256: " + "ab" * 32),
                        ["location.subspace.sha256", "changed"]),
     "latent-outside": (LATENTS.format(latents="[3, 16]", key="W_dec", layer=1), ["location.latents", "16"]),
-    "dictionary-key": (LATENTS.format(latents="[3]", key="W_enc", layer=1), ["location.dictionary.path", "W_dec"]),
+    "dictionary-key": (LATENTS.format(latents="[3]", key="W_enc", layer=1), ["location.dictionary.key", "W_dec"]),
     "dictionary-layer": (LATENTS.format(latents="[3]", key="W_dec", layer=5), ["location.dictionary.layer"]),
     "latents-without-dictionary": ("location: {latents: [3]}", ["location.latents", "dictionary"]),
     "neuron-outside-width": ("location: {sites: [L1N64]}", ["location.sites[0]", "64 MLP hidden units"]),

@@ -52,10 +52,12 @@ def test_ray_gives_the_serial_numbers(cluster, known_llama, tmp_path, one_torch_
 
 
 @pytest.mark.parametrize("location", ["{sites: [L1N5, L0N60]}", "{subspace: {layer: 0, basis: basis.npy}}",
-                                      "{latents: [3, 0], dictionary: {path: sae.npy, layer: 1}}"])
+                                      "{latents: [3, 0], dictionary: {path: sae.npy, layer: 1}}",
+                                      "{from_heuristic: true}\nheuristic: {method: direction_probe, top_k: 1}"])
 def test_ray_gives_the_serial_numbers_at_neurons_subspaces_and_latents(cluster, known_llama, tmp_path,
                                                                        one_torch_thread, location):
-    """Each worker reads the basis or the dictionary again, from the claim."""
+    """Each worker reads the basis or the dictionary again, from the claim, or is given the
+    subspace the heuristic proposed."""
     import numpy as np
 
     rng = np.random.default_rng(0)
