@@ -94,7 +94,7 @@ def build_adapter(model: nn.Module, family: str, shape: Shape) -> Adapter:
     after = tuple(_module(model, f"{shape.blocks}.{i}.{shape.mlp_after}", family) for i in range(n_layers)) \
         if shape.mlp_after else ()
     # An edit at a linear down projection reads the MLP's hidden units; at a sparse block of
-    # experts, the block's output (`edits.optimal.MlpEdit`).
+    # experts, the block's output (`edits.rank_one.MlpEdit`).
     experts = _in_width(mlps[0]) is None
     reads = {cfg.hidden_size if experts else _in_width(m) for m in mlps}
     if len(reads) != 1:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from loccheck import __version__
 from loccheck.cache import code_identity, content_key
 from loccheck.errors import DataError, LoccheckError
-from loccheck.run.inspect import ClaimInputs, inspect_claim, load_claim_data, model_context, side_texts, tokenized_splits
+from loccheck.run.inspect import ClaimInputs, Residual, inspect_claim, load_claim_data, model_context, side_texts, tokenized_splits
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Testbed:
     memo: dict = field(default_factory=dict)        # per-testbed results of edit methods (ITI's directions)
     claim: Any = None                               # the claim, so a late error can name its file
     last_generations: dict | None = None            # the latest judged answers' record (a sample)
-    residual: Any = None                            # run.inspect.Residual: a residual-stream location's basis
+    residual: Residual = field(default_factory=Residual)   # a residual-stream location's bases or dictionary
     _reference: Any = None
 
     @property
@@ -56,15 +56,11 @@ class Testbed:
 
     def sites(self, kind: str) -> tuple:
         """Every site of `kind` a location can hold: the model's, or the claim's dictionary's latents."""
-        return self.residual.sites(kind, self.adapter) if self.residual is not None else self.adapter.sites(kind)
+        return self.residual.sites(kind, self.adapter)
 
     def basis_of(self, location):
         """(k, width) orthonormal rows spanning a location in the residual stream (a subspace,
         SAE latents)."""
-        if self.residual is None:
-            from loccheck.run.inspect import Residual
-
-            self.residual = Residual()
         return self.residual.basis_of(location, self.adapter.model_width)
 
     @property
@@ -226,12 +222,8 @@ def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, 
     testbed = Testbed(loaded, data, splits["train"], splits["validation"], splits["test"],
                       inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
                       generation=claim.generation, side=side, side_identity=side_identity, claim=claim,
-                      residual=inputs.residual)
-    if bases:
-        from loccheck.run.inspect import Residual
-
-        testbed.residual = testbed.residual or Residual()
-        testbed.residual.bases.update(bases)
+                      residual=inputs.residual or Residual())
+    testbed.residual.bases.update(bases or {})
     return testbed
 
 

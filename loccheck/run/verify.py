@@ -119,8 +119,7 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
     jobs = edit_jobs(claim, testbed.key, location, nulls, ceiling_location(location, testbed.adapter))
     fits = _progress(claim, len(jobs), progress, base, write_line)
     # a worker elsewhere builds its own testbed from the claim; a heuristic's subspace goes with it
-    proposed = (testbed.residual.bases if claim.location.from_heuristic and testbed.residual is not None
-                else None)
+    proposed = testbed.residual.bases if claim.location.from_heuristic else None
     factory = (partial(prepare_testbed, claim, cache_root, bases=proposed) if given is None
                else _given_model_elsewhere)
     runner = JobRunner(testbed, cache, metrics, testbed_factory=factory, on_step=fits.on_step)
@@ -197,25 +196,17 @@ def claimed_location(claim: Claim, testbed, proposal) -> tuple:
         if location[0].kind == "subspace":            # its basis, exactly as from the file localize writes
             _register_basis(testbed, location[0], proposal.raw.basis_of(location[0]))
         return location
-    if testbed.residual is not None and testbed.residual.location:
+    if testbed.residual.location:
         return testbed.residual.location
     return claim.location.parsed
 
 
 def _register_basis(testbed, site, vectors) -> None:
-    """A heuristic's subspace, as the .npy file `loccheck localize` writes holds it (read back and
-    orthonormalised by the same code): a claim that names that file fits the same edit."""
-    import io
-
-    import numpy as np
+    """A heuristic's subspace, orthonormalised as `read_basis` does the file `loccheck localize`
+    writes of it (float64 survives np.save exactly): a claim that names that file fits the same edit."""
     from loccheck.data.bases import orthonormal_rows
-    from loccheck.heuristics.direction_probe import direction_file_bytes
-    from loccheck.run.inspect import Residual
 
-    if testbed.residual is None:
-        testbed.residual = Residual()
-    saved = np.load(io.BytesIO(direction_file_bytes(vectors)), allow_pickle=False)
-    testbed.residual.bases[site.basis] = orthonormal_rows(saved, what="the heuristic's basis", field="heuristic")
+    testbed.residual.bases[site.basis] = orthonormal_rows(vectors, what="the heuristic's basis", field="heuristic")
 
 
 def ceiling_location(location: tuple, adapter) -> tuple | None:

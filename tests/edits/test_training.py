@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from loccheck.testing import known_model, tiny_model
-from loccheck.edits.optimal import FullLoraEdit, HeadEdit, initial_read_vectors
+from loccheck.edits.rank_one import FullLoraEdit, HeadEdit, initial_read_vectors
 from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter
 from loccheck.data.prompts import TokenizedPair

@@ -52,7 +52,7 @@ def test_the_key_value_cache_generates_what_full_forwards_do_under_an_edit(known
     stops a row at the token that ends its answer."""
     import torch
 
-    from loccheck.edits.optimal import HeadEdit, initial_read_vectors
+    from loccheck.edits.rank_one import HeadEdit, initial_read_vectors
     from loccheck.locations import HeadLoc
     from loccheck.models import get_adapter
     from loccheck.models.loading import load_model
@@ -251,7 +251,7 @@ def test_generating_under_a_trainable_edit_builds_no_graph(known_llama, tmp_path
     want gradients): on SmolLM2, 72 answers grew past 24 GB before generation ran without one."""
     import torch
 
-    from loccheck.edits.optimal import HeadEdit, initial_read_vectors
+    from loccheck.edits.rank_one import HeadEdit, initial_read_vectors
     from loccheck.locations import HeadLoc
     from loccheck.models import get_adapter
     from loccheck.models.loading import load_model

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from loccheck.claim import parse_claim
-from loccheck.edits.optimal import FullLoraEdit, HeadEdit, MlpEdit, initial_read_vectors
+from loccheck.edits.rank_one import FullLoraEdit, HeadEdit, MlpEdit, initial_read_vectors
 from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc, MlpLoc
 from loccheck.models import checked_adapter, get_adapter, supported_model_types

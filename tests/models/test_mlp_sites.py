@@ -3,7 +3,7 @@ them, and the rank-1 edit of the down projection (the optimal edit at MLP sites)
 import pytest
 import torch
 
-from loccheck.edits.optimal import MlpEdit, initial_read_vectors
+from loccheck.edits.rank_one import MlpEdit, initial_read_vectors
 from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc, MlpLoc, make_location, parse_location, parse_site
 from loccheck.models import get_adapter

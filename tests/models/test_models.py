@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from loccheck.testing import VOCAB, tiny_model
-from loccheck.edits.optimal import FullLoraEdit, HeadEdit, initial_read_vectors
+from loccheck.edits.rank_one import FullLoraEdit, HeadEdit, initial_read_vectors
 from loccheck.errors import AdapterError
 from loccheck.locations import HeadLoc
 from loccheck.models import get_adapter

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from loccheck.edits.optimal import HeadEdit, MlpEdit, initial_read_vectors
+from loccheck.edits.rank_one import HeadEdit, MlpEdit, initial_read_vectors
 from loccheck.edits.training import TrainConfig, train_edit
 from loccheck.locations import HeadLoc, MlpLoc
 from loccheck.models import get_adapter
