@@ -203,9 +203,10 @@ def _verify(args) -> int:
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name), inputs=checked,
                         progress=args.progress, **settings.verify_kwargs())
         fitted = f" ({result.n_null_fitted} fitted)" if result.test["stopped_early"] else ""
-        print(f"{claim.path}: {result.verdict} (p = {result.p_value:.4g}, N = {result.n_null}{fitted}, "
+        tests, p = (f" [{result.per_test}]", "editing p") if result.per_test else ("", "p")
+        print(f"{claim.path}: {result.verdict}{tests} ({p} = {result.p_value:.4g}, N = {result.n_null}{fitted}, "
               f"claim gain {result.claim_gain:+.4g}, whole model {result.ceiling_gain:+.4g}, "
-              f"null mean {result.null_mean:+.4g}); expected {result.expect or 'SUPPORTED'}: "
+              f"null mean {result.null_mean:+.4g}); expected {result.expected}: "
               f"{'as expected' if result.matches_expectation else 'NOT as expected'}; "
               f"report: {Path(result.report_dir) / 'report.md'}")
         status = max(status, 0 if result.matches_expectation else 1)

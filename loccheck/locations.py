@@ -139,14 +139,17 @@ class SubspaceLoc:
     """A `dim`-dimensional subspace of the residual stream after layer `layer`. `basis` says
     where its orthonormal basis comes from, and is what makes two subspaces the same:
     "sha256:<hex>" a file's (or a dictionary's named rows'), "haar:<seed>:<draw>" a uniform
-    (Haar) draw of the null, "identity" the whole stream (dim is then the model's width)."""
+    (Haar) draw of the null, "identity" the whole stream (dim is then the model's width),
+    "without:<basis>" (or "without:latents:<i>,<j>") the orthogonal complement of another
+    subspace (or of a dictionary's latents' span): the whole stream without a location."""
     layer: int
     dim: int
     basis: str
 
     kind: ClassVar[str] = "subspace"
     noun: ClassVar[str] = "subspace"
-    pattern: ClassVar[re.Pattern] = re.compile(r"L([0-9]+)S([0-9]+)@(sha256:[0-9a-f]{64}|haar:[0-9]+:[0-9]+|identity)")
+    pattern: ClassVar[re.Pattern] = re.compile(
+        r"L([0-9]+)S([0-9]+)@((?:without:)?(?:sha256:[0-9a-f]{64}|haar:[0-9]+:[0-9]+|latents:[0-9]+(?:,[0-9]+)*)|identity)")
     example: ClassVar[str] = "L12S1@sha256:<64 hex digits>"
     listed: ClassVar[bool] = False       # named by its basis file under `subspace:`
 
@@ -164,13 +167,20 @@ class SubspaceLoc:
     @property
     def short(self) -> str:
         """Its spelling with a file's sha256 cut to 12 digits, for tables."""
-        return str(self) if not self.basis.startswith("sha256:") else str(self)[: str(self).index("@") + 20]
+        text = str(self)
+        at = text.find("sha256:")
+        return text if at < 0 else text[: at + 19]
 
 
 SITE_KINDS.register("subspace", SubspaceLoc)
 
 # The kinds whose sites are directions of the residual stream after a layer: their edit acts there.
 RESIDUAL_KINDS = ("subspace", "latent")
+
+
+def location_size(location: tuple) -> int:
+    """How big a location is: its sites, or a subspace's dimensions."""
+    return location[0].dim if location[0].kind == "subspace" else len(location)
 
 
 def site_noun(kind: str) -> str:

@@ -196,13 +196,16 @@ class ClaimItem(pytest.Item):
         try:
             result = state.verify(self.claim)
         except LoccheckError as err:
+            from loccheck.run.result import expected_words
+
             message = _relative_error(err, self.config) if isinstance(err, ClaimError) else str(err)
             state.rows.append({"claim": self.nodeid, "verdict": "ERROR",
-                               "expected": self.claim.expect or "SUPPORTED", "error": message})
+                               "expected": expected_words(self.claim.expect), "error": message})
             raise ClaimRunError(message) from None
         report = Path(result.report_dir) / "report.md"
         state.rows.append({"claim": self.nodeid, "verdict": result.verdict,
-                           "expected": result.expect or "SUPPORTED", "p_value": result.p_value,
+                           "expected": result.expected, "as_expected": result.matches_expectation,
+                           "p_value": result.p_value,
                            "n_null": result.n_null, "claim_gain": result.claim_gain,
                            "ceiling_gain": result.ceiling_gain, "report": report,
                            "report_link": _link(report, state.settings.report_dir)})
@@ -244,8 +247,9 @@ def evidence_text(result, state: LoccheckSession) -> str:
     first line is short: pytest's summary line (-ra) repeats it after the item id."""
     report = Path(result.report_dir) / "report.md"
     return "\n".join([
-        f"verdict {result.verdict}, expected {result.expect or 'SUPPORTED'}",
-        f"p-value: {result.p_value:.4g} with N = {result.n_null} random locations"
+        f"verdict {result.verdict}, expected {result.expected}",
+        *([f"tests: {result.per_test}"] if result.per_test else []),
+        f"{'editing ' if result.per_test else ''}p-value: {result.p_value:.4g} with N = {result.n_null} random locations"
         f"{_fitted(result)} "
         f"(alpha = {result.alpha:g})",
         f"{result.metric} gain: claim {result.claim_gain:+.4g}, whole model "
@@ -263,7 +267,7 @@ def _fitted(result) -> str:
 def _summary_line(row: dict, state: LoccheckSession) -> str:
     if row["verdict"] == "ERROR":
         return f"{row['claim']}: ERROR: {row['error']}"
-    mark = "as expected" if row["verdict"] == row["expected"] else f"expected {row['expected']}"
+    mark = "as expected" if row.get("as_expected", row["verdict"] == row["expected"]) else f"expected {row['expected']}"
     return (f"{row['claim']}: {row['verdict']} ({mark}), p = {row['p_value']:.4g}, "
             f"N = {row['n_null']}, claim gain {row['claim_gain']:+.4g}, whole model "
             f"{row['ceiling_gain']:+.4g} -> {state.shown(row['report'])}")

@@ -48,6 +48,11 @@ class Phases:
         yield
         self._write(f"loccheck: {self.title}{what}: done in {time.monotonic() - began:.1f} s")
 
+    def note(self, text: str) -> None:
+        """A line within a phase (not in mode "off")."""
+        if self.mode != "off":
+            self._write(f"loccheck: {self.title}{text}")
+
 
 class Progress:
     def __init__(self, n_jobs: int, mode: str = "lines", *, metric: str, base: float,

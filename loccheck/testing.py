@@ -114,12 +114,7 @@ def known_model(family: str, live: Iterable[HeadLoc], seed: int = 0):
         for loc in adapter.all_heads():
             if loc in live:
                 continue
-            weight = adapter.out_proj(loc.layer).weight
-            cols = adapter.head_slice(loc)
-            if adapter.fan_in_fan_out:          # GPT-2 Conv1D: weight is (in, out)
-                weight[cols, :] = 0
-            else:                               # nn.Linear: weight is (out, in)
-                weight[:, cols] = 0
+            _set_head_columns(adapter, loc, adapter.out_proj(loc.layer).weight, 0)
     return model
 
 
@@ -419,3 +414,196 @@ heuristic: {{method: causal_tracing, samples: 2, window: 1, aggregate: last_toke
 edits: [{{method: optimal}}, {{method: rome, stats_path: '{stats}', v_steps: 10}}]
 """)
     return claim
+
+
+# --- necessity: models with many heads (or twin heads) and pairs oriented by what heads do -------
+
+def many_heads_model(family: str, live: Iterable[HeadLoc], n_layers: int = 4, n_heads: int = 16,
+                     head_dim: int = 4, seed: int = 0, twins: Iterable[tuple[HeadLoc, HeadLoc]] = ()):
+    """`known_model` with more sites: an `n_layers` x `n_heads` model of `family` (width
+    n_heads * head_dim, one key/value head per query head) whose output projections read only the
+    `live` heads. `twins`: pairs (a, b) of heads of one layer, both listed in `live`; b is made a
+    copy of a (its query, key and value weights and its columns of the output projection), so the
+    two compute the same output and write the same thing: either one alone writes what the other
+    does (layouts with separate q/k/v projections, as Llama's; others raise ValueError). Random
+    single heads of a model of K heads hit a given one with probability 1/K: the necessity null's
+    smallest p-values need K well above N."""
+    import torch
+    import transformers
+
+    from loccheck.models import get_adapter
+
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"no tiny config for {family!r}; families: {', '.join(ALL_FAMILIES)}")
+    name, extra = TINY_CONFIGS[family]
+    width = n_heads * head_dim
+    sizes = {**_SIZES, "hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": n_heads,
+             "num_key_value_heads": n_heads, "num_hidden_layers": n_layers, "initializer_range": INIT,
+             **extra, **({"head_dim": head_dim} if "head_dim" in extra else {})}
+    config = getattr(transformers, name)(**sizes)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+    adapter = get_adapter(model)
+    live = set(live)
+    with torch.no_grad():
+        for a, b in twins:
+            if a.layer != b.layer:
+                raise ValueError(f"`twins` must be heads of one layer, got {a} and {b}")
+            out_proj = adapter.out_proj(a.layer)
+            attention = _attention_of(model, out_proj)
+            src, dst = adapter.head_slice(a), adapter.head_slice(b)
+            for proj_name in ("q_proj", "k_proj", "v_proj"):
+                proj = getattr(attention, proj_name, None)
+                if proj is None:
+                    raise ValueError(f"`twins` needs separate q/k/v projections; {family}'s attention has none")
+                proj.weight[dst] = proj.weight[src]                       # (n_heads * head_dim, width)
+                if proj.bias is not None:
+                    proj.bias[dst] = proj.bias[src]
+            _set_head_columns(adapter, b, out_proj.weight, _head_columns(adapter, a, out_proj.weight))
+        for loc in adapter.all_heads():
+            if loc not in live:
+                _set_head_columns(adapter, loc, adapter.out_proj(loc.layer).weight, 0.0)
+    return model
+
+
+def _attention_of(model, out_proj):
+    """The attention module whose output projection is `out_proj`."""
+    for module in model.modules():
+        if any(child is out_proj for child in module.children()):
+            return module
+    raise ValueError("no module holds this output projection")
+
+
+def _head_columns(adapter, loc: HeadLoc, weight):
+    """A head's slice of its output projection's weight: the columns it reads (rows for Conv1D)."""
+    cols = adapter.head_slice(loc)
+    return weight[cols, :] if adapter.fan_in_fan_out else weight[:, cols]
+
+
+def _set_head_columns(adapter, loc: HeadLoc, weight, value) -> None:
+    cols = adapter.head_slice(loc)
+    if adapter.fan_in_fan_out:          # GPT-2 Conv1D: weight is (in, out)
+        weight[cols, :] = value
+    else:                               # nn.Linear: weight is (out, in)
+        weight[:, cols] = value
+
+
+def write_many_heads_model_dir(path: Path, family: str, live: Iterable[HeadLoc], n_layers: int = 4,
+                               n_heads: int = 16, head_dim: int = 4, seed: int = 0,
+                               twins: Iterable[tuple[HeadLoc, HeadLoc]] = ()) -> Path:
+    """`many_heads_model` saved with `char_tokenizer`."""
+    path.mkdir(parents=True, exist_ok=True)
+    many_heads_model(family, live, n_layers, n_heads, head_dim, seed, twins).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+def _questions(n_questions: int, seed: int, start: int = 0) -> list[str]:
+    """`write_pairs`'s questions ("is {word}{number} real?", one per prompt), from the `start`-th on."""
+    rng = np.random.default_rng(seed)
+    used, out = set(), []
+    for i in range(start + n_questions):
+        word = WORDS[i % len(WORDS)] + str(int(rng.integers(10, 99)))
+        if word in used:
+            word += f"-{i}"
+        used.add(word)
+        out.append(f"is {word} real?")
+    return out[start:]
+
+
+def _without_heads(model, heads: Iterable[HeadLoc]):
+    """A copy of `model` with `heads` zeroed (their columns of the output projection): what a
+    zero ablation of them computes."""
+    import copy
+
+    import torch
+
+    from loccheck.models import get_adapter
+
+    copied = copy.deepcopy(model)
+    adapter = get_adapter(copied)
+    with torch.no_grad():
+        for loc in heads:
+            _set_head_columns(adapter, loc, adapter.out_proj(loc.layer).weight, 0.0)
+    return copied
+
+
+def yes_no_margins(model, questions: Sequence[str], without: Iterable[HeadLoc] = ()) -> np.ndarray:
+    """log pi(" yes") - log pi(" no") per question ("qa" prompts, `char_tokenizer`), of `model`
+    with the heads `without` zeroed."""
+    from types import SimpleNamespace
+
+    from loccheck.data.prompts import tokenize_pairs
+    from loccheck.models.scoring import all_pair_logprobs
+
+    pairs = tokenize_pairs(char_tokenizer(), [SimpleNamespace(prompt=q, chosen="yes", rejected="no")
+                                              for q in questions], "qa")
+    lp = all_pair_logprobs(_without_heads(model, without), pairs, 0).numpy()     # (n, 2)
+    return lp[:, 0] - lp[:, 1]
+
+
+def write_favoured_pairs(path: Path, model, heads: Iterable[HeadLoc], n_questions: int = 48,
+                         seed: int = 0) -> Path:
+    """`write_pairs`'s questions, each with the chosen answer the one `heads` favour: " yes" over
+    " no" where zeroing `heads` lowers the model's margin log pi(" yes") - log pi(" no"), " no"
+    over " yes" where it raises it. So the unedited model HAS a behaviour that needs these heads:
+    zeroing them lowers every pair's preference margin, by |effect|, whatever a random model's
+    own preference between yes and no is. (Other ablations replace the heads' output by
+    something else than zero: their drop is measured, not built in.)"""
+    heads = list(heads)
+    questions = _questions(n_questions, seed)
+    effect = yes_no_margins(model, questions) - yes_no_margins(model, questions, heads)
+    with open(path, "w") as f:
+        for i, (q, e) in enumerate(zip(questions, effect)):
+            chosen, rejected = ("yes", "no") if e > 0 else ("no", "yes")
+            f.write(json.dumps({"prompt": q, "chosen": chosen, "rejected": rejected, "group": f"q{i}"}) + "\n")
+    return path
+
+
+def letter_logprobs(model, questions: Sequence[str], without: Iterable[HeadLoc] = ()) -> np.ndarray:
+    """(n_questions, 26) log pi(letter | "Q: {question} A: "), the letters a..z: the second token of
+    a one-letter answer " x" (the first, the space, is the same for every answer)."""
+    import torch
+
+    from loccheck.data.prompts import answer_ids, prompt_ids
+
+    tok = char_tokenizer()
+    space = answer_ids(tok, "a", "qa")[0]
+    letters = [tok.convert_tokens_to_ids(c) for c in LOWER]
+    ablated = _without_heads(model, without)
+    out = np.empty((len(questions), len(LOWER)))
+    with torch.no_grad():
+        for i, q in enumerate(questions):
+            ids = torch.tensor([[*prompt_ids(tok, q, "qa", None), space]])
+            out[i] = ablated(ids).logits[0, -1].float().log_softmax(-1)[letters].double().numpy()
+    return out
+
+
+def write_redundant_pairs(path: Path, model, heads: Sequence[HeadLoc], n_questions: int = 24,
+                          seed: int = 0, margin: float = 0.05, max_candidates: int = 2000) -> Path:
+    """Pairs that each of `heads` decides alone: one-letter answers " u" / " v", per question the
+    pair for which the model prefers u, still prefers u with any one of `heads` zeroed, and prefers
+    v with all of them zeroed (each by at least `margin` nats: the widest such pair; questions with
+    none are skipped). With the heads made twins (`many_heads_model(twins=...)`), so either alone
+    writes what the other does, the preference accuracy of the test pairs is 1 unedited, 1 with any
+    one head zeroed, and 0 with all zeroed: each head is redundant, the set of them necessary."""
+    heads = list(heads)
+    variants = [[]] + [[h] for h in heads] + [heads]          # full, each one zeroed, all zeroed
+    kept: list[tuple[str, str, str]] = []
+    start = 0
+    while len(kept) < n_questions and start < max_candidates:
+        questions = _questions(64, seed, start)
+        start += 64
+        lp = np.stack([letter_logprobs(model, questions, v) for v in variants])   # (variants, n, 26)
+        pair_margin = lp[:, :, :, None] - lp[:, :, None, :]                       # (variants, n, u, v)
+        score = np.minimum(pair_margin[:-1].min(0), -pair_margin[-1])             # (n, u, v)
+        for q, s in zip(questions, score):
+            u, v = np.unravel_index(np.argmax(s), s.shape)
+            if s[u, v] >= margin and len(kept) < n_questions:
+                kept.append((q, LOWER[u], LOWER[v]))
+    if len(kept) < n_questions:
+        raise ValueError(f"found only {len(kept)} questions that {', '.join(map(str, heads))} decide each alone")
+    with open(path, "w") as f:
+        for i, (q, chosen, rejected) in enumerate(kept):
+            f.write(json.dumps({"prompt": q, "chosen": chosen, "rejected": rejected, "group": f"q{i}"}) + "\n")
+    return path

@@ -16,7 +16,7 @@ STAGES = (
                 "progress", "render"}),
     ("data", {"data"}),
     ("models", {"models"}),
-    ("members", {"heuristics", "edits", "metrics"}),
+    ("members", {"heuristics", "edits", "metrics", "ablations"}),
     ("stats", {"stats"}),
     ("claim", {"claim"}),
     ("report", {"report"}),

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from loccheck.claim.keys import KeyPath, Pos, dotted, lookup, parse_key
-from loccheck.claim.sections import (BehaviorSpec, EditSection, GenerationSpec, HeuristicSection, LocationSpec,
-                                     ModelSpec, RandomLocationsSpec, SideEffectsSpec, VerdictSpec, metric_name, one_sentence)
+from loccheck.claim.sections import (TESTS, VERDICT_TESTS, BehaviorSpec, EditSection, GenerationSpec, HeuristicSection,
+                                     LocationSpec, ModelSpec, NecessitySpec, RandomLocationsSpec, SideEffectsSpec,
+                                     SizeCurveSpec, VerdictSpec, metric_name, one_sentence, test_name)
 from loccheck.edits import EDIT_METHODS
 from loccheck.errors import ClaimError
 from loccheck.heuristics import HEURISTICS
 from loccheck.locations import RESIDUAL_KINDS
 from loccheck.metrics import METRICS
 from loccheck.schema import Section, fail
+
+
+Verdicts = Literal["SUPPORTED", "SPECIFIC", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"]
 
 
 class Claim(Section):
@@ -41,8 +45,21 @@ class Claim(Section):
                                        description="Generated answers and their judge (generation metrics).")
     random_locations: RandomLocationsSpec = Field(default_factory=RandomLocationsSpec, description="The null.")
     verdict: VerdictSpec = Field(default_factory=VerdictSpec, description="Test and thresholds of the verdict.")
-    expect: Literal["SUPPORTED", "SPECIFIC", "SPECIFIC_BUT_WEAK", "FALSIFIED", "NO_EFFECT", "UNDERPOWERED"] | None = Field(
-        None, description="Verdict this claim file is expected to get (checked by the pytest plugin).")
+    tests: tuple[Annotated[str, AfterValidator(test_name)], ...] = Field(
+        ("editing",), min_length=1,
+        description="The tests the claim must pass: " + "; ".join(f"'{k}', {v}" for k, v in TESTS.items())
+                    + ". The verdict is SUPPORTED only if every listed test with a verdict (editing, "
+                      "necessity) supports it; their p-values share alpha by Holm's method.")
+    necessity: NecessitySpec | None = Field(
+        None, description="The necessity test's settings (tests: [..., necessity]; its defaults when absent).")
+    size_curve: SizeCurveSpec | None = Field(
+        None, description="Random locations at several sizes, to say how many random sites the claim is worth "
+                          "(fits at every size: opt-in).")
+    # checked in `_check_expect`: a union here would name its members in an error's field
+    expect: Any = Field(
+        None, description="Verdict this claim file is expected to get (checked by the pytest plugin): one of "
+                          f"{', '.join(get_args(Verdicts))}, or one per listed test with a verdict "
+                          "({editing: FALSIFIED, necessity: SUPPORTED}).")
 
     _path: Path | None = PrivateAttr(None)
     _values: dict[KeyPath, Pos] = PrivateAttr(default_factory=dict)  # where each value starts
@@ -84,6 +101,7 @@ class Claim(Section):
         elif kind is not None and self.location.kind != kind:
             raise fail(f"heuristic {self.heuristic.method!r} proposes {kind} sites, but the location "
                        f"holds {self.location.kind} sites", ("heuristic", "method"))
+        self._check_tests()
         draw = self.random_locations.draw
         if draw == "haar" and self.site_kind not in RESIDUAL_KINDS:
             raise fail(f"a Haar draw is a random subspace of the residual stream; the claim's "
@@ -92,6 +110,66 @@ class Claim(Section):
             raise fail("a subspace has no sites to draw: its null is random subspaces of its dimension "
                        "(draw: haar)", ("random_locations", "draw"))
         return self
+
+    def _check_tests(self) -> None:
+        from loccheck.ablations import unsupported
+
+        seen: dict[str, int] = {}
+        for i, name in enumerate(self.tests):
+            if name in seen:
+                raise fail(f"test {name!r} is listed twice (also tests[{seen[name]}])", ("tests", i))
+            seen[name] = i
+        if "editing" not in self.tests:
+            raise fail("tests must list editing: the other tests are reported beside it (the ceiling, the "
+                       "null and the report rest on the editing test)", ("tests",))
+        if "without" in self.tests and self.edits[0].method != "optimal":
+            raise fail(f"the test 'without' fits the optimal whole-model edit without the location; "
+                       f"edits[0] is {self.edits[0].method!r}", ("tests", seen["without"]))
+        if "minimality" in self.tests:
+            size = (getattr(self.heuristic, "top_k", None) if self.location.from_heuristic else
+                    len(self.location.sites) or len(self.location.latents))
+            if self.site_kind == "subspace":
+                raise fail("minimality leaves out one site at a time; a subspace's basis vectors are not "
+                           "sites (its orthonormalised rows depend on their order)", ("tests", seen["minimality"]))
+            if size is not None and size < 2:
+                raise fail("minimality leaves out one site at a time and needs a location of at least 2 "
+                           "sites", ("tests", seen["minimality"]))
+        if self.necessity is not None and "necessity" not in self.tests:
+            raise fail("necessity settings are given but tests does not list necessity", ("necessity",))
+        if "necessity" in self.tests and self.necessity is None:     # its defaults, filled in
+            object.__setattr__(self, "necessity", NecessitySpec())
+        if "necessity" in self.tests and self.site_kind is not None:
+            why = unsupported(self.necessity.ablation, self.site_kind)
+            if why:
+                raise fail(why, ("necessity", "ablation"))
+        self._check_expect()
+
+    def _check_expect(self) -> None:
+        verdicts = get_args(Verdicts)
+        if self.expect is None or isinstance(self.expect, str) and self.expect in verdicts:
+            return
+        if not isinstance(self.expect, dict):
+            got = describe_value(self.expect)
+            raise fail(f"expect must be one of {', '.join(verdicts)}, or a mapping of listed tests to "
+                       f"verdicts, got {got}", ("expect",))
+        if not self.expect:
+            raise fail("expect is an empty mapping; name a verdict for a listed test, or leave expect out",
+                       ("expect",))
+        for name, verdict in self.expect.items():
+            if verdict not in verdicts:
+                raise fail(f"expected verdict must be one of {', '.join(verdicts)}, got {describe_value(verdict)}",
+                           ("expect", name))
+        if isinstance(self.expect, dict):
+            for name in self.expect:
+                if name not in VERDICT_TESTS or name not in self.tests:
+                    listed = [t for t in self.tests if t in VERDICT_TESTS]
+                    raise fail(f"expect names test {name!r}, which gives no verdict here; the listed tests "
+                               f"with a verdict: {', '.join(listed)}", ("expect", name))
+
+    @property
+    def verdict_tests(self) -> tuple[str, ...]:
+        """The listed tests that give a verdict, in claim order."""
+        return tuple(t for t in self.tests if t in VERDICT_TESTS)
 
     @property
     def path(self) -> Path | None:

@@ -270,3 +270,63 @@ class VerdictSpec(Section):
                                          f"locations; one of: {', '.join(METRICS)}.")
     alpha: Number = Field(0.05, gt=0, lt=1, description="Significance level of the test against random locations.")
     rho: Number = Field(0.9, gt=0, le=1, description="Fraction of the whole-model effect the location must reach.")
+
+
+# The claim's tests, in the order the report shows them. `editing` and `necessity` each give a
+# verdict (their p-values share alpha by Holm's method); `without` and `minimality` measure.
+TESTS = {
+    "editing": "the optimal edit at the location against optimal edits at random locations of its size",
+    "necessity": "how much of the behaviour is lost when the location is ablated, against random locations",
+    "without": "the optimal whole-model edit with the location's sites left out, against the ceiling",
+    "minimality": "each site of the location left out in turn (refitted, and ablated for necessity)",
+}
+VERDICT_TESTS = ("editing", "necessity")
+
+
+def test_name(name: str) -> str:
+    if name not in TESTS:
+        raise ValueError(f"unknown test {name!r}; expected one of: {', '.join(TESTS)}")
+    return name
+
+
+def _ablation_name(name: str) -> str:
+    from loccheck.ablations import ABLATIONS
+
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; expected one of: {', '.join(ABLATIONS)}")
+    return name
+
+
+class NecessitySpec(Section):
+    ablation: Annotated[str, AfterValidator(_ablation_name)] = Field(
+        "mean", description="How a location is removed: 'mean' (its activations replaced by their mean "
+                            "over the train split's tokens), 'resample' (by the activations at a random "
+                            "train token), 'zero'.")
+    n: StrictInt = Field(99, description=f"Random locations ablated for the necessity null, 1 to {MAX_N_NULL}: "
+                                         "the editing null's draws first, then more of the same seed. An "
+                                         "ablation trains nothing, so this can be larger than the editing null.")
+    stop: Literal["sequential", "full"] = Field(
+        "sequential", description="As random_locations.stop: stop ablating once the test is decided.")
+    seed: Seed = Field(0, description="Seed of the resample ablation's draws of train tokens.")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "NecessitySpec":
+        if not 1 <= self.n <= MAX_N_NULL:
+            raise fail(f"n must be between 1 and {MAX_N_NULL}, got {self.n}", at=("n",))
+        return self
+
+
+class SizeCurveSpec(Section):
+    sizes: tuple[StrictInt, ...] = Field(
+        min_length=1, description="Location sizes (sites, or a subspace's dimensions) at which random "
+                                  "locations are fitted (and ablated, when necessity is tested).")
+    n: StrictInt = Field(5, ge=1, le=100, description="Random locations per size (fewer than the main null).")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "SizeCurveSpec":
+        for i, size in enumerate(self.sizes):
+            if size < 1:
+                raise fail(f"a size must be a positive number of sites, got {size}", at=("sizes", i))
+            if size in self.sizes[:i]:
+                raise fail(f"size {size} is listed twice", at=("sizes", i))
+        return self

@@ -52,14 +52,15 @@ def displaced_inputs(adapter, layers: Sequence[int], displacement: Callable, mod
     return _input_hooks(adapter, layers, hook_for, modules)
 
 
-def read_inputs(adapter, layers: Sequence[int], read: Callable):
+def read_inputs(adapter, layers: Sequence[int], read: Callable, modules=None):
     """Call `read(layer, o)` with o, the input of each listed layer's output projection
-    (batch, pos, H * D), at every forward while the context is open; o is not changed."""
+    (batch, pos, H * D), or of `modules[row]`, at every forward while the context is open; o
+    is not changed."""
     def hook_for(row: int, layer: int):
         def pre_hook(module, args):
             read(layer, args[0])
         return pre_hook
-    return _input_hooks(adapter, list(layers), hook_for)
+    return _input_hooks(adapter, list(layers), hook_for, modules)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ def render_index(rows: list[dict]) -> str:
     """
     rows_out, n_as_expected = [], 0
     for row in sorted(rows, key=lambda r: str(r["claim"])):
-        as_expected = row["verdict"] == row["expected"]
+        as_expected = row.get("as_expected", row["verdict"] == row["expected"])
         n_as_expected += as_expected
         if row["verdict"] == "ERROR":
             cells = ["—"] * 4 + [str(row.get("error", "")).replace("|", "\\|")]

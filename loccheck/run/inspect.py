@@ -36,6 +36,24 @@ def check_location_size(claim, adapter, residual: "Residual | None" = None) -> N
                           "there is no random location of the same size to compare with")
 
 
+def check_size_curve(claim, adapter, residual: "Residual | None" = None) -> None:
+    """Each size of the size curve leaves room for more than one random location: below the
+    number of sites of the claim's kind (a subspace's dimension below the stream's width)."""
+    if claim.size_curve is None:
+        return
+    kind = claim.site_kind
+    if kind == "subspace":
+        limit = adapter.model_width
+        what = f"the width of the residual stream ({limit})"
+    else:
+        limit = len(residual.sites(kind, adapter) if residual is not None else adapter.sites(kind))
+        what = f"the model's {limit} {kind} sites"
+    for i, size in enumerate(claim.size_curve.sizes):
+        if size >= limit:
+            raise claim.error(f"size_curve.sizes[{i}]", f"size {size} is not below {what}: random "
+                              "locations of that size would be the whole model")
+
+
 @dataclass
 class ClaimInputs:
     """What a claim's fits need, read and checked before any weights load: the data, the
@@ -81,6 +99,15 @@ class Residual:
         site = location[0]
         if site.kind == "latent":
             return self.dictionary.basis([s.latent for s in location], field="location.latents")
+        if site.basis.startswith("without:"):          # the orthogonal complement of a location
+            from dataclasses import replace
+            from scipy.linalg import null_space
+
+            inner = site.basis.removeprefix("without:")
+            rows = (self.dictionary.basis([int(i) for i in inner.removeprefix("latents:").split(",")],
+                                          field="location.latents") if inner.startswith("latents:") else
+                    self.basis_of((replace(site, dim=width - site.dim, basis=inner),), width))
+            return null_space(rows).T
         if site.basis == "identity":
             return np.eye(width)
         if site.basis.startswith("haar:"):
@@ -161,6 +188,7 @@ def inspect_claim(claim, cache_root: Path, given=None) -> ClaimInputs:
             raise claim.error(err.key or "model.name", err.msg) from None
     residual = read_residual(claim, adapter)
     check_location_size(claim, adapter, residual)
+    check_size_curve(claim, adapter, residual)
     _check_edit_settings(claim, adapter)
     try:
         fmt = ("text" if bs.dataset == "known_facts" and bs.prompt_format == "auto" else

@@ -26,10 +26,13 @@ class Job:
     method: str                  # a registered edit method
     settings: Any                # what determines the fit: the method's EditSettings
     location: tuple | None       # sorted sites; None is the whole model (the ceiling)
-    role: str                    # "claim", "ceiling", "random", or "whole_model" (beside a layer's ceiling)
-    index: int | None            # the draw's index for role "random"
+    # "claim", "ceiling", "random", "whole_model" (beside a layer's ceiling), "without" (the whole
+    # model without the claim), "minus" (the claim without its site `index`), "size" (size curve)
+    role: str
+    index: int | None            # the draw's index for roles "random" and "size", the site left out for "minus"
     testbed_key: str               # identity of the model and data (Testbed.key)
     continued_from: str | None = None   # the key of the fitted edit `start` holds
+    size: int | None = None             # role "size" (the size curve): the location's size
     # a fitted edit to start from, (settings, location, state)
     start: tuple | None = field(default=None, compare=False, repr=False)
 
@@ -50,8 +53,10 @@ class Job:
 
     @property
     def label(self) -> str:
-        name = {"claim": "claim", "ceiling": "whole model",
-                "whole_model": "whole model (every head)"}.get(self.role, f"random {self.index}")
+        name = {"claim": "claim", "ceiling": "whole model", "whole_model": "whole model (every head)",
+                "without": "whole model without the claim",
+                "minus": f"claim without site {self.index}",
+                "size": f"random {self.size}-site location {self.index}"}.get(self.role, f"random {self.index}")
         if self.continued_from is not None:
             name += " (continued)"
         return f"{name} [{self.method}]"
@@ -110,6 +115,7 @@ class EditOutcome:
     def record(self, base: dict[str, float]) -> dict:
         """The edit's entry in result.json."""
         return {"method": self.job.method, "role": self.job.role, "index": self.job.index,
+                **({"size": self.job.size} if self.job.size is not None else {}),
                 "location": self.job.location_text, "n_params": self.n_params,
                 "metrics": self.metrics, "gains": {m: v - base[m] for m, v in self.metrics.items()},
                 **self.info, "diverged": self.diverged,

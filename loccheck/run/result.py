@@ -33,8 +33,11 @@ class VerifyResult:
         """The test that gives the verdict (the first edit method's)."""
         return self.payload["tests"][self.payload["primary_method"]]
 
-    verdict = property(lambda self: self.test["verdict"])
-    verdict_reason = property(lambda self: self.test["verdict_reason"])
+    # the overall verdict, over every listed test (an earlier result.json has only the editing test's)
+    verdict = property(lambda self: self.payload.get("verdict") or self.test["verdict"])
+    verdict_reason = property(lambda self: self.payload.get("verdict_reason") or self.test["verdict_reason"])
+    evidence = property(lambda self: self.payload.get("evidence") or {})
+
     # Numbers as floats: result.json's null (not finite, or not defined) reads back as nan.
     p_value = property(lambda self: _nan_for_none(self.test["p_value"]))
     claim_gain = property(lambda self: _nan_for_none(self.test["claim_gain"]))
@@ -53,12 +56,35 @@ class VerifyResult:
     edits = property(lambda self: self.payload["edits"])
     location = property(lambda self: self.payload["location"])
 
+    @property
+    def expected(self) -> str:
+        """The expectation in words: a verdict, or "editing FALSIFIED, necessity SUPPORTED"."""
+        return expected_words(self.expect)
+
+    @property
+    def per_test(self) -> str:
+        """"editing FALSIFIED (p = 0.5, Holm 1); necessity SUPPORTED (p = 0.01, Holm 0.02)" when the
+        claim lists more than one test with a verdict, else ""."""
+        listed = [t for t in self.payload.get("tests_listed") or () if t in self.evidence and "verdict" in self.evidence[t]]
+        if len(listed) < 2:
+            return ""
+        return "; ".join(f"{t} {self.evidence[t]['verdict']} (p = {_nan_for_none(self.evidence[t]['p_value']):.4g}, "
+                         f"Holm {_nan_for_none(self.evidence[t].get('p_holm')):.4g})" for t in listed)
+
+
+def expected_words(expect) -> str:
+    """A claim's `expect:` in words (SUPPORTED when it states none)."""
+    if isinstance(expect, dict):
+        return ", ".join(f"{test} {verdict}" for test, verdict in expect.items())
+    return expect or "SUPPORTED"
+
 
 def _nan_for_none(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor: str) -> VerifyResult:
+def build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor: str,
+                 ablations: dict | None = None) -> VerifyResult:
     from loccheck.heuristics import HEURISTICS
     from loccheck.run.jobs import every_run
     from loccheck.locations import format_location
@@ -70,9 +96,15 @@ def build_result(claim, testbed, location, proposal, nulls, base, outcomes, exec
     methods = [e.method for e in claim.edits]
     records = [o.record(base) for o in outcomes]
     tests, summaries = _tests(claim, methods, records, location)
+    evidence = _evidence(claim, tests, records, location, ablations)
+    if evidence["editing"].get("holm") is not None:     # decided on its Holm-adjusted p-value
+        tests, summaries = _tests(claim, methods, records, location, holm_p=evidence["editing"]["holm"])
+        evidence["editing"].update(verdict=tests[methods[0]]["verdict"],
+                                   verdict_reason=tests[methods[0]]["verdict_reason"])
+    verdict, reason = _overall(claim, evidence)
     primary = tests[methods[0]]
     heuristic = HEURISTICS[claim.heuristic.method]
-    evidence = None if proposal is None else heuristic.evidence(
+    found = None if proposal is None else heuristic.evidence(
         claim.heuristic, proposal, location, not claim.location.from_heuristic)
     rs, bs, data = claim.random_locations, claim.behavior, testbed.data
     # a Haar null draws from a continuum of subspaces
@@ -82,10 +114,12 @@ def build_result(claim, testbed, location, proposal, nulls, base, outcomes, exec
         "schema_version": SCHEMA_VERSION, "loccheck_version": __version__,
         "claim_name": claim.name, "claim_file": str(claim.path) if claim.path is not None else None,
         "claim_text": claim.claim, "expect": claim.expect,
-        "matches_expectation": primary["verdict"] == (claim.expect or "SUPPORTED"),
+        "verdict": verdict, "verdict_reason": reason, "tests_listed": list(claim.tests),
+        "evidence": evidence,
+        "matches_expectation": _matches(claim.expect, verdict, evidence),
         "location": format_location(location), "site_kind": location[0].kind,
         "n_locations": n_locations, "null_draw": claim.null_draw,
-        "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": evidence,
+        "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": found,
         "metric": metric, "metrics": list(claim.all_metrics),
         "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},
         "alpha": vs.alpha, "rho": vs.rho, "n_null": len(nulls),
@@ -111,7 +145,74 @@ def build_result(claim, testbed, location, proposal, nulls, base, outcomes, exec
                         n_scored=sum(o.n_scored for o in runs), outcomes=list(outcomes))
 
 
-def _tests(claim, methods, records, location) -> tuple[dict, dict]:
+def _evidence(claim, tests, records, location, ablations) -> dict:
+    """The claim's tests beyond editing (`run.evidence`), and the listed tests' verdicts with
+    their Holm-adjusted p-values."""
+    from loccheck.metrics import METRICS
+    from loccheck.run import evidence as ev
+
+    metric, method = claim.verdict.metric, claim.edits[0].method
+    better = METRICS[metric].improvement
+    editing = tests[method]
+    out: dict = {"editing": {"verdict": editing["verdict"], "verdict_reason": editing["verdict_reason"],
+                             "p_value": editing["p_value"]}}
+    if ablations is not None:
+        out["necessity"] = ev.necessity_test(claim, ablations, location)
+    adjusted = ev.holm_adjusted(claim, {n: out[n]["p_value"] for n in claim.verdict_tests})
+    for name, holm_p in adjusted.items():
+        out[name].update(p_holm=holm_p[0] if holm_p else None, holm=holm_p)
+    if ablations is not None and adjusted["necessity"] is not None:
+        out["necessity"] = {**ev.necessity_test(claim, ablations, location, holm_p=adjusted["necessity"]),
+                            "p_holm": adjusted["necessity"][0], "holm": adjusted["necessity"]}
+    mine = [r for r in records if r["method"] == method]
+    if "without" in claim.tests:
+        out["without"] = ev.without_record(mine, {**editing}, metric, better)
+    claim_drop = out["necessity"]["claim_drop"] if "necessity" in out else None
+    if "minimality" in claim.tests:
+        stats = {r["index"]: _gain(r, metric, better) for r in mine if r["role"] == "minus"}
+        out["minimality"] = {"editing": ev.minimality(location, editing["claim_gain"],
+                                                      [stats.get(i) for i in range(len(location))])}
+        if ablations is not None:
+            drops = {o.job.index: _finite_or_none(o.drop) for o in ablations["minus"]}
+            out["minimality"]["necessity"] = ev.minimality(location, claim_drop,
+                                                           [drops.get(i) for i in range(len(location))])
+        out["minimality"]["free_share"] = ev.FREE_SHARE
+    if claim.size_curve is not None:
+        from loccheck.locations import location_size
+
+        sizes, size = list(claim.size_curve.sizes), location_size(location)
+        out["size_curve"] = {"editing": ev.size_curve(sizes, [(r["size"], _gain(r, metric, better)) for r in mine
+                                                              if r["role"] == "size"], editing["claim_gain"], size),
+                             "n": claim.size_curve.n, "matched_layers": False}
+        if ablations is not None:
+            out["size_curve"]["necessity"] = ev.size_curve(
+                sizes, [(location_size(o.job.location), _finite_or_none(o.drop)) for o in ablations["sizes"]],
+                claim_drop, size)
+    return out
+
+
+def _gain(record: dict, metric: str, better) -> float | None:
+    gain = record["gains"][metric]
+    return None if record["diverged"] or gain is None or not _finite(gain) else better(gain)
+
+
+def _finite_or_none(value) -> float | None:
+    return float(value) if _finite(value) else None
+
+
+def _overall(claim, evidence: dict) -> tuple[str, str]:
+    from loccheck.run.evidence import overall
+
+    return overall(claim, evidence)
+
+
+def _matches(expect, verdict: str, evidence: dict) -> bool:
+    from loccheck.run.evidence import matches
+
+    return matches(expect, verdict, evidence)
+
+
+def _tests(claim, methods, records, location, holm_p=None) -> tuple[dict, dict]:
     """Per edit method: the test of the verdict's metric, and every listed metric's values and
     gains for the claim, the ceiling and the null (records are in job order: claim, ceiling,
     then the null's draws)."""
@@ -142,7 +243,8 @@ def _tests(claim, methods, records, location) -> tuple[dict, dict]:
                                     ceiling_diverged=ceiling_r["diverged"],
                                     # methods without a training rule (ITI, ROME) have no "converged"
                                     ceiling_converged=ceiling_r.get("converged", True),
-                                    ceiling_stopped=ceiling_r.get("stopped")).to_json()
+                                    ceiling_stopped=ceiling_r.get("stopped"),
+                                    holm_p=holm_p if m == methods[0] else None).to_json()
         if whole is not None:      # the whole model's edit beside a layer's ceiling: reported, not tested
             gain = better(whole["gains"][metric])
             tests[m]["whole_model"] = {"gain": gain, "diverged": whole["diverged"],

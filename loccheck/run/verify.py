@@ -10,6 +10,7 @@ from typing import Any
 
 from loccheck.claim import Claim, load_claim
 from loccheck.errors import ClaimError, LoccheckError
+from loccheck.locations import location_size
 from loccheck.run.result import VerifyResult, build_result
 
 
@@ -116,7 +117,15 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
     metrics = claim.all_metrics
     with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
         base = unedited_scores(testbed, cache, metrics)
-    jobs = edit_jobs(claim, testbed.key, location, nulls, ceiling_location(location, testbed.adapter))
+    extra = extra_locations(claim, testbed, location)
+    ablations = None
+    if "necessity" in claim.tests:                      # ablations train nothing: before the fits
+        from loccheck.run.ablations import run_ablations
+
+        ablations = run_ablations(claim, testbed, cache, location, base[claim.verdict.metric], phase,
+                                  nulls=_draw_null(claim, testbed, location, n=claim.necessity.n, key="necessity.n"),
+                                  minus=extra["minus"], sizes=extra["sizes"])
+    jobs = edit_jobs(claim, testbed.key, location, nulls, ceiling_location(location, testbed.adapter), **extra)
     fits = _progress(claim, len(jobs), progress, base, write_line)
     # a worker elsewhere builds its own testbed from the claim; a heuristic's subspace goes with it
     proposed = testbed.residual.bases if claim.location.from_heuristic else None
@@ -124,7 +133,7 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
                else _given_model_elsewhere)
     runner = JobRunner(testbed, cache, metrics, testbed_factory=factory, on_step=fits.on_step)
     outcomes = _run(claim, jobs, runner, executor, base, fits)
-    result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name)
+    result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name, ablations)
     if not write_report:
         return result
     from loccheck.files import write_json_atomic
@@ -221,9 +230,12 @@ def ceiling_location(location: tuple, adapter) -> tuple | None:
 
 
 def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple],
-              ceiling: tuple | None = None) -> list:
+              ceiling: tuple | None = None, without: tuple | None = None, minus: list[tuple] = (),
+              sizes: list[tuple] = ()) -> list:
     """Per edit method, in claim order: the claim, the ceiling (`ceiling_location`), then the
-    null's draws in order."""
+    null's draws in order. For the first method, after the ceiling the whole model `without`
+    the claim (`tests: [..., without]`), and after the null the claim without each of its sites
+    (`minus`, minimality) and the size curve's draws (`sizes`)."""
     from loccheck.edits import EDIT_METHODS
     from loccheck.run.inspect import edit_settings
     from loccheck.run.jobs import Job
@@ -240,17 +252,54 @@ def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple
             # head claims' ceiling) is fitted beside it and reported
             every_head = edit_settings(claim, section, i, site_kind="head", ceiling=True)
             jobs.append(Job(section.method, every_head, None, "whole_model", None, testbed_key))
+        if i == 0 and without is not None:
+            jobs.append(Job(section.method, whole, without, "without", None, testbed_key))
         jobs += [Job(section.method, local, loc, "random", i, testbed_key) for i, loc in enumerate(nulls)]
+        if i == 0:
+            jobs += [Job(section.method, local, loc, "minus", k, testbed_key) for k, loc in enumerate(minus)]
+            jobs += [Job(section.method, local, loc, "size", k % claim.size_curve.n, testbed_key,
+                         size=location_size(loc)) for k, loc in enumerate(sizes)]
     return jobs
 
 
+def extra_locations(claim: Claim, testbed, location: tuple) -> dict:
+    """The locations the claim's other tests fit or ablate: the whole model `without` the claim,
+    the claim without each of its sites (`minus`), and the size curve's random locations (`sizes`,
+    `size_curve.n` per size, in size order; drawn as the null is, from its seed, so at the
+    claim's size they are the null's first draws)."""
+    from loccheck.locations import SubspaceLoc
+
+    out: dict = {"without": None, "minus": [], "sizes": []}
+    kind = location[0].kind
+    if "without" in claim.tests:
+        width = testbed.adapter.model_width
+        if kind == "subspace":
+            out["without"] = (SubspaceLoc(location[0].layer, width - location[0].dim, f"without:{location[0].basis}"),)
+        elif kind == "latent":
+            out["without"] = (SubspaceLoc(location[0].layer, width - len(location),
+                                          "without:latents:" + ",".join(str(s.latent) for s in location)),)
+        else:
+            out["without"] = tuple(s for s in testbed.sites(kind) if s not in set(location))
+    if "minimality" in claim.tests:
+        out["minus"] = [location[:i] + location[i + 1:] for i in range(len(location))]
+    if claim.size_curve is not None:
+        for size in claim.size_curve.sizes:
+            out["sizes"] += _draw_null(claim, testbed, location, n=claim.size_curve.n, size=size,
+                                       key="size_curve.sizes")
+    return out
+
+
+HEAD_ROLES = ("claim", "ceiling", "whole_model", "without")   # fitted before the null, in this order
+
+
 def _run(claim, jobs, runner, executor, base, progress) -> list:
-    """The outcomes, in job order. Per edit method: the claim and the ceiling, then the null in
-    waves of the executor's width; with `random_locations.stop: sequential` a method's null
-    stops at the first wave after which the test is decided (`stats.sequential_decided`, on the
-    gains `verdict.compared_gains` defines, as the test itself). Then, for a method whose
-    ceiling is an optimum, the ceiling is continued from any fitted edit that fits the training
-    pairs better (`continued_ceiling`)."""
+    """The outcomes, in job order. Per edit method: the claim, the ceiling and the other whole-
+    model edits (`HEAD_ROLES`), then the null in waves of the executor's width; with
+    `random_locations.stop: sequential` a method's null stops at the first wave after which the
+    test is decided (`stats.sequential_decided`, on the gains `verdict.compared_gains` defines,
+    as the test itself); then minimality's and the size curve's fits. Then, for a method whose
+    ceiling is an optimum, the ceiling is continued from any fitted edit of its family that fits
+    the training pairs better (`continued_ceiling`)."""
     from loccheck.metrics import METRICS
     from loccheck.stats.pvalues import sequential_decided, sequential_stop_count
     from loccheck.stats.verdict import compared_gains, min_null_size
@@ -266,8 +315,8 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
     try:
         for method in dict.fromkeys(j.method for j in jobs):
             mine = [j for j in jobs if j.method == method]
-            head = [j for j in mine if j.role != "random"]     # the claim, the ceiling(s)
-            null_jobs = mine[len(head):]
+            head = [j for j in mine if j.role in HEAD_ROLES]
+            null_jobs = [j for j in mine if j.role == "random"]
             head_outcomes = _fit(head, runner, executor, progress)
             fitted = []
             for start in range(0, len(null_jobs), executor.width):
@@ -280,9 +329,11 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
             if len(fitted) < len(null_jobs):
                 progress.note(f"{method}: the null is decided after {len(fitted)} of {rs.n} random "
                               f"locations ({h} edit as well as the claim); {rs.n - len(fitted)} not fitted")
-            ceiling = continued_ceiling(head_outcomes[1], [head_outcomes[0], *fitted], runner, executor,
-                                        progress)
-            outcomes += [head_outcomes[0], ceiling, *head_outcomes[2:], *fitted]
+            tail = _fit([j for j in mine if j.role in ("minus", "size")], runner, executor, progress)
+            family = [o for o in head_outcomes[2:] if o.job.role == "without"]   # "whole_model" is another form
+            ceiling = continued_ceiling(head_outcomes[1], [head_outcomes[0], *family, *fitted, *tail], runner,
+                                        executor, progress)
+            outcomes += [head_outcomes[0], ceiling, *head_outcomes[2:], *fitted, *tail]
     finally:
         progress.close()
     return outcomes
@@ -360,20 +411,24 @@ def _propose(claim: Claim, testbed):
         raise claim.error(err.key or "heuristic", err.msg) from None
 
 
-def _draw_null(claim: Claim, testbed, location: tuple) -> list[tuple]:
+def _draw_null(claim: Claim, testbed, location: tuple, n: int | None = None, size: int | None = None,
+               key: str = "random_locations") -> list[tuple]:
+    """The null's `n` draws (default random_locations.n) of the claim's size, or of `size`
+    (the size curve: not matched to the claim's layers)."""
     from loccheck.locations import SubspaceLoc
     from loccheck.stats.null import sample_null_locations, sample_null_subspaces
 
     rs = claim.random_locations
+    n = rs.n if n is None else n
     if claim.null_draw == "haar":
-        site = location[0] if location[0].kind == "subspace" else SubspaceLoc(location[0].layer, len(location), "")
-        return sample_null_subspaces(site, n=rs.n, seed=rs.seed)
+        dim = location_size(location) if size is None else size
+        return sample_null_subspaces(SubspaceLoc(location[0].layer, dim, ""), n=n, seed=rs.seed)
+    matched = location if rs.match_layers and size is None else None
     try:
-        return sample_null_locations(testbed.sites(claim.site_kind), size=len(location), n=rs.n,
-                                     seed=rs.seed,
-                                     match_layers_of=location if rs.match_layers else None)
+        return sample_null_locations(testbed.sites(claim.site_kind), size=len(location) if size is None else size,
+                                     n=n, seed=rs.seed, match_layers_of=matched)
     except LoccheckError as err:
-        raise claim.error("random_locations", err.msg) from None
+        raise claim.error(key, err.msg) from None
 
 
 def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,

@@ -161,6 +161,7 @@ def decide_verdict(
     ceiling_diverged: bool = False,
     ceiling_unfit: str | None = None,
     sequential: tuple[int, int] | None = None,
+    holm_p: tuple[float, int] | None = None,
 ) -> VerdictResult:
     """Decide the verdict on a localization claim.
 
@@ -191,6 +192,9 @@ def decide_verdict(
     sequential : (h, l), optional
         The sequential null stopped at its h-th draw at or above the claim after l draws
         (Besag-Clifford p = h / l); only used to word the reason.
+    holm_p : (float, int), optional
+        The p-value adjusted by Holm's method over the claim's tests, and how many tests: it
+        decides in place of `pvalue` (`stats.necessity.holm`).
 
     Returns
     -------
@@ -217,27 +221,28 @@ def decide_verdict(
     no_gain = _without_gain(claim_gain, ceiling_gain, claim_diverged, ceiling_diverged, site, ratio)
     if no_gain is not None:
         return no_gain
-    if pvalue > alpha:
-        return _beaten(pvalue, alpha, n_null, k, what, site, sequential, ratio)
+    adjusted = "" if holm_p is None else f" (Holm-adjusted over {holm_p[1]} tests: {holm_p[0]:.3g})"
+    if (pvalue if holm_p is None else holm_p[0]) > alpha:
+        return _beaten(pvalue, alpha, n_null, k, what, site, sequential, ratio, adjusted)
     verb = "edits" if k == 1 else "edit"
-    beats = (f"p = {pvalue:.3g} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
+    beats = (f"p = {pvalue:.3g}{adjusted} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
              f"behaviour at least as well)")
     return _specific(beats, ratio, rho, site, ceiling_unfit)
 
 
 def _beaten(pvalue: float, alpha: float, n_null: int, k: int, what: str, site: str,
-            sequential: tuple[int, int] | None, ratio: float) -> VerdictResult:
+            sequential: tuple[int, int] | None, ratio: float, adjusted: str = "") -> VerdictResult:
     """FALSIFIED by the null: p > alpha, worded by how p was reached."""
     if sequential is not None:
         h, l = sequential
         return VerdictResult(Verdict.FALSIFIED, (
-            f"p = {h / l:.3g} > alpha = {alpha:g} (sequential, Besag-Clifford p = h / l): {h} of the "
+            f"p = {h / l:.3g}{adjusted} > alpha = {alpha:g} (sequential, Besag-Clifford p = h / l): {h} of the "
             f"first {l} of {n_null} {what} edit the behaviour at least as well as the claimed "
             f"{site}s, which decides the test: whatever the other {n_null - l} would give, the full "
             "null's p-value would be above alpha."), ratio)
     verb = "edits" if k == 1 else "edit"
     return VerdictResult(Verdict.FALSIFIED, (
-        f"p = {pvalue:.3g} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
+        f"p = {pvalue:.3g}{adjusted} > alpha = {alpha:g}: {k} of {n_null} {what} {verb} the behaviour "
         f"at least as well as the claimed {site}s."), ratio)
 
 
@@ -364,7 +369,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
                      random_what: str | None = None,
                      stop: str = "full", null_diverged=None, claim_diverged: bool = False,
                      ceiling_diverged: bool = False, ceiling_converged: bool = True,
-                     ceiling_stopped: str | None = None) -> LocationTest:
+                     ceiling_stopped: str | None = None, holm_p: tuple[float, int] | None = None) -> LocationTest:
     """Test the claim's gain against the null's and decide the verdict.
 
     `null_gains` are the null's gains in draw order, `n_null` the planned null size (default:
@@ -381,7 +386,8 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
     against it) and is left out of the null's mean and spread; a diverged claim or ceiling
     decides the verdict as `decide_verdict` says. A ceiling that did not converge
     (`ceiling_converged`, with its `ceiling_stopped` label) or falls short (`ceiling_short`)
-    cannot make the claim SUPPORTED (`decide_verdict`'s SPECIFIC)."""
+    cannot make the claim SUPPORTED (`decide_verdict`'s SPECIFIC). `holm_p`: the p-value adjusted
+    over the claim's tests and their number, which decides in place of p (`decide_verdict`)."""
     from loccheck.stats.pvalues import describe, null_test, sequential_pvalue, sequential_stop_count
 
     n_null = len(null_gains) if n_null is None else n_null
@@ -414,7 +420,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
                               claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
                               location_size=location_size, site=site, random_what=random_what,
                               claim_diverged=claim_diverged, ceiling_diverged=ceiling_diverged,
-                              ceiling_unfit=unfit,
+                              ceiling_unfit=unfit, holm_p=holm_p,
                               sequential=(seq.h, seq.n_drawn) if seq is not None and seq.stopped_early else None)
     reason = decision.reason
     if claim_diverged:   # beaten by every draw

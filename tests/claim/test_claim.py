@@ -124,6 +124,9 @@ def test_minimal_claim_fills_defaults():
                        "judge_max_unread": 0.1},
         "random_locations": {"n": 100, "stop": "sequential", "match_layers": False, "draw": None, "seed": 0},
         "verdict": {"metric": "preference_margin", "alpha": 0.05, "rho": 0.9},
+        "tests": ["editing"],
+        "necessity": None,
+        "size_curve": None,
         "expect": None,
     }
 
