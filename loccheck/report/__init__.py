@@ -5,6 +5,8 @@ of an earlier schema is upgraded first. `render_index` writes the pytest session
 - markdown.py: the common sections (verdict, claim, interpretation, statistics, the edit methods
   side by side, reproducibility); each edit method and heuristic adds its own section and figure
   (`report_lines`, `report_figures` in its registry entry), written in its own module
+- evidence.py: the sections of the claim's tests beyond editing (necessity, without, minimality,
+  the size curve) and the table of the listed tests' verdicts; evidence_plots.py: their figures
 - plots.py: the common figures; answers.py: generated answers; index.py: index.md;
   upgrade.py: older result.json layouts
 """
@@ -28,6 +30,7 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     path. `result` is the content of result.json (any schema version this loccheck reads)."""
     from loccheck.edits import EDIT_METHODS
     from loccheck.heuristics import HEURISTICS
+    from loccheck.report.evidence_plots import draw_evidence_figures
     from loccheck.report.plots import plot_methods, plot_null_histogram
 
     result = upgrade(result)
@@ -53,4 +56,5 @@ def render_report(result: dict, out_dir: str | os.PathLike) -> Path:
     heuristic = HEURISTICS.get((result.get("heuristic") or {}).get("method"))
     if heuristic is not None and heuristic.report_figures is not None and result.get("heuristic_evidence"):
         heuristic.report_figures(result, out_dir)
+    draw_evidence_figures(result, out_dir)   # the claim's tests beyond editing, when listed
     return write_text_atomic(render_markdown(result), out_dir / REPORT_NAME)

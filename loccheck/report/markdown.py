@@ -14,23 +14,22 @@ import yaml
 from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, location_words, method_order,
                                     ordered, primary, site_noun, spread, table, value)
 from loccheck.report.answers import answers_lines
+from loccheck.report.evidence import editing_lead, evidence_sections, expectation_note, verdict_table_lines
 
 REPORT_NAME, NULL_HIST_NAME, METHODS_NAME = "report.md", "null_hist.png", "methods.png"
 # Claim-file section order; json.dumps(sort_keys=True) loses it, so we restore it here.
 _CONFIG_ORDER = ("model", "behavior", "location", "heuristic", "edits", "metrics",
-                 "random_locations", "verdict", "expect")
+                 "random_locations", "tests", "necessity", "size_curve", "verdict", "expect")
 _SPLITS = ("train", "validation", "test")
 
 
 def _verdict_lines(r: dict) -> list[str]:
-    expect = r.get("expect")
-    if expect is None:
-        note = "no expectation stated"
-    else:
-        note = f"expected {expect}: " + ("as expected" if r.get("matches_expectation")
-                                         else "NOT as expected")
+    """The overall verdict over every listed test (a result older than `tests:` has only the
+    primary test's), the expectation, and, when tests beyond editing are listed, their table."""
     t = primary(r)
-    return [f"**Verdict: {t['verdict']}** ({note})", "", str(t.get("verdict_reason", ""))]
+    verdict = r.get("verdict") or t["verdict"]
+    reason = r.get("verdict_reason") or t.get("verdict_reason", "")
+    return [f"**Verdict: {verdict}** ({expectation_note(r)})", "", str(reason), *verdict_table_lines(r)]
 
 
 def _claim_lines(r: dict) -> list[str]:
@@ -324,15 +323,16 @@ def _model_value(v) -> str:
 
 def render_markdown(result: dict) -> str:
     """The report's Markdown text (no files written): the common sections, then the side-by-side
-    comparison of edit methods, each method's and the heuristic's own sections."""
+    comparison of edit methods, the claim's tests beyond editing (`report.evidence`), each
+    method's and the heuristic's own sections."""
     from loccheck.edits import EDIT_METHODS
     from loccheck.heuristics import HEURISTICS
 
     r = result
     sections = [[f"# loccheck: {r['claim_name']}", "", *_verdict_lines(r)],
                 _claim_lines(r),
-                ["## What this does and does not show", "", _interpretation(r)],
-                _stats_lines(r), _figure_lines(r), methods_lines(r), answers_lines(r)]
+                ["## What this does and does not show", "", editing_lead(r) + _interpretation(r)],
+                _stats_lines(r), _figure_lines(r), methods_lines(r), *evidence_sections(r), answers_lines(r)]
     heuristic = HEURISTICS.get((r.get("heuristic") or {}).get("method"))
     if heuristic is not None and heuristic.report_lines is not None and r.get("heuristic_evidence"):
         sections.append(heuristic.report_lines(r))

@@ -21,25 +21,32 @@ def plot_null_histogram(null_gains: Sequence[float], claim_gain: float, full_gai
     Non-finite null gains are left out of the histogram (the title still counts all N).
     """
     n = len(null_gains)
-    g = finite_values(null_gains)
+    return marked_histogram(
+        null_gains, f"random {location_size}-{site} locations (N = {n})",
+        [(claim_gain, f"claimed {site}s", dict(color=CLAIM_COLOR, lw=2.5)),
+         (full_gain, "whole-model edit (ceiling)", dict(color=FULL_COLOR, lw=2.0, ls="--"))],
+        f"Null distribution: {metric} gain at N = {n} random {location_size}-{site} locations",
+        f"{metric} gain over the unedited model", path, empty="no finite null gains")
+
+
+def marked_histogram(values: Sequence[float | None], label: str, marks: Sequence[tuple], title: str,
+                     xlabel: str, path: str | os.PathLike, *, empty: str) -> Path:
+    """A histogram of a null's finite values (`label` in the legend), with vertical lines at
+    `marks`, (value, label, line style) each, those that are finite; `empty` says when no value is."""
+    g = finite_values(values)
     with plt.style.context("default"), plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
         if g.size:
             bins = max(5, min(40, math.ceil(2 * math.sqrt(g.size))))
-            ax.hist(g, bins=bins, color=NULL_COLOR, edgecolor="white",
-                    label=f"random {location_size}-{site} locations (N = {n})")
+            ax.hist(g, bins=bins, color=NULL_COLOR, edgecolor="white", label=label)
         else:
-            ax.text(0.5, 0.5, "no finite null gains", transform=ax.transAxes, ha="center")
-        # axvline widens the x-limits when a marked gain lies outside the null's range.
-        if is_finite(claim_gain):
-            ax.axvline(claim_gain, color=CLAIM_COLOR, lw=2.5,
-                       label=f"claimed {site}s: {float(claim_gain):.4g}")
-        if is_finite(full_gain):
-            ax.axvline(full_gain, color=FULL_COLOR, lw=2.0, ls="--",
-                       label=f"whole-model edit (ceiling): {float(full_gain):.4g}")
-        ax.set_title(f"Null distribution: {metric} gain at N = {n} random "
-                     f"{location_size}-{site} locations")
-        ax.set_xlabel(f"{metric} gain over the unedited model")
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center")
+        # axvline widens the x-limits when a marked value lies outside the null's range.
+        for value, name, style in marks:
+            if is_finite(value):
+                ax.axvline(value, label=f"{name}: {float(value):.4g}", **style)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("number of random locations")
         ax.yaxis.get_major_locator().set_params(integer=True)  # counts, not fractions
         legend_below(fig)
