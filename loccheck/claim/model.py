@@ -167,6 +167,15 @@ class Claim(Section):
                                f"with a verdict: {', '.join(listed)}", ("expect", name))
 
     @property
+    def necessity_behavior(self) -> str:
+        """Which answer of a pair the behaviour the necessity test removes prefers: "chosen", or
+        "rejected" (`necessity.behavior`; auto: rejected for known facts' counterfactual pairs)."""
+        chosen = self.necessity.behavior if self.necessity is not None else "auto"
+        if chosen == "auto":
+            return "rejected" if self.behavior.dataset == "known_facts" else "chosen"
+        return chosen
+
+    @property
     def verdict_tests(self) -> tuple[str, ...]:
         """The listed tests that give a verdict, in claim order."""
         return tuple(t for t in self.tests if t in VERDICT_TESTS)

@@ -308,6 +308,12 @@ class NecessitySpec(Section):
     stop: Literal["sequential", "full"] = Field(
         "sequential", description="As random_locations.stop: stop ablating once the test is decided.")
     seed: Seed = Field(0, description="Seed of the resample ablation's draws of train tokens.")
+    behavior: Literal["auto", "chosen", "rejected"] = Field(
+        "auto", description="Which answer of each pair the model's behaviour prefers, so what ablating it "
+                            "loses: 'chosen' (the data ask for the model's own behaviour, as TruthfulQA's "
+                            "truthful answers), 'rejected' (the data ask to edit it away, as known facts' "
+                            "counterfactual pairs, whose rejected answer is the fact the model knows); "
+                            "'auto': rejected for known_facts, chosen otherwise.")
 
     @model_validator(mode="after")
     def _in_range(self) -> "NecessitySpec":

@@ -109,6 +109,18 @@ def _verdict_row(r: dict, name: str, e: dict) -> list[str]:
 
 # --- necessity ------------------------------------------------------------------------------
 
+def _drop_words(n: dict, metric: str, direction: str) -> str:
+    """What the drop is: the behaviour is the pairs' chosen answers (the metric falls), or their
+    rejected ones (known facts' counterfactual pairs: the metric rises as the fact is lost)."""
+    if n.get("behavior", "chosen") == "rejected":
+        return (f"The behaviour is the pairs' rejected answers (`necessity.behavior: rejected`: as in known "
+                f"facts' counterfactual pairs, the rejected answer is the fact the model knows), so the drop "
+                f"is the ablated model's `{metric}` minus the unedited model's{direction}: larger means "
+                "more of the behaviour lost.")
+    return (f"The drop is the unedited model's `{metric}` minus the ablated model's{direction}, so larger "
+            "means more of the behaviour lost.")
+
+
 def _ablation_words(name) -> str:
     from loccheck.ablations import ABLATIONS
 
@@ -129,8 +141,7 @@ def necessity_lines(r: dict) -> list[str]:
         " (lower is better here, so the sign is flipped)"
     measures = (f"How much of the behaviour is lost when {words['claimed']} are ablated: the location's part "
                 f"of the activations {_ablation_words(ablation)} (`{ablation}` ablation{seed}) at every token "
-                f"of {questions}, nothing else changed. The drop is the unedited model's `{metric}` minus "
-                f"the ablated model's{direction}, so larger means more of the behaviour lost. It is "
+                f"of {questions}, nothing else changed. " + _drop_words(n, metric, direction) + " It is "
                 f"tested against the drops of {words['random']}: the editing test's random locations "
                 f"first, in the same draw order, then further draws of the same seed.")
     cannot = ("What it can and cannot show: it tests necessity under one choice of ablation, "

@@ -25,7 +25,7 @@ def plot_necessity_histogram(null_drops: Sequence[float | None], claim_drop: flo
         null_drops, f"random {location_size}-{site} locations (N = {n}{planned})",
         [(claim_drop, f"claimed {site}s", dict(color=CLAIM_COLOR, lw=2.5))],
         f"Necessity ({ablation} ablation): {metric} drop at N = {n} random {location_size}-{site} locations",
-        f"{metric} lost when ablated (unedited minus ablated)", path, empty="no finite drops")
+        f"behaviour lost when ablated ({metric} drop)", path, empty="no finite drops")
 
 
 def plot_size_curve(panels: Sequence[tuple[str, dict]], metric: str, path: str | os.PathLike, *,

@@ -49,7 +49,10 @@ class AblationOutcome:
                 "value": self.value, "drop": self.drop if math.isfinite(self.drop) else None}
 
 
-def run_ablation(testbed, cache, job: AblationJob, metric: str, base: float) -> AblationOutcome:
+def run_ablation(testbed, cache, job: AblationJob, metric: str, base: float, sign: int = 1) -> AblationOutcome:
+    """Score `job` (or find its score); its drop is the unedited model's improvement over the
+    ablated one, times `sign` (-1 when the behaviour is the pairs' rejected answers: then what
+    ablation loses shows as the metric moving toward the chosen ones)."""
     from loccheck.ablations.ablate import ablated
     from loccheck.metrics import METRICS
 
@@ -63,7 +66,7 @@ def run_ablation(testbed, cache, job: AblationJob, metric: str, base: float) -> 
             value = testbed.score([metric])[metric]
         if math.isfinite(value):
             cache.put(key, {"value": value})
-    drop = METRICS[metric].improvement(base - value)
+    drop = sign * METRICS[metric].improvement(base - value)
     return AblationOutcome(job, value, drop, scored, time.monotonic() - began)
 
 
@@ -98,15 +101,16 @@ def run_necessity(testbed, cache, claim, location, nulls, base: float, note) -> 
     from loccheck.stats.verdict import compared_gains, min_null_size
 
     spec, alpha, metric = claim.necessity, claim.verdict.alpha, claim.verdict.metric
+    sign = behavior_sign(claim)
     make = lambda loc, role, i: AblationJob(loc, spec.ablation, spec.seed, role, i, testbed.key)  # noqa: E731
     progress = AblationProgress(note, 1 + len(nulls), f"necessity ({spec.ablation} ablation)")
-    first = run_ablation(testbed, cache, make(location, "claim", None), metric, base)
+    first = run_ablation(testbed, cache, make(location, "claim", None), metric, base, sign)
     progress(first)
     sequential = spec.stop == "sequential" and spec.n >= min_null_size(alpha)
     h = sequential_stop_count(spec.n, alpha) if sequential else None
     done = []
     for i, loc in enumerate(nulls):
-        done.append(run_ablation(testbed, cache, make(loc, "random", i), metric, base))
+        done.append(run_ablation(testbed, cache, make(loc, "random", i), metric, base, sign))
         progress(done[-1])
         claim_drop, null = compared_gains(first.drop, [o.drop for o in done])
         if sequential and sequential_decided(claim_drop, null, n_max=spec.n, h=h):
@@ -131,6 +135,11 @@ def run_ablations(claim, testbed, cache, location, base: float, phase, *, nulls,
     if others:
         with phase(f"ablating ({spec.ablation}) {len(others)} more locations (minimality, size curve)"):
             done = [run_ablation(testbed, cache, AblationJob(loc, spec.ablation, spec.seed, role, k, testbed.key),
-                                 metric, base) for role, k, loc in others]
+                                 metric, base, behavior_sign(claim)) for role, k, loc in others]
     return {"necessity": necessity, "minus": [o for o in done if o.job.role == "minus"],
             "sizes": [o for o in done if o.job.role == "size"]}
+
+
+def behavior_sign(claim) -> int:
+    """+1 when the behaviour is the pairs' chosen answers, -1 when it is their rejected ones."""
+    return 1 if claim.necessity_behavior == "chosen" else -1

@@ -23,6 +23,7 @@ def necessity_test(claim, ablations: dict, location, holm_p=None) -> dict:
                              n_null=claim.necessity.n, stop=claim.necessity.stop, random_what=words["random"],
                              site=location[0].noun, holm_p=holm_p)
     return {**test.to_json(), "ablation": claim.necessity.ablation, "seed": claim.necessity.seed,
+            "behavior": claim.necessity_behavior,
             "claim_value": first.value, "locations": [o.job.location_text for o in null[:test.n_null_fitted]]}
 
 

@@ -556,3 +556,13 @@ def test_causal_tracing_needs_facts_and_mlp_sites(tmp_path):
     claim = parse_claim("claim: x\nbehavior: {dataset: known_facts}\nlocation: {from_heuristic: true}\n"
                         "heuristic: {method: causal_tracing, top_k: 2, corruption: subject_flip}\n")
     assert claim.site_kind == "mlp" and claim.heuristic.window == 10 and claim.heuristic.samples == 10
+
+
+@pytest.mark.parametrize("dataset, given, resolved", [
+    ("truthfulqa", None, "chosen"), ("known_facts", None, "rejected"),
+    ("known_facts", "chosen", "chosen"), ("truthfulqa", "rejected", "rejected")])
+def test_the_behaviour_necessity_removes_is_the_rejected_answers_for_known_facts(dataset, given, resolved):
+    behavior = f", behavior: {given}" if given else ""
+    claim = parse_claim(f"claim: x\nbehavior: {{dataset: {dataset}}}\nlocation: {{sites: [L0H1]}}\n"
+                        f"tests: [editing, necessity]\nnecessity: {{n: 19{behavior}}}\n")
+    assert claim.necessity_behavior == resolved

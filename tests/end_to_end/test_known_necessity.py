@@ -150,6 +150,20 @@ def test_a_dead_head_is_not_necessary(live, tmp_path):
     assert result.verdict == "FALSIFIED"
 
 
+def test_the_behaviour_as_the_rejected_answers_turns_the_drop_around(live, tmp_path):
+    """`necessity.behavior: rejected` (known facts' counterfactual pairs): what ablation loses is
+    the preference for the rejected answers, so the drop is the metric's rise: here the live
+    head's ablation lowers the margin, which is no loss of that behaviour."""
+    chosen = _verify(_text(*live, [LIVE], "{ablation: mean, n: 19, stop: full}"), tmp_path, "chosen")
+    rejected = _verify(_text(*live, [LIVE], "{ablation: mean, n: 19, stop: full, behavior: rejected}"),
+                       tmp_path, "rejected")
+    a, b = chosen.evidence["necessity"], rejected.evidence["necessity"]
+    assert (a["behavior"], b["behavior"]) == ("chosen", "rejected")
+    assert a["claim_value"] == b["claim_value"] and b["claim_drop"] == -a["claim_drop"] < 0
+    assert b["null_drops"] == [-d for d in a["null_drops"]]
+    assert b["verdict"] == "FALSIFIED" and "loses nothing" in b["verdict_reason"]
+
+
 # --- c. minimality: the dead head is free, the live one is not --------------------------------------
 
 def test_minimality_names_the_dead_head_free(live, tmp_path):
