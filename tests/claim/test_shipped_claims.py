@@ -35,3 +35,10 @@ def test_the_shipped_truth_direction_is_the_file_it_names():
     spec = load_claim(path).location.subspace
     basis = read_basis(spec.basis, key=spec.key, width=576, field="location.subspace.basis", base_dir=path.parent)
     assert basis.dim == 1 and basis.sha256 == spec.sha256 and spec.layer < 30
+
+
+@pytest.mark.parametrize("name", ["iti_truthful.yaml", "rome_tracing_smollm2.yaml"])
+def test_the_shipped_head_and_mlp_claims_ask_for_both_kinds_of_evidence(name):
+    claim = load_claim(CLAIMS[[p.name for p in CLAIMS].index(name)])
+    assert claim.verdict_tests == ("editing", "necessity")
+    assert claim.necessity.n >= 99 and 1 / (claim.necessity.n + 1) <= claim.verdict.alpha / 2   # room for Holm
