@@ -213,11 +213,7 @@ def decide_verdict(
     k = max(0, round(pvalue * (n_null + 1)) - 1)   # null draws at least as good as the claim
 
     if min_p > alpha:
-        need = min_null_size(alpha)
-        return VerdictResult(Verdict.UNDERPOWERED, (
-            f"With {n_null} random locations the smallest reachable p-value is "
-            f"1/{n_null + 1} = {min_p:.3g} > alpha = {alpha:g}, so the test cannot reject: "
-            f"alpha = {alpha:g} needs at least {need} random locations."), ratio)
+        return _underpowered(n_null, alpha, ratio)
     no_gain = _without_gain(claim_gain, ceiling_gain, claim_diverged, ceiling_diverged, site, ratio)
     if no_gain is not None:
         return no_gain
@@ -228,6 +224,14 @@ def decide_verdict(
     beats = (f"p = {pvalue:.3g}{adjusted} <= alpha = {alpha:g} ({k} of {n_null} {what} {verb} the "
              f"behaviour at least as well)")
     return _specific(beats, ratio, rho, site, ceiling_unfit)
+
+
+def _underpowered(n_null: int, alpha: float, ratio: float) -> VerdictResult:
+    min_p = 1.0 / (n_null + 1)
+    return VerdictResult(Verdict.UNDERPOWERED, (
+        f"With {n_null} random locations the smallest reachable p-value is "
+        f"1/{n_null + 1} = {min_p:.3g} > alpha = {alpha:g}, so the test cannot reject: "
+        f"alpha = {alpha:g} needs at least {min_null_size(alpha)} random locations."), ratio)
 
 
 def _beaten(pvalue: float, alpha: float, n_null: int, k: int, what: str, site: str,
