@@ -1,6 +1,8 @@
 """loccheck: put localization claims on trial.
 
     loccheck verify CLAIM...            fit, test, write reports/<claim>/ (exit 0, 1 or 2)
+    loccheck check CLAIM...             replay each verdict from its evidence bundle (no model,
+                                        no torch); --audit K refits K of its edits
     loccheck report RESULT_JSON         re-render report.md and figures (no model, no torch)
     loccheck schema                     print the claim files' JSON Schema
     loccheck init NAME                  write claims/NAME.yaml, a commented claim template
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from loccheck import __version__
@@ -53,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "on a terminal, one plain line per finished edit elsewhere)")
     bar.add_argument("--quiet", dest="progress", action="store_false", help="no progress output")
     verify.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    check = sub.add_parser("check", help="replay claims from their evidence bundles: every statistic, "
+                                         "the verdict and the report again, with no model and no torch")
+    check.add_argument("claims", nargs="+", type=Path, metavar="CLAIM", help="claim YAML file(s)")
+    check.add_argument("--evidence", type=Path, default=Path("evidence"), metavar="DIR",
+                       help="folder of the bundles `verify --evidence DIR` wrote: each claim's is "
+                            "DIR/<claim name>/ (default: evidence)")
+    add_cli_options(check, only=("report_dir", "cache_dir", "n_null"))
+    check.add_argument("--audit", type=_at_least_one, default=None, metavar="K",
+                       help="also refit K of each bundle's edits (drawn with a seed from its manifest) "
+                            "on this machine and compare their gains; needs the model")
+    check.add_argument("--device", default=None, help="where --audit fits (overrides model.device)")
+    check.add_argument("--debug", action="store_true", help="show tracebacks")
 
     localize = sub.add_parser("localize", help="run the claim's heuristic and write a new claim "
                                                "file that pins the sites it selects")
@@ -118,7 +134,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
-    commands = {"verify": _verify, "localize": _localize, "report": _report, "schema": _schema,
+    commands = {"verify": _verify, "check": _check, "localize": _localize, "report": _report, "schema": _schema,
                 "init": _init, "trace-vs-edit": _trace_vs_edit, "models": _models}
     try:
         return commands[args.command](args)
@@ -187,28 +203,72 @@ def _verify(args) -> int:
     from loccheck.run.verify import verify
 
     settings = settings_from_cli(args)
-    overrides = {**settings.overrides(), **({"model.device": args.device} if args.device else {})}
-    claims = [load_claim(path) for path in args.claims]   # every file is checked before any work
-    claims = [c.with_overrides(overrides) for c in claims]
-    if len({c.name for c in claims}) < len(claims):
-        raise LoccheckError(next(
-            f"{a.path} and {b.path} share the file name {a.name!r}, so both reports would go to "
-            f"{settings.claim_report_dir(a.name)}; rename one" for i, a in enumerate(claims)
-            for b in claims[i + 1:] if a.name == b.name))
+    if settings.replay:
+        return _check(args)
+    claims = _claims(args, settings)
     settings.executor_instance   # an executor that cannot work (a Ray address nothing listens at) fails now
     # Every check that can be made before fitting, for every claim, before any is fitted.
     inputs = [_inspected(c, settings, args.progress) for c in claims]
     status = 0
     for claim, checked in zip(claims, inputs):
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name), inputs=checked,
-                        progress=args.progress, **settings.verify_kwargs())
-        fitted = f" ({result.n_null_fitted} fitted)" if result.test["stopped_early"] else ""
-        tests, p = (f" [{result.per_test}]", "editing p") if result.per_test else ("", "p")
-        print(f"{claim.path}: {result.verdict}{tests} ({p} = {result.p_value:.4g}, N = {result.n_null}{fitted}, "
-              f"claim gain {result.claim_gain:+.4g}, whole model {result.ceiling_gain:+.4g}, "
-              f"null mean {result.null_mean:+.4g}); expected {result.expected}: "
-              f"{'as expected' if result.matches_expectation else 'NOT as expected'}; "
-              f"report: {Path(result.report_dir) / 'report.md'}")
+                        progress=args.progress, evidence=settings.claim_evidence_dir(claim.name),
+                        **settings.verify_kwargs())
+        print(_result_line(claim, result))
+        status = max(status, 0 if result.matches_expectation else 1)
+    return status
+
+
+def _claims(args, settings) -> list:
+    """The claim files, every one loaded and checked before any work, with the options' overrides."""
+    from loccheck.claim import load_claim
+
+    overrides = {**settings.overrides(), **({"model.device": args.device} if getattr(args, "device", None) else {})}
+    claims = [load_claim(path).with_overrides(overrides) for path in args.claims]
+    if len({c.name for c in claims}) < len(claims):
+        raise LoccheckError(next(
+            f"{a.path} and {b.path} share the file name {a.name!r}, so both reports would go to "
+            f"{settings.claim_report_dir(a.name)}; rename one" for i, a in enumerate(claims)
+            for b in claims[i + 1:] if a.name == b.name))
+    return claims
+
+
+def _result_line(claim, result, how: str = "") -> str:
+    fitted = f" ({result.n_null_fitted} fitted)" if result.test["stopped_early"] else ""
+    tests, p = (f" [{result.per_test}]", "editing p") if result.per_test else ("", "p")
+    return (f"{claim.path}: {result.verdict}{tests} ({p} = {result.p_value:.4g}, N = {result.n_null}{fitted}, "
+            f"claim gain {result.claim_gain:+.4g}, whole model {result.ceiling_gain:+.4g}, "
+            f"null mean {result.null_mean:+.4g}){how}; expected {result.expected}: "
+            f"{'as expected' if result.matches_expectation else 'NOT as expected'}; "
+            f"report: {Path(result.report_dir) / 'report.md'}")
+
+
+def _check(args) -> int:
+    """Replay (and with --audit, refit a sample of) each claim's evidence bundle."""
+    from loccheck.files import check_writable_folder
+    from loccheck.run.replay import audit, replay
+
+    settings = settings_from_cli(args)
+    if args.command == "check":
+        settings = replace(settings, evidence=args.evidence, replay=True)
+    try:
+        settings.check_replay("loccheck verify --replay")
+    except ValueError as err:
+        raise LoccheckError(str(err)) from None
+    claims = _claims(args, settings)
+    for claim in claims:
+        check_writable_folder(settings.claim_report_dir(claim.name), "report folder")
+    status = 0
+    for claim in claims:
+        bundle = settings.claim_evidence_dir(claim.name)
+        result = replay(claim, bundle, out_dir=settings.claim_report_dir(claim.name))
+        print(_result_line(claim, result, f", replayed from {bundle}"))
+        if getattr(args, "audit", None):
+            rows = audit(claim, bundle, args.audit, cache_dir=settings.cache_dir,
+                         note=lambda line: print(line, file=sys.stderr))
+            worst = max((abs(r["here"] - r["recorded"]) / r["tolerance"] for r in rows if r["tolerance"] > 0), default=0.0)
+            print(f"{claim.path}: audit passed: {args.audit} refitted edits and the unedited model agree with "
+                  f"the bundle on {len(rows)} gains and scores (largest difference {worst:.2f} of its tolerance)")
         status = max(status, 0 if result.matches_expectation else 1)
     return status
 
@@ -219,7 +279,8 @@ def _inspected(claim, settings, progress):
     from loccheck.run.verify import CHECKING, inspect
 
     with Phases(progress_mode(progress), title=f"{claim.name} ")(CHECKING, announce=False):
-        return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir)
+        return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir,
+                       evidence=settings.claim_evidence_dir(claim.name))
 
 
 def _trace_vs_edit(args) -> int:

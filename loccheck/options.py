@@ -7,6 +7,8 @@ pytest-benchmark pattern), so the two front ends cannot drift apart.
     null size      --n-null N                 --loccheck-n-null N         loccheck_n_null
     executor       --executor serial          --loccheck-executor serial  loccheck_executor
     refresh        --refresh                  --loccheck-refresh          loccheck_refresh
+    evidence dir   --evidence DIR             --loccheck-evidence DIR     loccheck_evidence
+    replay         --replay (or `check`)      --loccheck-replay           loccheck_replay
 
 Precedence: a flag wins over the ini value, which wins over the claim file (for the number of
 random locations) or the built-in default. Reports go to ``<report dir>/<claim name>/``.
@@ -119,6 +121,10 @@ OPTIONS: tuple[Option, ...] = (
            "local cluster started for the run)", "text", metavar="ADDRESS"),
     Option("refresh", "ignore cached fits and fit every edit again (the cache is rewritten)",
            "flag", default=False),
+    Option("evidence", "folder of evidence bundles, meant to be committed beside the claims: each "
+           "claim's is DIR/<claim name>/; a verification writes it, a replay reads it", "path", metavar="DIR"),
+    Option("replay", "derive each verdict from its evidence bundle (under the evidence folder) with no "
+           "model and no torch: nothing is fitted, and missing or changed evidence fails", "flag", default=False),
 )
 
 
@@ -131,6 +137,8 @@ class Settings:
     executor: str
     ray_address: str | None
     refresh: bool
+    evidence: Path | None       # None: no bundle is written (and replay has nothing to read)
+    replay: bool
 
     def overrides(self) -> dict[str, Any]:
         """Claim-field overrides for `verify(..., overrides=...)`."""
@@ -151,6 +159,15 @@ class Settings:
     def claim_report_dir(self, claim_name: str) -> Path:
         return self.report_dir / claim_name
 
+    def claim_evidence_dir(self, claim_name: str) -> Path | None:
+        return None if self.evidence is None else self.evidence / claim_name
+
+    def check_replay(self, where: str) -> None:
+        """Replay reads bundles from the evidence folder: it must be named."""
+        if self.replay and self.evidence is None:
+            raise ValueError(f"{where}: replay needs the evidence folder its bundles are in "
+                             "(--evidence DIR, --loccheck-evidence DIR or the ini key loccheck_evidence)")
+
 
 def _settings(values: dict[str, Any]) -> Settings:
     filled = {o.dest: o.default if values.get(o.dest) is None else values[o.dest] for o in OPTIONS}
@@ -162,7 +179,7 @@ def _settings(values: dict[str, Any]) -> Settings:
 
 def add_cli_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """Add the shared options (or those whose dest is in `only`) to an argparse (sub)parser:
-    --report-dir/--out, --cache-dir, --n-null, --executor, --refresh."""
+    --report-dir/--out, --cache-dir, --n-null, --executor, --refresh, --evidence, --replay."""
     for opt in OPTIONS:
         if only is not None and opt.dest not in only:
             continue

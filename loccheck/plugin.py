@@ -5,7 +5,10 @@ by the ini option ``loccheck_claim_dirs`` (default ``claims``) is one test item.
 - it passes when the verdict equals the claim's ``expect`` (SUPPORTED when it states none) and
   fails with short evidence, not a traceback; a malformed claim is one collection error at
   file:line; a bad model or dataset is a failed item with the one-line message;
-- options ``--loccheck-*`` and ini keys ``loccheck_*`` come from `loccheck.options`;
+- options ``--loccheck-*`` and ini keys ``loccheck_*`` come from `loccheck.options`; with
+  ``--loccheck-evidence DIR`` each claim's evidence bundle is written to DIR/<claim name>/, and
+  with ``--loccheck-replay`` (ini ``loccheck_replay = true``) each verdict is derived from that
+  bundle instead, with no model and no torch (`loccheck.run.replay`);
 - fixture ``loccheck_verify(claim_path, **overrides) -> VerifyResult`` for custom assertions;
 - at the end: one terminal line per claim and ``<report dir>/index.md``.
 
@@ -44,13 +47,21 @@ class LoccheckSession:
     def verify(self, claim, overrides: dict[str, Any] | None = None):
         """verify() with the session's options; `overrides` win over the options. Progress goes
         to the terminal as one plain line per finished edit (pytest captures stderr, and a CI
-        log would otherwise show nothing for the minutes a claim takes)."""
+        log would otherwise show nothing for the minutes a claim takes). With the replay option,
+        the verdict is derived from the claim's evidence bundle instead (no model, no torch)."""
+        merged = {**self.settings.overrides(), **(overrides or {})}
+        if self.settings.replay:
+            from loccheck.run.replay import replay
+
+            claim = claim.with_overrides(merged) if merged else claim
+            return replay(claim, self.settings.claim_evidence_dir(claim.name),
+                          out_dir=self.settings.claim_report_dir(claim.name))
         from loccheck.run.verify import verify
 
-        merged = {**self.settings.overrides(), **(overrides or {})}
         return verify(claim, out_dir=self.settings.claim_report_dir(claim.name),
                       overrides=merged or None, progress="lines" if self.write_line else "off",
-                      write_line=self.write_line, **self.settings.verify_kwargs())
+                      write_line=self.write_line, evidence=self.settings.claim_evidence_dir(claim.name),
+                      **self.settings.verify_kwargs())
 
     def shown(self, path: str | os.PathLike) -> str:
         """A path as the user typed it: relative to the invocation folder when inside it."""
@@ -77,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "the loccheck_claim_dirs folders)")
     try:
         settings = settings_from_pytest(config)
+        settings.check_replay("--loccheck-replay")
     except ValueError as err:
         raise pytest.UsageError(str(err)) from None
     dirs = config.getini("loccheck_claim_dirs") or [Path(config.rootpath) / "claims"]

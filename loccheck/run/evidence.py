@@ -16,15 +16,16 @@ def necessity_test(claim, ablations: dict, location, holm_p=None) -> dict:
     from loccheck.locations import format_location
     from loccheck.stats.necessity import examine_necessity
 
-    first, *null = ablations["necessity"]
+    first, *null = ablations["necessity"]          # records: a drop that was not finite is None
     words = location_words({"site_kind": location[0].kind, "location": format_location(location),
                             "null_draw": claim.null_draw})
-    test = examine_necessity(first.drop, [o.drop for o in null], alpha=claim.verdict.alpha,
+    drop = lambda r: math.nan if r["drop"] is None else r["drop"]  # noqa: E731
+    test = examine_necessity(drop(first), [drop(r) for r in null], alpha=claim.verdict.alpha,
                              n_null=claim.necessity.n, stop=claim.necessity.stop, random_what=words["random"],
                              site=location[0].noun, holm_p=holm_p)
     return {**test.to_json(), "ablation": claim.necessity.ablation, "seed": claim.necessity.seed,
             "behavior": claim.necessity_behavior,
-            "claim_value": first.value, "locations": [o.job.location_text for o in null[:test.n_null_fitted]]}
+            "claim_value": first["value"], "locations": [r["location"] for r in null[:test.n_null_fitted]]}
 
 
 def holm_adjusted(claim, pvalues: dict[str, float]) -> dict[str, tuple[float, int] | None]:

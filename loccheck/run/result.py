@@ -24,6 +24,7 @@ class VerifyResult:
     n_fitted: int = 0                      # edits fitted by this run (not read from the cache)
     n_scored: int = 0                      # (edit, metric) scores computed by this run
     outcomes: list = field(default_factory=list, repr=False)
+    facts: dict | None = field(default=None, repr=False)   # what the run measured (`measured_facts`)
 
     def to_json(self) -> dict[str, Any]:
         return self.payload
@@ -84,48 +85,41 @@ def _nan_for_none(value) -> float:
 
 
 def build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor: str,
-                 ablations: dict | None = None) -> VerifyResult:
-    from loccheck.heuristics import HEURISTICS
+                 ablations: dict | None = None, width: int = 1) -> VerifyResult:
+    """The result of a run: what it measured (`measured_facts`) and what follows from that and
+    the claim (`derive_payload`). `width`: the executor's, the waves the sequential null stopped in."""
     from loccheck.run.jobs import every_run
+
+    facts = measured_facts(claim, testbed, location, proposal, nulls, base, outcomes, executor, ablations, width)
+    runs = every_run(outcomes)
+    return VerifyResult(derive_payload(claim, facts), n_fitted=sum(o.fitted for o in runs),
+                        n_scored=sum(o.n_scored for o in runs), outcomes=list(outcomes), facts=facts)
+
+
+def measured_facts(claim, testbed, location, proposal, nulls, base, outcomes, executor: str,
+                   ablations: dict | None, width: int) -> dict:
+    """Everything a run measured that its result rests on, as strict JSON: the edits' records
+    (scores, gains, convergence) in job order, the unedited scores, the ablations' drops, the
+    heuristic's evidence, what the data and the model were. Only this needs the model:
+    `derive_payload` computes every statistic and the verdict from it and the claim, and so can
+    a replay of an evidence bundle, without torch."""
+    from loccheck.heuristics import HEURISTICS
     from loccheck.locations import format_location
-    from loccheck.metrics import METRICS
     from loccheck.stats.null import count_locations
     from loccheck.data.prompts import format_prompt
 
-    vs, metric = claim.verdict, claim.verdict.metric
-    methods = [e.method for e in claim.edits]
-    records = [o.record(base) for o in outcomes]
-    tests, summaries = _tests(claim, methods, records, location)
-    evidence = _evidence(claim, tests, records, location, ablations)
-    if evidence["editing"].get("holm") is not None:     # decided on its Holm-adjusted p-value
-        tests, summaries = _tests(claim, methods, records, location, holm_p=evidence["editing"]["holm"])
-        evidence["editing"].update(verdict=tests[methods[0]]["verdict"],
-                                   verdict_reason=tests[methods[0]]["verdict_reason"])
-    verdict, reason = _overall(claim, evidence)
-    primary = tests[methods[0]]
-    heuristic = HEURISTICS[claim.heuristic.method]
-    found = None if proposal is None else heuristic.evidence(
+    found = None if proposal is None else HEURISTICS[claim.heuristic.method].evidence(
         claim.heuristic, proposal, location, not claim.location.from_heuristic)
     rs, bs, data = claim.random_locations, claim.behavior, testbed.data
     # a Haar null draws from a continuum of subspaces
     n_locations = None if claim.null_draw == "haar" else count_locations(
         testbed.sites(location[0].kind), len(location), location if rs.match_layers else None)
-    payload = {
-        "schema_version": SCHEMA_VERSION, "loccheck_version": __version__,
-        "claim_name": claim.name, "claim_file": str(claim.path) if claim.path is not None else None,
-        "claim_text": claim.claim, "expect": claim.expect,
-        "verdict": verdict, "verdict_reason": reason, "tests_listed": list(claim.tests),
-        "evidence": evidence,
-        "matches_expectation": _matches(claim.expect, verdict, evidence),
-        "location": format_location(location), "site_kind": location[0].kind,
-        "n_locations": n_locations, "null_draw": claim.null_draw,
-        "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": found,
-        "metric": metric, "metrics": list(claim.all_metrics),
-        "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},
-        "alpha": vs.alpha, "rho": vs.rho, "n_null": len(nulls),
-        "n_null_fitted": primary["n_null_fitted"],
-        "primary_method": methods[0], "tests": tests, "metric_summaries": summaries,
-        "base_metrics": base, "edits": records,
+    return strict_json({
+        "location": format_location(location), "n_locations": n_locations, "n_null": len(nulls),
+        "executor": executor, "executor_width": width, "heuristic_evidence": found,
+        "base_metrics": base, "edits": [o.record(base) for o in outcomes],
+        "ablations": None if ablations is None else {part: [o.record() for o in done]
+                                                     for part, done in ablations.items()},
         **({"base_generations": g} if (g := testbed.memo.get("unedited generations")) else {}),
         "data": _data_record(bs.dataset, data.summary(), testbed.prompt_format,
                              format_prompt(testbed.tokenizer, data.test[0].prompt, testbed.prompt_format,
@@ -133,16 +127,61 @@ def build_result(claim, testbed, location, proposal, nulls, base, outcomes, exec
                              {k: len(getattr(testbed, k)) for k in ("train", "validation", "test")}),
         "model": {**testbed.loaded.info, **testbed.adapter.describe(), "sites": testbed.adapter.where(),
                   **({"checks": testbed.adapter.checks} if testbed.adapter.checks else {})},
-        "config": claim.effective_config(), "versions": _versions(),
+        "versions": _versions(), "testbed": {"key": testbed.key, "identity": testbed.identity},
+    })
+
+
+def derive_payload(claim, facts: dict) -> dict:
+    """result.json: every statistic, the tests' verdicts and the overall verdict, computed from a
+    run's `measured_facts` and the claim. Imports no torch."""
+    from loccheck.locations import parse_location
+    from loccheck.metrics import METRICS
+
+    vs, metric = claim.verdict, claim.verdict.metric
+    methods = [e.method for e in claim.edits]
+    location = parse_location(facts["location"])
+    base = _floats(facts["base_metrics"])
+    records = [{**r, "metrics": _floats(r["metrics"]), "gains": _floats(r["gains"])} for r in facts["edits"]]
+    tests, summaries = _tests(claim, methods, records, location)
+    evidence = _evidence(claim, tests, records, location, facts["ablations"])
+    if evidence["editing"].get("holm") is not None:     # decided on its Holm-adjusted p-value
+        tests, summaries = _tests(claim, methods, records, location, holm_p=evidence["editing"]["holm"])
+        evidence["editing"].update(verdict=tests[methods[0]]["verdict"],
+                                   verdict_reason=tests[methods[0]]["verdict_reason"])
+    verdict, reason = _overall(claim, evidence)
+    primary = tests[methods[0]]
+    rs, bs = claim.random_locations, claim.behavior
+    payload = {
+        "schema_version": SCHEMA_VERSION, "loccheck_version": __version__,
+        "claim_name": claim.name, "claim_file": str(claim.path) if claim.path is not None else None,
+        "claim_text": claim.claim, "expect": claim.expect,
+        "verdict": verdict, "verdict_reason": reason, "tests_listed": list(claim.tests),
+        "evidence": evidence,
+        "matches_expectation": _matches(claim.expect, verdict, evidence),
+        "location": facts["location"], "site_kind": location[0].kind,
+        "n_locations": facts["n_locations"], "null_draw": claim.null_draw,
+        "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": facts["heuristic_evidence"],
+        "metric": metric, "metrics": list(claim.all_metrics),
+        "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},
+        "alpha": vs.alpha, "rho": vs.rho, "n_null": facts["n_null"],
+        "n_null_fitted": primary["n_null_fitted"],
+        "primary_method": methods[0], "tests": tests, "metric_summaries": summaries,
+        "base_metrics": base, "edits": records,
+        **({"base_generations": facts["base_generations"]} if facts.get("base_generations") else {}),
+        "data": facts["data"], "model": facts["model"],
+        "config": claim.effective_config(), "versions": facts["versions"],
         "seeds": {**{f"edit[{i}]": e.seed for i, e in enumerate(claim.edits) if hasattr(e, "seed")},
                   "random_locations": rs.seed, "split": bs.split.seed},
-        "executor": executor,
+        "executor": facts["executor"],
     }
     # Strict JSON in memory too: the report rendered now and one re-rendered from result.json
     # read the same values (null where a number is not finite).
-    runs = every_run(outcomes)
-    return VerifyResult(strict_json(payload), n_fitted=sum(o.fitted for o in runs),
-                        n_scored=sum(o.n_scored for o in runs), outcomes=list(outcomes))
+    return strict_json(payload)
+
+
+def _floats(numbers: dict) -> dict:
+    """Scores as floats: strict JSON's null (a score that was not finite) reads back as nan."""
+    return {k: _nan_for_none(v) for k, v in numbers.items()}
 
 
 def _evidence(claim, tests, records, location, ablations) -> dict:
@@ -173,12 +212,12 @@ def _evidence(claim, tests, records, location, ablations) -> dict:
         out["minimality"] = {"editing": ev.minimality(location, editing["claim_gain"],
                                                       [stats.get(i) for i in range(len(location))])}
         if ablations is not None:
-            drops = {o.job.index: _finite_or_none(o.drop) for o in ablations["minus"]}
+            drops = {r["index"]: _finite_or_none(r["drop"]) for r in ablations["minus"]}
             out["minimality"]["necessity"] = ev.minimality(location, claim_drop,
                                                            [drops.get(i) for i in range(len(location))])
         out["minimality"]["free_share"] = ev.FREE_SHARE
     if claim.size_curve is not None:
-        from loccheck.locations import location_size
+        from loccheck.locations import location_size, parse_location
 
         sizes, size = list(claim.size_curve.sizes), location_size(location)
         out["size_curve"] = {"editing": ev.size_curve(sizes, [(r["size"], _gain(r, metric, better)) for r in mine
@@ -186,7 +225,8 @@ def _evidence(claim, tests, records, location, ablations) -> dict:
                              "n": claim.size_curve.n, "matched_layers": False}
         if ablations is not None:
             out["size_curve"]["necessity"] = ev.size_curve(
-                sizes, [(location_size(o.job.location), _finite_or_none(o.drop)) for o in ablations["sizes"]],
+                sizes, [(location_size(parse_location(r["location"])), _finite_or_none(r["drop"]))
+                        for r in ablations["sizes"]],
                 claim_drop, size)
     return out
 

@@ -20,7 +20,8 @@ CHECKING = "checking the claim's inputs (data, model files, folders)"
 def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, write_report: bool = True,
            overrides: dict[str, Any] | None = None, progress: bool | str | None = None,
            cache_dir: str | Path | None = None, refresh: bool = False, executor="serial",
-           write_line=None, inputs=None, model=None, tokenizer=None) -> VerifyResult:
+           write_line=None, inputs=None, model=None, tokenizer=None,
+           evidence: str | Path | None = None) -> VerifyResult:
     """Verify a localization claim (a path to a claim file or a loaded `Claim`).
 
     For each of the claim's edit methods, fits the edit at the claimed location, at the whole
@@ -50,14 +51,18 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     devices) or run (flash attention: load it with attn_implementation="sdpa" or "eager") is a
     one-line `LoccheckError`; the Ray executor, whose workers load the model themselves, is
     refused. The report and result.json say the model was passed in.
+
+    `evidence`: a folder to write the run's evidence bundle to (`run.bundle`), which
+    `run.replay.replay` re-derives the verdict from without a model.
     """
     claim = claim if isinstance(claim, Claim) else load_claim(claim)
     if overrides:
         claim = claim.with_overrides(overrides)
     with passed_in(claim, model, tokenizer, executor, inputs) as given:
-        return _verify(claim, out_dir=out_dir, write_report=write_report, progress=progress,
-                       cache_dir=cache_dir, refresh=refresh, executor=executor, write_line=write_line,
-                       inputs=inputs, given=given)
+        result = _verify(claim, out_dir=out_dir, write_report=write_report, progress=progress,
+                         cache_dir=cache_dir, refresh=refresh, executor=executor, write_line=write_line,
+                         inputs=inputs, given=given, evidence=evidence)
+    return result
 
 
 @contextlib.contextmanager
@@ -86,7 +91,7 @@ def passed_in(claim: Claim, model, tokenizer, executor="serial", inputs=None):
 
 
 def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh, executor, write_line,
-            inputs, given) -> VerifyResult:
+            inputs, given, evidence) -> VerifyResult:
     from loccheck.run.testbed import prepare_testbed
     from loccheck.cache import FitCache, cache_dir as resolve_cache
     from loccheck.run.executors import get_executor
@@ -98,7 +103,8 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
     phase = Phases(progress_mode(progress), write_line, title=f"{claim.name} ")
     if inputs is None:
         with phase(CHECKING, announce=False):
-            inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir, given=given)
+            inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir, given=given,
+                             evidence=evidence)
     executor = get_executor(executor)
     cache_root = resolve_cache(cache_dir).absolute()     # workers elsewhere resolve it the same
     cache = FitCache(cache_root, refresh=refresh)
@@ -133,7 +139,13 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
                else _given_model_elsewhere)
     runner = JobRunner(testbed, cache, metrics, testbed_factory=factory, on_step=fits.on_step)
     outcomes = _run(claim, jobs, runner, executor, base, fits)
-    result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name, ablations)
+    result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name, ablations,
+                          executor.width)
+    if evidence is not None:
+        from loccheck.run.bundle import write_bundle
+
+        with phase(f"writing the evidence bundle to {evidence}"):
+            write_bundle(claim, result, evidence)
     if not write_report:
         return result
     from loccheck.files import write_json_atomic
@@ -170,7 +182,8 @@ def run_costs(outcomes) -> dict:
             "n_fitted": sum(o.fitted for o in outcomes), "n_scored": sum(o.n_scored for o in outcomes)}
 
 
-def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None, given=None):
+def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path | None = None, given=None,
+            evidence: str | Path | None = None):
     """Every check that can be made before fitting: the cache and report folders can be
     written, the data loads, the model's files are sound, the location lies inside the model,
     the prompts fit its context. Returns the `inspect.ClaimInputs` that `verify` takes. Every
@@ -188,6 +201,8 @@ def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path |
         inputs = inspect_claim(claim, cache_root, given)
         if out_dir is not None:
             check_writable_folder(out_dir, "report folder")
+        if evidence is not None:
+            check_writable_folder(Path(evidence).parent, "evidence folder")
     except ClaimError:
         raise
     except LoccheckError as err:

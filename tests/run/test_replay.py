@@ -1,0 +1,236 @@
+"""Evidence bundles as a paper's repository uses them (issue 26): a claim about a tiny model is
+recorded with `loccheck verify --evidence`, then replayed by pytest with the plugin in a process
+where torch cannot be imported and the model folder is gone; changed claims, records and data
+fail with one line; an audit refits a sample of the bundle's edits on the restored model, and
+fails on a model with one weight changed.
+
+The claim is the planted one of tests/end_to_end/test_known_necessity.py: a 4 x 16-head Llama
+whose only live head is L2H5, pairs oriented by it, null seed 3 (editing p = 1/20, SPECIFIC on
+this short budget; necessity p = 0.02, Holm 0.04: SUPPORTED), with the whole model without the
+head beside them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from loccheck.cli import main
+from loccheck.locations import HeadLoc
+
+pytestmark = pytest.mark.slow   # records on a tiny torch model
+
+LIVE = HeadLoc(2, 5)
+BUDGET = "{max_epochs: 2, batch_size: 4, learning_rate: 0.05, ceiling_learning_rate: 0.05, init_std: 0.1}"
+SPLIT = "{train: 0.5, validation: 0.0, test: 0.5, seed: 0}"
+
+# Run in the replaying process before pytest: any import of torch, transformers or peft fails.
+NO_TORCH = textwrap.dedent("""
+    import sys
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "peft", "safetensors"):
+                raise ImportError(f"{name} is hidden: replay must not import it")
+    sys.meta_path.insert(0, NoTorch())
+    import pytest
+    sys.exit(pytest.main(sys.argv[1:]))
+""")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, one_torch_thread):
+    """A paper's repository: claims/planted.yaml, its model and pairs, pytest.ini pointing the
+    plugin at claims/ and evidence/, and the bundle `loccheck verify --evidence` recorded."""
+    from loccheck.models.loading import load_model
+    from loccheck.testing import claim_text, write_favoured_pairs, write_many_heads_model_dir
+
+    root = tmp_path_factory.mktemp("paper")
+    model_dir = write_many_heads_model_dir(root / "model", "llama", [LIVE])
+    pairs = write_favoured_pairs(root / "pairs.jsonl", load_model(str(model_dir), device="cpu").model, [LIVE])
+    (root / "claims").mkdir()
+    (root / "claims" / "planted.yaml").write_text(claim_text(
+        model_dir, pairs, [str(LIVE)], n=19, edit=BUDGET, split=SPLIT, random_seed=3,
+        expect="{editing: SPECIFIC, necessity: SUPPORTED}",
+        extra="tests: [editing, necessity, without]\nnecessity: {n: 99}\n"))
+    (root / "pytest.ini").write_text("[pytest]\nloccheck_claim_dirs = claims\nloccheck_evidence = evidence\n"
+                                     "loccheck_report_dir = replayed\n")
+    began = time.monotonic()
+    assert main(["verify", str(root / "claims" / "planted.yaml"), "--evidence", str(root / "evidence"),
+                 "--report-dir", str(root / "recorded"), "--cache-dir", str(root / "cache"), "--quiet"]) == 0
+    size = sum(p.stat().st_size for p in (root / "evidence").rglob("*") if p.is_file())
+    print(f"\nrecorded in {time.monotonic() - began:.1f} s; bundle {size / 1024:.0f} KiB")
+    return root
+
+
+def _cli(repo: Path, *args: str, capsys=None) -> int:
+    return main([*args[:1], str(repo / "claims" / "planted.yaml"), "--evidence", str(repo / "evidence"),
+                 "--report-dir", str(repo / "checked"), *args[1:]])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("loccheck: error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def edited(repo):
+    """Restores every file of the repository a test changes."""
+    saved: dict[Path, bytes] = {}
+
+    def edit(path: Path, change) -> None:
+        saved.setdefault(path, path.read_bytes())
+        path.write_bytes(change(path.read_bytes()))
+    yield edit
+    for path, data in saved.items():
+        path.write_bytes(data)
+
+
+def test_pytest_replays_the_bundle_without_torch_or_the_model(repo):
+    model, hidden = repo / "model", repo / "model-away"
+    os.replace(model, hidden)
+    try:
+        began = time.monotonic()
+        run = subprocess.run([sys.executable, "-c", NO_TORCH, "-p", "no:cacheprovider", "--loccheck-replay", "-q"],
+                             cwd=repo, capture_output=True, text=True, timeout=300)
+        seconds = time.monotonic() - began
+    finally:
+        os.replace(hidden, model)
+    print(f"\nreplayed in {seconds:.1f} s (a new process, pytest and the plugin included)")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "planted: SPECIFIC (as expected)" in run.stdout
+    recorded = json.loads((repo / "recorded" / "planted" / "result.json").read_text())
+    replayed = json.loads((repo / "replayed" / "planted" / "result.json").read_text())
+    assert replayed == recorded                                         # every number, bit for bit
+    assert ((repo / "replayed" / "planted" / "report.md").read_text()
+            == (repo / "recorded" / "planted" / "report.md").read_text())
+    assert replayed["evidence"]["necessity"]["verdict"] == "SUPPORTED" and "without" in replayed["evidence"]
+
+
+def test_a_changed_learning_rate_fails_with_one_line_naming_the_field(repo, edited, capsys):
+    claim = repo / "claims" / "planted.yaml"
+    edited(claim, lambda b: b.replace(b"learning_rate: 0.05,", b"learning_rate: 0.04,", 1))
+    assert _cli(repo, "check") == 2
+    line = _error(capsys)
+    assert "planted.yaml" in line and "edits[0].learning_rate: is 0.04 here but 0.05 in the evidence bundle" in line
+    assert not (repo / "checked").exists()
+
+
+def test_prose_and_expectations_change_no_number(repo, edited, capsys):
+    claim = repo / "claims" / "planted.yaml"
+    edited(claim, lambda b: b.replace(b"The behaviour lives", b"Behaviour lives").replace(
+        b"necessity: SUPPORTED}", b"necessity: FALSIFIED}"))
+    assert _cli(repo, "check") == 1                      # replayed; the new expectation is not met
+    assert "NOT as expected" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("target", ["facts.json", "fits/0003.json", "MANIFEST.json"])
+def test_an_edited_record_fails_naming_it(repo, edited, capsys, target):
+    path = repo / "evidence" / "planted" / target
+    if target == "MANIFEST.json":
+        edited(path, lambda b: b[: len(b) // 2])                     # truncated
+    else:
+        edited(path, lambda b: b.replace(b'"stopped"', b'"stopped" ', 1))   # one byte more
+    assert _cli(repo, "check") == 2
+    line = _error(capsys)
+    assert target in line
+    assert ("not readable as strict JSON" if target == "MANIFEST.json" else "sha256 is not the manifest's") in line
+
+
+def _rewrite(repo: Path, name: str, change) -> None:
+    """Change a bundle file and make the manifest agree, as a forger would."""
+    import hashlib
+
+    folder = repo / "evidence" / "planted"
+    path = folder / name
+    path.write_text(change(path.read_text()))
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    manifest["files"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def test_forged_records_fail_even_with_a_matching_manifest(repo, edited, capsys):
+    folder = repo / "evidence" / "planted"
+    for name in ("facts.json", "MANIFEST.json"):
+        edited(folder / name, lambda b: b)
+    facts = json.loads((folder / "facts.json").read_text())
+    gain_field = json.dumps(facts["edits"][0]["metrics"]["preference_margin"])
+    _rewrite(repo, "facts.json", lambda t: t.replace(gain_field, "NaN", 1))        # a non-finite score
+    assert _cli(repo, "check") == 2
+    assert "facts.json: not readable as strict JSON (NaN is not a JSON number" in _error(capsys)
+
+    facts["edits"][0]["metrics"]["preference_margin"] += 1.0                        # the claim edits better
+    _rewrite(repo, "facts.json", lambda _: json.dumps(facts))
+    assert _cli(repo, "check") == 2
+    assert "the claim edit's scores in its fit file differ from facts.json's" in _error(capsys)
+
+
+def test_a_dropped_null_draw_is_missing_evidence(repo, edited, capsys):
+    folder = repo / "evidence" / "planted"
+    for name in ("facts.json", "MANIFEST.json"):
+        edited(folder / name, lambda b: b)
+    facts = json.loads((folder / "facts.json").read_text())
+    facts["ablations"]["necessity"].pop()                       # the last ablation of the necessity null
+    _rewrite(repo, "facts.json", lambda _: json.dumps(facts))
+    assert _cli(repo, "check") == 2
+    assert "the necessity null holds 98 of 99 draws and is not decided after them" in _error(capsys)
+
+
+def test_a_bundle_of_another_claim_and_changed_data_fail(repo, edited, capsys):
+    other = repo / "claims" / "other.yaml"
+    shutil.copy(repo / "claims" / "planted.yaml", other)
+    try:
+        shutil.copytree(repo / "evidence" / "planted", repo / "evidence" / "other")
+        try:
+            assert main(["check", str(other), "--evidence", str(repo / "evidence"), "--report-dir",
+                         str(repo / "checked")]) == 2
+            assert "the evidence of claim 'planted', not of 'other'" in _error(capsys)
+        finally:
+            shutil.rmtree(repo / "evidence" / "other")
+    finally:
+        other.unlink()
+    claim_text = (repo / "claims" / "planted.yaml").read_text()
+    pairs = Path(claim_text.split("path: '")[1].split("'")[0])
+    edited(pairs, lambda b: b + b"\n")
+    assert _cli(repo, "check") == 2
+    assert "behavior.path: the data file" in _error(capsys)
+
+
+def test_replay_without_a_bundle_fails_and_fits_nothing(repo, capsys, tmp_path):
+    assert main(["check", str(repo / "claims" / "planted.yaml"), "--evidence", str(tmp_path / "none"),
+                 "--report-dir", str(tmp_path / "checked")]) == 2
+    assert "no evidence bundle here (MANIFEST.json is missing)" in _error(capsys)
+    assert not (tmp_path / "checked").exists() and not (tmp_path / "none").exists()
+
+
+def test_an_audit_refits_a_sample_and_agrees_on_the_restored_model(repo, capsys):
+    began = time.monotonic()
+    assert _cli(repo, "check", "--audit", "2", "--cache-dir", str(repo / "cache")) == 0
+    out = capsys.readouterr()
+    print(f"\naudit of 2 edits: {time.monotonic() - began:.1f} s\n{out.err}{out.out}")
+    assert out.err.count("audit [") == 2 and "audit passed: 2 refitted edits" in out.out
+
+
+def test_an_audit_on_a_model_with_one_weight_changed_fails(repo, edited, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    weights = repo / "model" / "model.safetensors"
+
+    def one_weight(data: bytes) -> bytes:
+        tensors = load_file(str(weights))
+        name = next(n for n in sorted(tensors) if n.endswith("mlp.down_proj.weight"))
+        tensors[name].flat[0] += 0.5
+        save_file(tensors, str(weights))
+        return weights.read_bytes()
+    edited(weights, one_weight)
+    assert _cli(repo, "check") == 0                                   # replay needs no model
+    capsys.readouterr()
+    assert _cli(repo, "check", "--audit", "2", "--cache-dir", str(repo / "cache")) == 2
+    assert "the model weights here" in _error(capsys)

@@ -1,0 +1,61 @@
+"""The rules replay checks a bundle against, on exact inputs (no model, no torch): where a null
+had to stop, which claim fields change a number, how the audit's sample is drawn."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from loccheck.run.bundle import Bundle, BundleError
+from loccheck.run.replay import _check_stop, _flat, audit_choice
+from loccheck.stats.pvalues import sequential_stop_count
+
+BUNDLE = Bundle(Path("evidence/c"), {"files": {"facts.json": "0" * 64}}, {}, {}, [])
+SEQUENTIAL = SimpleNamespace(n=19, stop="sequential")
+
+
+def test_h_is_one_for_19_draws_at_alpha_005():
+    assert sequential_stop_count(19, 0.05) == 1        # one draw at or above the claim decides
+
+
+@pytest.mark.parametrize("null, width", [([2.0], 1), ([0.1, 0.2, 2.0, 0.3], 4), ([0.1] * 19, 1),
+                                         ([0.1] * 18 + [2.0], 4)])
+def test_a_null_that_stopped_where_the_rule_says_passes(null, width):
+    _check_stop(BUNDLE, "the null", 1.0, null, SEQUENTIAL, 0.05, width)
+
+
+@pytest.mark.parametrize("null, width, says", [
+    ([2.0, 0.5], 1, "holds 2 draws, but the sequential rule stops after 1"),
+    ([0.1, 0.2, 2.0, 0.3, 0.4], 4, "holds 5 draws, but the sequential rule stops after 4"),
+    ([0.1] * 5, 1, "holds 5 of 19 draws and is not decided after them"),
+    ([0.1] * 20, 1, "holds 20 draws, but the sequential rule stops after 19"),
+])
+def test_a_null_cut_short_or_run_past_its_stop_fails(null, width, says):
+    with pytest.raises(BundleError, match=says):
+        _check_stop(BUNDLE, "the null", 1.0, null, SEQUENTIAL, 0.05, width)
+
+
+def test_a_full_null_must_hold_every_draw():
+    full = SimpleNamespace(n=19, stop="none")
+    _check_stop(BUNDLE, "the null", 1.0, [2.0] * 19, full, 0.05, 1)
+    with pytest.raises(BundleError, match="holds 18 draws; the claim's null has 19"):
+        _check_stop(BUNDLE, "the null", 1.0, [2.0] * 18, full, 0.05, 1)
+
+
+def test_config_fields_are_spelled_as_the_claim_spells_them():
+    flat = _flat({"edits": [{"method": "optimal", "learning_rate": 0.01}], "location": {"sites": ["L1H2", "L0H1"]},
+                  "metrics": ["preference_margin"], "size_curve": None})
+    assert flat == {"edits[0].method": "optimal", "edits[0].learning_rate": 0.01,
+                    "location.sites": ["L1H2", "L0H1"], "metrics": ["preference_margin"], "size_curve": None}
+
+
+def test_the_audit_sample_is_fixed_by_the_manifest_and_skips_diverged_fits():
+    fits = [{"info": {"stopped": "diverged" if i == 2 else "plateau"}, "i": i} for i in range(6)]
+    a = Bundle(Path("a"), {"files": {"facts.json": "1" * 64}}, {}, {}, fits)
+    b = Bundle(Path("b"), {"files": {"facts.json": "2" * 64}}, {}, {}, fits)
+    picks = [[f["i"] for f in audit_choice(x, 3)] for x in (a, a, b)]
+    assert picks[0] == picks[1] and 2 not in picks[0] + picks[2] and len(set(picks[0])) == 3
+    assert [f["i"] for f in audit_choice(a, 5)] == [0, 1, 3, 4, 5]
+    with pytest.raises(BundleError, match="asks for more edits than the bundle's 5"):
+        audit_choice(a, 6)
