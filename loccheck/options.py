@@ -13,7 +13,8 @@ pytest-benchmark pattern), so the two front ends cannot drift apart.
 Precedence: a flag wins over the ini value, which wins over the claim file (for the number of
 random locations) or the built-in default. Reports go to ``<report dir>/<claim name>/``.
 Relative paths given as flags are relative to the working directory; in an ini file, relative
-to that file's folder. No torch here: the plugin imports this module in every pytest session.
+to that file's folder. The cache dir may be an fsspec URL (s3://bucket/loccheck), kept as it is.
+No torch here: the plugin imports this module in every pytest session.
 """
 from __future__ import annotations
 
@@ -48,6 +49,16 @@ def positive_int(text: str, maximum: int | None = None, why: str = "") -> int:
     return value
 
 
+def is_url(value: object) -> bool:
+    return isinstance(value, str) and "://" in value
+
+
+def path_or_url(text: str) -> Path | str:
+    """A URL (anything with "://") as it is: Path would fold its "//" and a base folder would be
+    joined onto it; anything else a Path."""
+    return text if is_url(text) else Path(text)
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -60,7 +71,7 @@ class Option:
     the ini file sets it; None means "the claim file (or the environment) decides"."""
     name: str
     help: str
-    kind: Literal["path", "int", "choice", "text", "flag"]
+    kind: Literal["path", "location", "int", "choice", "text", "flag"]   # location: a path or a URL
     default: Any = None
     choices: tuple[str, ...] = ()
     cli_aliases: tuple[str, ...] = ()
@@ -78,13 +89,15 @@ class Option:
 
     @property
     def ini_type(self) -> str:
-        return {"path": "string", "int": "int", "choice": "string", "text": "string", "flag": "bool"}[self.kind]
+        return {"path": "string", "location": "string", "int": "int", "choice": "string", "text": "string",
+                "flag": "bool"}[self.kind]
 
     def argparse_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of argparse's add_argument (pytest's addoption takes the same)."""
         if self.kind == "flag":
             return {"action": "store_true", "default": None, "help": self.help}
-        convert: Callable = {"path": Path, "int": self._int, "choice": str, "text": str}[self.kind]
+        convert: Callable = {"path": Path, "location": path_or_url, "int": self._int, "choice": str,
+                             "text": str}[self.kind]
         kw = {"type": convert, "default": None, "help": self.help, "metavar": self.metavar}
         if self.choices:
             kw["choices"] = self.choices
@@ -109,8 +122,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("report-dir", "folder for evidence reports: each claim's report.md and result.json go "
            f"to DIR/<claim name>/, and pytest writes DIR/index.md (default: {DEFAULT_REPORT_DIR})",
            "path", default=DEFAULT_REPORT_DIR, cli_aliases=("--out",), metavar="DIR"),
-    Option("cache-dir", "cache of fitted edits and converted models (default: $LOCCHECK_CACHE_DIR, "
-           "else $XDG_CACHE_HOME/loccheck, else ~/.cache/loccheck)", "path", metavar="DIR"),
+    Option("cache-dir", "cache of fitted edits and converted models; an fsspec URL (s3://, gs://, ...) "
+           "keeps the fitted edits in that shared store and the rest in the default folder (default: "
+           "$LOCCHECK_CACHE_DIR, else $XDG_CACHE_HOME/loccheck, else ~/.cache/loccheck)", "location",
+           metavar="DIR"),
     Option("n-null", "number of random locations in the null (overrides the claim's "
            f"random_locations.n; at most {MAX_N_NULL})", "int", metavar="N", maximum=MAX_N_NULL,
            why=MAX_N_NULL_WHY),
@@ -132,7 +147,7 @@ OPTIONS: tuple[Option, ...] = (
 class Settings:
     """Resolved values of the shared options."""
     report_dir: Path
-    cache_dir: Path | None      # None: LOCCHECK_CACHE_DIR, XDG_CACHE_HOME, ~/.cache (cache.cache_dir)
+    cache_dir: Path | str | None   # str: a URL; None: LOCCHECK_CACHE_DIR, XDG_CACHE_HOME, ~/.cache (cache.cache_root)
     n_null: int | None          # None: the claim file's random_locations.n
     executor: str
     ray_address: str | None
@@ -224,7 +239,7 @@ def settings_from_pytest(config) -> Settings:
             if value is not None:
                 value = opt.check(value, f"ini option {opt.ini_name}")
             base = ini_base
-        if opt.kind == "path" and value is not None:
+        if opt.kind in ("path", "location") and value is not None and not is_url(value):
             value = base / os.path.expanduser(str(value))
         values[opt.dest] = value
     if values["report_dir"] is None:

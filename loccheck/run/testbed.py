@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from loccheck import __version__
-from loccheck.cache import code_identity, content_key
+from loccheck.cache import CacheRoot, cache_root as resolve_cache, code_identity, content_key
 from loccheck.errors import DataError, LoccheckError
 from loccheck.run.inspect import ClaimInputs, Residual, inspect_claim, load_claim_data, model_context, side_texts, tokenized_splits
 
@@ -24,7 +24,7 @@ class Testbed:
     prompt_format: str                 # "qa" or "chat", resolved
     system_prompt: str | None
     identity: dict                     # everything besides edit and location that fixes a fit
-    cache_root: Path
+    cache_root: CacheRoot                # a path: the local folder; FitCache(cache_root): the store
     generation: Any = None                          # claim.GenerationSpec (generation metrics)
     side: tuple | None = None                       # token ids of the side-effect texts (if a metric needs them)
     side_identity: dict | None = None
@@ -186,7 +186,7 @@ def kernel_set(device: str) -> str:
     return device
 
 
-def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, given=None,
+def prepare_testbed(claim, cache_root: CacheRoot | Path, inputs: ClaimInputs | None = None, given=None,
                     bases: dict | None = None) -> Testbed:
     """The claim's testbed: its inputs (inspected here unless given) and the model's weights
     (`given`, or the inputs' source, a passed-in `models.given.GivenModel`: that model as it is).
@@ -194,6 +194,7 @@ def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, 
     from loccheck.models.given import GivenModel
     from loccheck.models.loading import load_weights
 
+    cache_root = resolve_cache(cache_root)           # a plain folder: it holds the fit entries too
     inputs = inputs if inputs is not None else inspect_claim(claim, cache_root, given)
     if isinstance(inputs.source, GivenModel):        # passed in: used as it is, never loaded
         loaded = inputs.source.loaded()
@@ -220,14 +221,14 @@ def prepare_testbed(claim, cache_root: Path, inputs: ClaimInputs | None = None, 
                          **({"kept": data.kept["rule"]} if data.kept else {})},
                 **({"residual": inputs.residual.identity} if inputs.residual and inputs.residual.identity else {})}
     testbed = Testbed(loaded, data, splits["train"], splits["validation"], splits["test"],
-                      inputs.prompt_format, bs.system_prompt, identity, Path(cache_root),
+                      inputs.prompt_format, bs.system_prompt, identity, cache_root,
                       generation=claim.generation, side=side, side_identity=side_identity, claim=claim,
                       residual=inputs.residual or Residual())
     testbed.residual.bases.update(bases or {})
     return testbed
 
 
-def _known_facts(claim, inputs: ClaimInputs, loaded, cache_root: Path):
+def _known_facts(claim, inputs: ClaimInputs, loaded, cache_root: CacheRoot):
     """For `dataset: known_facts`, the data again with only the facts this model completes
     correctly (which needs its weights), and its splits tokenized."""
     from loccheck.cache import FitCache

@@ -93,7 +93,7 @@ def passed_in(claim: Claim, model, tokenizer, executor="serial", inputs=None):
 def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh, executor, write_line,
             inputs, given, evidence) -> VerifyResult:
     from loccheck.run.testbed import prepare_testbed
-    from loccheck.cache import FitCache, cache_dir as resolve_cache
+    from loccheck.cache import FitCache, cache_root as resolve_cache
     from loccheck.run.executors import get_executor
     from loccheck.run.jobs import JobRunner, unedited_scores
 
@@ -106,7 +106,7 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
             inputs = inspect(claim, out_dir=out if write_report else None, cache_dir=cache_dir, given=given,
                              evidence=evidence)
     executor = get_executor(executor)
-    cache_root = resolve_cache(cache_dir).absolute()     # workers elsewhere resolve it the same
+    cache_root = resolve_cache(cache_dir)     # local folder (absolute: workers resolve it the same), store
     cache = FitCache(cache_root, refresh=refresh)
     what = (f"loading the model ({claim.model.name}, {claim.model.dtype}) and" if given is None else
             f"hashing the passed-in model ({given.facts}) and loading")
@@ -191,13 +191,14 @@ def inspect(claim: Claim, *, out_dir: str | Path | None, cache_dir: str | Path |
     for the CLI and the plugin alike. `given`: a passed-in model (`passed_in`), checked
     instead of the claim's model.name."""
     from loccheck.run.inspect import inspect_claim
-    from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.cache import cache_root as resolve_cache, check_store
     from loccheck.errors import ClaimError
     from loccheck.files import check_writable_folder
 
     try:
         cache_root = resolve_cache(cache_dir)
-        check_writable_folder(cache_root, "cache folder")
+        check_writable_folder(cache_root.local, "cache folder")
+        check_store(cache_root)          # a shared store's URL: reached and written within seconds
         inputs = inspect_claim(claim, cache_root, given)
         if out_dir is not None:
             check_writable_folder(out_dir, "report folder")
@@ -453,7 +454,7 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
     train and validation questions only. `model` and `tokenizer`: an already loaded model, used
     as it is and given back as it came, as `verify` takes them (model.name is then a label)."""
     from loccheck.run.testbed import prepare_testbed
-    from loccheck.cache import cache_dir as resolve_cache
+    from loccheck.cache import cache_root as resolve_cache
     from loccheck.heuristics import HEURISTICS
 
     claim = claim if isinstance(claim, Claim) else load_claim(claim)

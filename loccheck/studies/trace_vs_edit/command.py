@@ -127,7 +127,7 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
 
     from loccheck.studies.trace_vs_edit.regression import regress
     from loccheck.run.testbed import prepare_testbed
-    from loccheck.cache import FitCache, cache_dir as resolve_cache
+    from loccheck.cache import FitCache, cache_root as resolve_cache, check_store
     from loccheck.run.executors import get_executor
     from loccheck.heuristics.causal_tracing import AGGREGATES, cached_trace
 
@@ -142,7 +142,8 @@ def trace_vs_edit(claim, *, corruptions: Sequence[str] | None = None, out_dir: P
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise LoccheckError(f"--window: the MLP layers restored together must be 1 or more, got {window!r}")
     window = window if window is not None else HASE_WINDOW if hase else claim.heuristic.window
-    root = resolve_cache(cache_dir).absolute()
+    root = resolve_cache(cache_dir)
+    check_store(root)                                     # a shared store answers, before any work
     testbed = prepare_testbed(claim, root)
     layers = list(range(testbed.adapter.n_layers)) if layers is None else list(layers)
     testbed.adapter.check_inside([MlpLoc(l) for l in layers])
