@@ -235,7 +235,7 @@ def audit(claim, folder: str | Path, k: int, *, cache_dir: str | Path | None = N
     `BundleError` naming the edit, both numbers and the tolerance. Needs the model."""
     import tempfile
 
-    from loccheck.cache import FitCache, cache_dir as resolve_cache
+    from loccheck.cache import FitCache, cache_root as resolve_cache
     from loccheck.run.jobs import run_job, unedited_scores
     from loccheck.run.testbed import prepare_testbed
 
