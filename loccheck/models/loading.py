@@ -271,7 +271,8 @@ def open_model(name: str, *, revision: str | None = None, trust_remote_code: boo
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if folder is not None:
-        # A converted GGUF folder is a function of the GGUF file and the code (in every key).
+        # A converted GGUF folder is a function of the GGUF file and the loading code (NUMERICS["models"],
+        # in every key).
         identity = {"sha256": gguf_sha or folder_sha256(folder), "commit": None}
     else:
         identity = _hub_identity(name, revision)

@@ -1,10 +1,14 @@
 """A fit's identity covers every file of the model that can change its numbers (config,
 tokenizer, chat template, generation config, weights) and, for a hub model, the commit its
-revision resolved to: a changed model never gets another model's fits."""
+revision resolved to: a changed model never gets another model's fits. It covers the versions of
+the code that computes (loccheck.numerics) and of the libraries, and no other byte of loccheck."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +90,57 @@ def test_a_hub_model_is_keyed_by_its_resolved_commit(known_llama, tmp_path, monk
     assert latest.identity["commit"] == b and pinned.identity["commit"] == a
     assert latest.sha256 != pinned.sha256 and None not in (latest.sha256, pinned.sha256)
     assert pinned.sha256 == folder_sha256(tmp_path / "hub" / "models--org--tiny" / "snapshots" / a)
+
+
+def test_the_testbed_key_holds_the_numerics_versions_not_loccheck_s(known_llama, tmp_path, monkeypatch):
+    from loccheck.numerics import NUMERICS, TESTBED, numerics_identity
+
+    model, pairs = known_llama
+    claim = parse_claim(claim_text(model, pairs, ["L1H2"], n=19), path=tmp_path / "c.yaml")
+    testbed = prepare_testbed(claim, tmp_path / "cache")
+    assert testbed.identity["code"] == numerics_identity(*TESTBED) and "loccheck" not in testbed.identity
+    for component in TESTBED:                                        # what every fit shares
+        with monkeypatch.context() as m:
+            m.setitem(NUMERICS, component, NUMERICS[component] + 1)
+            assert prepare_testbed(claim, tmp_path / "cache").key != testbed.key, component
+    monkeypatch.setitem(NUMERICS, "edits.optimal", NUMERICS["edits.optimal"] + 1)   # in the fit's key only
+    assert prepare_testbed(claim, tmp_path / "cache").key == testbed.key
+
+
+_TESTBED_KEY = """
+import sys
+from pathlib import Path
+import loccheck
+from loccheck.claim import parse_claim
+from loccheck.run.testbed import prepare_testbed
+path = Path(sys.argv[1])
+print(loccheck.__file__)
+print(prepare_testbed(parse_claim(path.read_text(), path=path), path.parent / "cache").key)
+"""
+
+
+def test_a_release_that_changes_no_numbers_keeps_the_testbed_key(known_llama, tmp_path):
+    """The testbed's key under a copy of loccheck with another version, a changed comment in an
+    edit module and a changed report is this one's (tests/run/test_jobs.py does the same for the
+    keys of fits, scores, ablations and activations)."""
+    import loccheck
+
+    model, pairs = known_llama
+    claim = tmp_path / "c.yaml"
+    claim.write_text(claim_text(model, pairs, ["L1H2"], n=19))
+    here = Path(loccheck.__file__).parent
+    copy = tmp_path / "release" / "loccheck"
+    shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    init = copy / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{loccheck.__version__}"', '__version__ = "9.0.0"'))
+    (copy / "edits" / "optimal.py").write_text("# a new comment\n" + (copy / "edits" / "optimal.py").read_text())
+    (copy / "report" / "markdown.py").write_text((copy / "report" / "markdown.py").read_text() + "\n# a note\n")
+    out = subprocess.run([sys.executable, "-c", _TESTBED_KEY, str(claim)], cwd=copy.parent, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(copy.parent), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    where, key = out.stdout.strip().splitlines()[-2:]
+    assert Path(where).parent == copy                                # the copy ran, not this tree
+    assert key == prepare_testbed(parse_claim(claim.read_text(), path=claim), tmp_path / "cache").key
 
 
 def test_a_model_whose_commit_cannot_be_told_is_refused(tmp_path, monkeypatch):
