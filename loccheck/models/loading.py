@@ -42,7 +42,8 @@ class ModelSource:
     trust_remote_code: bool
     config: object                  # a transformers PretrainedConfig
     tokenizer: object
-    identity: dict                  # {"sha256": over every file, "commit": the hub commit; a hub model's "files": their etags}
+    identity: dict                  # {"sha256": over every file, "commit": the hub commit} (a hub model's:
+                                    # and "files", each file's etag)
 
     @property
     def sha256(self) -> str | None:
