@@ -45,7 +45,7 @@ class Job:
     def key(self) -> str:
         start = {"continued_from": self.continued_from} if self.continued_from is not None else {}
         return content_key({"what": "fit", "testbed": self.testbed_key, "method": self.method,
-                            "numerics": versions(f"edits.{self.method}"),
+                            "numerics": versions(f"edits.{self.method}", *self.settings.numerics()),
                             "settings": self.settings.to_json(), "location": self.location_text, **start})
 
     def score_key(self, metric: str, inputs: dict | None = None) -> str:

@@ -88,7 +88,8 @@ def test_a_fit_and_its_scores_are_keyed_by_the_versions_of_what_computes_them(mo
                 "ablation": ablation.score_key("preference_margin", None)}
     before = keys()
     changed = {"edits.iti": {"fit", "score"}, "activations": {"fit", "score"},   # ITI's directions
-               "metrics.preference_margin": {"score", "ablation"}, "ablations": {"ablation"},
+               "metrics.preference_margin": {"fit", "score", "ablation"},   # ITI picks alpha by it
+               "ablations": {"ablation"},
                "edits.optimal": set(), "metrics.mc1": set(), "models": set()}   # models: in the testbed key
     for component, expected in changed.items():
         with monkeypatch.context() as m:
