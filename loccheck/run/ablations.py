@@ -13,8 +13,9 @@ from loccheck.cache import content_key
 from loccheck.locations import format_location
 from loccheck.numerics import versions
 
-# What an ablation's score depends on beyond its inputs: bumped when the statistics change.
-ABLATION_RULE = "train tokens of prompt+chosen and prompt+rejected; pool 256 tokens seeded 0; v1"
+# What an ablation's statistics are taken over, in words; the version of the code that computes
+# them is NUMERICS["ablations"] (loccheck.numerics), bumped when their numbers change.
+ABLATION_RULE = "train tokens of prompt+chosen and prompt+rejected; pool 256 tokens seeded 0"
 
 
 @dataclass(frozen=True)
