@@ -94,34 +94,6 @@ def file_sha256(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
-_CODE_IDENTITY: dict | None = None
-
-
-def code_identity() -> dict:
-    """What, besides the inputs, decides a computed number: loccheck's version and a sha256 of
-    its own source files, and the versions of the libraries that compute (torch, transformers,
-    peft, numpy). Part of every cache key, so a changed loccheck or library never serves a fit
-    made by another one."""
-    global _CODE_IDENTITY
-    if _CODE_IDENTITY is None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        import loccheck
-
-        h = hashlib.sha256()
-        root = Path(loccheck.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-        libs = {}
-        for name in ("torch", "transformers", "peft", "numpy"):
-            try:
-                libs[name] = version(name)
-            except PackageNotFoundError:
-                libs[name] = None
-        _CODE_IDENTITY = {"loccheck": loccheck.__version__, "source_sha256": h.hexdigest(), **libs}
-    return dict(_CODE_IDENTITY)
-
-
 def canonical_json(obj) -> str:
     """The one JSON spelling of `obj` that content hashes are taken over (strict JSON: NaN and
     infinities are spelled null)."""

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "loccheck"
 # Bottom to top. A module may import its own stage and the stages below it, never one above.
 STAGES = (
     ("ground", {"loccheck", "errors", "registry", "locations", "files", "userfiles", "schema", "cache",
-                "progress", "render"}),
+                "progress", "render", "numerics"}),
     ("data", {"data"}),
     ("models", {"models"}),
     ("members", {"heuristics", "edits", "metrics", "ablations"}),

@@ -45,6 +45,11 @@ class EditSettings:
         """The settings as JSON-ready data: part of the fit's cache key and of its record."""
         return dataclasses.asdict(self)
 
+    def numerics(self) -> tuple[str, ...]:
+        """The components of `loccheck.numerics`, beyond the method's own and the testbed's, whose
+        code these settings make the fit's numbers depend on (their versions join its key)."""
+        return ()
+
 
 @dataclass
 class Fitted:

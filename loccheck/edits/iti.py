@@ -263,6 +263,9 @@ class ITISettings(EditSettings):
     positions: str               # where the shift is added ("answer")
     metric: str                  # alpha is chosen by the verdict's metric: part of the fit
 
+    def numerics(self) -> tuple[str, ...]:
+        return (f"metrics.{self.metric}",)     # its code chooses alpha
+
 
 def _settings(section: ITIEditSection, *, verdict_metric: str, site_kind: str = "head",
               ceiling: bool = False) -> ITISettings:

@@ -161,12 +161,14 @@ def _run(section: CausalTracingSection, loaded, data, cache: Path, seed: int = 0
 
 def cached_trace(section: CausalTracingSection, loaded, data, cache: Path) -> dict:
     """The trace of these facts by this model and these settings, computed once."""
-    from loccheck.cache import FitCache, code_identity, content_key
+    from loccheck.cache import FitCache, content_key
+    from loccheck.numerics import numerics_identity
 
     settings = section.model_dump(mode="json", exclude={"citation", "notes", "top_k", "layer_effects",
                                                         "aggregate"})
     key = content_key({"what": "causal tracing", "weights": loaded.weights_id, "dtype": loaded.info["dtype"],
-                       "code": code_identity(), "settings": settings, "data": data.sha256,
+                       "code": numerics_identity("models", "data", "scoring", "heuristics.causal_tracing"),
+                       "settings": settings, "data": data.sha256,
                        "prompts": [p.prompt for p in data.train]})
     store = FitCache(cache)
     record = store.get(key)

@@ -90,13 +90,12 @@ def collect_head_activations(model, adapter, tokenizer, texts: Sequence[str], *,
 
 def activations_key(texts: Sequence[str], *, model_sha: str, adapter, dtype: str = "") -> str:
     """sha256 of canonical JSON of everything the activations depend on."""
-    from loccheck import __version__
-    from loccheck.cache import code_identity
+    from loccheck.numerics import numerics_identity
 
     texts_sha = hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
     spec = {"kind": "head_activations/last_token/add_special_tokens", "model_sha": model_sha,
             "texts_sha256": texts_sha, "n_texts": len(texts), "adapter": adapter.describe(),
-            "dtype": dtype, "loccheck": __version__, "code": code_identity()}
+            "dtype": dtype, "code": numerics_identity("models", "activations")}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -131,7 +130,8 @@ def cached_head_activations(model, adapter, tokenizer, texts: Sequence[str], *, 
     """`collect_head_activations`, stored as ``cache/activations/{key}.npy``.
 
     key = sha256 of canonical JSON of {model_sha, sha256 of the texts, adapter.describe(),
-    the model's parameter dtype, loccheck.__version__}. `model_sha` must identify the weights
+    the model's parameter dtype, the versions of the code that computes them (`loccheck.numerics`:
+    models, activations) and of the libraries}. `model_sha` must identify the weights
     and the tokenizer (e.g. load_model's info["sha256"]). A file that cannot be read or has the
     wrong shape is reported with a LoccheckWarning and recomputed; writes are atomic.
     """

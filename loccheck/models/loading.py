@@ -42,7 +42,8 @@ class ModelSource:
     trust_remote_code: bool
     config: object                  # a transformers PretrainedConfig
     tokenizer: object
-    identity: dict                  # {"sha256": over every file, "commit": the hub commit}
+    identity: dict                  # {"sha256": over every file, "commit": the hub commit} (a hub model's:
+                                    # and "files", each file's etag)
 
     @property
     def sha256(self) -> str | None:
@@ -213,12 +214,46 @@ def folder_sha256(folder: Path) -> str:
     """One hash over every file of a model folder, names and contents: weights, config,
     tokenizer, chat template, generation config. Hidden files and folders (.git, .cache) are
     bookkeeping, not the model, and are skipped."""
+    return files_sha256({rel: file_sha256(p) for rel, p in _model_files(folder).items() if p.is_file()})
+
+
+def files_sha256(files: dict[str, str]) -> str:
+    """One hash over {relative path: the file's hash}, in path order."""
     h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    for p in files:
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + file_sha256(p).encode())
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + files[rel].encode())
     return h.hexdigest()
+
+
+def _model_files(folder: Path) -> dict[str, Path]:
+    """{relative path: path} of every file of a model folder, a symlink too (even one whose
+    target is gone), less the hidden bookkeeping (.git, .cache)."""
+    out = {}
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if (p.is_symlink() or p.is_file()) and not any(part.startswith(".") for part in rel.parts):
+            out[rel.as_posix()] = p
+    return out
+
+
+_ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def snapshot_etags(folder: Path) -> dict[str, str]:
+    """{relative path: etag} of a hub snapshot, read from its links, not its files.
+
+    The hub cache keeps each file once, as blobs/<etag> (the sha256 of an LFS file such as the
+    weights, the git blob sha1 of a small one), and snapshots/<commit>/<path> links to it: the
+    link's target names the content, so a 14 GB model is identified without reading a byte. A
+    snapshot file that is no such link (a copy, as on a system without symlinks) is hashed."""
+    etags = {}
+    for rel, p in _model_files(folder).items():
+        target = Path(os.readlink(p)) if p.is_symlink() else None
+        if target is not None and target.parent.name == "blobs" and _ETAG.fullmatch(target.name):
+            etags[rel] = target.name
+        elif p.is_file():
+            etags[rel] = file_sha256(p)
+    return etags
 
 
 def load_model(name: str, *, revision: str | None = None, device: str = "auto",
@@ -271,7 +306,8 @@ def open_model(name: str, *, revision: str | None = None, trust_remote_code: boo
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if folder is not None:
-        # A converted GGUF folder is a function of the GGUF file and the code (in every key).
+        # A converted GGUF folder is a function of the GGUF file and the loading code (NUMERICS["models"],
+        # in every key).
         identity = {"sha256": gguf_sha or folder_sha256(folder), "commit": None}
     else:
         identity = _hub_identity(name, revision)
@@ -326,7 +362,9 @@ def _load_errors(name: str, *, local: bool):
 
 def _hub_identity(name: str, revision: str | None) -> dict:
     """A hub model is identified by the commit its revision resolved to (never name@None) and
-    by the files of that snapshot: the hub cache keeps each commit in snapshots/<commit>/."""
+    by the files of that snapshot, each by its etag (`snapshot_etags`): the hub cache keeps each
+    commit in snapshots/<commit>/. A blob edited in place is not noticed: the hub cache is the
+    hub's, never edited by hand."""
     from transformers.utils import cached_file
 
     try:
@@ -338,7 +376,8 @@ def _hub_identity(name: str, revision: str | None) -> dict:
                             "be told apart from another commit's; pin model.revision to a commit or "
                             "download the model to a folder", key="model.revision")
     folder = config_path.parent
-    return {"sha256": folder_sha256(folder), "commit": folder.name}
+    files = snapshot_etags(folder)
+    return {"sha256": files_sha256(files), "commit": folder.name, "files": files}
 
 
 def _looks_like_path(name: str) -> bool:

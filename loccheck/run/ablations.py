@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from loccheck.cache import content_key
 from loccheck.locations import format_location
+from loccheck.numerics import versions
 
-# What an ablation's score depends on beyond its inputs: bumped when the statistics change.
-ABLATION_RULE = "train tokens of prompt+chosen and prompt+rejected; pool 256 tokens seeded 0; v1"
+# What an ablation's statistics are taken over, in words; the version of the code that computes
+# them is NUMERICS["ablations"] (loccheck.numerics), bumped when their numbers change.
+ABLATION_RULE = "train tokens of prompt+chosen and prompt+rejected; pool 256 tokens seeded 0"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class AblationJob:
     def score_key(self, metric: str, inputs: dict | None) -> str:
         what = {"what": "ablation score", "testbed": self.testbed_key, "location": self.location_text,
                 "ablation": self.ablation, "rule": ABLATION_RULE, "metric": metric, "split": "test",
+                "numerics": versions("ablations", f"metrics.{metric}"),
                 **({"seed": self.seed} if self.ablation == "resample" else {})}
         return content_key(what if inputs is None else {**what, "inputs": inputs})
 

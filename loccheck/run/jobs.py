@@ -20,6 +20,7 @@ import numpy as np
 from loccheck.cache import content_key
 from loccheck.errors import LoccheckError
 from loccheck.locations import format_location
+from loccheck.numerics import versions
 
 @dataclass(frozen=True)
 class Job:
@@ -44,11 +45,13 @@ class Job:
     def key(self) -> str:
         start = {"continued_from": self.continued_from} if self.continued_from is not None else {}
         return content_key({"what": "fit", "testbed": self.testbed_key, "method": self.method,
+                            "numerics": versions(f"edits.{self.method}", *self.settings.numerics()),
                             "settings": self.settings.to_json(), "location": self.location_text, **start})
 
     def score_key(self, metric: str, inputs: dict | None = None) -> str:
         """`inputs`: what the metric's input depends on beyond the testbed (`Testbed.input_identity`)."""
-        what = {"what": "score", "fit": self.key, "metric": metric, "split": "test"}
+        what = {"what": "score", "fit": self.key, "metric": metric, "numerics": versions(f"metrics.{metric}"),
+                "split": "test"}
         return content_key(what if inputs is None else {**what, "inputs": inputs})
 
     @property
@@ -267,7 +270,8 @@ def unedited_scores(testbed, cache, metrics: Sequence[str]) -> dict[str, float]:
     """The unedited model's test metrics, cached per metric like an edit's."""
     from loccheck.metrics import METRICS
 
-    keys = {m: content_key({"what": "unedited score", "testbed": testbed.key, "metric": m, "split": "test",
+    keys = {m: content_key({"what": "unedited score", "testbed": testbed.key, "metric": m,
+                            "numerics": versions(f"metrics.{m}"), "split": "test",
                             **({"inputs": i} if (i := testbed.input_identity(METRICS[m].needs)) else {})})
             for m in metrics}
     scores = _cached_scores(cache, keys)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from loccheck import __version__
-from loccheck.cache import CacheRoot, cache_root as resolve_cache, code_identity, content_key
+from loccheck.cache import CacheRoot, cache_root as resolve_cache, content_key
 from loccheck.errors import DataError, LoccheckError
+from loccheck.numerics import TESTBED, numerics_identity, versions
 from loccheck.run.inspect import ClaimInputs, Residual, inspect_claim, load_claim_data, model_context, side_texts, tokenized_splits
 
 
@@ -109,7 +109,8 @@ class Testbed:
             g = self.generation
             return {"max_new_tokens": g.max_new_tokens, "show_answers": g.show_answers,
                     "prompt": generation_prompt(self.tokenizer, "{question}", self.prompt_format, self.system_prompt),
-                    **self.judge.identity}
+                    # how verdicts are read from the judge's (cached) replies and embeddings
+                    "numerics": versions("judges"), **self.judge.identity}
         return None
 
     @property
@@ -209,7 +210,8 @@ def prepare_testbed(claim, cache_root: CacheRoot | Path, inputs: ClaimInputs | N
         data, splits = _known_facts(claim, inputs, loaded, cache_root)
         # the facts kept are known only now: the side-effect texts pass over these ones
         side, side_identity = side_texts(claim, loaded.tokenizer, model_context(loaded.model.config), data)
-    identity = {"loccheck": __version__, "code": code_identity(),
+    # loccheck's version is not part of it: a release that changes no numbers keeps every fit
+    identity = {"code": numerics_identity(*TESTBED),
                 "model": {"weights": loaded.weights_id, "commit": loaded.info["commit"],
                           "dtype": loaded.info["dtype"], "device": loaded.info["device"].split(":")[0],
                           "kernels": kernel_set(loaded.info["device"])},
@@ -234,7 +236,8 @@ def _known_facts(claim, inputs: ClaimInputs, loaded, cache_root: CacheRoot):
     from loccheck.cache import FitCache
     from loccheck.data.known_facts import KNOWN_RULE
 
-    identity = {"weights": loaded.weights_id, "dtype": loaded.info["dtype"], "code": code_identity(),
+    identity = {"weights": loaded.weights_id, "dtype": loaded.info["dtype"],
+                "code": numerics_identity("models", "data", "scoring"),
                 "data": inputs.data.sha256, "prompt_format": inputs.prompt_format}
     keep = _known_filter(loaded, inputs.prompt_format, FitCache(cache_root), identity)
     data = load_claim_data(claim, keep=keep, keep_rule=KNOWN_RULE)

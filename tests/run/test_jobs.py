@@ -75,19 +75,83 @@ def test_serial_executor_yields_in_job_order():
     assert info.value.key == "executor"
 
 
-def test_the_code_that_computes_is_part_of_every_key(tmp_path, monkeypatch):
-    """A change to loccheck's source (or to a library's version) changes the identity that
-    every fit's and score's cache key is built on, so no fit made by other code is served."""
-    import loccheck
-    from loccheck import cache
+def test_a_fit_and_its_scores_are_keyed_by_the_versions_of_what_computes_them(monkeypatch):
+    """A fit's key holds its edit method's numerics version, a score's its metric's, an
+    ablation's the ablations' and its metric's: bumping one refits or rescores only what it
+    computes (what every fit shares is in the testbed's key, `tests/run/test_identity.py`)."""
+    from loccheck.numerics import NUMERICS
+    from loccheck.run.ablations import AblationJob
 
-    first = cache.code_identity()
-    assert first["loccheck"] == loccheck.__version__ and len(first["source_sha256"]) == 64
-    assert set(first) >= {"torch", "transformers", "peft", "numpy"}
-    monkeypatch.setattr(cache, "_CODE_IDENTITY", None)
-    fake = tmp_path / "loccheck"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("__version__ = '0.1.0'\n")
-    monkeypatch.setattr(loccheck, "__file__", str(fake / "__init__.py"))
-    other = cache.code_identity()
-    assert other["loccheck"] == first["loccheck"] and other["source_sha256"] != first["source_sha256"]
+    def keys():
+        job, ablation = _job(), AblationJob(LOC, "mean", 0, "claim", None, "b" * 64)
+        return {"fit": job.key, "score": job.score_key("preference_margin"),
+                "ablation": ablation.score_key("preference_margin", None)}
+    before = keys()
+    changed = {"edits.iti": {"fit", "score"}, "activations": {"fit", "score"},   # ITI's directions
+               "metrics.preference_margin": {"fit", "score", "ablation"},   # ITI picks alpha by it
+               "ablations": {"ablation"},
+               "edits.optimal": set(), "metrics.mc1": set(), "models": set()}   # models: in the testbed key
+    for component, expected in changed.items():
+        with monkeypatch.context() as m:
+            m.setitem(NUMERICS, component, NUMERICS[component] + 1)
+            now = keys()
+        assert {k for k in now if now[k] != before[k]} == expected, component
+    assert keys() == before
+
+
+_KEYS = """
+import json
+from loccheck.edits.iti import ITISettings
+from loccheck.locations import HeadLoc
+from loccheck.models.activations import activations_key
+from loccheck.run.ablations import AblationJob
+from loccheck.run.jobs import Job
+
+class Adapter:
+    def describe(self):
+        return {"family": "llama"}
+loc = (HeadLoc(0, 1),)
+job = Job("iti", ITISettings((0.0, 5.0), "answer", "preference_margin"), loc, "claim", None, "b" * 64)
+print(json.dumps({"fit": job.key, "score": job.score_key("mc1"),
+                  "ablation": AblationJob(loc, "zero", 0, "claim", None, "b" * 64).score_key("mc1", None),
+                  "activations": activations_key(["a text"], model_sha="c" * 64, adapter=Adapter())}))
+"""
+
+
+def _keys_of(root) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    # run in `root`: `python -c` puts the working folder first on the path; no .pyc, which an
+    # edit of the same second and size would hide behind
+    out = subprocess.run([sys.executable, "-c", _KEYS], cwd=root, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(root), "PATH": "", "PYTHONDONTWRITEBYTECODE": "1"})
+    return json.loads(out.stdout)
+
+
+def test_a_release_that_changes_no_numbers_keeps_every_key(tmp_path):
+    """The keys of a copy of loccheck with another version, a comment and a docstring changed in
+    an edit module and a changed report are the keys of this one; a bumped numerics version is
+    not."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    import loccheck
+
+    here = Path(loccheck.__file__).parent
+    copy = tmp_path / "release" / "loccheck"
+    shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    init = copy / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{loccheck.__version__}"', '__version__ = "9.0.0"'))
+    iti = copy / "edits" / "iti.py"
+    iti.write_text('"""Another docstring."""\n# a new comment\n' + iti.read_text().split('"""', 2)[2])
+    (copy / "report" / "markdown.py").write_text((copy / "report" / "markdown.py").read_text()
+                                                  + "\n\ndef a_new_section():\n    return []\n")
+    assert _keys_of(copy.parent) == _keys_of(here.parent)
+    numerics = copy / "numerics.py"
+    numerics.write_text(re.sub(r'"edits.iti": (\d+),', lambda m: f'"edits.iti": {int(m[1]) + 1},',
+                               numerics.read_text(), count=1))
+    bumped = _keys_of(copy.parent)
+    assert bumped["fit"] != _keys_of(here.parent)["fit"] and bumped["ablation"] == _keys_of(here.parent)["ablation"]

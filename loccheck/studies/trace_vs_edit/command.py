@@ -32,6 +32,7 @@ from loccheck.cache import content_key
 from loccheck.errors import LoccheckError
 from loccheck.run.jobs import TestbedRunner
 from loccheck.locations import MlpLoc
+from loccheck.numerics import versions
 
 MEASURES = ("hase", "loccheck")
 HASE_WINDOW = 5            # the trace window of Hase et al.'s regressions (their notebook's TRACE_WINDOW_SIZE)
@@ -48,7 +49,8 @@ class FactEditJob:
 
     @property
     def key(self) -> str:
-        return content_key({"what": "one-fact edit", "testbed": self.testbed_key, "prompt": self.prompt,
+        return content_key({"what": "one-fact edit", "testbed": self.testbed_key,
+                            "numerics": versions("studies.trace_vs_edit"), "prompt": self.prompt,
                             "layer": self.layer, "settings": self.settings.to_json()})
 
     @property
