@@ -208,3 +208,23 @@ def test_a_model_whose_commit_cannot_be_told_is_refused(tmp_path, monkeypatch):
     with pytest.raises(LoccheckError, match="pin model.revision to a commit") as err:
         _hub_identity("org/absent", None)
     assert err.value.key == "model.revision"
+
+
+def test_a_hub_model_s_bundle_replays_with_the_snapshot_s_weights_removed(known_llama, hub_blobs, tmp_path):
+    """Recorded on org/tiny at commit a, replayed after its weights' blob is gone: replay reads
+    the bundle, never the model, and the bundle names the commit and the weights' etag."""
+    from loccheck.run.replay import replay
+    from loccheck.run.verify import verify
+
+    repo, a, _ = hub_blobs
+    _, pairs = known_llama
+    claim = parse_claim(claim_text("org/tiny", pairs, ["L1H2"], n=3), path=tmp_path / "hub.yaml")
+    claim = claim.with_overrides({"model.revision": a})
+    recorded = verify(claim, out_dir=tmp_path / "recorded", cache_dir=tmp_path / "cache", progress=False,
+                      evidence=tmp_path / "evidence" / claim.name)
+    os.unlink((repo / "snapshots" / a / "model.safetensors").resolve())
+    replayed = replay(claim, tmp_path / "evidence" / claim.name, out_dir=tmp_path / "replayed")
+    assert replayed.payload == recorded.payload
+    facts = json.loads((tmp_path / "evidence" / claim.name / "facts.json").read_text())
+    identity = facts["testbed"]["identity"]["model"]
+    assert identity["commit"] == a and identity["weights"] == _hub_identity("org/tiny", a)["sha256"]

@@ -59,3 +59,18 @@ def test_the_audit_sample_is_fixed_by_the_manifest_and_skips_diverged_fits():
     assert [f["i"] for f in audit_choice(a, 5)] == [0, 1, 3, 4, 5]
     with pytest.raises(BundleError, match="asks for more edits than the bundle's 5"):
         audit_choice(a, 6)
+
+
+def test_a_bundle_is_replaced_only_once_the_new_one_is_complete(tmp_path):
+    from loccheck.run.bundle import read_bundle, write_bundle
+
+    claim = SimpleNamespace(name="c", effective_config=lambda: {"claim": "x"})
+    good = SimpleNamespace(facts={"edits": []}, payload={"verdict": "SUPPORTED"}, outcomes=[])
+    folder = write_bundle(claim, good, tmp_path / "evidence" / "c")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    bad = SimpleNamespace(facts={"edits": [object()]}, payload={}, outcomes=[])   # not JSON: fails halfway
+    with pytest.raises(TypeError):
+        write_bundle(claim, bad, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in (tmp_path / "evidence").iterdir()) == ["c"]       # no staging left
+    assert read_bundle(folder).facts == {"edits": []}
