@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 from loccheck import __version__
@@ -60,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="replay claims from their evidence bundles: every statistic, "
                                          "the verdict and the report again, with no model and no torch")
     check.add_argument("claims", nargs="+", type=Path, metavar="CLAIM", help="claim YAML file(s)")
-    check.add_argument("--evidence", type=Path, default=Path("evidence"), metavar="DIR",
+    check.add_argument("--evidence", type=Path, default=None, metavar="DIR",
                        help="folder of the bundles `verify --evidence DIR` wrote: each claim's is "
-                            "DIR/<claim name>/ (default: evidence)")
+                            "DIR/<claim name>/ (default: the claim's evidence.bundle, else evidence)")
     add_cli_options(check, only=("report_dir", "cache_dir", "n_null"))
     check.add_argument("--audit", type=_at_least_one, default=None, metavar="K",
                        help="also refit K of each bundle's edits (drawn with a seed from its manifest) "
@@ -212,7 +211,7 @@ def _verify(args) -> int:
     status = 0
     for claim, checked in zip(claims, inputs):
         result = verify(claim, out_dir=settings.claim_report_dir(claim.name), inputs=checked,
-                        progress=args.progress, evidence=settings.claim_evidence_dir(claim.name),
+                        progress=args.progress, evidence=settings.evidence_folder(claim),
                         **settings.verify_kwargs())
         print(_result_line(claim, result))
         status = max(status, 0 if result.matches_expectation else 1)
@@ -249,18 +248,12 @@ def _check(args) -> int:
     from loccheck.run.replay import audit, replay
 
     settings = settings_from_cli(args)
-    if args.command == "check":
-        settings = replace(settings, evidence=args.evidence, replay=True)
-    try:
-        settings.check_replay("loccheck verify --replay")
-    except ValueError as err:
-        raise LoccheckError(str(err)) from None
     claims = _claims(args, settings)
     for claim in claims:
         check_writable_folder(settings.claim_report_dir(claim.name), "report folder")
     status = 0
     for claim in claims:
-        bundle = settings.claim_evidence_dir(claim.name)
+        bundle = settings.evidence_folder(claim) or Path("evidence") / claim.name
         result = replay(claim, bundle, out_dir=settings.claim_report_dir(claim.name))
         print(_result_line(claim, result, f", replayed from {bundle}"))
         if getattr(args, "audit", None):
@@ -280,7 +273,7 @@ def _inspected(claim, settings, progress):
 
     with Phases(progress_mode(progress), title=f"{claim.name} ")(CHECKING, announce=False):
         return inspect(claim, out_dir=settings.claim_report_dir(claim.name), cache_dir=settings.cache_dir,
-                       evidence=settings.claim_evidence_dir(claim.name))
+                       evidence=settings.evidence_folder(claim))
 
 
 def _trace_vs_edit(args) -> int:

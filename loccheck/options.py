@@ -174,14 +174,14 @@ class Settings:
     def claim_report_dir(self, claim_name: str) -> Path:
         return self.report_dir / claim_name
 
-    def claim_evidence_dir(self, claim_name: str) -> Path | None:
-        return None if self.evidence is None else self.evidence / claim_name
+    def evidence_folder(self, claim) -> Path | None:
+        """A claim's evidence bundle: DIR/<claim name> under the evidence option, else the
+        claim's evidence.bundle, else None (no bundle)."""
+        return self.evidence / claim.name if self.evidence is not None else claim.evidence_bundle
 
-    def check_replay(self, where: str) -> None:
-        """Replay reads bundles from the evidence folder: it must be named."""
-        if self.replay and self.evidence is None:
-            raise ValueError(f"{where}: replay needs the evidence folder its bundles are in "
-                             "(--evidence DIR, --loccheck-evidence DIR or the ini key loccheck_evidence)")
+    def replays(self, claim) -> bool:
+        """Whether the plugin replays `claim`: the replay option, or the claim's evidence.replay."""
+        return self.replay or claim.evidence.replay
 
 
 def _settings(values: dict[str, Any]) -> Settings:

@@ -6,9 +6,10 @@ by the ini option ``loccheck_claim_dirs`` (default ``claims``) is one test item.
   fails with short evidence, not a traceback; a malformed claim is one collection error at
   file:line; a bad model or dataset is a failed item with the one-line message;
 - options ``--loccheck-*`` and ini keys ``loccheck_*`` come from `loccheck.options`; with
-  ``--loccheck-evidence DIR`` each claim's evidence bundle is written to DIR/<claim name>/, and
-  with ``--loccheck-replay`` (ini ``loccheck_replay = true``) each verdict is derived from that
-  bundle instead, with no model and no torch (`loccheck.run.replay`);
+  ``--loccheck-evidence DIR`` (or a claim's ``evidence.bundle``) each claim's evidence bundle is
+  written to DIR/<claim name>/, and with ``--loccheck-replay`` (ini ``loccheck_replay = true``,
+  or a claim's ``evidence.replay: true``) the verdict is derived from that bundle instead, with
+  no model and no torch (`loccheck.run.replay`);
 - fixture ``loccheck_verify(claim_path, **overrides) -> VerifyResult`` for custom assertions;
 - at the end: one terminal line per claim and ``<report dir>/index.md``.
 
@@ -50,17 +51,16 @@ class LoccheckSession:
         log would otherwise show nothing for the minutes a claim takes). With the replay option,
         the verdict is derived from the claim's evidence bundle instead (no model, no torch)."""
         merged = {**self.settings.overrides(), **(overrides or {})}
-        if self.settings.replay:
+        if self.settings.replays(claim):
             from loccheck.run.replay import replay
 
             claim = claim.with_overrides(merged) if merged else claim
-            return replay(claim, self.settings.claim_evidence_dir(claim.name),
-                          out_dir=self.settings.claim_report_dir(claim.name))
+            return replay(claim, _bundle_of(claim, self.settings), out_dir=self.settings.claim_report_dir(claim.name))
         from loccheck.run.verify import verify
 
         return verify(claim, out_dir=self.settings.claim_report_dir(claim.name),
                       overrides=merged or None, progress="lines" if self.write_line else "off",
-                      write_line=self.write_line, evidence=self.settings.claim_evidence_dir(claim.name),
+                      write_line=self.write_line, evidence=self.settings.evidence_folder(claim),
                       **self.settings.verify_kwargs())
 
     def shown(self, path: str | os.PathLike) -> str:
@@ -88,7 +88,6 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "the loccheck_claim_dirs folders)")
     try:
         settings = settings_from_pytest(config)
-        settings.check_replay("--loccheck-replay")
     except ValueError as err:
         raise pytest.UsageError(str(err)) from None
     dirs = config.getini("loccheck_claim_dirs") or [Path(config.rootpath) / "claims"]
@@ -235,6 +234,15 @@ class ClaimItem(pytest.Item):
         # 0-based line where the claim's mapping starts (the first key after any comments).
         line = self.claim.error((), "").line
         return self.path, (line - 1) if line else 0, f"claim: {self.name}"
+
+
+def _bundle_of(claim, settings: Settings) -> Path:
+    """The bundle a replayed claim is derived from; a claim that names none cannot be replayed."""
+    folder = settings.evidence_folder(claim)
+    if folder is None:
+        raise claim.error("evidence.bundle", "replaying needs the claim's evidence bundle: set evidence.bundle, "
+                                             "or the evidence folder (--loccheck-evidence DIR, ini loccheck_evidence)")
+    return folder
 
 
 def _terminal_writer(config: pytest.Config):

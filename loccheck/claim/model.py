@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationEr
 from loccheck.claim.keys import KeyPath, Pos, dotted, lookup, parse_key
 from loccheck.claim.sections import (TESTS, VERDICT_TESTS, BehaviorSpec, EditSection, GenerationSpec, HeuristicSection,
                                      LocationSpec, ModelSpec, NecessitySpec, RandomLocationsSpec, SideEffectsSpec,
-                                     SizeCurveSpec, VerdictSpec, metric_name, one_sentence, test_name)
+                                     EvidenceSpec, SizeCurveSpec, VerdictSpec, metric_name, one_sentence, test_name)
 from loccheck.edits import EDIT_METHODS
 from loccheck.errors import ClaimError
 from loccheck.heuristics import HEURISTICS
@@ -55,6 +55,9 @@ class Claim(Section):
     size_curve: SizeCurveSpec | None = Field(
         None, description="Random locations at several sizes, to say how many random sites the claim is worth "
                           "(fits at every size: opt-in).")
+    evidence: EvidenceSpec = Field(default_factory=EvidenceSpec,
+                                   description="Where this claim's evidence bundle lives, and whether the pytest "
+                                               "plugin replays it.")
     # checked in `_check_expect`: a union here would name its members in an error's field
     expect: Any = Field(
         None, description="Verdict this claim file is expected to get (checked by the pytest plugin): one of "
@@ -227,6 +230,14 @@ class Claim(Section):
             node[last] = value
         overridden = [parse_key(k) for k in updates]
         return validate_claim(data, self._path, self._values, self._keys, overridden)
+
+    @property
+    def evidence_bundle(self) -> Path | None:
+        """evidence.bundle, relative to the claim file's folder (None when it names none)."""
+        bundle = self.evidence.bundle
+        if bundle is None:
+            return None
+        return Path(bundle) if self._path is None else self._path.parent / bundle
 
     def effective_config(self) -> dict:
         """Every field, defaults filled in, as JSON-ready data (for reports and cache keys)."""

@@ -336,3 +336,14 @@ class SizeCurveSpec(Section):
             if size in self.sizes[:i]:
                 raise fail(f"size {size} is listed twice", at=("sizes", i))
         return self
+
+
+class EvidenceSpec(Section):
+    bundle: str | None = Field(
+        None, description="Folder of this claim's evidence bundle, relative to the claim file: where "
+                          "`loccheck verify` writes it and a replay reads it (default: the evidence option's "
+                          "DIR/<claim name>).")
+    replay: bool = Field(
+        False, description="The pytest plugin derives this claim's verdict from its bundle (no model, no "
+                           "torch) instead of verifying it: for a claim whose fits take a GPU. `loccheck "
+                           "verify` still verifies it, and records the bundle.")

@@ -20,8 +20,9 @@ from pathlib import Path
 from loccheck.run.bundle import Bundle, BundleError, read_bundle
 
 # Fields of a claim that change no number: its prose, what it expects (replay checks the
-# expectation of the claim file as it is now), where the model ran, and the heuristic's citation.
-NOT_NUMBERS = ("claim", "expect", "model.device", "heuristic.citation", "heuristic.notes")
+# expectation of the claim file as it is now), where the model ran, the heuristic's citation,
+# and where its evidence lives.
+NOT_NUMBERS = ("claim", "expect", "model.device", "heuristic.citation", "heuristic.notes", "evidence")
 
 # A refitted gain agrees with the recorded one when they differ by at most this share of the
 # larger of the two (or of 5% of the ceiling's gain, for gains near zero): the tolerance

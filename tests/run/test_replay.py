@@ -234,3 +234,29 @@ def test_an_audit_on_a_model_with_one_weight_changed_fails(repo, edited, capsys)
     capsys.readouterr()
     assert _cli(repo, "check", "--audit", "2", "--cache-dir", str(repo / "cache")) == 2
     assert "the model weights here" in _error(capsys)
+
+
+def test_a_claim_can_ask_the_plugin_to_replay_it_from_its_own_bundle(repo, edited):
+    """`evidence: {bundle: ..., replay: true}`: pytest replays this claim with no option given
+    (the other claims of a paper would verify); without a bundle it fails naming the field."""
+    claim, ini = repo / "claims" / "planted.yaml", repo / "pytest.ini"
+    edited(ini, lambda b: b.replace(b"loccheck_evidence = evidence\n", b""))
+    edited(claim, lambda b: b + b"evidence: {bundle: ../evidence/planted, replay: true}\n")
+    run = subprocess.run([sys.executable, "-c", NO_TORCH, "-p", "no:cacheprovider", "-q"], cwd=repo,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "planted: SPECIFIC (as expected)" in run.stdout, run.stdout + run.stderr
+    edited(claim, lambda b: b.replace(b"bundle: ../evidence/planted, ", b""))
+    run = subprocess.run([sys.executable, "-c", NO_TORCH, "-p", "no:cacheprovider", "-q"], cwd=repo,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "evidence.bundle: replaying needs the claim's evidence bundle" in run.stdout
+
+
+def test_a_bundle_made_by_other_numerics_fails_and_an_unused_component_does_not_matter(repo, capsys, monkeypatch):
+    from loccheck import numerics
+
+    monkeypatch.setitem(numerics.NUMERICS, "edits.rome", numerics.NUMERICS["edits.rome"] + 1)   # not this claim's
+    assert _cli(repo, "check") == 0
+    capsys.readouterr()
+    monkeypatch.setitem(numerics.NUMERICS, "edits.optimal", numerics.NUMERICS["edits.optimal"] + 1)
+    assert _cli(repo, "check") == 2
+    assert "recorded with edits.optimal numerics version 1, but this loccheck computes version 2" in _error(capsys)
