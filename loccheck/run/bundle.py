@@ -10,7 +10,8 @@ anyone with the model can refit a sample of it (`replay.audit`).
                              identities of the model, data, code and libraries
     <bundle>/result.json     the result verify wrote (for people: replay derives its own)
     <bundle>/fits/NNNN.json  one per fitted edit: its job (method, settings, location, role,
-                             cache key), its parameters (float32, base64) and its scores
+                             cache key), its parameters (float32, base64; above
+                             MAX_STATE_BYTES only their shapes and sha256) and its scores
 
 Reading a bundle imports no torch. Every problem is a one-line `BundleError` naming the file.
 """
@@ -29,6 +30,10 @@ from loccheck.errors import LoccheckError
 FORMAT = 1
 MANIFEST = "MANIFEST.json"
 MAX_FILE_BYTES = 1 << 30     # a 7B head claim's bundle is megabytes; anything near this is not one
+# A fit's parameters are recorded up to this size. Above it (ROME's whole-model edit on SmolLM2:
+# a rank-one edit per fact and layer, 20 MB) only their shapes and sha256 are: replay needs no
+# parameters, and an audit refits.
+MAX_STATE_BYTES = 4 << 20
 
 
 class BundleError(LoccheckError):
@@ -62,12 +67,11 @@ def write_bundle(claim, result, folder: str | os.PathLike) -> Path:
         files = {"claim.json": claim.effective_config(), "facts.json": result.facts,
                  "result.json": result.payload}
         for i, o in enumerate(every_run(result.outcomes)):
-            state = FitRecord(o.job.method, o.job.location_text, o.n_params, o.info, o.state or {}).to_json()["state"]
             files[f"fits/{i:04d}.json"] = {
                 "job": {"method": o.job.method, "role": o.job.role, "index": o.job.index, "size": o.job.size,
                         "location": o.job.location_text, "settings": o.job.settings.to_json(),
                         "key": o.job.key, "continued_from": o.job.continued_from},
-                "n_params": o.n_params, "info": o.info, "metrics": o.metrics, "state": state}
+                "n_params": o.n_params, "info": o.info, "metrics": o.metrics, **_parameters(o)}
         for name, obj in files.items():
             write_json_atomic(obj, staging / name)
         write_json_atomic({"format": FORMAT, "claim_name": claim.name, "created_with": _creator(),
@@ -77,6 +81,24 @@ def write_bundle(claim, result, folder: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _parameters(outcome) -> dict:
+    """{"state": the fit's parameters}, or, above MAX_STATE_BYTES, {"state_omitted": their
+    shapes, size and sha256 (of the float32 bytes in sorted name order)}."""
+    import numpy as np
+
+    from loccheck.run.jobs import FitRecord
+
+    state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted((outcome.state or {}).items())}
+    size = sum(v.nbytes for v in state.values())
+    if size <= MAX_STATE_BYTES:
+        return {"state": FitRecord("", "", 0, {}, state).to_json()["state"]}
+    digest = hashlib.sha256()
+    for v in state.values():
+        digest.update(v.tobytes())
+    return {"state_omitted": {"bytes": size, "shapes": {k: list(v.shape) for k, v in state.items()},
+                              "sha256": digest.hexdigest()}}
 
 
 def _creator() -> dict:
@@ -156,9 +178,9 @@ def _json(path: Path):
 
 
 def _sha256(path: Path) -> str:
-    from loccheck.cache import file_sha256
-
-    return file_sha256(path)
+    """Read every time (not remembered by path and mtime): a bundle file is small, and a check
+    must see the bytes as they are now."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _inside(folder: Path, path: Path) -> bool:

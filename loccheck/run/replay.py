@@ -257,7 +257,7 @@ def audit(claim, folder: str | Path, k: int, *, cache_dir: str | Path | None = N
         for n, fit in enumerate(chosen, 1):
             job = _job_of(claim, bundle, fit, testbed)
             note(f"audit [{n}/{len(chosen)}]: refitting {job.label} at {_where(job)}")
-            outcome = run_job(testbed, fresh, job, metrics)
+            outcome = run_job(testbed, fresh, job, metrics, on_step=_every_30_s(note, job.label))
             rows += [_compare(f"{job.label} at {_where(job)}", m, outcome.metrics[m] - base[m],
                               _number(fit["metrics"][m]) - recorded_base[m], scale) for m in metrics]
     bad = next((r for r in rows if not r["agrees"]), None)
@@ -266,6 +266,20 @@ def audit(claim, folder: str | Path, k: int, *, cache_dir: str | Path | None = N
                           f"{bad['recorded']:+.6g} recorded; tolerance {bad['tolerance']:.3g} ({AUDIT_RTOL:g} of "
                           f"the larger, at least {AUDIT_FLOOR:g} of the ceiling's gain)")
     return rows
+
+
+def _every_30_s(note, label: str):
+    """A fit's `on_step` that says where it is every 30 s: a ceiling's refit takes minutes, and a
+    CI log would otherwise show nothing meanwhile."""
+    import time
+
+    last = [time.monotonic()]
+
+    def on_step(step: int, n_steps: int, loss: float | None) -> None:    # None: a method that trains no loss (ROME)
+        if time.monotonic() - last[0] >= 30:
+            last[0] = time.monotonic()
+            note(f"audit: {label}: step {step} of at most {n_steps}" + ("" if loss is None else f", loss {loss:.3g}"))
+    return on_step
 
 
 def audit_choice(bundle: Bundle, k: int) -> list[dict]:
@@ -326,8 +340,9 @@ def _job_of(claim, bundle: Bundle, fit: dict, testbed):
     start = None
     if j["continued_from"] is not None:
         origin = next((f for f in bundle.fits if f["job"]["key"] == j["continued_from"]), None)
-        if origin is None:
-            raise BundleError(f"{bundle.folder}: the edit the ceiling was continued from is missing from fits/")
+        if origin is None or "state" not in origin:
+            raise BundleError(f"{bundle.folder}: the parameters of the edit the ceiling was continued from are "
+                              "not in fits/, so its continuation cannot be refitted")
         state = FitRecord.from_json({**origin, "method": origin["job"]["method"],
                                      "location": origin["job"]["location"]}).state
         start = (_job_of(claim, bundle, origin, testbed).settings,

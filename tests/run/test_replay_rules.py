@@ -74,3 +74,26 @@ def test_a_bundle_is_replaced_only_once_the_new_one_is_complete(tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (tmp_path / "evidence").iterdir()) == ["c"]       # no staging left
     assert read_bundle(folder).facts == {"edits": []}
+
+
+def test_a_fit_s_parameters_are_recorded_up_to_the_cap_and_named_by_sha256_above_it(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from loccheck.run import bundle
+
+    def outcome(n: int, role: str):
+        job = SimpleNamespace(method="optimal", role=role, index=None, size=None, location_text=["L1H2"],
+                              settings=SimpleNamespace(to_json=lambda: {"lr": 0.1}), key=role, continued_from=None)
+        return SimpleNamespace(job=job, n_params=n, info={}, metrics={"m": 1.0}, superseded=(),
+                               state={"b": np.arange(n, dtype=np.float32), "a": np.ones(2, dtype=np.float32)})
+    monkeypatch.setattr(bundle, "MAX_STATE_BYTES", 64)
+    result = SimpleNamespace(facts={}, payload={}, outcomes=[outcome(8, "claim"), outcome(40, "ceiling")])
+    folder = bundle.write_bundle(SimpleNamespace(name="c", effective_config=dict), result, tmp_path / "c")
+    small, large = (json.loads((folder / "fits" / f"000{i}.json").read_text()) for i in (0, 1))
+    assert set(small["state"]) == {"a", "b"} and "state_omitted" not in small       # 40 bytes: kept
+    expected = hashlib.sha256(np.ones(2, np.float32).tobytes() + np.arange(40, dtype=np.float32).tobytes())
+    assert "state" not in large and large["state_omitted"] == {"bytes": 168, "shapes": {"a": [2], "b": [40]},
+                                                               "sha256": expected.hexdigest()}
