@@ -49,11 +49,6 @@ class Bundle:
     fits: list[dict]     # fits/NNNN.json in order
 
 
-def bundle_folder(root: str | os.PathLike, claim_name: str) -> Path:
-    """A claim's bundle under an evidence folder: <root>/<claim name>/ (as reports go)."""
-    return Path(root) / claim_name
-
-
 def write_bundle(claim, result, folder: str | os.PathLike) -> Path:
     """Write `result`'s evidence bundle to `folder`, replacing any bundle there only once the new
     one is complete (written aside, then renamed into place)."""

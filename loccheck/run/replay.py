@@ -13,6 +13,7 @@ recorded ones within `AUDIT_RTOL`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -32,13 +33,15 @@ AUDIT_FLOOR = 0.05
 
 
 def replay(claim, folder: str | Path, *, out_dir: str | Path | None = None, write_report: bool = True):
-    """The claim's `VerifyResult` derived from its bundle at `folder` (`bundle.bundle_folder`),
-    its report written to `out_dir` (default reports/<claim name>)."""
+    """The claim's `VerifyResult` derived from its bundle at `folder` (the evidence option's
+    DIR/<claim name>, or the claim's evidence.bundle), its report written to `out_dir` (default
+    reports/<claim name>)."""
     from loccheck.run.result import VerifyResult, derive_payload
 
     bundle = read_bundle(folder)
-    check_bundle(claim, bundle)
-    payload = derive_payload(claim, bundle.facts)
+    with _unreadable(bundle):
+        check_bundle(claim, bundle)
+        payload = derive_payload(claim, bundle.facts)
     result = VerifyResult(payload, facts=bundle.facts)
     if not write_report:
         return result
@@ -49,6 +52,17 @@ def replay(claim, folder: str | Path, *, out_dir: str | Path | None = None, writ
     render_report(payload, out)
     write_json_atomic(payload, out / "result.json")      # last: its presence means a complete report
     return replace(result, report_dir=str(out))
+
+
+@contextlib.contextmanager
+def _unreadable(bundle: Bundle):
+    """A bundle whose checksums hold but whose records are not what loccheck writes (a field
+    missing, of another type) is one line, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise BundleError(f"{bundle.folder}: its records are not what loccheck writes "
+                          f"({type(err).__name__}: {str(err)[:120]})") from None
 
 
 def check_bundle(claim, bundle: Bundle) -> None:
@@ -241,8 +255,9 @@ def audit(claim, folder: str | Path, k: int, *, cache_dir: str | Path | None = N
     from loccheck.run.testbed import prepare_testbed
 
     bundle = read_bundle(folder)
-    check_bundle(claim, bundle)
-    chosen = audit_choice(bundle, k)
+    with _unreadable(bundle):
+        check_bundle(claim, bundle)
+        chosen = audit_choice(bundle, k)
     testbed = prepare_testbed(claim, resolve_cache(cache_dir))
     _check_identity(testbed, bundle)
     metrics, facts = list(claim.all_metrics), bundle.facts

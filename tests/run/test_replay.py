@@ -172,6 +172,17 @@ def test_forged_records_fail_even_with_a_matching_manifest(repo, edited, capsys)
     assert "the claim edit's scores in its fit file differ from facts.json's" in _error(capsys)
 
 
+def test_records_of_another_shape_are_one_line(repo, edited, capsys):
+    folder = repo / "evidence" / "planted"
+    for name in ("facts.json", "MANIFEST.json"):
+        edited(folder / name, lambda b: b)
+    facts = json.loads((folder / "facts.json").read_text())
+    del facts["data"]
+    _rewrite(repo, "facts.json", lambda _: json.dumps(facts))
+    assert _cli(repo, "check") == 2
+    assert "its records are not what loccheck writes (KeyError: 'data')" in _error(capsys)
+
+
 def test_a_dropped_null_draw_is_missing_evidence(repo, edited, capsys):
     folder = repo / "evidence" / "planted"
     for name in ("facts.json", "MANIFEST.json"):
