@@ -249,11 +249,12 @@ def _check(args) -> int:
 
     settings = settings_from_cli(args)
     claims = _claims(args, settings)
-    for claim in claims:
+    bundles = [settings.evidence_folder(claim) or Path("evidence") / claim.name for claim in claims]
+    for claim, bundle in zip(claims, bundles):     # every bundle is checked before any report is written
         check_writable_folder(settings.claim_report_dir(claim.name), "report folder")
+        replay(claim, bundle, write_report=False)
     status = 0
-    for claim in claims:
-        bundle = settings.evidence_folder(claim) or Path("evidence") / claim.name
+    for claim, bundle in zip(claims, bundles):
         result = replay(claim, bundle, out_dir=settings.claim_report_dir(claim.name))
         print(_result_line(claim, result, f", replayed from {bundle}"))
         if getattr(args, "audit", None):
