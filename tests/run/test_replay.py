@@ -156,42 +156,40 @@ def _rewrite(repo: Path, name: str, change) -> None:
     (folder / "MANIFEST.json").write_text(json.dumps(manifest))
 
 
-def test_forged_records_fail_even_with_a_matching_manifest(repo, edited, capsys):
+@pytest.fixture
+def forged(repo, edited):
+    """`forge(change)`: facts.json changed by `change(facts)`, with a manifest that agrees."""
     folder = repo / "evidence" / "planted"
     for name in ("facts.json", "MANIFEST.json"):
         edited(folder / name, lambda b: b)
-    facts = json.loads((folder / "facts.json").read_text())
-    gain_field = json.dumps(facts["edits"][0]["metrics"]["preference_margin"])
-    _rewrite(repo, "facts.json", lambda t: t.replace(gain_field, "NaN", 1))        # a non-finite score
+
+    def forge(change) -> None:
+        facts = json.loads((folder / "facts.json").read_text())
+        change(facts)
+        _rewrite(repo, "facts.json", lambda _: json.dumps(facts))
+    return forge
+
+
+def test_a_non_finite_score_is_refused_even_with_a_matching_manifest(repo, forged, capsys):
+    def nan_score(facts):
+        facts["edits"][0]["metrics"]["preference_margin"] = "NaN!"
+    forged(nan_score)
+    _rewrite(repo, "facts.json", lambda t: t.replace('"NaN!"', "NaN"))        # what json.dumps would write
     assert _cli(repo, "check") == 2
     assert "facts.json: not readable as strict JSON (NaN is not a JSON number" in _error(capsys)
 
-    facts["edits"][0]["metrics"]["preference_margin"] += 1.0                        # the claim edits better
-    _rewrite(repo, "facts.json", lambda _: json.dumps(facts))
+
+@pytest.mark.parametrize("change, says", [
+    (lambda f: f["edits"][0]["metrics"].update(preference_margin=f["edits"][0]["metrics"]["preference_margin"] + 1),
+     "the claim edit's scores in its fit file differ from facts.json's"),          # the claim edits better
+    (lambda f: f["ablations"]["necessity"].pop(),                                   # its last ablation gone
+     "the necessity null holds 98 of 99 draws and is not decided after them"),
+    (lambda f: f.pop("data"), "its records are not what loccheck writes (KeyError: 'data')"),
+], ids=["better-claim", "dropped-draw", "other-shape"])
+def test_forged_records_fail_even_with_a_matching_manifest(repo, forged, capsys, change, says):
+    forged(change)
     assert _cli(repo, "check") == 2
-    assert "the claim edit's scores in its fit file differ from facts.json's" in _error(capsys)
-
-
-def test_records_of_another_shape_are_one_line(repo, edited, capsys):
-    folder = repo / "evidence" / "planted"
-    for name in ("facts.json", "MANIFEST.json"):
-        edited(folder / name, lambda b: b)
-    facts = json.loads((folder / "facts.json").read_text())
-    del facts["data"]
-    _rewrite(repo, "facts.json", lambda _: json.dumps(facts))
-    assert _cli(repo, "check") == 2
-    assert "its records are not what loccheck writes (KeyError: 'data')" in _error(capsys)
-
-
-def test_a_dropped_null_draw_is_missing_evidence(repo, edited, capsys):
-    folder = repo / "evidence" / "planted"
-    for name in ("facts.json", "MANIFEST.json"):
-        edited(folder / name, lambda b: b)
-    facts = json.loads((folder / "facts.json").read_text())
-    facts["ablations"]["necessity"].pop()                       # the last ablation of the necessity null
-    _rewrite(repo, "facts.json", lambda _: json.dumps(facts))
-    assert _cli(repo, "check") == 2
-    assert "the necessity null holds 98 of 99 draws and is not decided after them" in _error(capsys)
+    assert says in _error(capsys)
 
 
 def test_a_bundle_of_another_claim_and_changed_data_fail(repo, edited, capsys):
