@@ -216,6 +216,9 @@ def test_replay_without_a_bundle_fails_and_fits_nothing(repo, capsys, tmp_path):
     assert main(["check", str(repo / "claims" / "planted.yaml"), "--evidence", str(tmp_path / "none"),
                  "--report-dir", str(tmp_path / "checked")]) == 2
     assert "no evidence bundle here (MANIFEST.json is missing)" in _error(capsys)
+    assert main(["verify", "--replay", str(repo / "claims" / "planted.yaml"), "--evidence", str(tmp_path / "none"),
+                 "--report-dir", str(tmp_path / "checked")]) == 2          # verify --replay is check
+    assert "no evidence bundle here (MANIFEST.json is missing)" in _error(capsys)
     assert not (tmp_path / "checked").exists() and not (tmp_path / "none").exists()
 
 
