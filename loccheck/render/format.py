@@ -145,3 +145,13 @@ def primary(r: dict) -> dict:
 def method_order(r: dict) -> list[str]:
     """The edit methods: the one that gives the verdict first, then the others by name."""
     return [r["primary_method"]] + sorted(m for m in r["tests"] if m != r["primary_method"])
+
+
+def needed(test: dict, key: str, actual: str) -> str:
+    """What a test's statistic had to exceed to be significant at alpha (`test[key]`, exact or a
+    lower bound: `test[key + "_exact"]`), beside what `actual` (the claim's) was."""
+    if test[key] is None:
+        return "nothing would do: this null cannot reject at alpha"
+    value = (fmt(test[key]) if test.get(key + "_exact", True) else
+             f"at least {fmt(test[key])}, a lower bound (the sequential null stopped)")
+    return f"{value} (the claim's: {fmt(test.get(actual))})"

@@ -9,7 +9,7 @@ rendering the in-memory result and rendering it again from result.json give the 
 """
 from __future__ import annotations
 
-from loccheck.render.format import fmt, location_words, primary, site_noun, table
+from loccheck.render.format import fmt, location_words, needed, primary, site_noun, table
 
 NECESSITY_HIST_NAME, SIZE_CURVE_NAME = "necessity_hist.png", "size_curve.png"
 VERDICT_TESTS = ("editing", "necessity")        # the tests that give a verdict, sharing alpha
@@ -176,6 +176,9 @@ def necessity_lines(r: dict) -> list[str]:
             *counted, p_row,
             ["Holm-adjusted p", "—" if holm is None else f"{fmt(holm[0])} (over {holm[1]} tests)"],
             ["min reachable p, 1/(N + 1)", fmt(n.get("min_p_value"))],
+            *([["to be significant at alpha, the claim's drop had to exceed",
+                needed(n, "needed_drop", "claim_drop")]]
+              if "needed_drop" in n else []),
             ["alpha", alpha], ["verdict", str(n.get("verdict"))]]
     return ["## Necessity (ablation)", "", measures, "",
             table(rows, ["necessity", "value"]), "",

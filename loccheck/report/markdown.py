@@ -11,7 +11,7 @@ import math
 
 import yaml
 
-from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, location_words, method_order,
+from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, location_words, method_order, needed,
                                     ordered, primary, site_noun, spread, table, value)
 from loccheck.report.answers import answers_lines
 from loccheck.report.evidence import editing_lead, evidence_sections, expectation_note, verdict_table_lines
@@ -224,6 +224,9 @@ def _stats_lines(r: dict) -> list[str]:
             ["rho (required share of the ceiling)", fmt(r.get("rho"))],
             ["optimality ratio, claim gain / whole-model gain", fmt(t.get("optimality_ratio"))],
             ["claim percentile in null (%)", fmt(t.get("claim_percentile"))]]
+    if "needed_gain" in t:        # a result.json of an earlier loccheck has no such number
+        test.append(["to be significant at alpha, the claim's gain had to exceed",
+                     needed(t, "needed_gain", "claim_gain")])
     sequential = ("" if t.get("stop") != "sequential" else
                   " The null was drawn sequentially (`random_locations.stop: sequential`, Besag and "
                   "Clifford 1991): its locations are fitted in their seeded order, and fitting stops "

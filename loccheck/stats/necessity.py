@@ -53,6 +53,9 @@ class NecessityTest:
     null_median: float
     stopped_early: bool
     stop: str
+    # what the claim's drop had to exceed (and 0) to be significant at alpha (`pvalues.needed_statistic`)
+    needed_drop: float | None = None
+    needed_drop_exact: bool = True
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict.value, "verdict_reason": self.reason, "p_value": self.pvalue,
@@ -60,7 +63,8 @@ class NecessityTest:
                 "min_p_value": 1 / (self.n_null + 1), "claim_drop": self.claim_drop,
                 "null_drops": list(self.null_drops), "null_mean": self.null_mean,
                 "null_std": self.null_std, "null_median": self.null_median,
-                "stopped_early": self.stopped_early, "stop": self.stop}
+                "stopped_early": self.stopped_early, "stop": self.stop,
+                "needed_drop": self.needed_drop, "needed_drop_exact": self.needed_drop_exact}
 
 
 def examine_necessity(claim_drop: float, null_drops, *, alpha: float, n_null: int, stop: str = "full",
@@ -72,7 +76,7 @@ def examine_necessity(claim_drop: float, null_drops, *, alpha: float, n_null: in
 
     UNDERPOWERED when 1 / (n_null + 1) > alpha; FALSIFIED when the claim's drop is not positive
     (ablating it loses nothing) or p > alpha; SUPPORTED otherwise."""
-    from loccheck.stats.pvalues import describe, null_test, sequential_pvalue, sequential_stop_count
+    from loccheck.stats.pvalues import describe, needed_statistic, null_test, sequential_pvalue, sequential_stop_count
 
     usable = claim_drop is not None and math.isfinite(claim_drop)
     claim, null = compared_gains(claim_drop if usable else math.nan, list(null_drops), claim_diverged=not usable,
@@ -91,12 +95,15 @@ def examine_necessity(claim_drop: float, null_drops, *, alpha: float, n_null: in
     decided = holm_p[0] if holm_p is not None else pvalue
     verdict, reason = _decide(claim_drop if usable else None, pvalue, decided, holm_p, n_null, len(null),
                               n_at_least, alpha, random_what, site, seq is not None and seq.stopped_early)
+    needed, exact = needed_statistic([math.nan if d is None else d for d in list(null_drops)[:len(null)]],
+                                     n_null=n_null, alpha=alpha)
     return NecessityTest(verdict, reason, pvalue, n_null, len(null), n_at_least,
                          float(claim_drop) if usable else None,
                          tuple(float(d) if d is not None and math.isfinite(d) else None
                                for d in list(null_drops)[:len(null)]),
                          spread.mean, spread.std, float(np.median(kept)) if kept else math.nan,
-                         seq is not None and seq.stopped_early, "sequential" if seq is not None else "full")
+                         seq is not None and seq.stopped_early, "sequential" if seq is not None else "full",
+                         None if needed is None else max(needed, 0.0), exact)
 
 
 def _decide(drop, pvalue, decided, holm_p, n_null, n_used, k, alpha, what, site, stopped) -> tuple:

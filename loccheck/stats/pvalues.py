@@ -245,3 +245,22 @@ def sequential_decided(statistic: float, null: ArrayLike, *, n_max: int, h: int)
     """Whether the values drawn so far decide the sequential test (h at or above it, or all)."""
     arr = np.asarray(null, dtype=float)
     return arr.size >= n_max or int(np.count_nonzero(arr >= _tie_threshold(float(statistic)))) >= h
+
+
+def needed_statistic(null: ArrayLike, *, n_null: int, alpha: float) -> tuple[float | None, bool]:
+    """What a statistic had to exceed to be significant at `alpha` against this null: (X, exact).
+
+    p = (1 + k) / (n_null + 1) <= alpha allows at most m null values at or above the statistic,
+    so it must exceed the (m + 1)-th largest null value X (ties count against it: it must beat X
+    by more than the tie tolerance). A draw without a value (nan: a diverged edit, a tie with
+    anything) counts against every statistic. With fewer draws than `n_null` (a sequential null
+    that stopped), the draws not made could only add to k: X from the drawn ones is a lower bound
+    (`exact` False). None when no statistic could be significant (m < 0, or m + 1 drawn values
+    are not there)."""
+    arr = np.sort(np.where(np.isnan(np.asarray(null, dtype=float)), np.inf, np.asarray(null, dtype=float)))[::-1]
+    m = int(alpha * (n_null + 1)) + 1
+    while m >= 0 and (m + 1) / (n_null + 1) > alpha:     # the p-value's own comparison, not a rounded one
+        m -= 1
+    if m < 0 or m >= arr.size or not np.isfinite(arr[m]):
+        return None, arr.size >= n_null
+    return float(arr[m]), arr.size >= n_null

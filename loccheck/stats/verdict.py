@@ -338,6 +338,10 @@ class LocationTest:
     n_null_diverged: int = 0          # counted as ties with the claim, not in null_gains
     claim_diverged: bool = False
     ceiling_diverged: bool = False
+    # what the claim's gain had to exceed to be significant at alpha against this null (None: no
+    # gain could be); exact, or a lower bound when the sequential null stopped (`needed_statistic`)
+    needed_gain: float | None = None
+    needed_gain_exact: bool = True
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict.value, "verdict_reason": self.reason,
@@ -352,7 +356,8 @@ class LocationTest:
                 "ceiling_converged": self.ceiling_converged,
                 "n_null_fitted": self.n_null_fitted, "stop": self.stop,
                 "stopped_early": self.stopped_early, "n_null_diverged": self.n_null_diverged,
-                "claim_diverged": self.claim_diverged, "ceiling_diverged": self.ceiling_diverged}
+                "claim_diverged": self.claim_diverged, "ceiling_diverged": self.ceiling_diverged,
+                "needed_gain": self.needed_gain, "needed_gain_exact": self.needed_gain_exact}
 
 
 def compared_gains(claim_gain: float, null_gains, *, claim_diverged: bool = False,
@@ -392,7 +397,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
     (`ceiling_converged`, with its `ceiling_stopped` label) or falls short (`ceiling_short`)
     cannot make the claim SUPPORTED (`decide_verdict`'s SPECIFIC). `holm_p`: the p-value adjusted
     over the claim's tests and their number, which decides in place of p (`decide_verdict`)."""
-    from loccheck.stats.pvalues import describe, null_test, sequential_pvalue, sequential_stop_count
+    from loccheck.stats.pvalues import describe, needed_statistic, null_test, sequential_pvalue, sequential_stop_count
 
     n_null = len(null_gains) if n_null is None else n_null
     diverged = [False] * len(null_gains) if null_diverged is None else [bool(d) for d in null_diverged]
@@ -427,6 +432,8 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
                               ceiling_unfit=unfit, holm_p=holm_p,
                               sequential=(seq.h, seq.n_drawn) if seq is not None and seq.stopped_early else None)
     reason = decision.reason
+    needed, exact = needed_statistic([math.nan if d else g for g, d in zip(used, diverged)], n_null=n_null,
+                                     alpha=alpha)
     if claim_diverged:   # beaten by every draw
         pvalue, test = 1.0, replace(test, n_at_least=test.n_null)
     return LocationTest(
@@ -442,4 +449,4 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
         n_null_diverged=sum(diverged[:test.n_null]), claim_diverged=claim_diverged,
         ceiling_diverged=ceiling_diverged,
         n_null_fitted=test.n_null, stop="sequential" if seq is not None else "full",
-        stopped_early=bool(seq is not None and seq.stopped_early))
+        stopped_early=bool(seq is not None and seq.stopped_early), needed_gain=needed, needed_gain_exact=exact)

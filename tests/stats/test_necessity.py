@@ -400,3 +400,14 @@ def test_holm_family_wise_error_simulated(dependence):
     assert exact <= alpha
     assert _close(rejections / replicates, exact, replicates)
     assert errors <= rejections
+
+
+def test_the_drop_a_claim_needed_is_the_null_s_and_never_below_zero():
+    from loccheck.stats.necessity import examine_necessity
+
+    test = examine_necessity(0.5, [0.1, 0.6, 0.2] + [0.0] * 16, alpha=0.05, n_null=19)
+    assert (test.needed_drop, test.needed_drop_exact) == (0.6, True) and test.to_json()["needed_drop"] == 0.6
+    losing = examine_necessity(0.5, [-0.3] * 19, alpha=0.05, n_null=19)
+    assert losing.needed_drop == 0.0 and losing.verdict.value == "SUPPORTED"   # the drop must also be > 0
+    stopped = examine_necessity(0.1, [0.9], alpha=0.05, n_null=19, stop="sequential")
+    assert (stopped.needed_drop, stopped.needed_drop_exact) == (0.9, False)

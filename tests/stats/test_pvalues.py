@@ -197,3 +197,30 @@ def test_sequential_input_validation():
         sequential_pvalue(1.0, [2.0], n_max=19, h=0)
     with pytest.raises(ValueError, match="`n_null`"):
         sequential_stop_count(0, 0.05)
+
+
+# --- what a claim's statistic had to exceed (issue 27, item 4) ------------------------------
+
+def test_the_needed_statistic_is_the_null_value_the_p_value_allows_above_it():
+    from loccheck.stats.pvalues import needed_statistic
+
+    null = [0.1, 0.5, 0.3] + [0.0] * 16
+    assert needed_statistic(null, n_null=19, alpha=0.05) == (0.5, True)       # m = 0: beat the largest
+    assert needed_statistic(null + [0.0] * 80, n_null=99, alpha=0.05) == (0.0, True)   # m = 4: the 5th largest
+    assert needed_statistic([0.9, 2.0], n_null=19, alpha=0.05) == (2.0, False)   # stopped: a lower bound
+    assert needed_statistic([0.1] * 9, n_null=9, alpha=0.05) == (None, True)     # 1/10 > alpha: nothing can
+    assert needed_statistic([float("nan"), 0.2] + [0.0] * 17, n_null=19, alpha=0.05) == (None, True)  # a tie with all
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=60), st.sampled_from([0.05, 0.1, 0.29, 0.5]))
+def test_just_above_the_needed_statistic_is_significant_and_at_it_is_not(null, alpha):
+    from loccheck.stats.pvalues import _TIE_RTOL, needed_statistic, null_test
+
+    needed, exact = needed_statistic(null, n_null=len(null), alpha=alpha)
+    assert exact
+    if needed is None:
+        assert null_test(max(null) * 2 + 1, null).pvalue > alpha
+        return
+    assert null_test(needed, null).pvalue > alpha                             # a tie counts against it
+    assert null_test(needed + 3 * _TIE_RTOL * abs(needed) + 1e-9, null).pvalue <= alpha
