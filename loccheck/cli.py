@@ -245,22 +245,24 @@ def _result_line(claim, result, how: str = "") -> str:
 def _check(args) -> int:
     """Replay (and with --audit, refit a sample of) each claim's evidence bundle."""
     from loccheck.files import check_writable_folder
-    from loccheck.run.replay import audit, replay
+    from loccheck.run.replay import audit, replay, write_replayed
 
     settings = settings_from_cli(args)
     claims = _claims(args, settings)
     bundles = [settings.evidence_folder(claim) or Path("evidence") / claim.name for claim in claims]
+    replayed = []
     for claim, bundle in zip(claims, bundles):     # every bundle is checked before any report is written
         check_writable_folder(settings.claim_report_dir(claim.name), "report folder")
-        replay(claim, bundle, write_report=False)
+        replayed.append(replay(claim, bundle, write_report=False))
     status = 0
-    for claim, bundle in zip(claims, bundles):
-        result = replay(claim, bundle, out_dir=settings.claim_report_dir(claim.name))
+    for claim, bundle, result in zip(claims, bundles, replayed):
+        result = write_replayed(result, settings.claim_report_dir(claim.name))
         print(_result_line(claim, result, f", replayed from {bundle}"))
         if getattr(args, "audit", None):
             rows = audit(claim, bundle, args.audit, cache_dir=settings.cache_dir,
                          note=lambda line: print(line, file=sys.stderr))
-            worst = max((abs(r["here"] - r["recorded"]) / r["tolerance"] for r in rows if r["tolerance"] > 0), default=0.0)
+            worst = max((abs(r["here"] - r["recorded"]) / r["tolerance"] for r in rows if r["tolerance"] > 0),
+                        default=0.0)
             print(f"{claim.path}: audit passed: {args.audit} refitted edits and the unedited model agree with "
                   f"the bundle on {len(rows)} gains and scores (largest difference {worst:.2f} of its tolerance)")
         status = max(status, 0 if result.matches_expectation else 1)

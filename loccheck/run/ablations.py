@@ -69,8 +69,15 @@ def run_ablation(testbed, cache, job: AblationJob, metric: str, base: float, sig
             value = testbed.score([metric])[metric]
         if math.isfinite(value):
             cache.put(key, {"value": value})
-    drop = sign * METRICS[metric].improvement(base - value)
-    return AblationOutcome(job, value, drop, scored, time.monotonic() - began)
+    return AblationOutcome(job, value, ablation_drop(value, base, metric, sign), scored, time.monotonic() - began)
+
+
+def ablation_drop(value: float, base: float, metric: str, sign: int) -> float:
+    """The behaviour an ablation lost: the unedited model's improvement over the ablated one on
+    `metric`, times `sign` (`behavior_sign`). The one definition verify and a replay share."""
+    from loccheck.metrics import METRICS
+
+    return sign * METRICS[metric].improvement(base - value)
 
 
 class AblationProgress:
@@ -100,8 +107,8 @@ class AblationProgress:
 def run_necessity(testbed, cache, claim, location, nulls, base: float, note) -> list[AblationOutcome]:
     """The claim's ablation, then the null's in draw order, stopping as `necessity.stop` says
     (the sequential rule of the editing null, on the drops)."""
-    from loccheck.stats.pvalues import sequential_decided, sequential_stop_count
-    from loccheck.stats.verdict import compared_gains, min_null_size
+    from loccheck.stats.pvalues import sequential_decided
+    from loccheck.stats.verdict import compared_gains, sequential_h
 
     spec, alpha, metric = claim.necessity, claim.verdict.alpha, claim.verdict.metric
     sign = behavior_sign(claim)
@@ -109,14 +116,13 @@ def run_necessity(testbed, cache, claim, location, nulls, base: float, note) -> 
     progress = AblationProgress(note, 1 + len(nulls), f"necessity ({spec.ablation} ablation)")
     first = run_ablation(testbed, cache, make(location, "claim", None), metric, base, sign)
     progress(first)
-    sequential = spec.stop == "sequential" and spec.n >= min_null_size(alpha)
-    h = sequential_stop_count(spec.n, alpha) if sequential else None
+    h = sequential_h(spec.stop, spec.n, alpha)
     done = []
     for i, loc in enumerate(nulls):
         done.append(run_ablation(testbed, cache, make(loc, "random", i), metric, base, sign))
         progress(done[-1])
         claim_drop, null = compared_gains(first.drop, [o.drop for o in done])
-        if sequential and sequential_decided(claim_drop, null, n_max=spec.n, h=h):
+        if h is not None and sequential_decided(claim_drop, null, n_max=spec.n, h=h):
             break
     if len(done) < len(nulls):
         note(f"necessity: the null is decided after {len(done)} of {spec.n} random locations "

@@ -53,7 +53,7 @@ def write_bundle(claim, result, folder: str | os.PathLike) -> Path:
     """Write `result`'s evidence bundle to `folder`, replacing any bundle there only once the new
     one is complete (written aside, then renamed into place)."""
     from loccheck.files import write_json_atomic
-    from loccheck.run.jobs import FitRecord, every_run
+    from loccheck.run.jobs import every_run
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -83,12 +83,12 @@ def _parameters(outcome) -> dict:
     shapes, size and sha256 (of the float32 bytes in sorted name order)}."""
     import numpy as np
 
-    from loccheck.run.jobs import FitRecord
+    from loccheck.run.jobs import encode_state
 
     state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted((outcome.state or {}).items())}
     size = sum(v.nbytes for v in state.values())
     if size <= MAX_STATE_BYTES:
-        return {"state": FitRecord("", "", 0, {}, state).to_json()["state"]}
+        return {"state": encode_state(state)}
     digest = hashlib.sha256()
     for v in state.values():
         digest.update(v.tobytes())

@@ -76,12 +76,21 @@ class FitRecord:
 
     def to_json(self) -> dict:
         return {"method": self.method, "location": self.location, "n_params": self.n_params,
-                "info": self.info, "state": {k: _encode(v) for k, v in sorted(self.state.items())}}
+                "info": self.info, "state": encode_state(self.state)}
 
     @classmethod
     def from_json(cls, data: dict) -> "FitRecord":
         return cls(data["method"], data["location"], int(data["n_params"]), dict(data["info"]),
-                   {k: _decode(v) for k, v in data["state"].items()})
+                   decode_state(data["state"]))
+
+
+def encode_state(state: dict[str, np.ndarray]) -> dict:
+    """A fit's parameters as JSON: float32 arrays, base64, by name (a cache entry's, a bundle's)."""
+    return {k: _encode(v) for k, v in sorted(state.items())}
+
+
+def decode_state(data: dict) -> dict[str, np.ndarray]:
+    return {k: _decode(v) for k, v in data.items()}
 
 
 def _encode(array: np.ndarray) -> dict:

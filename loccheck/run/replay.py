@@ -18,6 +18,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from loccheck.files import strict_json
 from loccheck.run.bundle import Bundle, BundleError, read_bundle
 
 # Fields of a claim that change no number: its prose, what it expects (replay checks the
@@ -41,16 +42,19 @@ def replay(claim, folder: str | Path, *, out_dir: str | Path | None = None, writ
     bundle = read_bundle(folder)
     with _unreadable(bundle):
         check_bundle(claim, bundle)
-        payload = derive_payload(claim, bundle.facts)
-    result = VerifyResult(payload, facts=bundle.facts)
+        result = VerifyResult(derive_payload(claim, bundle.facts), facts=bundle.facts)
     if not write_report:
         return result
+    return write_replayed(result, Path(out_dir) if out_dir is not None else Path("reports") / claim.name)
+
+
+def write_replayed(result, out: Path):
+    """A replayed result's report.md, figures and result.json in `out`; the result, saying where."""
     from loccheck.files import write_json_atomic
     from loccheck.report import render_report
 
-    out = Path(out_dir) if out_dir is not None else Path("reports") / claim.name
-    render_report(payload, out)
-    write_json_atomic(payload, out / "result.json")      # last: its presence means a complete report
+    render_report(result.payload, out)
+    write_json_atomic(result.payload, out / "result.json")      # last: its presence means a complete report
     return replace(result, report_dir=str(out))
 
 
@@ -158,7 +162,7 @@ def _check_fits(bundle: Bundle) -> None:
         if fit is None:
             raise BundleError(f"{bundle.folder}: the fit of the {r['role']} edit{_index(r)} ({r['method']}) is "
                               "missing from fits/: missing evidence is never refitted in replay")
-        if _strict(fit["metrics"]) != _strict(r["metrics"]):
+        if strict_json(fit["metrics"]) != strict_json(r["metrics"]):
             raise BundleError(f"{bundle.folder}: the {r['role']} edit{_index(r)}'s scores in its fit file "
                               "differ from facts.json's")
 
@@ -171,17 +175,12 @@ def _listed(location) -> list:
     return [location] if isinstance(location, str) else list(location)
 
 
-def _strict(obj):
-    from loccheck.files import strict_json
-
-    return strict_json(obj)
-
-
 def _check_stops(claim, bundle: Bundle) -> None:
     """Each null holds exactly the draws its stopping rule fitted: all of them, or, under
     `stop: sequential`, up to the first wave (of the executor's width) after which the test was
     decided, and no further."""
     from loccheck.metrics import METRICS
+    from loccheck.run.result import dropped
     from loccheck.stats.verdict import compared_gains
 
     facts, vs = bundle.facts, claim.verdict
@@ -200,7 +199,7 @@ def _check_stops(claim, bundle: Bundle) -> None:
                                            null_diverged=[r["diverged"] for r in null])
         _check_stop(bundle, f"the {method} null", claim_gain, gains, claim.random_locations,
                     vs.alpha, int(facts.get("executor_width") or 1))
-    ablations = facts.get("ablations")
+    ablations = dropped(claim, facts.get("ablations"), {vs.metric: base})
     if ("necessity" in claim.tests) != (ablations is not None):
         raise BundleError(f"{bundle.folder}: the necessity test is {'' if ablations else 'not '}in the bundle "
                           f"but {'' if 'necessity' in claim.tests else 'not '}in the claim's tests")
@@ -219,17 +218,18 @@ def _check_order(bundle: Bundle, what: str, records: list[dict]) -> None:
 
 def _check_stop(bundle: Bundle, what: str, claim_stat: float, null: list[float], spec, alpha: float,
                 width: int) -> None:
-    from loccheck.stats.pvalues import sequential_decided, sequential_stop_count
-    from loccheck.stats.verdict import min_null_size
+    """`null` holds what `spec` (n, stop) fitted: every draw, or, sequentially, draws in waves of
+    `width` up to the first wave after which the test is decided, as `verify._run` fits them."""
+    from loccheck.stats.pvalues import sequential_decided
+    from loccheck.stats.verdict import sequential_h
 
     n, k = spec.n, len(null)
-    sequential = spec.stop == "sequential" and n >= min_null_size(alpha)
-    if not sequential:
+    h = sequential_h(spec.stop, n, alpha)
+    if h is None:
         if k != n:
             raise BundleError(f"{bundle.folder}: {what} holds {k} draws; the claim's null has {n} "
                               "(missing evidence is never refitted in replay)")
         return
-    h = sequential_stop_count(n, alpha)
     for end in range(width, k, width):
         if sequential_decided(claim_stat, null[:end], n_max=n, h=h):
             raise BundleError(f"{bundle.folder}: {what} holds {k} draws, but the sequential rule stops after "
@@ -340,17 +340,13 @@ def _job_of(claim, bundle: Bundle, fit: dict, testbed):
     """The `Job` a fit file records, rebuilt from the claim (its settings must be the recorded
     ones); a continued ceiling starts from the recorded parameters of the edit it continued."""
     from loccheck.locations import parse_location
-    from loccheck.run.inspect import edit_settings
-    from loccheck.run.jobs import FitRecord, Job
+    from loccheck.run.jobs import Job, decode_state
+    from loccheck.run.verify import role_settings
 
     j = fit["job"]
     at = next(i for i, e in enumerate(claim.edits) if e.method == j["method"])
-    location = None if j["location"] == "all" else parse_location(j["location"])
-    kind = parse_location(bundle.facts["location"])[0].kind
-    whole = j["role"] in ("ceiling", "without", "whole_model")
-    settings = edit_settings(claim, claim.edits[at], at, site_kind="head" if j["role"] == "whole_model" else kind,
-                             ceiling=whole)
-    if _strict(settings.to_json()) != _strict(j["settings"]):
+    settings = role_settings(claim, at, j["role"], parse_location(bundle.facts["location"])[0].kind)
+    if strict_json(settings.to_json()) != strict_json(j["settings"]):
         raise BundleError(f"{bundle.folder}: the {j['role']} edit's recorded settings are not the claim's")
     start = None
     if j["continued_from"] is not None:
@@ -358,9 +354,14 @@ def _job_of(claim, bundle: Bundle, fit: dict, testbed):
         if origin is None or "state" not in origin:
             raise BundleError(f"{bundle.folder}: the parameters of the edit the ceiling was continued from are "
                               "not in fits/, so its continuation cannot be refitted")
-        state = FitRecord.from_json({**origin, "method": origin["job"]["method"],
-                                     "location": origin["job"]["location"]}).state
-        start = (_job_of(claim, bundle, origin, testbed).settings,
-                 None if origin["job"]["location"] == "all" else parse_location(origin["job"]["location"]), state)
-    return Job(j["method"], settings, location, j["role"], j["index"], testbed.key,
+        start = (_job_of(claim, bundle, origin, testbed).settings, _location(origin["job"]["location"]),
+                 decode_state(origin["state"]))
+    return Job(j["method"], settings, _location(j["location"]), j["role"], j["index"], testbed.key,
                continued_from=j["continued_from"], size=j["size"], start=start)
+
+
+def _location(text) -> tuple | None:
+    """A recorded location: "all" (the whole model) is None, as in a `Job`."""
+    from loccheck.locations import parse_location
+
+    return None if text == "all" else parse_location(text)

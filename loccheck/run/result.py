@@ -6,6 +6,7 @@ method's gives the verdict); `loccheck.report.upgrade` reads version 1 results t
 """
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,9 +142,9 @@ def derive_payload(claim, facts: dict) -> dict:
     methods = [e.method for e in claim.edits]
     location = parse_location(facts["location"])
     base = _floats(facts["base_metrics"])
-    records = [{**r, "metrics": _floats(r["metrics"]), "gains": _floats(r["gains"])} for r in facts["edits"]]
+    records = [_rescored(r, base) for r in facts["edits"]]
     tests, summaries = _tests(claim, methods, records, location)
-    evidence = _evidence(claim, tests, records, location, facts["ablations"])
+    evidence = _evidence(claim, tests, records, location, dropped(claim, facts["ablations"], base))
     if evidence["editing"].get("holm") is not None:     # decided on its Holm-adjusted p-value
         tests, summaries = _tests(claim, methods, records, location, holm_p=evidence["editing"]["holm"])
         evidence["editing"].update(verdict=tests[methods[0]]["verdict"],
@@ -177,6 +178,27 @@ def derive_payload(claim, facts: dict) -> dict:
     # Strict JSON in memory too: the report rendered now and one re-rendered from result.json
     # read the same values (null where a number is not finite).
     return strict_json(payload)
+
+
+def _rescored(record: dict, base: dict) -> dict:
+    """An edit's record with its gains taken from its scores and the unedited ones, as
+    `EditOutcome.record` takes them: a recorded gain is never trusted on its own."""
+    metrics = _floats(record["metrics"])
+    return {**record, "metrics": metrics, "gains": {m: v - base[m] for m, v in metrics.items()}}
+
+
+def dropped(claim, ablations: dict | None, base: dict) -> dict | None:
+    """The ablations' records with each drop taken from its score (`run.ablations.ablation_drop`)."""
+    if ablations is None:
+        return None
+    from loccheck.run.ablations import ablation_drop, behavior_sign
+
+    metric, sign = claim.verdict.metric, behavior_sign(claim)
+
+    def drop(value) -> float | None:
+        d = math.nan if value is None else ablation_drop(value, base[metric], metric, sign)
+        return d if math.isfinite(d) else None
+    return {part: [{**r, "drop": drop(r["value"])} for r in done] for part, done in ablations.items()}
 
 
 def _floats(numbers: dict) -> dict:

@@ -59,10 +59,9 @@ def verify(claim: Claim | str | Path, *, out_dir: str | Path | None = None, writ
     if overrides:
         claim = claim.with_overrides(overrides)
     with passed_in(claim, model, tokenizer, executor, inputs) as given:
-        result = _verify(claim, out_dir=out_dir, write_report=write_report, progress=progress,
-                         cache_dir=cache_dir, refresh=refresh, executor=executor, write_line=write_line,
-                         inputs=inputs, given=given, evidence=evidence)
-    return result
+        return _verify(claim, out_dir=out_dir, write_report=write_report, progress=progress,
+                       cache_dir=cache_dir, refresh=refresh, executor=executor, write_line=write_line,
+                       inputs=inputs, given=given, evidence=evidence)
 
 
 @contextlib.contextmanager
@@ -253,21 +252,19 @@ def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple
     the claim (`tests: [..., without]`), and after the null the claim without each of its sites
     (`minus`, minimality) and the size curve's draws (`sizes`)."""
     from loccheck.edits import EDIT_METHODS
-    from loccheck.run.inspect import edit_settings
     from loccheck.run.jobs import Job
 
     jobs = []
     for i, section in enumerate(claim.edits):
         kind = location[0].kind
-        local = edit_settings(claim, section, i, site_kind=kind)
-        whole = edit_settings(claim, section, i, site_kind=kind, ceiling=True)
+        local, whole = (role_settings(claim, i, role, kind) for role in ("claim", "ceiling"))
         jobs += [Job(section.method, local, location, "claim", None, testbed_key),
                  Job(section.method, whole, ceiling, "ceiling", None, testbed_key)]
         if ceiling is not None and "head" in EDIT_METHODS[section.method].site_kinds:
             # a layer's stream is the verdict's ceiling; the whole model's edit (every head, the
             # head claims' ceiling) is fitted beside it and reported
-            every_head = edit_settings(claim, section, i, site_kind="head", ceiling=True)
-            jobs.append(Job(section.method, every_head, None, "whole_model", None, testbed_key))
+            jobs.append(Job(section.method, role_settings(claim, i, "whole_model", kind), None, "whole_model",
+                            None, testbed_key))
         if i == 0 and without is not None:
             jobs.append(Job(section.method, whole, without, "without", None, testbed_key))
         jobs += [Job(section.method, local, loc, "random", i, testbed_key) for i, loc in enumerate(nulls)]
@@ -276,6 +273,19 @@ def edit_jobs(claim: Claim, testbed_key: str, location: tuple, nulls: list[tuple
             jobs += [Job(section.method, local, loc, "size", k % claim.size_curve.n, testbed_key,
                          size=location_size(loc)) for k, loc in enumerate(sizes)]
     return jobs
+
+
+WHOLE_MODEL_ROLES = ("ceiling", "without", "whole_model")   # fitted with the ceiling's settings
+
+
+def role_settings(claim: Claim, i: int, role: str, kind: str):
+    """The settings `claim.edits[i]` fits a job of `role` with, at a location of site `kind`:
+    the ceiling's for the whole-model edits (`whole_model`, every head, as a head claim's
+    ceiling), the claim's for the claim and every random, minimality or size-curve location."""
+    from loccheck.run.inspect import edit_settings
+
+    return edit_settings(claim, claim.edits[i], i, site_kind="head" if role == "whole_model" else kind,
+                         ceiling=role in WHOLE_MODEL_ROLES)
 
 
 def extra_locations(claim: Claim, testbed, location: tuple) -> dict:
@@ -317,12 +327,11 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
     ceiling is an optimum, the ceiling is continued from any fitted edit of its family that fits
     the training pairs better (`continued_ceiling`)."""
     from loccheck.metrics import METRICS
-    from loccheck.stats.pvalues import sequential_decided, sequential_stop_count
-    from loccheck.stats.verdict import compared_gains, min_null_size
+    from loccheck.stats.pvalues import sequential_decided
+    from loccheck.stats.verdict import compared_gains, sequential_h
 
     rs, vs = claim.random_locations, claim.verdict
-    sequential = rs.stop == "sequential" and rs.n >= min_null_size(vs.alpha)
-    h = sequential_stop_count(rs.n, vs.alpha) if sequential else None
+    h = sequential_h(rs.stop, rs.n, vs.alpha)
     better = METRICS[vs.metric].improvement
 
     def gain(o):
@@ -340,7 +349,7 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
                 claim_gain, null = compared_gains(gain(head_outcomes[0]), [gain(o) for o in fitted],
                                                   claim_diverged=head_outcomes[0].diverged,
                                                   null_diverged=[o.diverged for o in fitted])
-                if sequential and sequential_decided(claim_gain, null, n_max=rs.n, h=h):
+                if h is not None and sequential_decided(claim_gain, null, n_max=rs.n, h=h):
                     break
             if len(fitted) < len(null_jobs):
                 progress.note(f"{method}: the null is decided after {len(fitted)} of {rs.n} random "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loccheck.stats.verdict import Verdict, compared_gains, min_null_size
+from loccheck.stats.verdict import Verdict, compared_gains, min_null_size, sequential_h
 
 
 def holm(pvalues) -> list[float]:
@@ -76,14 +76,14 @@ def examine_necessity(claim_drop: float, null_drops, *, alpha: float, n_null: in
 
     UNDERPOWERED when 1 / (n_null + 1) > alpha; FALSIFIED when the claim's drop is not positive
     (ablating it loses nothing) or p > alpha; SUPPORTED otherwise."""
-    from loccheck.stats.pvalues import describe, needed_statistic, null_test, sequential_pvalue, sequential_stop_count
+    from loccheck.stats.pvalues import describe, needed_statistic, null_test, sequential_pvalue
 
     usable = claim_drop is not None and math.isfinite(claim_drop)
     claim, null = compared_gains(claim_drop if usable else math.nan, list(null_drops), claim_diverged=not usable,
                                  null_diverged=[d is None or not math.isfinite(d) for d in null_drops])
     seq = None
-    if stop == "sequential" and n_null >= min_null_size(alpha):
-        seq = sequential_pvalue(claim, null, n_max=n_null, h=sequential_stop_count(n_null, alpha))
+    if (h := sequential_h(stop, n_null, alpha)) is not None:
+        seq = sequential_pvalue(claim, null, n_max=n_null, h=h)
         null = null[:seq.n_drawn]
     elif len(null) != n_null:
         raise ValueError(f"the full test needs all {n_null} null drops, got {len(null)}")

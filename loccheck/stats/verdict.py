@@ -104,6 +104,17 @@ def min_null_size(alpha: float) -> int:
     return n
 
 
+def sequential_h(stop: str, n_null: int, alpha: float) -> int | None:
+    """The sequential rule's h (`pvalues.sequential_stop_count`) when a null of `n_null` is
+    drawn with `stop: sequential` and can reach alpha at all; None when every draw is fitted.
+    The one place this switch is made: the fitting loops, the tests and replay share it."""
+    from loccheck.stats.pvalues import sequential_stop_count
+
+    if stop != "sequential" or n_null < min_null_size(alpha):
+        return None
+    return sequential_stop_count(n_null, alpha)
+
+
 def optimality_ratio(claim_gain: float, ceiling_gain: float) -> float:
     """Share of the whole-model gain that the edit at the claimed location reaches.
 
@@ -397,7 +408,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
     (`ceiling_converged`, with its `ceiling_stopped` label) or falls short (`ceiling_short`)
     cannot make the claim SUPPORTED (`decide_verdict`'s SPECIFIC). `holm_p`: the p-value adjusted
     over the claim's tests and their number, which decides in place of p (`decide_verdict`)."""
-    from loccheck.stats.pvalues import describe, needed_statistic, null_test, sequential_pvalue, sequential_stop_count
+    from loccheck.stats.pvalues import describe, needed_statistic, null_test, sequential_pvalue
 
     n_null = len(null_gains) if n_null is None else n_null
     diverged = [False] * len(null_gains) if null_diverged is None else [bool(d) for d in null_diverged]
@@ -410,9 +421,8 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
     ceiling_diverged = ceiling_diverged or ceiling_gain is None or not math.isfinite(ceiling_gain)
     ceiling_gain = 0.0 if ceiling_diverged else float(ceiling_gain)
     seq = None
-    if stop == "sequential" and n_null >= min_null_size(alpha):
-        seq = sequential_pvalue(claim_gain, null_gains, n_max=n_null,
-                                h=sequential_stop_count(n_null, alpha))
+    if (h := sequential_h(stop, n_null, alpha)) is not None:
+        seq = sequential_pvalue(claim_gain, null_gains, n_max=n_null, h=h)
         null_gains = list(null_gains)[:seq.n_drawn]
     elif len(null_gains) != n_null:
         raise ValueError(f"the full test needs all {n_null} null gains, got {len(null_gains)}")
