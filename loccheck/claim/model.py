@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationEr
 
 from loccheck.claim.keys import KeyPath, Pos, dotted, lookup, parse_key
 from loccheck.claim.sections import (TESTS, VERDICT_TESTS, BehaviorSpec, EditSection, GenerationSpec, HeuristicSection,
-                                     LocationSpec, ModelSpec, NecessitySpec, RandomLocationsSpec, SideEffectsSpec,
+                                     LocationSpec, ModelSpec, NecessitySpec, DEFAULT_N_NECESSITY, RandomLocationsSpec, SideEffectsSpec,
                                      EvidenceSpec, SizeCurveSpec, VerdictSpec, metric_name, one_sentence, test_name)
 from loccheck.edits import EDIT_METHODS
 from loccheck.errors import ClaimError
@@ -109,6 +109,9 @@ class Claim(Section):
         if draw == "haar" and self.site_kind not in RESIDUAL_KINDS:
             raise fail(f"a Haar draw is a random subspace of the residual stream; the claim's "
                        f"{self.site_kind} sites are drawn as sites", ("random_locations", "draw"))
+        if draw == "every" and self.site_kind == "subspace":
+            raise fail("draw: every fits every location of the claim's shape once, but a subspace's are a "
+                       "continuum: use draw: haar", ("random_locations", "draw"))
         if draw == "sites" and self.site_kind == "subspace":
             raise fail("a subspace has no sites to draw: its null is random subspaces of its dimension "
                        "(draw: haar)", ("random_locations", "draw"))
@@ -141,6 +144,12 @@ class Claim(Section):
             raise fail("necessity settings are given but tests does not list necessity", ("necessity",))
         if "necessity" in self.tests and self.necessity is None:     # its defaults, filled in
             object.__setattr__(self, "necessity", NecessitySpec())
+        if self.necessity is not None and self.random_locations.draw == "every":
+            if self.necessity.n is not None:
+                raise fail(f"necessity.n is not given with random_locations.draw: every: the necessity null is "
+                           f"every other location too, got n: {self.necessity.n}; leave it out", ("necessity", "n"))
+        elif self.necessity is not None and self.necessity.n is None:
+            object.__setattr__(self.necessity, "n", DEFAULT_N_NECESSITY)
         if "necessity" in self.tests and self.site_kind is not None:
             why = unsupported(self.necessity.ablation, self.site_kind)
             if why:
@@ -198,8 +207,15 @@ class Claim(Section):
 
     @property
     def null_draw(self) -> str:
-        """How the null's locations are drawn: "sites" or "haar" (`random_locations.draw`)."""
+        """How the null's locations are drawn: "sites", "haar" or "every" (`random_locations.draw`)."""
         return self.random_locations.draw or ("haar" if self.site_kind == "subspace" else "sites")
+
+    def null_size(self, test: str, n_locations: int | None) -> int:
+        """How many locations the `test`'s null ("editing" or "necessity") has: with draw: every,
+        every one of the `n_locations` but the claim's; else the claim's n."""
+        if self.null_draw == "every":
+            return n_locations - 1
+        return self.necessity.n if test == "necessity" else self.random_locations.n
 
     @property
     def all_metrics(self) -> tuple[str, ...]:

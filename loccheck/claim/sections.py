@@ -15,6 +15,9 @@ from loccheck.metrics import METRICS
 from loccheck.schema import Number, Section, Seed, fail
 from loccheck.stats.null import MAX_N_NULL, MAX_N_NULL_WHY
 
+DEFAULT_N_NULL = 100        # random_locations.n when not given (and the draw is random)
+DEFAULT_N_NECESSITY = 99    # necessity.n: ablations are cheap, and 99 draws reach p = 0.01
+
 
 def _site(text: str) -> str:
     return str(parse_site(text))  # canonical spelling; raises ValueError with the bad value
@@ -241,22 +244,36 @@ class LocationSpec(Section):
 
 
 class RandomLocationsSpec(Section):
-    n: StrictInt = Field(100, description=f"Number of random locations in the null (n_null), 1 to {MAX_N_NULL}.")
+    n: StrictInt | None = Field(None, description=f"Number of random locations in the null (n_null), 1 to {MAX_N_NULL} "
+                                                  "(default 100); with draw: every it is not given: the null is "
+                                                  "every other location of the claim's shape, once.")
     stop: Literal["sequential", "full"] = Field(
         "sequential", description="'sequential': fit the null's locations in their seeded order and "
                                   "stop once the verdict at alpha is decided (Besag and Clifford 1991: "
                                   "enough of them edit as well as the claim); a claim the full null "
                                   "would support still fits all n. 'full': always fit all n.")
     match_layers: StrictBool = Field(False, description="Draw random sites from the claimed sites' layers.")
-    draw: Literal["sites", "haar"] | None = Field(
+    draw: Literal["sites", "haar", "every"] | None = Field(
         None, description="How a random location is drawn: 'sites', as many sites of the claim's kind "
                           "(heads, MLP layers, neurons, other latents of the same dictionary), uniformly; "
-                          "'haar', a uniformly random subspace of the same dimension at the same layer. "
+                          "'haar', a uniformly random subspace of the same dimension at the same layer; "
+                          "'every', no draw: every other location of the claim's shape once (in a "
+                          "seeded order), for a space small enough to fit whole: the exact permutation "
+                          "p-value, with no draw of the claim itself (min p = 1 / the number of "
+                          f"locations; at most {MAX_N_NULL} + 1 of them). "
                           "Default: 'haar' for a subspace (its only null), 'sites' otherwise.")
     seed: Seed = Field(0, description="Seed of the random-location draw.")
 
     @model_validator(mode="after")
     def _in_range(self) -> "RandomLocationsSpec":
+        if self.draw == "every":
+            if self.n is not None:
+                raise fail(f"n is not given with draw: every, which fits every other location of the claim's "
+                           f"shape once (their number less the claim), got n: {self.n}; leave n out, or draw "
+                           "at random (draw: sites)", at=("n",))
+            return self
+        if self.n is None:
+            object.__setattr__(self, "n", DEFAULT_N_NULL)
         if self.n < 1:  # a null needs at least one draw; say so rather than "greater than or equal to 1"
             raise fail(f"n must be at least 1 (number of random locations in the null), got {self.n}", at=("n",))
         if self.n > MAX_N_NULL:
@@ -302,9 +319,11 @@ class NecessitySpec(Section):
         "mean", description="How a location is removed: 'mean' (its activations replaced by their mean "
                             "over the train split's tokens), 'resample' (by the activations at a random "
                             "train token), 'zero'.")
-    n: StrictInt = Field(99, description=f"Random locations ablated for the necessity null, 1 to {MAX_N_NULL}: "
-                                         "the editing null's draws first, then more of the same seed. An "
-                                         "ablation trains nothing, so this can be larger than the editing null.")
+    n: StrictInt | None = Field(None, description=f"Random locations ablated for the necessity null, 1 to {MAX_N_NULL} "
+                                                  f"(default {DEFAULT_N_NECESSITY}): the editing null's draws first, "
+                                                  "then more of the same seed. An ablation trains nothing, so this "
+                                                  "can be larger than the editing null. Not given with "
+                                                  "random_locations.draw: every, whose null is every other location.")
     stop: Literal["sequential", "full"] = Field(
         "sequential", description="As random_locations.stop: stop ablating once the test is decided.")
     seed: Seed = Field(0, description="Seed of the resample ablation's draws of train tokens.")
@@ -317,7 +336,7 @@ class NecessitySpec(Section):
 
     @model_validator(mode="after")
     def _in_range(self) -> "NecessitySpec":
-        if not 1 <= self.n <= MAX_N_NULL:
+        if self.n is not None and not 1 <= self.n <= MAX_N_NULL:
             raise fail(f"n must be between 1 and {MAX_N_NULL}, got {self.n}", at=("n",))
         return self
 

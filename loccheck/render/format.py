@@ -86,6 +86,8 @@ def location_words(r: dict) -> dict[str, str]:
              "random_sets": f"Random {noun} sets of the same size", "others": f"other sets of {noun}s",
              "location": f"{size} {noun}s", "ceiling": "the whole-model edit",
              "their": f"the claimed {noun}s'", "reach": "reach", "beat": "beat"}
+    if r.get("null_draw") == "every":     # no draw: every other location of the claim's shape, once
+        words.update(random=f"other {size}-{noun} locations", random_sets=f"Other {noun} sets of the same size")
     if kind not in ("subspace", "latent") or not loc:
         return words
     layer = int(str(loc[0])[1:].split("S")[0].split("F")[0])
@@ -103,6 +105,9 @@ def location_words(r: dict) -> dict[str, str]:
                               f"stream after layer {layer}")
         if r.get("null_draw") == "haar":
             words.update(random=haar, random_sets="Random subspaces of the same dimension")
+        elif r.get("null_draw") == "every":
+            words.update(random=f"other sets of {size} latents of the same dictionary",
+                         random_sets="Other sets of as many latents of the same dictionary")
         else:
             words.update(random=f"random sets of {size} other latents of the same dictionary",
                          random_sets="Random sets of as many latents of the same dictionary")

@@ -142,8 +142,10 @@ def necessity_lines(r: dict) -> list[str]:
     measures = (f"How much of the behaviour is lost when {words['claimed']} are ablated: the location's part "
                 f"of the activations {_ablation_words(ablation)} (`{ablation}` ablation{seed}) at every token "
                 f"of {questions}, nothing else changed. " + _drop_words(n, metric, direction) + " It is "
-                f"tested against the drops of {words['random']}: the editing test's random locations "
-                f"first, in the same draw order, then further draws of the same seed.")
+                f"tested against the drops of {words['random']}: " + (
+                    "every one of them, in the editing null's seeded order." if r.get("null_draw") == "every" else
+                    "the editing test's random locations first, in the same draw order, then further draws "
+                    "of the same seed."))
     cannot = ("What it can and cannot show: it tests necessity under one choice of ablation, "
               f"`{ablation}`. Mean, resample and zero ablation each replace the activation differently "
               "(zero can push it off the distribution the model saw; the mean keeps its average, "

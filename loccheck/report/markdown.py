@@ -175,7 +175,8 @@ def effective_sentence(r: dict, method: str) -> str:
     if k is None:
         return ""
     kind, size = site_noun(r), len(r.get("location") or [])
-    what = f"random single {kind}s" if size == 1 else f"random {size}-{kind} locations"
+    what = location_words(r)["random"] if r.get("null_draw") == "every" else \
+        f"random single {kind}s" if size == 1 else f"random {size}-{kind} locations"
     text = f"{k} of {n} {what} reach rho = {fmt(r.get('rho'))} of the whole-model gain (`{method}` edit)."
     if size == 1:
         text += (f" More than one such {kind} is evidence against uniqueness: no single privileged "
@@ -232,6 +233,10 @@ def _stats_lines(r: dict) -> list[str]:
                   "Clifford 1991): its locations are fitted in their seeded order, and fitting stops "
                   "at the h-th one at or above the claim (h = the fewest that decide the test at "
                   "alpha); stopped after l locations, p = h / l, else the full null's p.")
+    if r.get("null_draw") == "every":
+        sequential = (f" The null is every other location of the claim's shape, once each, in a seeded order "
+                      f"(`random_locations.draw: every`): N + 1 = {fmt(n + 1 if n is not None else None)} is the "
+                      "number of such locations, and p is the exact permutation p-value." + sequential)
     direction = "" if (r.get("higher_is_better") or {}).get(metric, True) else (
         f" Lower `{metric}` is better: the test compares gains with their sign flipped.")
     return ["## Statistics", "",

@@ -116,17 +116,18 @@ def run_necessity(testbed, cache, claim, location, nulls, base: float, note) -> 
     progress = AblationProgress(note, 1 + len(nulls), f"necessity ({spec.ablation} ablation)")
     first = run_ablation(testbed, cache, make(location, "claim", None), metric, base, sign)
     progress(first)
-    h = sequential_h(spec.stop, spec.n, alpha)
+    n = len(nulls)
+    h = sequential_h(spec.stop, n, alpha)
     done = []
     for i, loc in enumerate(nulls):
         done.append(run_ablation(testbed, cache, make(loc, "random", i), metric, base, sign))
         progress(done[-1])
         claim_drop, null = compared_gains(first.drop, [o.drop for o in done])
-        if h is not None and sequential_decided(claim_drop, null, n_max=spec.n, h=h):
+        if h is not None and sequential_decided(claim_drop, null, n_max=n, h=h):
             break
-    if len(done) < len(nulls):
-        note(f"necessity: the null is decided after {len(done)} of {spec.n} random locations "
-             f"({h} lose as much as the claim); {spec.n - len(done)} not ablated")
+    if len(done) < n:
+        note(f"necessity: the null is decided after {len(done)} of {n} random locations "
+             f"({h} lose as much as the claim); {n - len(done)} not ablated")
     return [first, *done]
 
 
@@ -135,7 +136,7 @@ def run_ablations(claim, testbed, cache, location, base: float, phase, *, nulls,
     `run_necessity`), then the claim without each site (`minus`, minimality) and the size
     curve's locations (`sizes`). `phase`: a `progress.Phases`."""
     spec, metric = claim.necessity, claim.verdict.metric
-    with phase(f"ablating ({spec.ablation}) the claim and up to {spec.n} random locations on the "
+    with phase(f"ablating ({spec.ablation}) the claim and up to {len(nulls)} random locations on the "
                f"{len(testbed.test)} test pairs ({metric})"):
         necessity = run_necessity(testbed, cache, claim, location, nulls, base, phase.note)
     others = ([("minus", k, loc) for k, loc in enumerate(minus)] +

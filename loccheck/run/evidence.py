@@ -11,7 +11,7 @@ import numpy as np
 FREE_SHARE = 0.05
 
 
-def necessity_test(claim, ablations: dict, location, holm_p=None) -> dict:
+def necessity_test(claim, ablations: dict, location, n_null: int, holm_p=None) -> dict:
     from loccheck.render.format import location_words
     from loccheck.locations import format_location
     from loccheck.stats.necessity import examine_necessity
@@ -21,8 +21,8 @@ def necessity_test(claim, ablations: dict, location, holm_p=None) -> dict:
                             "null_draw": claim.null_draw})
     drop = lambda r: math.nan if r["drop"] is None else r["drop"]  # noqa: E731
     test = examine_necessity(drop(first), [drop(r) for r in null], alpha=claim.verdict.alpha,
-                             n_null=claim.necessity.n, stop=claim.necessity.stop, random_what=words["random"],
-                             site=location[0].noun, holm_p=holm_p)
+                             n_null=n_null, stop=claim.necessity.stop, random_what=words["random"],
+                             site=location[0].noun, holm_p=holm_p, exhaustive=claim.null_draw == "every")
     return {**test.to_json(), "ablation": claim.necessity.ablation, "seed": claim.necessity.seed,
             "behavior": claim.necessity_behavior,
             "claim_value": first["value"], "locations": [r["location"] for r in null[:test.n_null_fitted]]}

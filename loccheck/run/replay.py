@@ -184,6 +184,10 @@ def _check_stops(claim, bundle: Bundle) -> None:
     from loccheck.stats.verdict import compared_gains
 
     facts, vs = bundle.facts, claim.verdict
+    n_locations = facts.get("n_locations")
+    if claim.null_draw == "every" and not (isinstance(n_locations, int) and n_locations >= 2):
+        raise BundleError(f"{bundle.folder}: facts.json's n_locations is {n_locations!r}, but a null of every other "
+                          "location needs the number of locations (an integer of at least 2)")
     better = METRICS[vs.metric].improvement
     base = _number(facts["base_metrics"][vs.metric])
     for method in dict.fromkeys(e.method for e in claim.edits):
@@ -197,8 +201,8 @@ def _check_stops(claim, bundle: Bundle) -> None:
                                            [better(_number(r["metrics"][vs.metric]) - base) for r in null],
                                            claim_diverged=head["diverged"],
                                            null_diverged=[r["diverged"] for r in null])
-        _check_stop(bundle, f"the {method} null", claim_gain, gains, claim.random_locations,
-                    vs.alpha, int(facts.get("executor_width") or 1))
+        _check_stop(bundle, f"the {method} null", claim_gain, gains, claim.null_size("editing", n_locations),
+                    claim.random_locations.stop, vs.alpha, int(facts.get("executor_width") or 1))
     ablations = dropped(claim, facts.get("ablations"), {vs.metric: base})
     if ("necessity" in claim.tests) != (ablations is not None):
         raise BundleError(f"{bundle.folder}: the necessity test is {'' if ablations else 'not '}in the bundle "
@@ -207,7 +211,8 @@ def _check_stops(claim, bundle: Bundle) -> None:
         first, *null = ablations["necessity"]
         _check_order(bundle, "the necessity null", null)
         claim_drop, drops = compared_gains(_number(first["drop"]), [_number(r["drop"]) for r in null])
-        _check_stop(bundle, "the necessity null", claim_drop, drops, claim.necessity, vs.alpha, 1)
+        _check_stop(bundle, "the necessity null", claim_drop, drops, claim.null_size("necessity", n_locations),
+                    claim.necessity.stop, vs.alpha, 1)
 
 
 def _check_order(bundle: Bundle, what: str, records: list[dict]) -> None:
@@ -216,15 +221,16 @@ def _check_order(bundle: Bundle, what: str, records: list[dict]) -> None:
                           "(a draw is missing or repeated)")
 
 
-def _check_stop(bundle: Bundle, what: str, claim_stat: float, null: list[float], spec, alpha: float,
-                width: int) -> None:
-    """`null` holds what `spec` (n, stop) fitted: every draw, or, sequentially, draws in waves of
-    `width` up to the first wave after which the test is decided, as `verify._run` fits them."""
+def _check_stop(bundle: Bundle, what: str, claim_stat: float, null: list[float], n: int, stop: str,
+                alpha: float, width: int) -> None:
+    """`null` holds what a null of `n` draws fitted with `stop`: every draw, or, sequentially,
+    draws in waves of `width` up to the first wave after which the test is decided, as
+    `verify._run` fits them."""
     from loccheck.stats.pvalues import sequential_decided
     from loccheck.stats.verdict import sequential_h
 
-    n, k = spec.n, len(null)
-    h = sequential_h(spec.stop, n, alpha)
+    k = len(null)
+    h = sequential_h(stop, n, alpha)
     if h is None:
         if k != n:
             raise BundleError(f"{bundle.folder}: {what} holds {k} draws; the claim's null has {n} "

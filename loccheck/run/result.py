@@ -143,10 +143,13 @@ def derive_payload(claim, facts: dict) -> dict:
     location = parse_location(facts["location"])
     base = _floats(facts["base_metrics"])
     records = [_rescored(r, base) for r in facts["edits"]]
-    tests, summaries = _tests(claim, methods, records, location)
-    evidence = _evidence(claim, tests, records, location, dropped(claim, facts["ablations"], base))
+    n_locations = facts["n_locations"]
+    tests, summaries = _tests(claim, methods, records, location, claim.null_size("editing", n_locations))
+    evidence = _evidence(claim, tests, records, location, dropped(claim, facts["ablations"], base),
+                         claim.null_size("necessity", n_locations) if claim.necessity else None)
     if evidence["editing"].get("holm") is not None:     # decided on its Holm-adjusted p-value
-        tests, summaries = _tests(claim, methods, records, location, holm_p=evidence["editing"]["holm"])
+        tests, summaries = _tests(claim, methods, records, location, claim.null_size("editing", n_locations),
+                                  holm_p=evidence["editing"]["holm"])
         evidence["editing"].update(verdict=tests[methods[0]]["verdict"],
                                    verdict_reason=tests[methods[0]]["verdict_reason"])
     verdict, reason = _overall(claim, evidence)
@@ -206,7 +209,7 @@ def _floats(numbers: dict) -> dict:
     return {k: _nan_for_none(v) for k, v in numbers.items()}
 
 
-def _evidence(claim, tests, records, location, ablations) -> dict:
+def _evidence(claim, tests, records, location, ablations, n_necessity: int | None) -> dict:
     """The claim's tests beyond editing (`run.evidence`), and the listed tests' verdicts with
     their Holm-adjusted p-values."""
     from loccheck.metrics import METRICS
@@ -218,12 +221,13 @@ def _evidence(claim, tests, records, location, ablations) -> dict:
     out: dict = {"editing": {"verdict": editing["verdict"], "verdict_reason": editing["verdict_reason"],
                              "p_value": editing["p_value"]}}
     if ablations is not None:
-        out["necessity"] = ev.necessity_test(claim, ablations, location)
+        out["necessity"] = ev.necessity_test(claim, ablations, location, n_necessity)
     adjusted = ev.holm_adjusted(claim, {n: out[n]["p_value"] for n in claim.verdict_tests})
     for name, holm_p in adjusted.items():
         out[name].update(p_holm=holm_p[0] if holm_p else None, holm=holm_p)
     if ablations is not None and adjusted["necessity"] is not None:
-        out["necessity"] = {**ev.necessity_test(claim, ablations, location, holm_p=adjusted["necessity"]),
+        out["necessity"] = {**ev.necessity_test(claim, ablations, location, n_necessity,
+                                                    holm_p=adjusted["necessity"]),
                             "p_holm": adjusted["necessity"][0], "holm": adjusted["necessity"]}
     mine = [r for r in records if r["method"] == method]
     if "without" in claim.tests:
@@ -274,7 +278,7 @@ def _matches(expect, verdict: str, evidence: dict) -> bool:
     return matches(expect, verdict, evidence)
 
 
-def _tests(claim, methods, records, location, holm_p=None) -> tuple[dict, dict]:
+def _tests(claim, methods, records, location, n_null: int, holm_p=None) -> tuple[dict, dict]:
     """Per edit method: the test of the verdict's metric, and every listed metric's values and
     gains for the claim, the ceiling and the null (records are in job order: claim, ceiling,
     then the null's draws)."""
@@ -298,7 +302,7 @@ def _tests(claim, methods, records, location, holm_p=None) -> tuple[dict, dict]:
                                     random_what=location_words({"site_kind": location[0].kind,
                                                                 "location": format_location(location),
                                                                 "null_draw": claim.null_draw})["random"],
-                                    n_null=claim.random_locations.n,
+                                    n_null=n_null,
                                     stop=claim.random_locations.stop,
                                     null_diverged=[r["diverged"] for r in randoms],
                                     claim_diverged=claim_r["diverged"],
@@ -306,7 +310,8 @@ def _tests(claim, methods, records, location, holm_p=None) -> tuple[dict, dict]:
                                     # methods without a training rule (ITI, ROME) have no "converged"
                                     ceiling_converged=ceiling_r.get("converged", True),
                                     ceiling_stopped=ceiling_r.get("stopped"),
-                                    holm_p=holm_p if m == methods[0] else None).to_json()
+                                    holm_p=holm_p if m == methods[0] else None,
+                                    exhaustive=claim.null_draw == "every").to_json()
         if whole is not None:      # the whole model's edit beside a layer's ceiling: reported, not tested
             gain = better(whole["gains"][metric])
             tests[m]["whole_model"] = {"gain": gain, "diverged": whole["diverged"],

@@ -331,7 +331,6 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
     from loccheck.stats.verdict import compared_gains, sequential_h
 
     rs, vs = claim.random_locations, claim.verdict
-    h = sequential_h(rs.stop, rs.n, vs.alpha)
     better = METRICS[vs.metric].improvement
 
     def gain(o):
@@ -342,6 +341,7 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
             mine = [j for j in jobs if j.method == method]
             head = [j for j in mine if j.role in HEAD_ROLES]
             null_jobs = [j for j in mine if j.role == "random"]
+            n, h = len(null_jobs), sequential_h(rs.stop, len(null_jobs), vs.alpha)
             head_outcomes = _fit(head, runner, executor, progress)
             fitted = []
             for start in range(0, len(null_jobs), executor.width):
@@ -349,11 +349,11 @@ def _run(claim, jobs, runner, executor, base, progress) -> list:
                 claim_gain, null = compared_gains(gain(head_outcomes[0]), [gain(o) for o in fitted],
                                                   claim_diverged=head_outcomes[0].diverged,
                                                   null_diverged=[o.diverged for o in fitted])
-                if h is not None and sequential_decided(claim_gain, null, n_max=rs.n, h=h):
+                if h is not None and sequential_decided(claim_gain, null, n_max=n, h=h):
                     break
-            if len(fitted) < len(null_jobs):
-                progress.note(f"{method}: the null is decided after {len(fitted)} of {rs.n} random "
-                              f"locations ({h} edit as well as the claim); {rs.n - len(fitted)} not fitted")
+            if len(fitted) < n:
+                progress.note(f"{method}: the null is decided after {len(fitted)} of {n} random "
+                              f"locations ({h} edit as well as the claim); {n - len(fitted)} not fitted")
             tail = _fit([j for j in mine if j.role in ("minus", "size")], runner, executor, progress)
             family = [o for o in head_outcomes[2:] if o.job.role == "without"]   # "whole_model" is another form
             ceiling = continued_ceiling(head_outcomes[1], [head_outcomes[0], *family, *fitted, *tail], runner,
@@ -441,9 +441,15 @@ def _draw_null(claim: Claim, testbed, location: tuple, n: int | None = None, siz
     """The null's `n` draws (default random_locations.n) of the claim's size, or of `size`
     (the size curve: not matched to the claim's layers)."""
     from loccheck.locations import SubspaceLoc
-    from loccheck.stats.null import sample_null_locations, sample_null_subspaces
+    from loccheck.stats.null import every_other_location, sample_null_locations, sample_null_subspaces
 
     rs = claim.random_locations
+    if claim.null_draw == "every" and size is None:     # no draw: every other location, once
+        try:
+            return every_other_location(testbed.sites(claim.site_kind), location, seed=rs.seed,
+                                        match_layers=rs.match_layers)
+        except LoccheckError as err:
+            raise claim.error("random_locations.draw", err.msg) from None
     n = rs.n if n is None else n
     if claim.null_draw == "haar":
         dim = location_size(location) if size is None else size

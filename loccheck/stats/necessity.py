@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loccheck.stats.verdict import Verdict, compared_gains, min_null_size, sequential_h
+from loccheck.stats.verdict import Verdict, compared_gains, min_null_size, sequential_h, underpowered_reason
 
 
 def holm(pvalues) -> list[float]:
@@ -69,10 +69,11 @@ class NecessityTest:
 
 def examine_necessity(claim_drop: float, null_drops, *, alpha: float, n_null: int, stop: str = "full",
                       random_what: str = "random locations of the same size", site: str = "head",
-                      holm_p: tuple[float, int] | None = None) -> NecessityTest:
+                      holm_p: tuple[float, int] | None = None, exhaustive: bool = False) -> NecessityTest:
     """Test the claim's ablation drop against the null's (in draw order; with `stop="sequential"`
     they may end early, as `verdict.examine_location`'s gains). `holm_p`: (the p-value adjusted
-    over the claim's tests, how many tests), which then decides in place of the raw p-value.
+    over the claim's tests, how many tests), which then decides in place of the raw p-value;
+    `exhaustive`: the null is every other location (`random_locations.draw: every`).
 
     UNDERPOWERED when 1 / (n_null + 1) > alpha; FALSIFIED when the claim's drop is not positive
     (ablating it loses nothing) or p > alpha; SUPPORTED otherwise."""
@@ -94,7 +95,8 @@ def examine_necessity(claim_drop: float, null_drops, *, alpha: float, n_null: in
     spread = describe(kept)
     decided = holm_p[0] if holm_p is not None else pvalue
     verdict, reason = _decide(claim_drop if usable else None, pvalue, decided, holm_p, n_null, len(null),
-                              n_at_least, alpha, random_what, site, seq is not None and seq.stopped_early)
+                              n_at_least, alpha, random_what, site, seq is not None and seq.stopped_early,
+                              exhaustive)
     needed, exact = needed_statistic([math.nan if d is None else d for d in list(null_drops)[:len(null)]],
                                      n_null=n_null, alpha=alpha)
     return NecessityTest(verdict, reason, pvalue, n_null, len(null), n_at_least,
@@ -106,12 +108,9 @@ def examine_necessity(claim_drop: float, null_drops, *, alpha: float, n_null: in
                          None if needed is None else max(needed, 0.0), exact)
 
 
-def _decide(drop, pvalue, decided, holm_p, n_null, n_used, k, alpha, what, site, stopped) -> tuple:
+def _decide(drop, pvalue, decided, holm_p, n_null, n_used, k, alpha, what, site, stopped, exhaustive) -> tuple:
     if 1 / (n_null + 1) > alpha:
-        return Verdict.UNDERPOWERED, (
-            f"With {n_null} random locations the smallest reachable p-value is 1/{n_null + 1} = "
-            f"{1 / (n_null + 1):.3g} > alpha = {alpha:g}: alpha = {alpha:g} needs at least "
-            f"{min_null_size(alpha)} random locations.")
+        return Verdict.UNDERPOWERED, underpowered_reason(n_null, alpha, exhaustive)
     if drop is None or drop <= 0:
         lost = "could not be measured (its score is not finite)" if drop is None else \
             f"loses nothing (drop = {drop:.3g} <= 0)"

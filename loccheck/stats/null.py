@@ -6,10 +6,12 @@ claimed location.
 
 Draw i uses its own generator, seeded by (seed, i) only, so asking for more draws never changes
 the earlier ones, and draws can be computed in any order or in parallel. Draws are i.i.d. and
-may repeat each other: that is what keeps the empirical p-value exact.
+may repeat each other: that is what keeps the empirical p-value exact. Where the space is small,
+`every_other_location` replaces the draws with every other location once (a permutation test).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections import Counter
@@ -131,6 +133,44 @@ def sample_null_locations(
             "the claimed layers, so every random location would be the claim itself and there "
             "is no null to compare it against")
     return [_draw(_draw_rng(seed, i), sites, size, strata) for i in range(n)]
+
+
+def every_other_location(sites: Sequence, location: Sequence, *, seed: int,
+                         match_layers: bool = False) -> list[tuple]:
+    """Every location of `location`'s shape but `location` itself, once each, in a seeded random
+    order (`random_locations.draw: every`): the null of an exact permutation test.
+
+    Under the null hypothesis the claim is a uniform pick among the `count_locations` locations,
+    so p = (1 + #{others >= claim}) / count_locations is exact, with no draw of the claim itself
+    (a tie that only random draws can make) and min p = 1 / count_locations. The order is a
+    uniformly random permutation (seeded), so the sequential stop (Besag and Clifford) stays
+    valid: the claim and its first k others are exchangeable. Shape: the same number of sites
+    of the same kind, and with `match_layers` as many in each of the claim's layers.
+
+    Raises LoccheckError when there is no other location, or more than MAX_N_NULL of them.
+    """
+    sites = tuple(sites)
+    location = _iv_sites("location", location, sites)
+    seed = operator.index(seed)
+    if seed < 0:
+        raise ValueError(f"`seed` must be >= 0, got {seed}")
+    matched = location if match_layers else None
+    others = count_locations(sites, len(location), matched) - 1
+    shape = (f"{len(location)}-{sites[0].kind} location" + (" in the claimed layers" if match_layers else ""))
+    if others < 1:
+        raise LoccheckError(f"the claim is the only {shape} of the model: there is no other location to "
+                            "compare it with")
+    if others > MAX_N_NULL:
+        raise LoccheckError(f"draw: every would fit all {others:,} other {shape}s, more than {MAX_N_NULL:,} "
+                            f"({MAX_N_NULL_WHY}); draw at random (draw: sites) with n random locations")
+    if matched is None:
+        every = (tuple(sorted(c)) for c in itertools.combinations(sites, len(location)))
+    else:
+        every = (tuple(sorted(itertools.chain.from_iterable(parts))) for parts in itertools.product(
+            *(itertools.combinations(layer, c) for layer, c in _strata(sites, matched))))
+    out = [loc for loc in every if loc != location]
+    order = np.random.default_rng(np.random.SeedSequence(seed)).permutation(len(out))
+    return [out[int(i)] for i in order]
 
 
 def _draw(rng: np.random.Generator, sites: tuple, size: int, strata) -> tuple:

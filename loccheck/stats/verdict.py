@@ -173,6 +173,7 @@ def decide_verdict(
     ceiling_unfit: str | None = None,
     sequential: tuple[int, int] | None = None,
     holm_p: tuple[float, int] | None = None,
+    exhaustive: bool = False,
 ) -> VerdictResult:
     """Decide the verdict on a localization claim.
 
@@ -206,6 +207,9 @@ def decide_verdict(
     holm_p : (float, int), optional
         The p-value adjusted by Holm's method over the claim's tests, and how many tests: it
         decides in place of `pvalue` (`stats.necessity.holm`).
+    exhaustive : bool
+        The null is every other location of the claim's shape (`random_locations.draw: every`),
+        not a draw; only used to word an UNDERPOWERED reason.
 
     Returns
     -------
@@ -224,7 +228,7 @@ def decide_verdict(
     k = max(0, round(pvalue * (n_null + 1)) - 1)   # null draws at least as good as the claim
 
     if min_p > alpha:
-        return _underpowered(n_null, alpha, ratio)
+        return VerdictResult(Verdict.UNDERPOWERED, underpowered_reason(n_null, alpha, exhaustive), ratio)
     no_gain = _without_gain(claim_gain, ceiling_gain, claim_diverged, ceiling_diverged, site, ratio)
     if no_gain is not None:
         return no_gain
@@ -237,12 +241,16 @@ def decide_verdict(
     return _specific(beats, ratio, rho, site, ceiling_unfit)
 
 
-def _underpowered(n_null: int, alpha: float, ratio: float) -> VerdictResult:
-    min_p = 1.0 / (n_null + 1)
-    return VerdictResult(Verdict.UNDERPOWERED, (
-        f"With {n_null} random locations the smallest reachable p-value is "
-        f"1/{n_null + 1} = {min_p:.3g} > alpha = {alpha:g}, so the test cannot reject: "
-        f"alpha = {alpha:g} needs at least {min_null_size(alpha)} random locations."), ratio)
+def underpowered_reason(n_null: int, alpha: float, exhaustive: bool = False) -> str:
+    """Why a null of `n_null` cannot reject at alpha (1 / (n_null + 1) > alpha): too few draws,
+    or, when it is every other location (`exhaustive`), too few locations of the claim's shape."""
+    min_p = f"1/{n_null + 1} = {1.0 / (n_null + 1):.3g} > alpha = {alpha:g}"
+    if exhaustive:
+        return (f"The model has only {n_null + 1} locations of the claim's shape, and the null is every "
+                f"one of them but the claim, so the smallest reachable p-value is {min_p}: no location "
+                "of this shape can be shown special at this alpha, whatever it does.")
+    return (f"With {n_null} random locations the smallest reachable p-value is {min_p}, so the test "
+            f"cannot reject: alpha = {alpha:g} needs at least {min_null_size(alpha)} random locations.")
 
 
 def _beaten(pvalue: float, alpha: float, n_null: int, k: int, what: str, site: str,
@@ -389,7 +397,8 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
                      random_what: str | None = None,
                      stop: str = "full", null_diverged=None, claim_diverged: bool = False,
                      ceiling_diverged: bool = False, ceiling_converged: bool = True,
-                     ceiling_stopped: str | None = None, holm_p: tuple[float, int] | None = None) -> LocationTest:
+                     ceiling_stopped: str | None = None, holm_p: tuple[float, int] | None = None,
+                     exhaustive: bool = False) -> LocationTest:
     """Test the claim's gain against the null's and decide the verdict.
 
     `null_gains` are the null's gains in draw order, `n_null` the planned null size (default:
@@ -407,7 +416,8 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
     decides the verdict as `decide_verdict` says. A ceiling that did not converge
     (`ceiling_converged`, with its `ceiling_stopped` label) or falls short (`ceiling_short`)
     cannot make the claim SUPPORTED (`decide_verdict`'s SPECIFIC). `holm_p`: the p-value adjusted
-    over the claim's tests and their number, which decides in place of p (`decide_verdict`)."""
+    over the claim's tests and their number, which decides in place of p (`decide_verdict`);
+    `exhaustive`: the null is every other location (`random_locations.draw: every`)."""
     from loccheck.stats.pvalues import describe, needed_statistic, null_test, sequential_pvalue
 
     n_null = len(null_gains) if n_null is None else n_null
@@ -439,7 +449,7 @@ def examine_location(claim_gain: float, ceiling_gain: float, null_gains, *, alph
                               claim_gain=claim_gain, ceiling_gain=ceiling_gain, rho=rho,
                               location_size=location_size, site=site, random_what=random_what,
                               claim_diverged=claim_diverged, ceiling_diverged=ceiling_diverged,
-                              ceiling_unfit=unfit, holm_p=holm_p,
+                              ceiling_unfit=unfit, holm_p=holm_p, exhaustive=exhaustive,
                               sequential=(seq.h, seq.n_drawn) if seq is not None and seq.stopped_early else None)
     reason = decision.reason
     needed, exact = needed_statistic([math.nan if d else g for g, d in zip(used, diverged)], n_null=n_null,

@@ -238,20 +238,21 @@ DEFAULT_EDIT = "{max_epochs: 3, batch_size: 4, learning_rate: 0.05, ceiling_lear
 DEFAULT_SPLIT = "{train: 0.5, validation: 0.25, test: 0.25, seed: 0}"
 
 
-def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int = 19, alpha: float = 0.05,
+def claim_text(model_dir: Path, data: Path, heads: list[str], *, n: int | None = 19, alpha: float = 0.05,
                expect: str | None = None, extra: str = "", edit: str = DEFAULT_EDIT,
                split: str = DEFAULT_SPLIT, random_seed: int = 0, rho: float | None = None,
-               edits: str | None = None, stop: str | None = None) -> str:
+               edits: str | None = None, stop: str | None = None, draw: str | None = None) -> str:
     """A claim file for a known-answer model: qa prompts, a short fixed budget (`edit` and
     `split` are YAML flow mappings that replace the defaults whole; `edit` is the one optimal
-    edit, `edits` a flow list of several that replaces it)."""
+    edit, `edits` a flow list of several that replaces it). `n=None` leaves n out (draw: every)."""
     lines = [f'claim: "The behaviour lives in {", ".join(heads)}."',
              f"model: {{name: '{model_dir}', device: cpu}}",
              f"behavior: {{dataset: jsonl, path: '{data}', prompt_format: qa,",
              f"           split: {split}}}",
              f"location: {{sites: [{', '.join(heads)}]}}",
              f"edits: {edits or '[' + edit + ']'}",
-             f"random_locations: {{n: {n}, seed: {random_seed}" + (f", stop: {stop}" if stop else "") + "}",
+             "random_locations: {" + (f"n: {n}, " if n is not None else "") + f"seed: {random_seed}"
+             + (f", stop: {stop}" if stop else "") + (f", draw: {draw}" if draw else "") + "}",
              f"verdict: {{alpha: {alpha}" + (f", rho: {rho}" if rho is not None else "") + "}"]
     if expect:
         lines.append(f"expect: {expect}")

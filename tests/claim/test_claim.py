@@ -567,3 +567,29 @@ def test_the_behaviour_necessity_removes_is_the_rejected_answers_for_known_facts
     claim = parse_claim(f"claim: x\nbehavior: {{dataset: {dataset}}}\nlocation: {{sites: [L0H1]}}\n"
                         f"tests: [editing, necessity]\nnecessity: {{n: 19{behavior}}}\n")
     assert claim.necessity_behavior == resolved
+
+
+def test_draw_every_takes_no_n_and_derives_the_null_from_the_model(tmp_path):
+    claim = parse_claim(MINIMAL + "random_locations: {draw: every}\ntests: [editing, necessity]\n")
+    assert claim.null_draw == "every" and claim.random_locations.n is None and claim.necessity.n is None
+    assert claim.null_size("editing", 48) == claim.null_size("necessity", 48) == 47
+    plain = parse_claim(MINIMAL + "tests: [editing, necessity]\n")     # the defaults, when drawn
+    assert (plain.random_locations.n, plain.necessity.n) == (100, 99) == (
+        plain.null_size("editing", 48), plain.null_size("necessity", 48))
+    message, path = load_error(tmp_path, MINIMAL + "random_locations: {draw: every, n: 19}\n")
+    assert message == (f"{path}:3:36: random_locations.n: n is not given with draw: every, which fits every "
+                       "other location of the claim's shape once (their number less the claim), got n: 19; "
+                       "leave n out, or draw at random (draw: sites)")
+    message, path = load_error(tmp_path, MINIMAL + "random_locations: {draw: every}\n"
+                                                   "tests: [editing, necessity]\nnecessity: {n: 99}\n")
+    assert message == (f"{path}:5:16: necessity.n: necessity.n is not given with random_locations.draw: "
+                       "every: the necessity null is every other location too, got n: 99; leave it out")
+    with pytest.raises(ClaimError, match="random_locations.n: n is not given with draw: every"):
+        claim.with_overrides({"random_locations.n": 5})          # --n-null on such a claim
+
+
+def test_draw_every_is_refused_for_a_subspace(tmp_path):
+    message, path = load_error(tmp_path, "claim: A direction carries it.\nlocation: {subspace: {layer: 3, "
+                                         "basis: v.npy}}\nrandom_locations: {draw: every}\n")
+    assert message.endswith("random_locations.draw: draw: every fits every location of the claim's shape once, "
+                            "but a subspace's are a continuum: use draw: haar")

@@ -187,3 +187,28 @@ def test_the_ceiling_is_one_optimum_whichever_claim_asks(known, pairs, tmp_path)
         assert ceiling["converged"] and "continued_from" not in ceiling
         best = min(e["final_objective"] for e in result.edits if e["role"] != "ceiling")
         assert ceiling["final_objective"] <= best + tol_span
+
+
+def test_every_other_location_replaces_draws_where_the_space_is_small(known, pairs, tmp_path):
+    """draw: every: the 8 single heads or 28 pairs of the model are few enough to fit every one.
+    The live head against the 7 dead heads: p = 1/8 exactly, the least any single head can get,
+    so no single head can be shown special at alpha = 0.05 (UNDERPOWERED, saying why). The mixed
+    pair against the other 27 pairs: exactly 6 hold the live head and tie with it, p = 7/28,
+    with no draw of the claim itself and no luck in which pairs were drawn."""
+    family, model_dir = known
+
+    def run(heads, budget):
+        text = claim_text(model_dir, pairs, [str(h) for h in heads], n=None, draw="every", alpha=ALPHA,
+                          rho=RHO, edit=budget, split=SPLIT, random_seed=NULL_SEED, stop="full")
+        return verify(parse_claim(text, path=tmp_path / f"{family}.yaml"), write_report=False, progress=False)
+
+    live = run([LIVE], BUDGET)
+    assert sorted(e["location"] for e in _random(live)) == sorted(
+        [str(h)] for h in head_sites(2, 4) if h != LIVE)
+    assert live.null_gains == [0.0] * 7 and live.claim_gain > 0
+    assert live.p_value == 1 / 8 and live.verdict == "UNDERPOWERED"
+    assert live.test["verdict_reason"].startswith("The model has only 8 locations of the claim's shape")
+    mixed = run([DEAD, LIVE], SHORT)
+    with_live = [e for e in _random(mixed) if str(LIVE) in e["location"]]
+    assert len(_random(mixed)) == 27 and len(with_live) == 6
+    assert mixed.p_value == 7 / 28 and mixed.verdict == "FALSIFIED"

@@ -272,3 +272,39 @@ def test_a_bundle_made_by_other_numerics_fails_and_an_unused_component_does_not_
     monkeypatch.setitem(numerics.NUMERICS, "edits.optimal", numerics.NUMERICS["edits.optimal"] + 1)
     assert _cli(repo, "check") == 2
     assert "recorded with edits.optimal numerics version 1, but this loccheck computes version 2" in _error(capsys)
+
+
+def test_a_null_of_every_other_location_replays_with_its_size_from_the_model(tmp_path, capsys, one_torch_thread):
+    """draw: every: the null's size is not in the claim (it is the model's number of locations
+    less one), so a replay takes it from facts.json's n_locations, and a bundle that holds fewer
+    or other draws than that fails. The live head of an 8-head model, stop: full: 7 fits, 7
+    ablations."""
+    from loccheck.testing import claim_text, write_model_dir, write_pairs
+
+    model_dir = write_model_dir(tmp_path / "model", "llama", [HeadLoc(1, 2)])
+    claim = tmp_path / "claims" / "every.yaml"
+    claim.parent.mkdir()
+    claim.write_text(claim_text(model_dir, write_pairs(tmp_path / "pairs.jsonl"), ["L1H2"], n=None, draw="every",
+                                alpha=0.2, edit=BUDGET, split=SPLIT, stop="full",
+                                extra="tests: [editing, necessity]\nnecessity: {stop: full}\n"))
+    args = ["--evidence", str(tmp_path / "evidence"), "--report-dir", str(tmp_path / "out")]
+    assert main(["verify", str(claim), *args, "--cache-dir", str(tmp_path / "cache"), "--quiet"]) in (0, 1)
+    recorded = json.loads((tmp_path / "out" / "every" / "result.json").read_text())
+    assert (recorded["n_null"], recorded["n_locations"], recorded["evidence"]["necessity"]["n_null"]) == (7, 8, 7)
+    assert recorded["tests"]["optimal"]["p_value"] == 1 / 8 and recorded["evidence"]["necessity"]["p_value"] == 1 / 8
+    capsys.readouterr()
+    assert main(["check", str(claim), *args]) in (0, 1)
+    assert json.loads((tmp_path / "out" / "every" / "result.json").read_text()) == recorded
+    folder = tmp_path / "evidence" / "every"
+    for n_locations, says in ((9, "the optimal null holds 7 draws; the claim's null has 8"),
+                              (None, "facts.json's n_locations is None, but a null of every other location "
+                                     "needs the number of locations")):
+        facts = json.loads((folder / "facts.json").read_text())
+        facts["n_locations"] = n_locations
+        (folder / "facts.json").write_text(json.dumps(facts))
+        manifest = json.loads((folder / "MANIFEST.json").read_text())
+        manifest["files"]["facts.json"] = __import__("hashlib").sha256((folder / "facts.json").read_bytes()).hexdigest()
+        (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+        capsys.readouterr()
+        assert main(["check", str(claim), *args]) == 2
+        assert says in _error(capsys)

@@ -12,7 +12,6 @@ from loccheck.run.replay import _check_stop, _flat, audit_choice
 from loccheck.stats.pvalues import sequential_stop_count
 
 BUNDLE = Bundle(Path("evidence/c"), {"files": {"facts.json": "0" * 64}}, {}, {}, [])
-SEQUENTIAL = SimpleNamespace(n=19, stop="sequential")
 
 
 def test_h_is_one_for_19_draws_at_alpha_005():
@@ -22,7 +21,7 @@ def test_h_is_one_for_19_draws_at_alpha_005():
 @pytest.mark.parametrize("null, width", [([2.0], 1), ([0.1, 0.2, 2.0, 0.3], 4), ([0.1] * 19, 1),
                                          ([0.1] * 18 + [2.0], 4)])
 def test_a_null_that_stopped_where_the_rule_says_passes(null, width):
-    _check_stop(BUNDLE, "the null", 1.0, null, SEQUENTIAL, 0.05, width)
+    _check_stop(BUNDLE, "the null", 1.0, null, 19, "sequential", 0.05, width)
 
 
 @pytest.mark.parametrize("null, width, says", [
@@ -33,14 +32,13 @@ def test_a_null_that_stopped_where_the_rule_says_passes(null, width):
 ])
 def test_a_null_cut_short_or_run_past_its_stop_fails(null, width, says):
     with pytest.raises(BundleError, match=says):
-        _check_stop(BUNDLE, "the null", 1.0, null, SEQUENTIAL, 0.05, width)
+        _check_stop(BUNDLE, "the null", 1.0, null, 19, "sequential", 0.05, width)
 
 
 def test_a_full_null_must_hold_every_draw():
-    full = SimpleNamespace(n=19, stop="none")
-    _check_stop(BUNDLE, "the null", 1.0, [2.0] * 19, full, 0.05, 1)
+    _check_stop(BUNDLE, "the null", 1.0, [2.0] * 19, 19, "full", 0.05, 1)
     with pytest.raises(BundleError, match="holds 18 draws; the claim's null has 19"):
-        _check_stop(BUNDLE, "the null", 1.0, [2.0] * 18, full, 0.05, 1)
+        _check_stop(BUNDLE, "the null", 1.0, [2.0] * 18, 19, "full", 0.05, 1)
 
 
 def test_config_fields_are_spelled_as_the_claim_spells_them():

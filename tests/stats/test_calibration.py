@@ -159,3 +159,36 @@ def test_leave_one_out_pvalues_are_super_uniform(values, alpha):
     # the others: so when the claim is exchangeable with its null, P(p <= alpha) <= alpha.
     pvalues = _loo_pvalues(values)
     assert sum(p <= alpha for p in pvalues) <= math.floor(alpha * len(values) + 1e-9)
+
+
+# --- draw: every: the exact permutation test of a small space ------------------------------------
+
+@pytest.mark.slow
+def test_every_other_location_gives_the_permutation_pvalue(gains, tmp_path):
+    """With draw: every each pair is tested against the other 27 once: p = its rank / 28, so a
+    random claim gets p <= alpha with probability floor(28 alpha) / 28 <= alpha exactly, and no
+    draw is the claim itself. verify runs it (every fit cached by the pool run): the best pair,
+    whose i.i.d. null of 19 could draw it (test above), reaches the permutation test's min p."""
+    table, pool_run = gains
+    order = sorted(table, key=table.get, reverse=True)
+    for alpha in ALPHAS:
+        rate = sum((rank + 1) / len(order) <= alpha for rank in range(len(order))) / len(order)
+        assert rate == math.floor(len(order) * alpha) / len(order) <= alpha
+    model_dir, pairs = pool_run.payload["model"]["resolved"], pool_run.payload["data"]["source"]
+    for rank, stop in ((0, "full"), (3, "full"), (3, "sequential")):
+        text = claim_text(model_dir, pairs, [str(h) for h in order[rank]], n=None, draw="every", alpha=0.05,
+                          random_seed=5, stop=stop)
+        result = verify(parse_claim(text, path=tmp_path / f"every{rank}.yaml"), write_report=False,
+                        progress=False)
+        drawn = [tuple(HeadLoc.parse(h) for h in e["location"]) for e in result.edits if e["role"] == "random"]
+        assert result.n_null == 27 and result.payload["null_draw"] == "every"
+        assert result.n_fitted <= sum("continued_from" in e for e in result.edits) <= 1   # all cached
+        if stop == "full":
+            assert sorted(drawn) == sorted(set(ALL_PAIRS) - {order[rank]})     # each other pair once
+            assert result.p_value == (rank + 1) / 28
+        else:     # 4 pairs at or above it decide the test (p >= 4/28 > alpha) as soon as they are drawn
+            assert result.test["stopped_early"] and result.p_value > 0.05 and len(drawn) < 27
+            assert drawn == [tuple(HeadLoc.parse(h) for h in e["location"]) for e in
+                             full.edits if e["role"] == "random"][:len(drawn)]
+        assert (result.verdict == "FALSIFIED") == (rank > 0)
+        full = result

@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 
 from loccheck.errors import LoccheckError
 from loccheck.locations import HeadLoc, head_sites
-from loccheck.stats.null import sample_null_locations
+from loccheck.stats.null import MAX_N_NULL, count_locations, every_other_location, sample_null_locations
 
 
 def draw_null(*args, n_layers=None, n_heads=None, **kw):
@@ -172,3 +172,44 @@ def test_no_null_when_the_claim_fills_its_layers():
     # without matching layers, other 3-head sets exist
     draws = draw_null(**{**BASE, "size": 3, "n": 200})
     assert len(set(draws)) == math.comb(6, 3)
+
+
+# --- draw: every, the exhaustive null of a small space ------------------------------------------
+
+@given(claim=claims(), seed=st.integers(0, 2**32 - 1), matched=st.booleans())
+def test_every_other_location_is_each_other_location_once(claim, seed, matched):
+    n_layers, n_heads, location = claim
+    sites = head_sites(n_layers, n_heads)
+    total = count_locations(sites, len(location), location if matched else None)
+    if total == 1 or total - 1 > MAX_N_NULL:
+        with pytest.raises(LoccheckError, match="the claim is the only" if total == 1 else "more than 10,000"):
+            every_other_location(sites, location, seed=seed, match_layers=matched)
+        return
+    others = every_other_location(sites, location, seed=seed, match_layers=matched)
+    assert len(others) == len(set(others)) == total - 1          # each once
+    assert tuple(sorted(location)) not in others                  # never the claim: no self-tie
+    shapes = {len(o) for o in others}
+    assert shapes == {len(location)} and all(list(o) == sorted(o) for o in others)
+    if matched:
+        want = Counter(s.layer for s in location)
+        assert all(Counter(s.layer for s in o) == want for o in others)
+    assert others == every_other_location(sites, list(reversed(location)), seed=seed, match_layers=matched)
+
+
+def test_every_other_location_is_in_a_seeded_order():
+    sites, claim = head_sites(2, 4), [H("L1H2")]
+    a, b = (every_other_location(sites, claim, seed=s) for s in (0, 1))
+    assert set(a) == set(b) == {(s,) for s in sites if s != H("L1H2")}
+    assert a == every_other_location(sites, claim, seed=0) and a != b
+    # the order is a uniform permutation: over seeds, each other head comes first equally often
+    firsts = Counter(every_other_location(sites, claim, seed=s)[0] for s in range(7000))
+    assert chisquare(list(firsts.values())).pvalue > 1e-3 and len(firsts) == 7
+
+
+def test_every_other_location_refuses_a_space_too_large_to_fit_whole():
+    sites = head_sites(30, 9)                    # SmolLM2: 270 heads; 2-head sets: 36,315
+    with pytest.raises(LoccheckError, match=r"would fit all 36,314 other 2-head locations, more than 10,000"):
+        every_other_location(sites, [H("L0H0"), H("L1H1")], seed=0)
+    assert len(every_other_location(sites, [H("L0H0")], seed=0)) == 269
+    with pytest.raises(ValueError, match="`location` has L30H0, which is not among"):
+        every_other_location(sites, [H("L30H0")], seed=0)
