@@ -8,6 +8,8 @@
     loccheck init NAME                  write claims/NAME.yaml, a commented claim template
     loccheck localize CLAIM             pin the sites the claim's heuristic selects
     loccheck trace-vs-edit CLAIM        tracing effect against one-fact edit success per layer
+    loccheck stability CLAIM            how often the heuristic selects the claim again on resampled
+                                        questions (--bootstrap B), the verdict on S seeds (--splits S)
 
 Exit codes: 0 when every verdict is the one its claim expects (SUPPORTED when it states none),
 or the command succeeded; 1 when some verdict is not; 2 on bad input (one line on stderr).
@@ -22,6 +24,8 @@ from pathlib import Path
 from loccheck import __version__
 from loccheck.errors import LoccheckError, LoccheckWarning, printable
 from loccheck.options import add_cli_options, positive_int, settings_from_cli
+from loccheck.claim.sections import MAX_BOOTSTRAP
+from loccheck.run.stability import MAX_SPLITS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +41,19 @@ def _at_least_one(text: str) -> int:
         return positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
+
+
+def _count_between(low: int, high: int):
+    """A count from `low` to `high`, said in one message when it is not."""
+    def count(text: str) -> int:
+        try:
+            value = positive_int(text)
+        except argparse.ArgumentTypeError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, got {text!r}")
+        return value
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_options(tve, only=("cache_dir", "executor", "ray_address"))
     tve.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    stab = sub.add_parser("stability", help="how stable a claim is (its heuristic on bootstrap resamples of "
+                                            "the train questions) and its verdict (on several seeds)")
+    stab.add_argument("claim", type=Path, metavar="CLAIM", help="claim YAML file")
+    stab.add_argument("--bootstrap", type=_count_between(2, MAX_BOOTSTRAP), default=None, metavar="B",
+                      help=f"rerun the heuristic on B bootstrap resamples of the train questions (2 to "
+                           f"{MAX_BOOTSTRAP}; 20 gives each site's frequency to about +-0.2)")
+    stab.add_argument("--splits", type=_count_between(2, MAX_SPLITS), default=None, metavar="S",
+                      help=f"verify the claim on S seed shifts (2 to {MAX_SPLITS}): split, edits, null and "
+                           "ablation seeds moved together; each is a whole verification")
+    stab.add_argument("--out", type=Path, default=None,
+                      help="report folder (default: reports/<claim>_stability): stability.md, stability.json, "
+                           "and each seed's report in seed_shift_<s>/")
+    add_cli_options(stab, only=("cache_dir", "executor", "ray_address"))
+    stab.add_argument("--device", default=None, help="overrides model.device (auto, cpu, cuda, cuda:N)")
+    stab.add_argument("--debug", action="store_true", help="show tracebacks")
+
     report = sub.add_parser("report", help="re-render report.md and the figures from a stored "
                                            "result.json (no model needed)")
     report.add_argument("result", type=Path, metavar="RESULT_JSON", help="a result.json written by verify")
@@ -134,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     commands = {"verify": _verify, "check": _check, "localize": _localize, "report": _report, "schema": _schema,
-                "init": _init, "trace-vs-edit": _trace_vs_edit, "models": _models}
+                "init": _init, "trace-vs-edit": _trace_vs_edit, "models": _models, "stability": _stability}
     try:
         return commands[args.command](args)
     except LoccheckError as err:
@@ -295,6 +328,48 @@ def _trace_vs_edit(args) -> int:
               f"tracing {a['r2']['tracing']:.3f}, {a['joint']} {a['r2']['both']:.3f} "
               f"({a['r2']['added']:+.3f}), F-test p = {p}")
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _stability(args) -> int:
+    from loccheck.claim import load_claim
+    from loccheck.files import write_json_atomic, write_text_atomic
+    from loccheck.report.stability import stability_markdown
+    from loccheck.run.stability import verdict_stability
+    from loccheck.run.verify import claim_stability, verify
+
+    if args.bootstrap is None and args.splits is None:
+        raise LoccheckError("stability needs --bootstrap B (the claim's stability), --splits S (the verdict's), "
+                            "or both")
+    claim = load_claim(args.claim)
+    settings = settings_from_cli(args)
+    if args.device is not None:
+        claim = claim.with_overrides({"model.device": args.device})
+    out = args.out or Path("reports") / f"{claim.name}_stability"
+
+    def note(text: str) -> None:
+        print(f"loccheck: {claim.name} {text}", file=sys.stderr, flush=True)
+    record = {"claim_name": claim.name, "claim_file": str(claim.path),
+              "command": f"loccheck stability {args.claim}" + "".join(
+                  f" --{k} {v}" for k, v in (("bootstrap", args.bootstrap), ("splits", args.splits)) if v)}
+    if args.bootstrap is not None:
+        resampled = claim.with_overrides({"stability.bootstrap": args.bootstrap})
+        note(f"rerunning the heuristic ({claim.heuristic.method}) on {args.bootstrap} bootstrap resamples ...")
+        record["claim_stability"] = s = claim_stability(resampled, cache_dir=settings.cache_dir, note=note)
+        print(f"{claim.path}: the heuristic selects the whole claimed set again in {s['whole_set']['count']} of "
+              f"{args.bootstrap} resamples; each claimed site in " + ", ".join(
+                  f"{site} {f['count']}" for site, f in s["per_site"].items()))
+    if args.splits is not None:
+        def verify_one(shifted, shift):
+            return verify(shifted, out_dir=out / f"seed_shift_{shift}", cache_dir=settings.cache_dir,
+                          executor=settings.executor_instance, progress=None)
+        record["verdict_stability"] = v = verdict_stability(claim, args.splits, verify_one=verify_one, note=note)
+        print(f"{claim.path}: verdicts on {args.splits} seeds: " + ", ".join(
+            f"{name} {n}" for name, n in v["verdicts"].items()) + "; combined p (2 x median): " + ", ".join(
+            f"{name} {c['twice_median']:.3g}" for name, c in v["combined"].items()))
+    write_text_atomic(stability_markdown(record), out / "stability.md")
+    write_json_atomic(record, out / "stability.json")
+    print(f"report: {out / 'stability.md'}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationEr
 from loccheck.claim.keys import KeyPath, Pos, dotted, lookup, parse_key
 from loccheck.claim.sections import (TESTS, VERDICT_TESTS, BehaviorSpec, EditSection, GenerationSpec, HeuristicSection,
                                      LocationSpec, ModelSpec, NecessitySpec, DEFAULT_N_NECESSITY, RandomLocationsSpec, SideEffectsSpec,
-                                     EvidenceSpec, SizeCurveSpec, VerdictSpec, metric_name, one_sentence, test_name)
+                                     EvidenceSpec, SizeCurveSpec, StabilitySpec, VerdictSpec, metric_name, one_sentence, test_name)
 from loccheck.edits import EDIT_METHODS
 from loccheck.errors import ClaimError
 from loccheck.heuristics import HEURISTICS
@@ -55,6 +55,9 @@ class Claim(Section):
     size_curve: SizeCurveSpec | None = Field(
         None, description="Random locations at several sizes, to say how many random sites the claim is worth "
                           "(fits at every size: opt-in).")
+    stability: StabilitySpec = Field(default_factory=StabilitySpec,
+                                     description="How stable the claim's heuristic selection is under "
+                                                 "resampling of its train questions (reported beside the verdict).")
     evidence: EvidenceSpec = Field(default_factory=EvidenceSpec,
                                    description="Where this claim's evidence bundle lives, and whether the pytest "
                                                "plugin replays it.")
@@ -109,6 +112,10 @@ class Claim(Section):
         if draw == "haar" and self.site_kind not in RESIDUAL_KINDS:
             raise fail(f"a Haar draw is a random subspace of the residual stream; the claim's "
                        f"{self.site_kind} sites are drawn as sites", ("random_locations", "draw"))
+        if self.stability.bootstrap:
+            why = bootstrap_refusal(self)
+            if why:
+                raise fail(why, ("stability", "bootstrap"))
         if draw == "every" and self.site_kind == "subspace":
             raise fail("draw: every fits every location of the claim's shape once, but a subspace's are a "
                        "continuum: use draw: haar", ("random_locations", "draw"))
@@ -258,6 +265,19 @@ class Claim(Section):
     def effective_config(self) -> dict:
         """Every field, defaults filled in, as JSON-ready data (for reports and cache keys)."""
         return self.model_dump(mode="json")
+
+
+def bootstrap_refusal(claim: Claim) -> str | None:
+    """Why the claim's heuristic selection cannot be resampled (None when it can)."""
+    method = claim.heuristic.method
+    if HEURISTICS[method].run is None:
+        ranking = ", ".join(n for n, h in HEURISTICS.items() if h.run is not None)
+        return (f"heuristic {method!r} selects nothing, so there is no selection to resample; claim "
+                f"stability needs a heuristic that ranks sites ({ranking})")
+    if claim.site_kind == "subspace":
+        return ("the heuristic proposes a subspace, not a set of sites, so there is no site to count as "
+                "selected again")
+    return None
 
 
 def claim_json_schema() -> dict:

@@ -357,6 +357,26 @@ class SizeCurveSpec(Section):
         return self
 
 
+MAX_BOOTSTRAP = 1000    # each resample reruns the heuristic; 1000 resolve a frequency to about 0.03
+
+
+class StabilitySpec(Section):
+    bootstrap: StrictInt = Field(
+        0, description="Reruns of the claim's heuristic on bootstrap resamples of its train questions (by "
+                       "question, with replacement), reported as how often each claimed site, and the whole "
+                       f"claimed set, is selected again: 0 (not measured) or 2 to {MAX_BOOTSTRAP}. Each costs "
+                       "one run of the heuristic (probing: seconds, activations reused; tracing: a full trace).")
+    seed: Seed = Field(0, description="Seed of the resamples.")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "StabilitySpec":
+        if self.bootstrap != 0 and not 2 <= self.bootstrap <= MAX_BOOTSTRAP:
+            raise fail(f"bootstrap must be 0 (not measured) or between 2 and {MAX_BOOTSTRAP} resamples (one "
+                       f"rerun of the heuristic each; a frequency needs at least two), got {self.bootstrap}",
+                       at=("bootstrap",))
+        return self
+
+
 class EvidenceSpec(Section):
     bundle: str | None = Field(
         None, description="Folder of this claim's evidence bundle, relative to the claim file: where "

@@ -102,6 +102,31 @@ class HeuristicData:
                              f"test questions), got {split!r}")
         return BehaviorData.labelled(self, split)
 
+    def resampled(self, rng) -> "HeuristicData":
+        """A bootstrap resample of the train questions: as many as there are, drawn with
+        replacement by question (never by pair), each with all its pairs and answers; a question
+        drawn k times is k questions ("{group}", "{group}#1", ...). The validation questions, on
+        which a heuristic scores what it learned, stay as they are. `rng`: a numpy Generator."""
+        from collections import Counter, defaultdict
+        from dataclasses import replace
+
+        groups = self.groups["train"]
+        pairs_of = defaultdict(list)
+        for pair in self.train:
+            pairs_of[pair.group].append(pair)
+        copies: Counter = Counter()
+        names, pairs = [], []
+        answers = {g: a for g, a in self.answers.items() if g not in set(groups)}
+        for i in rng.integers(len(groups), size=len(groups)):
+            group = groups[int(i)]
+            name = group if copies[group] == 0 else f"{group}#{copies[group]}"
+            copies[group] += 1
+            names.append(name)
+            pairs += [replace(p, group=name) for p in pairs_of[group]]
+            if group in self.answers:
+                answers[name] = self.answers[group]
+        return replace(self, train=tuple(pairs), groups={**self.groups, "train": tuple(names)}, answers=answers)
+
 
 def pair_answers(pairs: list[PreferencePair]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """(prompt of the group's first pair, unique chosen, unique rejected), first-appearance order.

@@ -8,6 +8,7 @@ content-addressed name. torch is imported inside the functions that run the mode
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -138,15 +139,34 @@ def cached_head_activations(model, adapter, tokenizer, texts: Sequence[str], *, 
     if not isinstance(model_sha, str) or not model_sha:
         raise ValueError(f"`model_sha` must be a non-empty str, got {model_sha!r}")
     dtype = str(next(model.parameters()).dtype)
+    whose = (model_sha, dtype, json.dumps(adapter.describe(), sort_keys=True, default=str))
+    if _reused is not None and all((*whose, t) in _reused for t in texts):
+        return np.stack([_reused[(*whose, t)] for t in texts])
     path = Path(cache) / "activations" / f"{activations_key(texts, model_sha=model_sha, adapter=adapter, dtype=dtype)}.npy"
     shape = (len(texts), adapter.n_layers, adapter.n_heads, adapter.head_dim)
-    if path.is_file():
-        arr = _load_npy(path, shape)
-        if arr is not None:
-            return arr
-    arr = collect_head_activations(model, adapter, tokenizer, texts, batch_size=batch_size)
-    _save_npy_atomic(arr, path)
+    arr = _load_npy(path, shape) if path.is_file() else None
+    if arr is None:
+        arr = collect_head_activations(model, adapter, tokenizer, texts, batch_size=batch_size)
+        _save_npy_atomic(arr, path)
+    if _reused is not None:
+        _reused.update(((*whose, t), row) for t, row in zip(texts, arr))
     return arr
+
+
+_reused: dict | None = None     # (model, dtype, adapter, text) -> activations, inside `reusing_activations`
+
+
+@contextlib.contextmanager
+def reusing_activations():
+    """Within it, a text's head activations, once computed (or read from the cache), are reused
+    for any later list of texts made only of texts seen before: a bootstrap's resamples repeat
+    the original questions, and should cost neither a forward pass nor a new cache file each."""
+    global _reused
+    outer, _reused = _reused, {} if _reused is None else _reused
+    try:
+        yield
+    finally:
+        _reused = outer
 
 
 ProbeItem = tuple[str, str, int]   # (group, text, label): label 1 = true answer, 0 = false

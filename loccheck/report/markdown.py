@@ -14,6 +14,7 @@ import yaml
 from loccheck.render.format import (P_CONVENTION, canonical, edits_of, fence, fmt, location_words, method_order, needed,
                                     ordered, primary, site_noun, spread, table, value)
 from loccheck.report.answers import answers_lines
+from loccheck.report.stability import claim_stability_lines
 from loccheck.report.evidence import editing_lead, evidence_sections, expectation_note, verdict_table_lines
 
 REPORT_NAME, NULL_HIST_NAME, METHODS_NAME = "report.md", "null_hist.png", "methods.png"
@@ -344,6 +345,7 @@ def render_markdown(result: dict) -> str:
     heuristic = HEURISTICS.get((r.get("heuristic") or {}).get("method"))
     if heuristic is not None and heuristic.report_lines is not None and r.get("heuristic_evidence"):
         sections.append(heuristic.report_lines(r))
+    sections.append(claim_stability_lines(r))
     for name in method_order(r):
         method = EDIT_METHODS.get(name)
         if method is not None and method.report_lines is not None:

@@ -86,19 +86,21 @@ def _nan_for_none(value) -> float:
 
 
 def build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor: str,
-                 ablations: dict | None = None, width: int = 1) -> VerifyResult:
+                 ablations: dict | None = None, width: int = 1, stability: dict | None = None) -> VerifyResult:
     """The result of a run: what it measured (`measured_facts`) and what follows from that and
-    the claim (`derive_payload`). `width`: the executor's, the waves the sequential null stopped in."""
+    the claim (`derive_payload`). `width`: the executor's, the waves the sequential null stopped in;
+    `stability`: the heuristic's bootstrap selections (`run.stability.heuristic_stability`)."""
     from loccheck.run.jobs import every_run
 
-    facts = measured_facts(claim, testbed, location, proposal, nulls, base, outcomes, executor, ablations, width)
+    facts = measured_facts(claim, testbed, location, proposal, nulls, base, outcomes, executor, ablations, width,
+                           stability)
     runs = every_run(outcomes)
     return VerifyResult(derive_payload(claim, facts), n_fitted=sum(o.fitted for o in runs),
                         n_scored=sum(o.n_scored for o in runs), outcomes=list(outcomes), facts=facts)
 
 
 def measured_facts(claim, testbed, location, proposal, nulls, base, outcomes, executor: str,
-                   ablations: dict | None, width: int) -> dict:
+                   ablations: dict | None, width: int, stability: dict | None = None) -> dict:
     """Everything a run measured that its result rests on, as strict JSON: the edits' records
     (scores, gains, convergence) in job order, the unedited scores, the ablations' drops, the
     heuristic's evidence, what the data and the model were. Only this needs the model:
@@ -118,6 +120,7 @@ def measured_facts(claim, testbed, location, proposal, nulls, base, outcomes, ex
     return strict_json({
         "location": format_location(location), "n_locations": n_locations, "n_null": len(nulls),
         "executor": executor, "executor_width": width, "heuristic_evidence": found,
+        **({"heuristic_stability": stability} if stability is not None else {}),
         "base_metrics": base, "edits": [o.record(base) for o in outcomes],
         "ablations": None if ablations is None else {part: [o.record() for o in done]
                                                      for part, done in ablations.items()},
@@ -137,6 +140,7 @@ def derive_payload(claim, facts: dict) -> dict:
     run's `measured_facts` and the claim. Imports no torch."""
     from loccheck.locations import parse_location
     from loccheck.metrics import METRICS
+    from loccheck.run.stability import stability_summary
 
     vs, metric = claim.verdict, claim.verdict.metric
     methods = [e.method for e in claim.edits]
@@ -165,6 +169,8 @@ def derive_payload(claim, facts: dict) -> dict:
         "location": facts["location"], "site_kind": location[0].kind,
         "n_locations": facts["n_locations"], "null_draw": claim.null_draw,
         "heuristic": claim.effective_config()["heuristic"], "heuristic_evidence": facts["heuristic_evidence"],
+        **({"claim_stability": {**facts["heuristic_stability"], **stability_summary(facts["heuristic_stability"])}}
+           if facts.get("heuristic_stability") else {}),
         "metric": metric, "metrics": list(claim.all_metrics),
         "higher_is_better": {m: METRICS[m].higher_is_better for m in claim.all_metrics},
         "alpha": vs.alpha, "rho": vs.rho, "n_null": facts["n_null"],

@@ -3,6 +3,7 @@ The CLI and the pytest plugin are thin layers on `verify`."""
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -118,6 +119,15 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
                 f"{len(testbed.validation)} validation pairs") if ranks else contextlib.nullcontext()):
         proposal = _propose(claim, testbed)                 # the heuristic: no test questions
     location = claimed_location(claim, testbed, proposal)
+    stability, stability_s = None, None
+    if claim.stability.bootstrap:
+        from loccheck.run.stability import heuristic_stability
+
+        began = time.monotonic()
+        with phase(f"rerunning the heuristic ({claim.heuristic.method}) on {claim.stability.bootstrap} bootstrap "
+                   f"resamples of the {len(testbed.data.groups['train'])} train questions (claim stability)"):
+            stability = heuristic_stability(claim, testbed, location, phase.note)
+        stability_s = time.monotonic() - began
     nulls = _draw_null(claim, testbed, location)
     metrics = claim.all_metrics
     with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
@@ -139,7 +149,7 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
     runner = JobRunner(testbed, cache, metrics, testbed_factory=factory, on_step=fits.on_step)
     outcomes = _run(claim, jobs, runner, executor, base, fits)
     result = build_result(claim, testbed, location, proposal, nulls, base, outcomes, executor.name, ablations,
-                          executor.width)
+                          executor.width, stability=stability)
     if evidence is not None:
         from loccheck.run.bundle import write_bundle
 
@@ -153,7 +163,8 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
     with phase(f"writing the report to {out}"):
         render_report(result.payload, out)
         # What this run spent (not in result.json or report.md, which stay reproducible byte for byte)
-        write_json_atomic(run_costs(outcomes), out / "timings.json")
+        write_json_atomic({**run_costs(outcomes), **({"claim_stability_s": round(stability_s, 1)}
+                                                     if stability_s is not None else {})}, out / "timings.json")
         write_json_atomic(result.payload, out / "result.json")   # last: its presence means a complete report
     return replace(result, report_dir=str(out))
 
@@ -498,3 +509,16 @@ def propose_location(claim: Claim | str | Path, *, top_k: int | None = None,
 
 
 localize = propose_location     # loccheck.localize: the Python side of `loccheck localize`
+
+
+def claim_stability(claim: Claim, *, cache_dir: str | Path | None = None, note=None) -> dict:
+    """`run.stability.heuristic_stability` on its own (`loccheck stability --bootstrap`): the
+    model and data loaded, the claimed location found as `verify` finds it, nothing fitted."""
+    from loccheck.cache import cache_root as resolve_cache
+    from loccheck.run.stability import heuristic_stability, stability_summary
+    from loccheck.run.testbed import prepare_testbed
+
+    testbed = prepare_testbed(claim, resolve_cache(cache_dir))
+    location = claimed_location(claim, testbed, _propose(claim, testbed))
+    raw = heuristic_stability(claim, testbed, location, note)
+    return {**raw, **stability_summary(raw)}

@@ -127,6 +127,7 @@ def test_minimal_claim_fills_defaults():
         "tests": ["editing"],
         "necessity": None,
         "size_curve": None,
+        "stability": {"bootstrap": 0, "seed": 0},
         "evidence": {"bundle": None, "replay": False},
         "expect": None,
     }
