@@ -56,6 +56,47 @@ def _count_between(low: int, high: int):
     return count
 
 
+def _add_trace_vs_edit(sub) -> None:
+    """`loccheck trace-vs-edit`'s arguments."""
+    tve = sub.add_parser("trace-vs-edit", help="does localization inform editing: tracing effects and "
+                                               "one-fact edit success at every layer, regressed (Hase et al.)")
+    tve.add_argument("claim", type=Path, metavar="CLAIM", help="a claim of MLP layers found by causal tracing")
+    tve.add_argument("--corruption", nargs="+", choices=("noise", "subject_flip"), default=None,
+                     help="tracing corruption(s), side by side (default: the claim's)")
+    tve.add_argument("--layers", nargs="+", type=int, default=None, metavar="L",
+                     help="layers to edit and trace (default: every layer)")
+    tve.add_argument("--measures", choices=("hase", "loccheck"), default="hase",
+                     help="hase (default): rewrite score, fraction restored (max over tokens, window 5), "
+                          "layer x tracing, as Hase et al.; loccheck: log-prob. margin gained, indirect "
+                          "effect at the claim's aggregate and window, layer + tracing")
+    tve.add_argument("--window", type=int, default=None, metavar="N",
+                     help="MLP layers restored together in tracing (default: 5 for hase, the claim's "
+                          "for loccheck)")
+    tve.add_argument("--out", type=Path, default=None,
+                     help="report folder (default: reports/<claim>_trace_vs_edit)")
+    add_cli_options(tve, only=("cache_dir", "executor", "ray_address"))
+    tve.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_stability(sub) -> None:
+    """`loccheck stability`'s arguments."""
+    stab = sub.add_parser("stability", help="how stable a claim is (its heuristic on bootstrap resamples of "
+                                            "the train questions) and its verdict (on several seeds)")
+    stab.add_argument("claim", type=Path, metavar="CLAIM", help="claim YAML file")
+    stab.add_argument("--bootstrap", type=_count_between(2, MAX_BOOTSTRAP), default=None, metavar="B",
+                      help=f"rerun the heuristic on B bootstrap resamples of the train questions (2 to "
+                           f"{MAX_BOOTSTRAP}; 20 gives each site's frequency to about +-0.2)")
+    stab.add_argument("--splits", type=_count_between(2, MAX_SPLITS), default=None, metavar="S",
+                      help=f"verify the claim on S seed shifts (2 to {MAX_SPLITS}): split, edits, null and "
+                           "ablation seeds moved together; each is a whole verification")
+    stab.add_argument("--out", type=Path, default=None,
+                      help="report folder (default: reports/<claim>_stability): stability.md, stability.json, "
+                           "and each seed's report in seed_shift_<s>/")
+    add_cli_options(stab, only=("cache_dir", "executor", "ray_address"))
+    stab.add_argument("--device", default=None, help="overrides model.device (auto, cpu, cuda, cuda:N)")
+    stab.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="loccheck", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
@@ -96,40 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_options(localize, only=("cache_dir",))
     localize.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    tve = sub.add_parser("trace-vs-edit", help="does localization inform editing: tracing effects and "
-                                               "one-fact edit success at every layer, regressed (Hase et al.)")
-    tve.add_argument("claim", type=Path, metavar="CLAIM", help="a claim of MLP layers found by causal tracing")
-    tve.add_argument("--corruption", nargs="+", choices=("noise", "subject_flip"), default=None,
-                     help="tracing corruption(s), side by side (default: the claim's)")
-    tve.add_argument("--layers", nargs="+", type=int, default=None, metavar="L",
-                     help="layers to edit and trace (default: every layer)")
-    tve.add_argument("--measures", choices=("hase", "loccheck"), default="hase",
-                     help="hase (default): rewrite score, fraction restored (max over tokens, window 5), "
-                          "layer x tracing, as Hase et al.; loccheck: log-prob. margin gained, indirect "
-                          "effect at the claim's aggregate and window, layer + tracing")
-    tve.add_argument("--window", type=int, default=None, metavar="N",
-                     help="MLP layers restored together in tracing (default: 5 for hase, the claim's "
-                          "for loccheck)")
-    tve.add_argument("--out", type=Path, default=None,
-                     help="report folder (default: reports/<claim>_trace_vs_edit)")
-    add_cli_options(tve, only=("cache_dir", "executor", "ray_address"))
-    tve.add_argument("--debug", action="store_true", help="show tracebacks")
-
-    stab = sub.add_parser("stability", help="how stable a claim is (its heuristic on bootstrap resamples of "
-                                            "the train questions) and its verdict (on several seeds)")
-    stab.add_argument("claim", type=Path, metavar="CLAIM", help="claim YAML file")
-    stab.add_argument("--bootstrap", type=_count_between(2, MAX_BOOTSTRAP), default=None, metavar="B",
-                      help=f"rerun the heuristic on B bootstrap resamples of the train questions (2 to "
-                           f"{MAX_BOOTSTRAP}; 20 gives each site's frequency to about +-0.2)")
-    stab.add_argument("--splits", type=_count_between(2, MAX_SPLITS), default=None, metavar="S",
-                      help=f"verify the claim on S seed shifts (2 to {MAX_SPLITS}): split, edits, null and "
-                           "ablation seeds moved together; each is a whole verification")
-    stab.add_argument("--out", type=Path, default=None,
-                      help="report folder (default: reports/<claim>_stability): stability.md, stability.json, "
-                           "and each seed's report in seed_shift_<s>/")
-    add_cli_options(stab, only=("cache_dir", "executor", "ray_address"))
-    stab.add_argument("--device", default=None, help="overrides model.device (auto, cpu, cuda, cuda:N)")
-    stab.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_trace_vs_edit(sub)
+    _add_stability(sub)
 
     report = sub.add_parser("report", help="re-render report.md and the figures from a stored "
                                            "result.json (no model needed)")

@@ -3,6 +3,7 @@ result.json), and the report of `loccheck stability` (from its stability.json)."
 from __future__ import annotations
 
 import math
+import statistics
 
 from loccheck.render.format import fmt, table
 
@@ -60,7 +61,7 @@ def _verdict_lines(v: dict) -> list[str]:
     rows = []
     for r in runs:
         null = r["null_gains"]
-        spread = (f"{sum(null) / len(null):.3g}" + (f" ± {_std(null):.3g}" if len(null) > 1 else "")
+        spread = (f"{sum(null) / len(null):.3g}" + (f" ± {statistics.stdev(null):.3g}" if len(null) > 1 else "")
                   + f" ({r['n_null_fitted']} of {r['n_null']})") if null else "none fitted"
         rows.append([r["shift"], r["split_seed"], r["verdict"],
                      *[f"{r['tests'][n]['verdict']} (p = {fmt(r['tests'][n]['p_value'])})" for n in names],
@@ -80,7 +81,7 @@ def _verdict_lines(v: dict) -> list[str]:
                           "null gain: mean ± std (fitted of N)", "whole-model gain", "needed gain",
                           "heuristic re-selects", "seconds"]), "",
              f"Claim gain over the seeds: mean {sum(gains) / len(gains):.3g}"
-             + (f", std {_std(gains):.3g}" if len(gains) > 1 else "") + ".", "",
+             + (f", std {statistics.stdev(gains):.3g}" if len(gains) > 1 else "") + ".", "",
              "Combined p-value per test. The runs share the model and overlap in their questions, so they "
              "are not independent: twice the median p-value (Rüschendorf 1982; Vovk and Wang 2020) is valid "
              "under any dependence and decides; the Cauchy combination (Liu and Xie 2020) is valid under "
@@ -103,7 +104,3 @@ def _overlap(r: dict) -> str:
     claimed = r.get("claimed") or []
     return "n/a" if selected is None else f"{len(set(selected) & set(claimed))} of {len(claimed)}"
 
-
-def _std(xs) -> float:
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))

@@ -23,10 +23,12 @@ from loccheck.errors import LoccheckError
 MAX_SPLITS = 20     # each is a whole verification: its fits, its null, its ablations
 
 
-def heuristic_stability(claim, testbed, location: tuple, note=None) -> dict:
+def heuristic_stability(claim, testbed, location: tuple, proposal, note=None) -> dict:
     """Rerun the claim's heuristic on `stability.bootstrap` resamples of the train questions;
     the selections (the top len(location) sites of each) as strict JSON, for `stability_summary`.
-    `note(text)`: a progress line now and then (CI logs included)."""
+    `proposal`: the heuristic on all of them, as the run already has it; call this inside the
+    `models.activations.reusing_activations` that was open when it was made, so the resamples
+    read no activation again. `note(text)`: a progress line now and then (CI logs included)."""
     from loccheck.heuristics import HEURISTICS
     from loccheck.locations import format_location
     from loccheck.models.activations import reusing_activations
@@ -42,8 +44,8 @@ def heuristic_stability(claim, testbed, location: tuple, note=None) -> dict:
                                      seed=claim.behavior.split.seed)
         except LoccheckError as err:
             raise claim.error(err.key or "heuristic", f"on a bootstrap resample: {err.msg}") from None
+    full = proposal.top(k)
     with reusing_activations():      # resamples only repeat questions: no forward pass, no cache file
-        full = propose(data).top(k)
         for b in range(spec.bootstrap):
             rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(b,)))
             selections.append(format_location(propose(data.resampled(rng)).top(k)))

@@ -115,19 +115,21 @@ def _verify(claim: Claim, *, out_dir, write_report, progress, cache_dir, refresh
     from loccheck.heuristics import HEURISTICS
 
     ranks = HEURISTICS[claim.heuristic.method].run is not None   # `manual` runs nothing: no phase line
-    with (phase(f"running the heuristic ({claim.heuristic.method}) on the {len(testbed.train)} train and "
-                f"{len(testbed.validation)} validation pairs") if ranks else contextlib.nullcontext()):
-        proposal = _propose(claim, testbed)                 # the heuristic: no test questions
-    location = claimed_location(claim, testbed, proposal)
     stability, stability_s = None, None
-    if claim.stability.bootstrap:
-        from loccheck.run.stability import heuristic_stability
+    with _reading_once(claim):
+        with (phase(f"running the heuristic ({claim.heuristic.method}) on the {len(testbed.train)} train and "
+                    f"{len(testbed.validation)} validation pairs") if ranks else contextlib.nullcontext()):
+            proposal = _propose(claim, testbed)                 # the heuristic: no test questions
+        location = claimed_location(claim, testbed, proposal)
+        if claim.stability.bootstrap:
+            from loccheck.run.stability import heuristic_stability
 
-        began = time.monotonic()
-        with phase(f"rerunning the heuristic ({claim.heuristic.method}) on {claim.stability.bootstrap} bootstrap "
-                   f"resamples of the {len(testbed.data.groups['train'])} train questions (claim stability)"):
-            stability = heuristic_stability(claim, testbed, location, phase.note)
-        stability_s = time.monotonic() - began
+            began = time.monotonic()
+            with phase(f"rerunning the heuristic ({claim.heuristic.method}) on {claim.stability.bootstrap} "
+                       f"bootstrap resamples of the {len(testbed.data.groups['train'])} train questions "
+                       "(claim stability)"):
+                stability = heuristic_stability(claim, testbed, location, proposal, phase.note)
+            stability_s = time.monotonic() - began
     nulls = _draw_null(claim, testbed, location)
     metrics = claim.all_metrics
     with phase(f"scoring the unedited model on the {len(testbed.test)} test pairs ({', '.join(metrics)})"):
@@ -432,6 +434,14 @@ def _progress(claim, n_jobs, progress, base, write_line):
                     base=base[claim.verdict.metric], write=write_line, title=f"{claim.name} ")
 
 
+def _reading_once(claim: Claim):
+    """Around the heuristic and its bootstrap resamples: activations read for the heuristic are
+    reused by the resamples, which only repeat its questions (nothing to reuse without them)."""
+    from loccheck.models.activations import reusing_activations
+
+    return reusing_activations() if claim.stability.bootstrap else contextlib.nullcontext()
+
+
 def _propose(claim: Claim, testbed):
     """The claim's heuristic on the data without its test split (None for `manual`)."""
     from loccheck.heuristics import HEURISTICS
@@ -519,6 +529,7 @@ def claim_stability(claim: Claim, *, cache_dir: str | Path | None = None, note=N
     from loccheck.run.testbed import prepare_testbed
 
     testbed = prepare_testbed(claim, resolve_cache(cache_dir))
-    location = claimed_location(claim, testbed, _propose(claim, testbed))
-    raw = heuristic_stability(claim, testbed, location, note)
+    with _reading_once(claim):
+        proposal = _propose(claim, testbed)
+        raw = heuristic_stability(claim, testbed, claimed_location(claim, testbed, proposal), proposal, note)
     return {**raw, **stability_summary(raw)}
