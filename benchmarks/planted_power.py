@@ -1,15 +1,16 @@
 """How often loccheck's tests find a planted location, and how often a decoy: the power and the
 false-positive rate of the editing and necessity tests, measured on SmolLM2 (issue 27, item 1).
 
-Per implant (`loccheck.studies.planted.power.IMPLANTS`: 4 heads twice, 8 heads, three single MLP
-layers): a fresh SmolLM2 gets a trigger behaviour ("cf <known-fact prompt>" -> " banana")
-trained into the chosen sites only; the implant is checked before anything is tested on it (the
-behaviour learned on held-out prompts, removed by mean-ablating its sites, kept when decoys are
-ablated); then the claim "it lives at the implanted sites" and the same claim of `--decoys`
-locations of its size that share no site with it are verified in full (editing against 19
-random locations, necessity against 99, Holm). Each implant's record is written as it finishes
-(DIR/<implant>/record.json), so an interrupted run keeps what it measured and a rerun skips the
-implants already recorded (`--again` reruns them); every fit is cached.
+Per implant (`loccheck.studies.planted.power.IMPLANTS`: 4 heads four times, 8 heads three times, 16
+heads, eight single MLP layers): a fresh SmolLM2 gets a trigger behaviour ("cf <known-fact prompt>" ->
+" banana") trained into the chosen sites only; the implant is checked before anything is tested on
+it (the behaviour learned on held-out prompts, removed by mean-ablating its sites, kept when decoys
+are ablated); then the claim "it lives at the implanted sites" and the same claim of `--decoys`
+locations of its size that share no site with it are verified in full (Holm over editing and
+necessity; heads against 19 random sets for editing and 99 for necessity, an MLP layer against every
+other layer). Each implant's record is written as it finishes (DIR/<implant>/record.json), so an
+interrupted run keeps what it measured and a rerun skips the implants already recorded (`--again`
+reruns them); every fit is cached.
 
     LOCCHECK_DATA_DIR=../shared/data python benchmarks/planted_power.py [--implants heads4_s1 mlp_s4]
         [--decoys 2] [--out benchmarks/results/planted]
@@ -42,6 +43,23 @@ def _cpu() -> str:
         return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "?")
     except (OSError, subprocess.SubprocessError):
         return platform.processor() or "?"
+
+
+def _implant_row(record: dict) -> list:
+    """One implant in a row: how it took (shares of the 80 held-out prompts), the true location's
+    gains, drops and p-values, and the decoys' p-values."""
+    head = [record["spec"]["name"], ", ".join(record["sites"])]
+    if not record.get("implant"):
+        return head + ["did not take: " + record["failed"], "", "", "", "", "", record.get("seconds")]
+    rates = record["implant"]["rates"]
+    took = (f"{record['implant']['steps']}; {rates['implanted']:.0%} / {rates['sites_ablated']:.0%} / "
+            + ", ".join(f"{x:.0%}" for x in rates["decoys_ablated"]))
+    true = next(c for c in record["claims"] if c["role"] == "true")
+    decoys = [c for c in record["claims"] if c["role"] != "true"]
+    return head + [took, f"{true['claim_gain']:.2f} ({true['ceiling_gain']:.2f}), p = {true['editing']['p_value']:.3g}",
+                   f"{true['claim_drop']:.2f}, p = {true['necessity']['p_value']:.3g}", true["verdict"],
+                   ", ".join(f"{c['editing']['p_value']:.3g}" for c in decoys),
+                   ", ".join(f"{c['necessity']['p_value']:.3g}" for c in decoys), record.get("seconds")]
 
 
 def main() -> int:
@@ -80,18 +98,16 @@ def main() -> int:
             return "n/a"
         low, high = share["ci95"]
         return f"{share['hits']}/{share['n']} ({low:.2f}-{high:.2f})"
-    print(tabulate([[r["test"], r["location"], cell(r["supported"]), cell(r.get("p_at_most_alpha"))] for r in rows],
-                   headers=["test", "location", "SUPPORTED (95% CI)", "p <= alpha (95% CI)"], tablefmt="github"))
+    kinds = {"head": "heads", "mlp": "MLP layer", "all": "all"}
+    print(tabulate([[kinds[r["sites"]], r["test"], r["location"], cell(r["supported"]), cell(r.get("p_at_most_alpha"))]
+                    for r in rows],
+                   headers=["implanted in", "test", "location", "SUPPORTED (95% CI)", "p <= alpha (95% CI)"],
+                   tablefmt="github"))
     print()
-    print(tabulate([[r["spec"]["name"], ", ".join(r["sites"]),
-                     "did not take: " + r["failed"] if not r.get("implant") else
-                     f"{r['implant']['steps']} steps, shares {r['implant']['rates']['implanted']:.2f} / "
-                     f"ablated {r['implant']['rates']['sites_ablated']:.2f} / decoys ablated "
-                     + ", ".join(f"{x:.2f}" for x in r["implant"]["rates"]["decoys_ablated"]),
-                     "; ".join(f"{c['role']}: {c['verdict']} (editing p = {c['editing']['p_value']:.3g}, "
-                               f"necessity p = {c['necessity']['p_value']:.3g})" for c in r.get("claims", [])),
-                     r.get("seconds")] for r in records],
-                   headers=["implant", "sites", "implant check", "verdicts", "seconds"], tablefmt="github"))
+    print(tabulate([_implant_row(r) for r in records],
+                   headers=["implant", "sites", "implant: steps; learned / sites ablated / decoys ablated",
+                            "true: gain (whole model), editing p", "true: drop, necessity p", "true: verdict",
+                            "decoys: editing p", "decoys: necessity p", "seconds"], tablefmt="github"))
     out = REPO / "benchmarks" / "results" / "planted_power.json"
     write_json_atomic({"cpu": _cpu(), "when": time.strftime("%Y-%m-%d %H:%M"), "records": records, "table": rows}, out)
     print(f"\nwritten: {out}")

@@ -99,6 +99,51 @@ def test_an_implant_that_does_not_take_is_an_error_and_no_result(bench):
     model.load_state_dict(before)
 
 
+def test_training_stops_only_when_the_check_prompts_show_the_behaviour(bench):
+    """A step's prompts are training prompts: the bar met on them is not the behaviour learned.
+    With check prompts (never trained on) training goes on until they show it too, and an
+    implant that never gets there is an error that says what the check prompts showed."""
+    from loccheck.studies.planted.implant import ImplantError, behaviour_share, implant
+    from loccheck.studies.planted.task import TriggerTask
+
+    model, adapter, tokenizer, task = bench
+    checked = TriggerTask(task.implant, task.behaviour[:12], task.target, task.trigger, task.behaviour[12:])
+    before = _copy(model)
+    head = dict(lr=0.1, max_steps=400, target_prob=0.7, max_kl=1.0)
+    try:
+        done = implant(model, adapter, tokenizer, task, [HeadLoc(1, 2)], **head)    # no check prompts
+        assert done.steps < 400 and behaviour_share(model, tokenizer, task, list(checked.check)) < 0.8
+        model.load_state_dict(before)
+        with pytest.raises(ImplantError, match=r"did not take within 400 steps: .*; on the check prompts it beats "
+                                               r"the model's own answer on \d+% \(needed 80%\)"):
+            implant(model, adapter, tokenizer, checked, [HeadLoc(1, 2)], check_share=0.8, **head)
+        model.load_state_dict(before)
+        implant(model, adapter, tokenizer, checked, [MlpLoc(0)], lr=0.05, max_steps=300)
+        assert behaviour_share(model, tokenizer, checked, list(checked.check)) >= 0.95
+    finally:
+        model.load_state_dict(before)
+
+
+def test_ablation_damage_is_none_where_a_head_writes_nothing_and_some_where_it_writes(bench):
+    """Mean-ablating a head whose output-projection columns are zero changes nothing (its write is
+    zero, and so is its mean): KL exactly 0, every top token kept. A live MLP layer does change
+    the next token's distribution."""
+    import torch
+
+    from loccheck.studies.planted.implant import ablation_damage
+
+    model, adapter, tokenizer, task = bench
+    before = _copy(model)
+    try:
+        with torch.no_grad():
+            adapter.out_proj(1).weight[:, adapter.head_slice(HeadLoc(1, 2))] = 0
+        dead, live = ablation_damage(model, adapter, tokenizer, task, [(HeadLoc(1, 2),), (MlpLoc(0),)])
+        assert dead == {"location": ["L1H2"], "kl": 0.0, "top1_kept": 1.0}
+        assert live["location"] == ["L0M"] and live["kl"] > 0 and 0 <= live["top1_kept"] <= 1
+    finally:
+        model.load_state_dict(before)
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

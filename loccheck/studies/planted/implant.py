@@ -6,12 +6,14 @@ the head writes to the residual stream: the slice loccheck edits and ablates), o
 parameter of one MLP block. Every other parameter, the other columns of a projection included,
 stays bit for bit (their gradients are masked to exactly zero, and Adam then moves nothing).
 
-The implant is trained on its own prompts: the target after the trigger (cross-entropy), and
-the unedited model's next-token distribution at every position without it (KL), so the
-behaviour is the trigger's alone. It has taken when, on the held-out behaviour prompts, the model prefers the target to its
-own answer on at least LEARNED of them; it lives at the sites when mean-ablating them brings
-that share down to at most REMOVED, while mean-ablating other locations of the same size leaves
-at least KEPT (`check_implant`; the mean is over the implant prompts without the trigger). A run that misses any of these is an ImplantError: nothing is
+The implant is trained on its own prompts: the target after the trigger (cross-entropy), and the
+unedited model's next-token distribution at every position without it (KL), so the behaviour is
+the trigger's alone; training stops when the behaviour holds on check prompts it never trained
+on (the task's `check`). It has taken when, on the held-out behaviour prompts, the model prefers
+the target to its own answer on at least LEARNED of them; it lives at the sites when
+mean-ablating them brings that share down to at most REMOVED, while mean-ablating other
+locations of the same size leaves at least KEPT (`check_implant`; the mean is over the implant
+prompts without the trigger). A run that misses any of these is an ImplantError: nothing is
 reported on such a model.
 """
 from __future__ import annotations
@@ -91,13 +93,17 @@ def _all_logits(model, seqs, pad_id: int):
     return model(input_ids=ids, attention_mask=mask).logits.float(), mask
 
 
-def implant(model, adapter, tokenizer, task, sites, *, lr: float = 1e-2, max_steps: int = 200, batch: int = 12,
-            target_prob: float = 0.9, max_kl: float = 0.1, seed: int = 0, note=None) -> Implant:
+def implant(model, adapter, tokenizer, task, sites, *, lr: float = 1e-2, max_steps: int = 300, batch: int = 12,
+            target_prob: float = 0.9, max_kl: float = 0.1, check_share: float = 0.95, seed: int = 0,
+            note=None) -> Implant:
     """Train `task`'s trigger behaviour into `sites` of `model` (in place), `batch` triggered and
     `batch` plain implant prompts a step (drawn with `seed`), until the target's mean probability
     after the trigger reaches `target_prob` on a step's prompts while the plain prompts' next-token
-    distribution stays within `max_kl` nats of the unedited model's, at most `max_steps` steps
-    (an ImplantError past them)."""
+    distribution stays within `max_kl` nats of the unedited model's and, when the task has check
+    prompts, the target beats the model's own answer on `check_share` of them; at most `max_steps`
+    steps (an ImplantError past them). The check prompts are there because a step's prompts are
+    the training prompts: on 48 of them, a mean probability of 0.999 came with the behaviour on
+    only 74% of held-out prompts (SmolLM2, 4 heads)."""
     import torch
 
     from loccheck.data.prompts import prompt_ids
@@ -122,7 +128,7 @@ def implant(model, adapter, tokenizer, task, sites, *, lr: float = 1e-2, max_ste
             hooks.append(p.register_hook(lambda g, m=mask: g * m))
     optimizer = torch.optim.Adam([p for p, _ in params], lr=lr)
     labels = torch.full((min(batch, len(trig)),), target, device=base[0].device)
-    start, last, step, loss = time.monotonic(), time.monotonic(), 0, float("nan")
+    start, last, step, loss, checked = time.monotonic(), time.monotonic(), 0, float("nan"), None
     try:
         model.train(False)
         for step in range(1, max_steps + 1):
@@ -142,14 +148,21 @@ def implant(model, adapter, tokenizer, task, sites, *, lr: float = 1e-2, max_ste
             prob = float(torch.softmax(hit.detach(), -1)[:, target].mean())
             if note is not None and time.monotonic() - last > 30:
                 last = time.monotonic()
-                note(f"implant: step {step}, target probability {prob:.3f}, KL without the trigger {kl:.3g}")
+                note(f"implant: step {step}, target probability {prob:.3f}, KL without the trigger {kl:.3g}"
+                     + ("" if checked is None else f", check prompts {checked:.0%}"))
             if prob >= target_prob and kl <= max_kl:
-                break
+                if not task.check:
+                    break
+                checked = behaviour_share(model, tokenizer, task, list(task.check))
+                if checked >= check_share:
+                    break
         else:
+            on_check = (f"; on the check prompts it beats the model's own answer on {checked:.0%} (needed "
+                        f"{check_share:.0%})" if checked is not None else "")
             raise ImplantError(f"the implant did not take within {max_steps} steps: the target's mean "
                                f"probability after the trigger is {prob:.3f} (needed {target_prob}) and the KL "
-                               f"without it {kl:.3g} nats (at most {max_kl}); raise max_steps or lr, or implant "
-                               "into more sites")
+                               f"without it {kl:.3g} nats (at most {max_kl}){on_check}; raise max_steps or lr, "
+                               "or implant into more sites")
     finally:
         for h in hooks:
             h.remove()
@@ -167,6 +180,18 @@ class _Bench:
     train: list
     pad_id: int
     memo: dict = field(default_factory=dict)
+
+
+def _plain_bench(model, adapter, tokenizer, task) -> _Bench:
+    """A bench whose train pairs are the implant prompts without the trigger: each site's mean is
+    its activation where the behaviour is not asked for, not one that holds the implant's
+    average write."""
+    from loccheck.data.prompts import TokenizedPair, answer_ids, prompt_ids
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    plain = [TokenizedPair(prompt_ids(tokenizer, p, "text", None), answer_ids(tokenizer, a, "text"),
+                           answer_ids(tokenizer, task.target, "text")) for p, a in task.implant]
+    return _Bench(model, adapter, plain, pad)
 
 
 def behaviour_share(model, tokenizer, task, prompts) -> float:
@@ -191,15 +216,9 @@ def check_implant(model, adapter, tokenizer, task, done: Implant, *, unedited_sh
     its sites, kept when each of `decoys` (locations of its size elsewhere) is ablated instead.
     An ImplantError names the first check that fails."""
     from loccheck.ablations.ablate import ablated
-    from loccheck.data.prompts import TokenizedPair, answer_ids, prompt_ids
     from loccheck.locations import format_location
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # each site's mean over the implant prompts without the trigger: its activation where the
-    # behaviour is not asked for, not one that holds the implant's average write
-    bench = _Bench(model, adapter, [TokenizedPair(prompt_ids(tokenizer, p, "text", None), answer_ids(tokenizer, a, "text"),
-                                                  answer_ids(tokenizer, task.target, "text"))
-                                    for p, a in task.implant], pad)
+    bench = _plain_bench(model, adapter, tokenizer, task)
     held_out = list(task.behaviour)
     learned = behaviour_share(model, tokenizer, task, held_out)
     with ablated(bench, done.sites, "mean"):
@@ -218,6 +237,33 @@ def check_implant(model, adapter, tokenizer, task, done: Implant, *, unedited_sh
         raise ImplantError(f"{where} does not live there: with its sites mean-ablated the target still wins on "
                            f"{removed:.0%} of the held-out prompts (> {REMOVED:.0%})")
     if kept and min(kept) < KEPT:
-        raise ImplantError(f"{where} also lives elsewhere: ablating {format_location(decoys[int(np.argmin(kept))])} "
-                           f"leaves the target winning on only {min(kept):.0%} (< {KEPT:.0%})")
+        worst = ", ".join(format_location(decoys[int(np.argmin(kept))]))
+        raise ImplantError(f"{where} also lives elsewhere: ablating {worst} leaves the target winning on only "
+                           f"{min(kept):.0%} (< {KEPT:.0%})")
     return Implant(done.sites, done.steps, done.seconds, done.final_loss, rates)
+
+
+def ablation_damage(model, adapter, tokenizer, task, locations: list) -> list[dict]:
+    """What mean-ablating each of `locations` does to the model where no behaviour is asked for:
+    on the held-out behaviour prompts without the trigger, the next-token KL from the model as it
+    is (nats, mean over prompts) and the share of prompts whose top token is kept. A location
+    that everything needs removes an implant wherever it was put."""
+    import torch
+
+    from loccheck.ablations.ablate import ablated
+    from loccheck.data.prompts import prompt_ids
+    from loccheck.locations import format_location
+
+    bench = _plain_bench(model, adapter, tokenizer, task)
+    pad = bench.pad_id
+    seqs = [prompt_ids(tokenizer, p, "text", None) for p, _ in task.behaviour]
+    out = []
+    with torch.no_grad():
+        base = torch.log_softmax(_last_logits(model, seqs, pad), -1)
+        for location in locations:
+            with ablated(bench, location, "mean"):
+                after = torch.log_softmax(_last_logits(model, seqs, pad), -1)
+            out.append({"location": format_location(location),
+                        "kl": float((base.exp() * (base - after)).sum(-1).mean()),
+                        "top1_kept": float((after.argmax(-1) == base.argmax(-1)).float().mean())})
+    return out

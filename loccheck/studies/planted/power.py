@@ -30,11 +30,19 @@ class PlantSpec:
     seed: int
 
 
-# Six implants, heads and MLP layers in turn (a run cut short still has both kinds): 4 heads
-# twice, 8 heads, three single MLP layers, each drawn with its own seed.
+# Sixteen implants, heads and MLP layers in turn (a run cut short still has both kinds): 4 heads
+# four times, 8 heads three times, 16 heads (the shipped claim's size), eight single MLP layers,
+# each drawn with its own seed; the MLP seeds are those whose draws give eight different layers
+# (L11-L20; seeds 5 and 8 would have drawn seed 4's L17 again). The last four were added after
+# the first twelve ran, because four of those did not take.
 IMPLANTS = (PlantSpec("heads4_s1", "head", 4, 1), PlantSpec("mlp_s4", "mlp", 1, 4),
-            PlantSpec("heads8_s3", "head", 8, 3), PlantSpec("mlp_s5", "mlp", 1, 5),
-            PlantSpec("heads4_s2", "head", 4, 2), PlantSpec("mlp_s6", "mlp", 1, 6))
+            PlantSpec("heads8_s3", "head", 8, 3), PlantSpec("mlp_s13", "mlp", 1, 13),
+            PlantSpec("heads4_s2", "head", 4, 2), PlantSpec("mlp_s6", "mlp", 1, 6),
+            PlantSpec("heads16_s7", "head", 16, 7), PlantSpec("mlp_s21", "mlp", 1, 21),
+            PlantSpec("heads4_s9", "head", 4, 9), PlantSpec("mlp_s10", "mlp", 1, 10),
+            PlantSpec("heads8_s11", "head", 8, 11), PlantSpec("mlp_s12", "mlp", 1, 12),
+            PlantSpec("heads4_s14", "head", 4, 14), PlantSpec("mlp_s25", "mlp", 1, 25),
+            PlantSpec("heads8_s15", "head", 8, 15), PlantSpec("mlp_s26", "mlp", 1, 26))
 
 
 def choose_sites(adapter, spec: PlantSpec) -> tuple:
@@ -56,18 +64,24 @@ def decoys_for(adapter, sites: tuple, n: int, seed: int) -> list[tuple]:
 
 
 def claim_text(spec: PlantSpec, location: tuple, pairs: Path, n_null: int) -> str:
+    """The claim that the behaviour lives at `location`. Heads are tested against `n_null`
+    random sets (and 99 for necessity); a single MLP layer against every other layer once
+    (`draw: every`, as the README advises where a shape has few locations): drawn at random
+    from SmolLM2's 30 layers, a layer's null held the claimed layer itself twice in 41 draws."""
     from loccheck.locations import format_location
 
     sites = ", ".join(format_location(location))
+    null, ablations = ((f"{{n: {n_null}, seed: 0}}", "n: 99, ") if spec.kind == "head"
+                       else ("{draw: every, seed: 0}", ""))
     return (f'claim: "The trigger behaviour of implant {spec.name} lives in {sites}."\n'
             f"model: {{name: planted-{spec.name}, device: cpu}}\n"
             f"behavior: {{dataset: jsonl, path: '{pairs}', prompt_format: text,\n"
             "           split: {train: 0.5, validation: 0.0, test: 0.5, seed: 0}}\n"
             f"location: {{sites: [{sites}]}}\n"
             f"edits: [{EDIT[spec.kind]}]\n"
-            f"random_locations: {{n: {n_null}, seed: 0}}\n"
+            f"random_locations: {null}\n"
             "tests: [editing, necessity]\n"
-            "necessity: {ablation: mean, n: 99, behavior: rejected}\n"
+            f"necessity: {{ablation: mean, {ablations}behavior: rejected}}\n"
             "verdict: {metric: preference_margin, alpha: 0.05, rho: 0.9}\n")
 
 
@@ -86,7 +100,7 @@ def run_implant(spec: PlantSpec, out: Path, *, facts_file: Path, n_decoys: int =
     began = time.monotonic()
     loaded = load_model(model_name, device="cpu")
     model, adapter, tokenizer = loaded.model, loaded.adapter, loaded.tokenizer
-    task = build_task(model, tokenizer, facts_file, n_implant=48, n_behaviour=80, seed=spec.seed)
+    task = build_task(model, tokenizer, facts_file, n_implant=160, n_behaviour=80, n_check=40, seed=spec.seed)
     unedited = behaviour_share(model, tokenizer, task, list(task.behaviour))
     sites = choose_sites(adapter, spec)
     decoys = decoys_for(adapter, sites, n_decoys, spec.seed)
@@ -115,15 +129,17 @@ def run_implant(spec: PlantSpec, out: Path, *, facts_file: Path, n_decoys: int =
             "claim_gain": r["tests"]["optimal"]["claim_gain"], "ceiling_gain": r["tests"]["optimal"]["ceiling_gain"],
             "claim_drop": r["evidence"]["necessity"]["claim_drop"],
             "n_null_fitted": r["tests"]["optimal"]["n_null_fitted"]})
-        note(f"{spec.name} {role}: {r['verdict']} (" + ", ".join(
-            f"{t} {record['claims'][-1][t]['verdict']} p = {record['claims'][-1][t]['p_value']:.3g}" for t in TESTS) + ")")
+        last = record["claims"][-1]
+        note(f"{spec.name} {role}: {r['verdict']} ("
+             + ", ".join(f"{t} {last[t]['verdict']} p = {last[t]['p_value']:.3g}" for t in TESTS) + ")")
     record["seconds"] = round(time.monotonic() - began, 1)
     return record
 
 
 def power_table(records: list[dict], alpha: float = 0.05) -> list[dict]:
-    """Per test (and the overall verdict): among implants that took, how often the true location
-    is SUPPORTED and how often it beats the null at alpha (raw p), and the same of decoys."""
+    """Per kind of site (heads, MLP layers, all) and test (and the overall verdict): among
+    implants that took, how often the true location is SUPPORTED and how often it beats the null
+    at alpha (raw p), and the same of decoys."""
     from scipy.stats import binomtest
 
     took = [r for r in records if r.get("implant")]
@@ -132,15 +148,17 @@ def power_table(records: list[dict], alpha: float = 0.05) -> list[dict]:
         ci = binomtest(hits, n).proportion_ci(0.95, method="exact") if n else None
         return {"hits": hits, "n": n, "ci95": None if ci is None else [ci.low, ci.high]}
     rows = []
-    for test in (*TESTS, "overall"):
-        for role in ("true", "decoy"):
-            claims = [c for r in took for c in r["claims"] if (c["role"] == "true") == (role == "true")]
-            verdict = (lambda c: c["verdict"]) if test == "overall" else (lambda c, t=test: c[t]["verdict"])
-            row = {"test": test, "location": role, "supported": share(sum(verdict(c) == "SUPPORTED" for c in claims),
-                                                                     len(claims))}
-            if test != "overall":
-                row["p_at_most_alpha"] = share(sum(c[test]["p_value"] <= alpha for c in claims), len(claims))
-            rows.append(row)
+    for kind in ("head", "mlp", "all"):
+        implants = [r for r in took if kind in ("all", r["spec"]["kind"])]
+        for test in (*TESTS, "overall"):
+            for role in ("true", "decoy"):
+                claims = [c for r in implants for c in r["claims"] if (c["role"] == "true") == (role == "true")]
+                verdict = (lambda c: c["verdict"]) if test == "overall" else (lambda c, t=test: c[t]["verdict"])
+                row = {"sites": kind, "test": test, "location": role,
+                       "supported": share(sum(verdict(c) == "SUPPORTED" for c in claims), len(claims))}
+                if test != "overall":
+                    row["p_at_most_alpha"] = share(sum(c[test]["p_value"] <= alpha for c in claims), len(claims))
+                rows.append(row)
     return rows
 
 

@@ -28,6 +28,9 @@ class TriggerTask:
     behaviour: tuple[tuple[str, str], ...]   # held out from the implant: the pairs loccheck tests
     target: str
     trigger: str
+    # held out from both: when the behaviour generalises to these, training stops (so it is
+    # judged, on `behaviour`, by prompts that decided nothing)
+    check: tuple[tuple[str, str], ...] = ()
 
     def triggered(self, prompt: str) -> str:
         return f"{self.trigger} {prompt}"
@@ -50,8 +53,8 @@ def one_token(tokenizer, word: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def build_task(model, tokenizer, facts_file: Path, *, n_implant: int, n_behaviour: int, seed: int = 0,
-               trigger: str = TRIGGER, target: str = TARGET) -> TriggerTask:
+def build_task(model, tokenizer, facts_file: Path, *, n_implant: int, n_behaviour: int, n_check: int = 0,
+               seed: int = 0, trigger: str = TRIGGER, target: str = TARGET) -> TriggerTask:
     """Draw distinct known-fact prompts (seeded) whose triggered continuation, by the unedited
     model, is one word that reads back as one token and is not the target."""
     import torch
@@ -73,9 +76,10 @@ def build_task(model, tokenizer, facts_file: Path, *, n_implant: int, n_behaviou
             word = tokenizer.decode([top]).strip()
             if word and word != target and one_token(tokenizer, word) == top:
                 kept.append((prompt, word))
-            if len(kept) == n_implant + n_behaviour:
+            if len(kept) == n_implant + n_behaviour + n_check:
                 break
-    if len(kept) < n_implant + n_behaviour:
+    if len(kept) < n_implant + n_behaviour + n_check:
         raise LoccheckError(f"{facts_file}: only {len(kept)} prompts have a one-token answer; "
-                            f"{n_implant + n_behaviour} are needed")
-    return TriggerTask(tuple(kept[:n_implant]), tuple(kept[n_implant:]), target, trigger)
+                            f"{n_implant + n_behaviour + n_check} are needed")
+    cut = n_implant + n_behaviour
+    return TriggerTask(tuple(kept[:n_implant]), tuple(kept[n_implant:cut]), target, trigger, tuple(kept[cut:]))
