@@ -37,12 +37,11 @@ def main() -> int:
 
     from loccheck.models.loading import load_model
     from loccheck.studies.planted.implant import ablation_damage
-    from loccheck.studies.planted.task import build_task
+    from loccheck.studies.planted.power import planted_task
 
     start = time.monotonic()
     loaded = load_model("smollm2-135m-instruct", device="cpu")
-    task = build_task(loaded.model, loaded.tokenizer, facts, n_implant=160, n_behaviour=80, n_check=40,
-                      seed=args.seed)
+    task = planted_task(loaded.model, loaded.tokenizer, facts, args.seed)
     rows = ablation_damage(loaded.model, loaded.adapter, loaded.tokenizer, task,
                            [(site,) for site in loaded.adapter.sites(args.kind)])
     print(tabulate([[", ".join(r["location"]), f"{r['kl']:.3f}", f"{r['top1_kept']:.0%}"] for r in rows],

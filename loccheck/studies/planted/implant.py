@@ -77,6 +77,11 @@ def site_parameters(model, adapter, sites) -> list[tuple]:
     raise ValueError(f"implants go into heads or MLP layers, got sites of kind(s) {sorted(kinds)}")
 
 
+def _pad_id(tokenizer) -> int:
+    """What right-pads a batch (loccheck's loaded models always have one; a test tokenizer may not)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def _last_logits(model, seqs, pad_id: int):
     """Next-token logits after each sequence (right-padded batch)."""
     import torch
@@ -109,7 +114,7 @@ def implant(model, adapter, tokenizer, task, sites, *, lr: float = 1e-2, max_ste
     from loccheck.data.prompts import prompt_ids
     from loccheck.studies.planted.task import one_token
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     target = one_token(tokenizer, task.target)
     trig = [prompt_ids(tokenizer, task.triggered(p), "text", None) for p, _ in task.implant]
     plain = [prompt_ids(tokenizer, p, "text", None) for p, _ in task.implant]
@@ -188,7 +193,7 @@ def _plain_bench(model, adapter, tokenizer, task) -> _Bench:
     average write."""
     from loccheck.data.prompts import TokenizedPair, answer_ids, prompt_ids
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     plain = [TokenizedPair(prompt_ids(tokenizer, p, "text", None), answer_ids(tokenizer, a, "text"),
                            answer_ids(tokenizer, task.target, "text")) for p, a in task.implant]
     return _Bench(model, adapter, plain, pad)
@@ -202,7 +207,7 @@ def behaviour_share(model, tokenizer, task, prompts) -> float:
     from loccheck.data.prompts import prompt_ids
     from loccheck.studies.planted.task import one_token
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     with torch.no_grad():
         logits = _last_logits(model, [prompt_ids(tokenizer, task.triggered(p), "text", None) for p, _ in prompts], pad)
     target = one_token(tokenizer, task.target)

@@ -45,6 +45,14 @@ IMPLANTS = (PlantSpec("heads4_s1", "head", 4, 1), PlantSpec("mlp_s4", "mlp", 1, 
             PlantSpec("heads8_s15", "head", 8, 15), PlantSpec("mlp_s26", "mlp", 1, 26))
 
 
+def planted_task(model, tokenizer, facts_file: Path, seed: int):
+    """The benchmark's task: 160 prompts to implant on, 80 for loccheck's claims (and the implant's
+    checks), 40 that only decide when training stops."""
+    from loccheck.studies.planted.task import build_task
+
+    return build_task(model, tokenizer, facts_file, n_implant=160, n_behaviour=80, n_check=40, seed=seed)
+
+
 def choose_sites(adapter, spec: PlantSpec) -> tuple:
     """`spec.k` sites of its kind, drawn (seeded) from the middle half of the layers, where an
     implant has the model's own features to read and layers after it to carry its write."""
@@ -95,12 +103,11 @@ def run_implant(spec: PlantSpec, out: Path, *, facts_file: Path, n_decoys: int =
     from loccheck.models.loading import load_model
     from loccheck.run.verify import verify
     from loccheck.studies.planted.implant import ImplantError, behaviour_share, check_implant, implant
-    from loccheck.studies.planted.task import build_task
 
     began = time.monotonic()
     loaded = load_model(model_name, device="cpu")
     model, adapter, tokenizer = loaded.model, loaded.adapter, loaded.tokenizer
-    task = build_task(model, tokenizer, facts_file, n_implant=160, n_behaviour=80, n_check=40, seed=spec.seed)
+    task = planted_task(model, tokenizer, facts_file, spec.seed)
     unedited = behaviour_share(model, tokenizer, task, list(task.behaviour))
     sites = choose_sites(adapter, spec)
     decoys = decoys_for(adapter, sites, n_decoys, spec.seed)
